@@ -1,0 +1,51 @@
+"""Atomic file writes: a crash or an error mid-write never leaves a half file under the final name."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import ArtifactError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    The temporary file lives in the same folder so the final ``os.replace`` is atomic on POSIX.
+    """
+    final = Path(path)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot write {final}: {exc.strerror or exc}; choose a writable output folder"
+        ) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
+    """Atomically produce ``path`` with ``writer(tmp_path)``, for libraries that want a file name."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
