@@ -1,0 +1,83 @@
+"""Host-side image decoding and resizing: the only image I/O in the project.
+
+Images leave here as raw uint8 RGB pixels of the model's input size and nothing more. Mean/std
+normalisation is deliberately absent: it lives inside the model graph, so every backend (PyTorch,
+ONNX Runtime, TensorRT) sees the same pixels and the classic double-normalisation bug cannot happen.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .errors import ArtifactError, InputError
+
+# Above this many images a progress bar is worth its noise on stderr.
+PROGRESS_MIN_IMAGES = 500
+# How many failing paths a skip warning names before it only counts them.
+WARN_MAX_PATHS = 3
+
+PathLike = str | os.PathLike[str]
+
+
+def _check_size(height: int, width: int) -> None:
+    if int(height) <= 0 or int(width) <= 0:
+        raise InputError(f"image size must be positive, got height={height} width={width}; "
+                         "use the model's input size, e.g. ModelSpec().height / .width")
+
+
+def load_image(path: PathLike, height: int, width: int) -> np.ndarray:
+    """Decode ``path`` to uint8 (height, width, 3) RGB, resized with antialiased bilinear filtering.
+
+    PIL's bilinear resize widens its kernel when shrinking, so downsized crops do not alias; greyscale,
+    palette and RGBA files are converted to RGB so every caller gets three channels.
+    """
+    _check_size(height, width)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncated files fail here, inside the try, not later
+            rgb = img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ArtifactError(
+            f"cannot read image {os.fspath(path)}: {exc}; expected a readable PNG/JPEG file, "
+            "replace or remove the file"
+        ) from exc
+    if rgb.size != (width, height):
+        rgb = rgb.resize((int(width), int(height)), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_images(
+    paths: Sequence[PathLike], height: int, width: int, *, on_error: str = "skip"
+) -> tuple[np.ndarray, list[int]]:
+    """Decode many images into one uint8 (N, height, width, 3) array.
+
+    Returns the stacked pixels and the indices into ``paths`` that loaded, so callers can drop the
+    labels of skipped files. With ``on_error="skip"`` one warning summarises every unreadable file
+    (a data set with a few corrupt crops is still worth training on); ``"raise"`` stops at the first.
+    """
+    if on_error not in ("skip", "raise"):
+        raise InputError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    _check_size(height, width)
+    out = np.empty((len(paths), int(height), int(width), 3), np.uint8)
+    loaded: list[int] = []
+    failed: list[str] = []
+    bar = tqdm(paths, desc="loading images", unit="img", disable=len(paths) <= PROGRESS_MIN_IMAGES)
+    for i, path in enumerate(bar):
+        try:
+            out[len(loaded)] = load_image(path, height, width)
+        except ArtifactError:
+            if on_error == "raise":
+                raise
+            failed.append(os.fspath(path))
+            continue
+        loaded.append(i)
+    if failed:
+        shown = ", ".join(failed[:WARN_MAX_PATHS]) + (", ..." if len(failed) > WARN_MAX_PATHS else "")
+        warnings.warn(f"skipped {len(failed)} unreadable image(s) of {len(paths)}: {shown}",
+                      stacklevel=2)
+    return (out[: len(loaded)].copy() if failed else out), loaded

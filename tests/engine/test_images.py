@@ -1,0 +1,81 @@
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import ArtifactError, InputError
+from engine.images import load_image, load_images
+
+
+def _write(path, pixels):
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def gradient():
+    """A 40x20 RGB image whose colour depends on position, so resize mistakes show."""
+    y, x = np.mgrid[0:40, 0:20]
+    return np.stack([y * 6, x * 12, np.full_like(y, 77)], -1).astype(np.uint8)
+
+
+def test_load_image_resizes_to_height_by_width(tmp_path, gradient):
+    img = load_image(_write(tmp_path / "a.png", gradient), 20, 10)
+    assert img.dtype == np.uint8 and img.shape == (20, 10, 3)
+    # top of the picture stays dark in red, bottom bright: rows were not swapped with columns
+    assert img[0, :, 0].mean() < img[-1, :, 0].mean()
+    assert np.all(img[..., 2] == 77)
+
+
+def test_load_image_keeps_native_size_untouched(tmp_path, gradient):
+    np.testing.assert_array_equal(load_image(_write(tmp_path / "a.png", gradient), 40, 20), gradient)
+
+
+def test_load_image_converts_grey_to_rgb(tmp_path):
+    path = tmp_path / "g.png"
+    Image.fromarray(np.full((8, 4), 120, np.uint8), mode="L").save(path)
+    img = load_image(path, 8, 4)
+    assert img.shape == (8, 4, 3) and np.all(img == 120)
+
+
+def test_corrupt_and_missing_files_name_the_path(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ArtifactError, match="bad.png"):
+        load_image(bad, 8, 4)
+    with pytest.raises(ArtifactError, match="missing.png"):
+        load_image(tmp_path / "missing.png", 8, 4)
+
+
+def test_bad_size_is_an_input_error(tmp_path, gradient):
+    with pytest.raises(InputError, match="positive"):
+        load_image(_write(tmp_path / "a.png", gradient), 0, 4)
+
+
+def test_load_images_skips_unreadable_with_one_warning(tmp_path, gradient):
+    good = [_write(tmp_path / f"{i}.png", gradient) for i in range(3)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"junk")
+    paths = [good[0], bad, good[1], tmp_path / "gone.png", good[2]]
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable.*broken\.png") as record:
+        images, kept = load_images(paths, 10, 5)
+    assert len(record) == 1
+    assert kept == [0, 2, 4]
+    assert images.shape == (3, 10, 5, 3) and images.dtype == np.uint8
+
+
+def test_load_images_raise_mode_and_bad_mode(tmp_path, gradient):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match="broken.png"):
+        load_images([_write(tmp_path / "a.png", gradient), bad], 10, 5, on_error="raise")
+    with pytest.raises(InputError, match="on_error"):
+        load_images([], 10, 5, on_error="ignore")
+
+
+def test_load_images_empty_list_gives_empty_batch():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, kept = load_images([], 10, 5)
+    assert images.shape == (0, 10, 5, 3) and kept == []
