@@ -1,0 +1,115 @@
+"""The one frozen description of a JLML network, its losses and its ablation switches.
+
+Passed explicitly to the model, the loss and the training loop (no global config, no registry) and
+stored inside every checkpoint, so a checkpoint rebuilds exactly the network that wrote it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import InputError
+from engine.spec import IMAGENET_MEAN, IMAGENET_STD
+
+BRANCHES = ("both", "global", "local")
+LOSSES = ("per_branch", "single")
+STEM_STRIDE = 2  # the stem conv halves H and W; the shared stage keeps that resolution
+
+
+@dataclass(frozen=True)
+class JLMLConfig:
+    """Architecture, loss and ablation settings of a JLML model.
+
+    Layout: stem conv (stride 2) + stage 0 are the low-level layers shared by both branches
+    (``shared_layers``); stages 1.. (stride 2 each) form the global branch on the whole map and, with
+    their own weights, each of the ``stripes`` local streams on one horizontal stripe of the map.
+    The paper's "ResNet39" depth is not known exactly, hence ``widths``/``blocks`` are settings; the
+    defaults train on a 2-core CPU in minutes.
+    """
+
+    height: int = 160                    # input image height (pixels)
+    width: int = 64                      # input image width (pixels)
+    stripes: int = 4                     # m: horizontal stripes of the local branch
+    widths: tuple[int, ...] = (32, 64, 128, 256)   # channels per stage; stage 0 is shared
+    blocks: tuple[int, ...] = (1, 1, 1, 1)          # residual blocks per stage
+    feat_dim: int = 512                  # per-branch feature size (embedding = 2x for "both")
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    dropout: float = 0.3                 # before the feature layers and the classifiers
+    global_weight: float = 1.0           # weight of the global branch's identity loss
+    local_weight: float = 1.0            # weight of the local branch's identity loss
+    label_smoothing: float = 0.0         # cross-entropy label smoothing
+    lambda_global: float = 1e-4          # group LASSO (L2,1) on the global feature layer
+    # The exclusive lasso squares an L1 norm over tens of thousands of weights, so its scale is ~1e8
+    # larger than the L2,1 term at initialisation; its lambda is correspondingly small.
+    lambda_local: float = 1e-9           # exclusive group LASSO (L1,2) on the local feature layer
+    branches: str = "both"               # ablation: "both", "global" or "local"
+    loss: str = "per_branch"             # "per_branch" or "single" (one classifier on the concat)
+    sparsity: bool = True                # ablation: add the two structured-sparsity terms
+    shared_layers: bool = True           # False: each branch gets its own copy of stem + stage 0
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "blocks", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        problems = self._problems()
+        if problems:
+            raise InputError("invalid JLMLConfig: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        p = []
+        split = STEM_STRIDE * self.stripes
+        if self.stripes < 1 or self.height <= 0 or self.width <= 0 or self.height % split:
+            p.append(f"height={self.height} stripes={self.stripes} (need height divisible by "
+                     f"{STEM_STRIDE}*stripes={split} so stripes are equal; change --stripes or --height)")
+        if len(self.widths) < 2 or len(self.widths) != len(self.blocks):
+            p.append(f"widths {self.widths} / blocks {self.blocks} (need >= 2 stages, same length)")
+        if min(self.widths, default=0) < 1 or min(self.blocks, default=0) < 1:
+            p.append(f"widths {self.widths} / blocks {self.blocks} (need positive values)")
+        if self.feat_dim < 1:
+            p.append(f"feat_dim {self.feat_dim} (need >= 1)")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            p.append(f"mean {self.mean} / std {self.std} (need 3 values, std > 0)")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            p.append(f"dropout {self.dropout} / label_smoothing {self.label_smoothing} (need [0, 1))")
+        if min(self.global_weight, self.local_weight, self.lambda_global, self.lambda_local) < 0:
+            p.append("loss weights and lambdas must be >= 0")
+        if self.branches not in BRANCHES:
+            p.append(f"branches {self.branches!r} (need one of {BRANCHES})")
+        if self.loss not in LOSSES:
+            p.append(f"loss {self.loss!r} (need one of {LOSSES})")
+        return p
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        """The branches this model builds, in the order their features are concatenated."""
+        return ("global", "local") if self.branches == "both" else (self.branches,)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.feat_dim * len(self.branch_names)
+
+    def replace(self, **changes: Any) -> JLMLConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JLMLConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"unknown JLMLConfig fields {unknown}; known fields are {sorted(known)} "
+                "(was this written by a newer jlml-engine? upgrade, or drop those keys)"
+            )
+        return cls(**data)
+
+    def diff(self, other: JLMLConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ, as ``{name: (self_value, other_value)}``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
