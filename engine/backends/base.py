@@ -1,0 +1,95 @@
+"""The protocol every backend meets, and the shared checks that make backends interchangeable.
+
+A backend serves one ``ModelSpec``: it takes uint8 NHWC pixels (preprocessing lives inside the model)
+and returns unit-length float32 embeddings, for batches of 1 to ``max_batch`` images. Batching larger
+inputs is the Embedder's job, so a backend can keep fixed-size device buffers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import InputError, SpecMismatchError
+from ..spec import ModelSpec
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the Embedder needs from a backend (see module docstring)."""
+
+    spec: ModelSpec
+    name: str
+    precision: str
+    max_batch: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Backend: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one every backend understands, else raise InputError."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {PRECISIONS}; pass 'fp32' or 'fp16'")
+    return precision
+
+
+class BaseBackend(ABC):
+    """Input validation, output checks and the context-manager plumbing shared by every backend.
+
+    Subclasses set ``spec``, ``name``, ``precision`` and ``max_batch`` and implement ``_run`` (the
+    validated batch in, raw (N, D) output out) and ``_release``.
+    """
+
+    spec: ModelSpec
+    name: str
+    precision: str
+    max_batch: int
+    _closed: bool = False
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise InputError(f"{self.name} backend is closed; open a new one to embed more images")
+        batch = self.spec.check_images(images)
+        if not 1 <= len(batch) <= self.max_batch:
+            raise InputError(
+                f"{self.name} backend takes 1 to {self.max_batch} images per call, got {len(batch)}; "
+                "use engine.embedder.Embedder, which splits any number of images into batches"
+            )
+        out = np.asarray(self._run(batch), dtype=np.float32)
+        expected = (len(batch), self.spec.embedding_dim)
+        if out.shape != expected:
+            raise SpecMismatchError(
+                f"{self.name} backend returned embeddings of shape {out.shape}, the spec promises "
+                f"{expected}; the model does not match its spec.json, re-export the artefact"
+            )
+        return out
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a validated batch of 1..max_batch images."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free sessions, device buffers and streams; called once by ``close``."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> BaseBackend:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{self.name} backend {self.precision} max_batch={self.max_batch}>"

@@ -1,0 +1,89 @@
+"""PyTorch reference backend: runs the ``nn.Module`` it is handed (engine never imports train/).
+
+The module's forward takes uint8 NHWC tensors and returns unit vectors, exactly like the exported
+graph, so this backend is what every other backend is compared with.
+
+Precision: "fp32" runs the module as is. "fp16" runs it under CUDA autocast, which keeps the
+module's own casts and its final L2 normalisation in float32 the way the FP16 ONNX graph does. fp16
+is rejected on CPU: half-precision convolutions there are missing or far slower than fp32, so it
+would be neither a faithful reference nor a fast one.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError
+from ..spec import ModelSpec
+from .base import BaseBackend, check_precision
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the 'torch' backend needs PyTorch ({exc}); install torch (see README) first"
+        ) from exc
+    return torch
+
+
+def resolve_device(torch: Any, device: str) -> Any:
+    """``"auto"`` -> the first CUDA GPU if there is one, else CPU; otherwise ``device`` checked."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"device {device!r} is not a torch device; pass 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; install a CUDA build of "
+            "torch or pass device='cpu'"
+        )
+    return resolved
+
+
+class TorchBackend(BaseBackend):
+    """Serves an ``nn.Module`` eagerly or through ``torch.compile`` (opt-in: compiling takes time)."""
+
+    name = "torch"
+
+    def __init__(self, module: Any, spec: ModelSpec, *, device: str = "auto", precision: str = "fp32",
+                 compile: bool = False) -> None:
+        torch = _import_torch()
+        if not isinstance(module, torch.nn.Module):
+            raise InputError(
+                f"the 'torch' backend needs an nn.Module, got {type(module).__name__}; pass module= "
+                "the model whose forward maps uint8 NHWC images to unit embeddings"
+            )
+        self.spec = spec
+        self.precision = check_precision(precision)
+        self.max_batch = spec.max_batch
+        self.device = resolve_device(torch, device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise InputError(
+                "precision 'fp16' with the 'torch' backend needs a CUDA device (CPU half convolutions "
+                "are missing or slow); pass precision='fp32' or device='cuda'"
+            )
+        self._torch = torch
+        self._module = module.to(self.device).eval()
+        self._forward = torch.compile(self._module) if compile else self._module
+        self.compiled = compile
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp16":
+            return self._torch.autocast(device_type="cuda", dtype=self._torch.float16)
+        return contextlib.nullcontext()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        pixels = torch.from_numpy(batch).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            out = self._forward(pixels)
+        return out.float().cpu().numpy()
+
+    def _release(self) -> None:
+        del self._forward, self._module

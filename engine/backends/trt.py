@@ -1,0 +1,156 @@
+"""TensorRT backend (TensorRT 10 and 11): a prebuilt ``model.plan`` served with name-based I/O.
+
+The plan is deserialised only after its sidecar matched the spec, the installed TensorRT, the GPU
+and the ONNX fingerprint (``plan_sidecar``). Device buffers are sized once for the profile's largest
+batch and reused; host staging buffers are pinned so the copies are truly asynchronous; one stream
+carries copy in, execute, copy out, and the host waits once per batch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
+from ..spec import PLAN_FILE, PLAN_SIDECAR_FILE, ModelSpec
+from .base import BaseBackend
+from .plan_sidecar import PlanSidecar
+
+_INSTALL = "install it with `pip install 'jlml-engine[trt]'` on a CUDA machine (NVIDIA's index)"
+
+
+def _import_trt() -> tuple[Any, Any]:
+    """Return (tensorrt, pycuda.driver), or raise BackendUnavailableError naming the extra."""
+    try:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailableError(f"the 'trt' backend needs tensorrt and pycuda ({exc}); {_INSTALL}") from exc
+    return trt, cuda
+
+
+def available() -> tuple[bool, str]:
+    """Whether this machine can run the TensorRT backend, and why (not); never raises."""
+    try:
+        trt, cuda = _import_trt()
+    except BackendUnavailableError as exc:
+        return False, str(exc)
+    try:
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return False, "TensorRT is installed but no CUDA device is visible"
+        return True, f"TensorRT {trt.__version__} on {cuda.Device(0).name()}"
+    except cuda.Error as exc:
+        return False, f"TensorRT is installed but the CUDA driver failed: {exc}"
+
+
+def _device_index(device: str) -> int:
+    if device in ("auto", "cuda"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise InputError(f"the 'trt' backend runs on a GPU: device {device!r} must be 'auto', 'cuda' or 'cuda:N'")
+
+
+class TrtBackend(BaseBackend):
+    """Serves ``model.plan`` from an artefact folder on one GPU."""
+
+    name = "trt"
+
+    def __init__(self, artifact_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
+                 device: str = "auto", precision: str | None = None) -> None:
+        trt, cuda = _import_trt()
+        folder = Path(artifact_dir)
+        self.spec = spec if spec is not None else ModelSpec.load(folder)
+        sidecar = PlanSidecar.load(folder / PLAN_SIDECAR_FILE)
+        cuda.init()
+        gpu = cuda.Device(_device_index(device))
+        sidecar.check(self.spec, tensorrt_version=trt.__version__, gpu_name=gpu.name(),
+                      compute_capability=gpu.compute_capability(), precision=precision)
+        self.precision = sidecar.precision
+        self._cuda = cuda
+        self._ctx = gpu.retain_primary_context()  # TensorRT's CUDA runtime uses the primary context
+        self._ctx.push()
+        try:
+            self._open(trt, folder / PLAN_FILE)
+        except BaseException:
+            self._ctx.pop()
+            self._ctx.detach()
+            raise
+        self._ctx.pop()
+
+    def _open(self, trt: Any, plan_path: Path) -> None:
+        try:
+            plan = plan_path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"cannot read TensorRT plan {plan_path}: {exc}; rebuild the engine") from exc
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise ArtifactError(f"TensorRT could not deserialise {plan_path}; rebuild it on this machine")
+        self._check_io(trt)
+        low, _, high = self._engine.get_tensor_profile_shape(self.spec.input_name, 0)
+        self.min_batch, self.max_batch = int(low[0]), int(high[0])
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise ArtifactError(f"TensorRT could not create an execution context for {plan_path}")
+        self._allocate()
+
+    def _check_io(self, trt: Any) -> None:
+        """Raise SpecMismatchError unless the engine has the spec's uint8 input and float32 output."""
+        engine = self._engine
+        got = {}
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            got[tensor] = (engine.get_tensor_mode(tensor), engine.get_tensor_dtype(tensor))
+        want = {self.spec.input_name: (trt.TensorIOMode.INPUT, trt.DataType.UINT8),
+                self.spec.output_name: (trt.TensorIOMode.OUTPUT, trt.DataType.FLOAT)}
+        if got != want:
+            raise SpecMismatchError(
+                f"TensorRT engine has I/O {got}, the spec expects {want}; rebuild it from the "
+                "artefact's ONNX with `python -m export.build_engine`"
+            )
+
+    def _allocate(self) -> None:
+        """Pinned host and device buffers for the largest batch, bound once by name."""
+        cuda, spec = self._cuda, self.spec
+        self._host_in = cuda.pagelocked_empty((self.max_batch, *spec.image_shape), np.uint8)
+        self._host_out = cuda.pagelocked_empty((self.max_batch, spec.embedding_dim), np.float32)
+        self._dev_in = cuda.mem_alloc(self._host_in.nbytes)
+        self._dev_out = cuda.mem_alloc(self._host_out.nbytes)
+        self._stream = cuda.Stream()
+        for tensor, buffer in ((spec.input_name, self._dev_in), (spec.output_name, self._dev_out)):
+            if not self._context.set_tensor_address(tensor, int(buffer)):
+                raise ArtifactError(f"TensorRT refused the device address for tensor {tensor!r}")
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        rows = max(n, self.min_batch)  # a profile that starts above 1 gets padded batches
+        cuda, stream = self._cuda, self._stream
+        self._host_in[:n] = batch
+        self._ctx.push()
+        try:
+            if not self._context.set_input_shape(self.spec.input_name, (rows, *self.spec.image_shape)):
+                raise InputError(f"TensorRT rejected batch {rows} (profile {self.min_batch}..{self.max_batch})")
+            cuda.memcpy_htod_async(self._dev_in, self._host_in[:rows], stream)
+            if not self._context.execute_async_v3(stream_handle=stream.handle):
+                raise ArtifactError("TensorRT execute_async_v3 failed; see the TensorRT log above")
+            cuda.memcpy_dtoh_async(self._host_out[:rows], self._dev_out, stream)
+            stream.synchronize()
+        finally:
+            self._ctx.pop()
+        return self._host_out[:n].copy()
+
+    def _release(self) -> None:
+        # TensorRT objects must die before the context they live in is released.
+        self._ctx.push()
+        try:
+            self._dev_in.free()
+            self._dev_out.free()
+            del self._context, self._engine, self._runtime, self._stream
+        finally:
+            self._ctx.pop()
+            self._ctx.detach()

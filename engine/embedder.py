@@ -1,0 +1,141 @@
+"""The serving entry point: any number of uint8 images in, unit embeddings out, on the best backend.
+
+The Embedder loads the artefact's spec, opens one backend (``auto``: TensorRT when it is installed
+and the folder has a plan, else ONNX Runtime on CUDA or CPU) and splits inputs into batches the
+backend accepts, so callers never think about profiles or device buffers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKEND_NAMES, Backend, check_precision
+from .errors import ArtifactError, InputError
+from .spec import PLAN_FILE, ModelSpec
+
+
+def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, precision: str,
+                  module: Any, compile: bool) -> Backend:
+    """Open the backend named ``backend`` (already resolved from "auto") for ``spec``."""
+    if compile and backend != "torch":
+        raise InputError(f"compile=True applies to backend='torch' only, not {backend!r}")
+    if backend == "torch":
+        from .backends.torch_backend import TorchBackend
+
+        return TorchBackend(module, spec, device=device, precision=precision, compile=compile)
+    if backend == "trt":
+        from .backends.trt import TrtBackend
+
+        return TrtBackend(folder, spec, device=device, precision=precision)
+    from .backends.ort import OrtBackend
+
+    return OrtBackend(folder, spec, device=device, precision=precision)
+
+
+def _resolve_auto(folder: Path, device: str) -> str:
+    if device != "cpu" and (folder / PLAN_FILE).is_file():
+        from .backends.trt import available
+
+        if available()[0]:
+            return "trt"
+    return "ort"
+
+
+def _load_spec(artifact_dir: str | os.PathLike[str] | None, spec: ModelSpec | None,
+               backend: str) -> tuple[Path, ModelSpec]:
+    """The artefact folder and its spec; only the torch backend may go without a folder."""
+    if artifact_dir is None:
+        if spec is None or backend != "torch":
+            raise InputError("pass artifact_dir; only backend='torch' with spec= goes without (from_module)")
+        return Path(), spec
+    folder = Path(artifact_dir)
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"artefact folder {folder} does not exist; export one with `python -m export.build_engine`"
+        )
+    loaded = ModelSpec.load(folder)
+    if spec is not None:
+        spec.check_compatible(loaded, what=f"artefact {folder}")
+    return folder, loaded
+
+
+class Embedder:
+    """Embeds any number of uint8 (N, H, W, 3) images with one backend; a context manager.
+
+    ``backend``: "auto", "trt", "ort" or "torch" (needs ``module=``, an nn.Module taking uint8 NHWC);
+    ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``precision``: "fp32" or "fp16";
+    ``batch_size``: images per backend call, at most the backend's ``max_batch`` (the default);
+    ``compile``: torch backend only, run the module through ``torch.compile``.
+    """
+
+    def __init__(self, artifact_dir: str | os.PathLike[str] | None, *, backend: str = "auto",
+                 device: str = "auto", precision: str = "fp32", module: Any = None,
+                 batch_size: int | None = None, spec: ModelSpec | None = None,
+                 compile: bool = False) -> None:
+        if backend not in BACKEND_NAMES:
+            raise InputError(f"unknown backend {backend!r}; choose one of {BACKEND_NAMES}")
+        check_precision(precision)
+        if (backend == "torch") != (module is not None):
+            raise InputError(
+                f"module= is {'missing' if module is None else 'given'} for backend {backend!r}; "
+                "pass an nn.Module with backend='torch' and only then"
+            )
+        folder, spec = _load_spec(artifact_dir, spec, backend)
+        if backend == "auto":
+            backend = _resolve_auto(folder, device)
+        self._backend = _open_backend(folder, spec, backend, device, precision, module, compile)
+        self.spec = spec
+        try:
+            self.batch_size = self._check_batch_size(batch_size)
+        except InputError:
+            self.close()
+            raise
+
+    @classmethod
+    def from_module(cls, module: Any, spec: ModelSpec, **kwargs: Any) -> Embedder:
+        """The PyTorch reference without an artefact folder (e.g. straight after training)."""
+        return cls(None, backend="torch", module=module, spec=spec, **kwargs)
+
+    def _check_batch_size(self, batch_size: int | None) -> int:
+        limit = self._backend.max_batch
+        if batch_size is None:
+            return limit
+        if not 1 <= batch_size <= limit:
+            raise InputError(
+                f"batch_size {batch_size} is outside 1..{limit} (the {self.backend_name} backend's "
+                "largest batch); pass a smaller batch_size or leave it out"
+            )
+        return batch_size
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    @property
+    def precision(self) -> str:
+        return self._backend.precision
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Unit embeddings (N, D) float32 for uint8 (N, H, W, 3) images; N may be 0 or any size."""
+        batch = self.spec.check_images(images)
+        parts = [self._backend(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        if not parts:
+            return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Embedder {self.backend_name} {self.precision} batch_size={self.batch_size}>"
