@@ -62,7 +62,7 @@ def split_people(pids: Iterable[int], num_train: int, num_test: int, seed: int,
                  name: str) -> tuple[set[int], set[int]]:
     """Randomly split the given person ids into disjoint train and test sets (seeded, reproducible)."""
     people = np.array(sorted(set(pids)), np.int64)
-    if num_train < 0 or num_test < 1 or len(people) < num_train + num_test:
+    if num_train < 1 or num_test < 1 or len(people) < num_train + num_test:
         raise DataError(f"{name}: too few people for the split: {len(people)} eligible, asked for "
                         f"{num_train} train + {num_test} test; lower num_train/num_test or check "
                         "the data set is complete")
@@ -82,7 +82,7 @@ def load_records(name: str, protocol: str, parts: dict[str, list[Record]], heigh
         sel = (kept_arr >= start) & (kept_arr < stop)
         rows = kept_arr[sel]
         out[part] = (images[sel], [records[i].pid for i in rows], [records[i].cam for i in rows])
-        if stop > start and not sel.any():
+        if not sel.any():
             raise DataError(f"{name}: no readable {part} images ({stop - start} listed); check the "
                             "files are not corrupt")
         start = stop
