@@ -47,7 +47,11 @@ def resolve_device(torch: Any, device: str) -> Any:
 
 
 class TorchBackend(BaseBackend):
-    """Serves an ``nn.Module`` eagerly or through ``torch.compile`` (opt-in: compiling takes time)."""
+    """Serves an ``nn.Module`` eagerly or through ``torch.compile`` (opt-in: compiling takes time).
+
+    Like ``module.to(device)``, this moves the module it is given to ``device`` and sets eval mode in
+    place, rather than copying weights a large model may not have room for twice.
+    """
 
     name = "torch"
 

@@ -5,6 +5,7 @@ vectors out) at 32x16 pixels, so exporting and running it takes well under a sec
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -90,8 +91,13 @@ def make_images():
 
 @pytest.fixture(scope="session")
 def reference(tiny_module: nn.Module):
-    """``reference(images)`` -> the tiny module's own fp32 CPU embeddings, the ground truth."""
+    """``reference(images)`` -> the tiny module's own fp32 CPU embeddings, the ground truth.
+
+    It runs a private copy: the torch backend moves the module it serves to its device.
+    """
+    module = copy.deepcopy(tiny_module)
+
     def run(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return tiny_module(torch.from_numpy(images)).numpy()
+            return module(torch.from_numpy(images)).numpy()
     return run
