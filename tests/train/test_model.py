@@ -5,13 +5,9 @@ from engine import InputError, ModelSpec
 from train.config import JLMLConfig
 from train.model import JLML
 
-ABLATIONS = [dict(), dict(branches="global"), dict(branches="local"), dict(loss="single"),
-             dict(shared_layers=False), dict(branches="local", loss="single")]
 
-
-@pytest.mark.parametrize("changes", ABLATIONS)
-def test_shapes_unit_norm_and_heads(tiny_cfg, tiny_images, changes):
-    cfg = tiny_cfg.replace(**changes)
+def test_shapes_unit_norm_and_heads(ablation_cfg, tiny_images):
+    cfg = ablation_cfg
     torch.manual_seed(0)
     model = JLML(cfg, num_classes=5).eval()
     emb = model(tiny_images)
