@@ -30,6 +30,9 @@ CHECKPOINT_FILE = "last.pt"
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+# Builds the epoch's augmentation from a seed (e.g. ``lambda s: Augment(seed=s)``), so resumed epochs
+# see the same perturbations as uninterrupted ones.
+AugmentFactory = Callable[[int], Callable[[torch.Tensor], torch.Tensor]]
 
 
 class ReidData(Protocol):
@@ -103,11 +106,12 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
 
 
 def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, data: ReidData,
-                 opts: TrainOptions, epoch: int, augment: Callable[[torch.Tensor], torch.Tensor] | None,
-                 ) -> dict[str, Any]:
+                 opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
-    torch.manual_seed(opts.seed * 100_003 + epoch)
+    epoch_seed = opts.seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)
     rng = np.random.default_rng([opts.seed, epoch])
+    augment = make_augment(epoch_seed) if make_augment else None
     model.train()
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -157,7 +161,7 @@ def _check_same_options(saved: dict[str, Any], opts: TrainOptions, path: Path) -
 
 
 def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *, resume: str | Path | None = None,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+        make_augment: AugmentFactory | None = None) -> FitResult:
     """Train ``cfg`` on ``data.train_*`` for ``opts.epochs`` epochs, writing ``out/last.pt`` and
     ``out/log.jsonl`` after every epoch; with ``resume`` continue that checkpoint's run."""
     out = Path(out)
@@ -167,7 +171,7 @@ def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *,
     for epoch in range(start, opts.epochs):
         tic = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        record = _train_epoch(model, loss_fn, opt, data, opts, epoch, augment)
+        record = _train_epoch(model, loss_fn, opt, data, opts, epoch, make_augment)
         sched.step()
         history.append({"epoch": epoch + 1, **record, "lr": lr, "time_s": time.perf_counter() - tic})
         save_checkpoint(path, model, cfg, epoch=epoch + 1, num_classes=data.num_classes, optimizer=opt,

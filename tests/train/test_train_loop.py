@@ -43,7 +43,7 @@ def test_fit_writes_checkpoint_and_log_and_resumes(tmp_path, tiny_cfg, stand_in)
         return images
 
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_cfg, stand_in, OPTS, tmp_path, augment=crash_in_epoch_two)
+        fit(tiny_cfg, stand_in, OPTS, tmp_path, make_augment=lambda seed: crash_in_epoch_two)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1] and {"ce_global", "l12_local", "total"} <= set(log[0]["loss"])
     assert load_checkpoint(tmp_path / "last.pt").epoch == 1
