@@ -1,0 +1,117 @@
+"""The CLI end to end on a tiny real checkpoint: artefacts, parity, reruns and every failure exit code."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine.spec import ModelSpec, file_sha256
+from export import build_engine
+from export._ort import ort_embed
+from export.parity import cosine_rows
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+ARGS = ["--min-batch", "1", "--opt-batch", "8", "--max-batch", "64"]
+
+
+@pytest.fixture(scope="module")
+def built(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artefacts") / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def test_artefacts_are_complete_and_consistent(built, tiny_model, random_images, torch_embed):
+    spec = ModelSpec.load(built)
+    assert spec.onnx_sha256 == file_sha256(built / "model.onnx")
+    assert (spec.min_batch, spec.opt_batch, spec.max_batch) == (1, 8, 64)
+    assert spec.check_compatible(tiny_model.spec) is None
+    for name in ("model.onnx", "model.fp16.onnx"):
+        proto = onnx.load(str(built / name))
+        assert (proto.ir_version, proto.opset_import[0].version) == (spec.ir_version, spec.opset)
+    images = random_images(7, spec, seed=9)
+    assert cosine_rows(torch_embed(tiny_model, images), ort_embed(built / "model.onnx", images)).min() >= 0.99999
+    parity = json.loads((built / "parity.json").read_text())
+    assert parity["graphs"]["fp32"]["min_cosine"] >= 0.99999 and parity["graphs"]["fp16"]["min_cosine"] >= 0.999
+    assert all(g["passed"] for g in parity["graphs"].values())
+    assert (built / "triton" / "jlml_onnx" / "1" / "model.onnx").read_bytes() == (built / "model.onnx").read_bytes()
+    assert not [p for p in built.iterdir() if p.name.startswith(".")]
+    assert (built / "model.plan").exists() == HAS_TRT
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_skipped_plan_is_one_line_and_require_trt_fails(checkpoint, tmp_path, capsys):
+    assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "a"), "--no-fp16", "--no-simplify"]) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped model.plan" in line]
+    assert len(skipped) == 1 and "TensorRT is not importable" in skipped[0]
+    assert not (tmp_path / "a" / "model.fp16.onnx").exists()
+    assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "b"), "--require-trt"]) == 2
+    assert "jlml-engine[trt]" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_rerun_replaces_artefacts_and_removes_stale_ones(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.plan").write_bytes(b"old plan")
+    (out / "model.plan.json").write_text("{}")
+    for _ in range(2):
+        assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    assert HAS_TRT or not (out / "model.plan").exists()
+    assert ModelSpec.load(out).onnx_sha256 == file_sha256(out / "model.onnx")
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_sample_images_of_another_size_are_resized(checkpoint, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (128, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--sample-images", str(images), "--no-fp16"]) == 0
+    assert json.loads((out / "parity.json").read_text())["graphs"]["fp32"]["samples"] == 4
+
+
+def test_parity_failure_exits_1_and_publishes_nothing(checkpoint, tmp_path, monkeypatch, capsys):
+    strict = build_engine.measure_parity
+    monkeypatch.setattr(build_engine, "measure_parity",
+                        lambda *a, **kw: strict(*a, **kw, thresholds={"fp32": 2.0, "fp16": 2.0}))
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify"]) == 1
+    assert "parity below threshold" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_corrupt_checkpoint_exits_2(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(checkpoint.read_bytes()[:200])
+    assert build_engine.main([str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_unwritable_output_exits_2(checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert build_engine.main([str(checkpoint), "--out", str(blocker / "out")]) == 2
+    assert "cannot write output folder" in capsys.readouterr().err
+
+
+def test_checkpoint_spec_of_another_input_size_exits_2(checkpoint, tmp_path, capsys):
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["spec"]["height"] = 64
+    wrong = tmp_path / "wrong.pt"
+    torch.save(payload, wrong)
+    assert build_engine.main([str(wrong), "--out", str(tmp_path / "out")]) == 2
+    assert "height: 64 != 32" in capsys.readouterr().err
+
+
+def test_bad_batch_range_exits_2(checkpoint, tmp_path, capsys):
+    assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "o"), "--min-batch", "9",
+                              "--opt-batch", "4"]) == 2
+    assert "batch range" in capsys.readouterr().err
