@@ -1,0 +1,120 @@
+"""Timing and reporting helpers shared by every benchmark (gallery search, model latency).
+
+A benchmark times a callable with ``time_calls`` (warm-up, device synchronisation before each clock
+read), summarises with ``summarize``, records where it ran with ``environment`` and writes JSON,
+markdown and a log-log plot with ``write_json``, ``markdown_table`` and ``plot_loglog``. Outputs go
+through engine.atomic so an interrupted run never leaves half a report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.atomic import write_text, write_with
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so the clock measures the work and not the launch."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 2, repeats: int = 10,
+               min_seconds: float = 0.0) -> list[float]:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls; at least ``repeats`` calls and, if
+    ``min_seconds`` is set, keep going until that much time was measured (stabler percentiles)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_seconds:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: Sequence[float], items_per_call: int = 1) -> dict[str, float]:
+    """p50/p90/p99/mean latency in milliseconds and items per second (from the mean)."""
+    arr = np.asarray(times, dtype=np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50_ms": 1e3 * p50, "p90_ms": 1e3 * p90, "p99_ms": 1e3 * p99, "mean_ms": 1e3 * arr.mean(),
+            "items_per_s": items_per_call / arr.mean(), "calls": len(arr)}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device name and CPU info: enough to tell whether two reports are comparable."""
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+        "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device_name"] = env["cpu"]
+    try:
+        import faiss
+
+        env["faiss"] = faiss.__version__
+    except ImportError:
+        env["faiss"] = None
+    return env
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``columns``; floats get 4 significant digits."""
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_loglog(path: str | os.PathLike[str], series: dict[str, tuple[Sequence[float], Sequence[float]]],
+                *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Save a log-log line plot of named (x, y) series as PNG (headless backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
