@@ -26,7 +26,7 @@ def _import_trt() -> tuple[Any, Any]:
     try:
         import pycuda.driver as cuda
         import tensorrt as trt
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there, NVIDIA's libraries are not
         raise BackendUnavailableError(f"the 'trt' backend needs tensorrt and pycuda ({exc}); {_INSTALL}") from exc
     return trt, cuda
 

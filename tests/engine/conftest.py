@@ -6,13 +6,22 @@ vectors out) at 32x16 pixels, so exporting and running it takes well under a sec
 from __future__ import annotations
 
 import copy
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, SPEC_FILE, ModelSpec, file_sha256
+from engine.spec import (
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    PLAN_FILE,
+    PLAN_SIDECAR_FILE,
+    SPEC_FILE,
+    ModelSpec,
+    file_sha256,
+)
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -101,3 +110,27 @@ def reference(tiny_module: nn.Module):
         with torch.inference_mode():
             return module(torch.from_numpy(images)).numpy()
     return run
+
+
+@pytest.fixture(scope="session")
+def plan_folder(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``plan_folder(precision)`` -> a copy of the artefact with a TensorRT plan built by export/.
+
+    Only the TensorRT conformance cases ask for it, and only where TensorRT runs.
+    """
+    built: dict[str, Path] = {}
+
+    def build(precision: str) -> Path:
+        if precision not in built:
+            trt_build = pytest.importorskip("export.trt_build")
+            folder = tmp_path_factory.mktemp(f"plan-{precision}")
+            shutil.copytree(artifact_dir, folder, dirs_exist_ok=True)
+            spec, fp16 = ModelSpec.load(folder), precision == "fp16"
+            parsed = trt_build.network_from_onnx(folder / (ONNX_FP16_FILE if fp16 else ONNX_FILE), spec)
+            (folder / PLAN_FILE).write_bytes(trt_build.serialize_engine(parsed, spec, workspace_mib=256,
+                                                                        fp16=fp16))
+            version = trt_build.load_tensorrt().__version__
+            trt_build.plan_sidecar(version, spec, fp16=fp16).save(folder / PLAN_SIDECAR_FILE)
+            built[precision] = folder
+        return built[precision]
+    return build
