@@ -3,6 +3,7 @@
 Importing it needs only numpy; torch, onnxruntime, tensorrt and pycuda are imported by the backend
 that uses them.
 """
+from .embedder import Embedder
 from .errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -16,6 +17,6 @@ from .errors import (
 from .spec import ModelSpec
 
 __all__ = [
-    "ArtifactError", "BackendUnavailableError", "CheckpointError", "DataError", "InputError",
+    "ArtifactError", "BackendUnavailableError", "CheckpointError", "DataError", "Embedder", "InputError",
     "JLMLError", "ModelSpec", "ParityError", "SpecMismatchError",
 ]
