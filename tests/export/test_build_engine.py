@@ -115,3 +115,14 @@ def test_bad_batch_range_exits_2(checkpoint, tmp_path, capsys):
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "o"), "--min-batch", "9",
                               "--opt-batch", "4"]) == 2
     assert "batch range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_ort_backend_serves_the_folder(built, precision, tiny_model, random_images, torch_embed):
+    pytest.importorskip("onnxruntime")
+    from engine.backends.ort import OrtBackend
+
+    images = random_images(5, ModelSpec.load(built), seed=11)
+    with OrtBackend(built, precision=precision) as backend:
+        got = backend(images)
+    assert cosine_rows(torch_embed(tiny_model, images), got).min() >= (0.99999 if precision == "fp32" else 0.999)
