@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
+from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
 from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
-from .base import BaseBackend, check_precision
+from .base import BaseBackend, check_precision, parse_device
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -30,25 +30,17 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
-def providers_for(device: str, available: list[str]) -> list[str]:
-    """Execution providers for ``device`` ("auto", "cpu", "cuda" or "cuda:N") given what is installed."""
-    if device == "cpu":
-        return [CPU_EP]
-    if device == "auto":
-        return [CUDA_EP, CPU_EP] if CUDA_EP in available else [CPU_EP]
-    if device == "cuda" or device.startswith("cuda:"):
-        if CUDA_EP not in available:
-            raise BackendUnavailableError(
-                f"device {device!r} asked for, but this onnxruntime offers only {available}; install "
-                "`pip install 'jlml-engine[ort-gpu]'` (and uninstall plain onnxruntime) or use device='cpu'"
-            )
-        return [CUDA_EP, CPU_EP]
-    raise InputError(f"device {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
-def _provider_options(providers: list[str], device: str) -> list[dict[str, Any]]:
-    index = device.partition(":")[2] or "0"
-    return [{"device_id": index} if p == CUDA_EP else {} for p in providers]
+def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(execution provider, options) pairs for ``device`` given the providers this build offers."""
+    kind, index = parse_device(device)
+    if kind == "cpu" or kind == "auto" and CUDA_EP not in available:
+        return [(CPU_EP, {})]
+    if CUDA_EP not in available:
+        raise BackendUnavailableError(
+            f"device {device!r} asked for, but this onnxruntime offers only {available}; install "
+            "`pip install 'jlml-engine[ort-gpu]'` (and uninstall plain onnxruntime) or use device='cpu'"
+        )
+    return [(CUDA_EP, {"device_id": index}), (CPU_EP, {})]
 
 
 class OrtBackend(BaseBackend):
@@ -71,14 +63,14 @@ class OrtBackend(BaseBackend):
             )
         if precision == "fp32":
             _check_sha(self.path, self.spec)
-        providers = providers_for(device, ort.get_available_providers())
+        chosen = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = intra_op_threads
         try:
-            self._session = ort.InferenceSession(str(self.path), options, providers=providers,
-                                                 provider_options=_provider_options(providers, device))
+            self._session = ort.InferenceSession(str(self.path), options, providers=[p for p, _ in chosen],
+                                                 provider_options=[o for _, o in chosen])
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {exc}; re-export it") from exc
         self.providers = self._session.get_providers()

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InputError
 from ..spec import ModelSpec
-from .base import BaseBackend, check_precision
+from .base import BaseBackend, check_precision, parse_device
 
 
 def _import_torch() -> Any:
@@ -32,18 +32,15 @@ def _import_torch() -> Any:
 
 def resolve_device(torch: Any, device: str) -> Any:
     """``"auto"`` -> the first CUDA GPU if there is one, else CPU; otherwise ``device`` checked."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"device {device!r} is not a torch device; pass 'auto', 'cpu' or 'cuda[:N]'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    kind, index = parse_device(device)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(
             f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; install a CUDA build of "
             "torch or pass device='cpu'"
         )
-    return resolved
+    return torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
 
 
 class TorchBackend(BaseBackend):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
 from ..spec import PLAN_FILE, PLAN_SIDECAR_FILE, ModelSpec
-from .base import BaseBackend
+from .base import BaseBackend, parse_device
 from .plan_sidecar import PlanSidecar
 
 _INSTALL = "install it with `pip install 'jlml-engine[trt]'` on a CUDA machine (NVIDIA's index)"
@@ -47,11 +47,10 @@ def available() -> tuple[bool, str]:
 
 
 def _device_index(device: str) -> int:
-    if device in ("auto", "cuda"):
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    raise InputError(f"the 'trt' backend runs on a GPU: device {device!r} must be 'auto', 'cuda' or 'cuda:N'")
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        raise InputError("the 'trt' backend runs on a GPU: pass device='auto', 'cuda' or 'cuda:N'")
+    return index
 
 
 class TrtBackend(BaseBackend):

@@ -147,13 +147,15 @@ def test_ort_missing_fp16_graph_and_unknown_precision(artifact_dir, tmp_path):
 
 
 def test_ort_device_choice():
-    assert providers_for("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert providers_for("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    both, cpu = ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]
+    assert providers_for("cpu", both) == [("CPUExecutionProvider", {})]
+    assert providers_for("auto", cpu) == [("CPUExecutionProvider", {})]
+    assert providers_for("cuda:1", both)[0] == ("CUDAExecutionProvider", {"device_id": 1})
     with pytest.raises(BackendUnavailableError, match=r"jlml-engine\[ort-gpu\]"):
-        providers_for("cuda:1", ["CPUExecutionProvider"])
-    with pytest.raises(InputError, match="'tpu' is not"):
-        providers_for("tpu", ["CPUExecutionProvider"])
+        providers_for("cuda:1", cpu)
+    for wrong in ("tpu", "cuda:x", "cuda:"):
+        with pytest.raises(InputError, match=f"{wrong!r} is not 'auto'"):
+            providers_for(wrong, cpu)
 
 
 @pytest.mark.parametrize(("module_name", "extra"), [("onnxruntime", "[ort]"), ("tensorrt", "[trt]")])
@@ -171,7 +173,7 @@ def test_missing_packages_name_the_extra(artifact_dir, monkeypatch, module_name,
 
 
 def test_trt_backend_runs_on_a_gpu_only():
-    with pytest.raises(InputError, match="device 'cpu' must be"):
+    with pytest.raises(InputError, match="runs on a GPU"):
         _device_index("cpu")
     assert _device_index("cuda:2") == 2 and _device_index("auto") == 0
 
@@ -181,7 +183,7 @@ def test_torch_backend_errors(tiny_module, spec, make_images):
         TorchBackend("model.pt", spec)
     with pytest.raises(InputError, match="'fp16' with the 'torch' backend needs a CUDA device"):
         TorchBackend(tiny_module, spec, device="cpu", precision="fp16")
-    with pytest.raises(InputError, match="'gpu0' is not a torch device"):
+    with pytest.raises(InputError, match="'gpu0' is not 'auto'"):
         TorchBackend(tiny_module, spec, device="gpu0")
     wrong = TorchBackend(tiny_module, spec.replace(embedding_dim=8), device="cpu")
     with wrong, pytest.raises(SpecMismatchError, match=r"shape \(2, 24\), the spec promises \(2, 8\)"):
