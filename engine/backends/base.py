@@ -41,7 +41,10 @@ def check_precision(precision: str) -> str:
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, GPU index); one spelling for all backends."""
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, GPU index).
+
+    One spelling of devices for every backend, whatever its library calls them.
+    """
     kind, _, index = device.partition(":")
     if device in ("auto", "cpu", "cuda") or kind == "cuda" and index.isdigit():
         return kind, int(index or 0)

@@ -27,7 +27,9 @@ def _import_trt() -> tuple[Any, Any]:
         import pycuda.driver as cuda
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # OSError: the wheel is there, NVIDIA's libraries are not
-        raise BackendUnavailableError(f"the 'trt' backend needs tensorrt and pycuda ({exc}); {_INSTALL}") from exc
+        raise BackendUnavailableError(
+            f"the 'trt' backend needs tensorrt and pycuda ({exc}); {_INSTALL}"
+        ) from exc
     return trt, cuda
 
 
@@ -133,7 +135,9 @@ class TrtBackend(BaseBackend):
         self._ctx.push()
         try:
             if not self._context.set_input_shape(self.spec.input_name, (rows, *self.spec.image_shape)):
-                raise InputError(f"TensorRT rejected batch {rows} (profile {self.min_batch}..{self.max_batch})")
+                raise InputError(
+                    f"TensorRT rejected batch {rows} (profile {self.min_batch}..{self.max_batch})"
+                )
             cuda.memcpy_htod_async(self._dev_in, self._host_in[:rows], stream)
             if not self._context.execute_async_v3(stream_handle=stream.handle):
                 raise ArtifactError("TensorRT execute_async_v3 failed; see the TensorRT log above")

@@ -225,7 +225,8 @@ def test_sidecar_file_problems(spec, tmp_path):
     with pytest.raises(ArtifactError, match="no plan sidecar"):
         PlanSidecar.load(tmp_path / PLAN_SIDECAR_FILE)
     (tmp_path / "bad.json").write_text(json.dumps({"gpu_name": "x", "builder": 1}))
-    with pytest.raises(ArtifactError, match=r"missing fields \['compute_capability'.*unknown fields \['builder'\]"):
+    missing = r"missing fields \['compute_capability'.*unknown fields \['builder'\]"
+    with pytest.raises(ArtifactError, match=missing):
         PlanSidecar.load(tmp_path / "bad.json")
     with pytest.raises(ArtifactError, match="min=8 opt=4"):
         _sidecar(spec, min_batch=8, opt_batch=4)
