@@ -93,8 +93,7 @@ class TrtBackend(BaseBackend):
         if self._engine is None:
             raise ArtifactError(f"TensorRT could not deserialise {plan_path}; rebuild it on this machine")
         self._check_io(trt)
-        low, _, high = self._engine.get_tensor_profile_shape(self.spec.input_name, 0)
-        self.min_batch, self.max_batch = int(low[0]), int(high[0])
+        self._check_shapes()
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise ArtifactError(f"TensorRT could not create an execution context for {plan_path}")
@@ -114,6 +113,21 @@ class TrtBackend(BaseBackend):
                 f"TensorRT engine has I/O {got}, the spec expects {want}; rebuild it from the "
                 "artefact's ONNX with `python -m export.build_engine`"
             )
+
+    def _check_shapes(self) -> None:
+        """Read the batch range from profile 0; refuse pixel or embedding sizes the spec does not have.
+
+        Buffers are sized from the spec, so a plan with larger tensors would overrun them.
+        """
+        engine, spec = self._engine, self.spec
+        low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(spec.input_name, 0))
+        width = tuple(engine.get_tensor_shape(spec.output_name))[-1]
+        if low[1:] != spec.image_shape or high[1:] != spec.image_shape or width != spec.embedding_dim:
+            raise SpecMismatchError(
+                f"TensorRT engine takes {low}..{high} images and gives {width}-D embeddings, the spec "
+                f"says (N, {spec.height}, {spec.width}, 3) -> {spec.embedding_dim}-D; rebuild the engine"
+            )
+        self.min_batch, self.max_batch = int(low[0]), int(high[0])
 
     def _allocate(self) -> None:
         """Pinned host and device buffers for the largest batch, bound once by name."""
