@@ -5,8 +5,12 @@ k=10; see benchmarks/gallery.py and the report for the figures):
 
 * torch GEMM (MKL / cuBLAS) through the ``||g||^2 - 2 q.g`` expansion (engine.distance) with gallery
   norms computed once at ``add``. The per-query ``||q||^2`` is added only to the k results.
-* The gallery is scanned in chunks of ``chunk`` rows with a running top-k (engine.topk), queries in
-  batches of ``query_batch``: memory is bounded by ``query_batch x chunk`` floats, not gallery size.
+* The gallery is scanned in chunks with a running top-k (engine.topk), queries in batches of
+  ``query_batch``: memory is bounded by one (batch x chunk) block, not by gallery size. By default
+  the chunk is sized so a block holds BLOCK_ELEMENTS[device type] floats: 8M (32 MB) keeps the CPU
+  GEMM cache-friendly; on CUDA every chunk costs a host sync (tie check), so blocks are 64M (256 MB)
+  and a small query batch scans a big gallery in few chunks (H200, 1M x 1024: batch 1 went from
+  32.7 to 1.8 ms, batch 100 from 47.7 to 8.8 ms against 8192-row chunks).
 * Rows are kept sorted by id, so "ties broken by id" costs nothing at search time.
 * FP32 storage is exact (same neighbours as faiss.IndexFlatL2, tie-aware); FP16 storage halves the
   memory and accumulates in FP32 (exact with respect to the FP16-rounded vectors).
@@ -30,7 +34,8 @@ from .topk import Exclusion, search_batch
 FORMAT_NAME = "jlml-gallery"
 FORMAT_VERSION = 1
 STORAGES = ("float32", "float16")
-DEFAULT_CHUNK = 8192
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
+MIN_CHUNK = 1024
 DEFAULT_QUERY_BATCH = 1024
 UNKNOWN_CAM = -1
 
@@ -39,14 +44,14 @@ class Gallery:
     """Embeddings with int64 ids (and optional cameras) searched by exact squared L2."""
 
     def __init__(self, dim: int, *, device: str = "cpu", storage: str = "float32",
-                 chunk: int = DEFAULT_CHUNK, query_batch: int = DEFAULT_QUERY_BATCH) -> None:
+                 chunk: int | None = None, query_batch: int = DEFAULT_QUERY_BATCH) -> None:
         import torch
 
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise InputError(f"dim must be a positive int, got {dim!r}; use the model's embedding_dim")
         if storage not in STORAGES:
             raise InputError(f"storage must be one of {STORAGES}, got {storage!r}")
-        if chunk <= 0 or query_batch <= 0:
+        if (chunk is not None and chunk <= 0) or query_batch <= 0:
             raise InputError(f"chunk and query_batch must be positive, got {chunk} and {query_batch}")
         self._device = _resolve_device(torch, device)
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
@@ -106,7 +111,8 @@ class Gallery:
             exclusion = None if excl is None else Exclusion(
                 *(torch.from_numpy(a[s:s + self._query_batch]).to(self._device) for a in excl),
                 self._ids, self._cams)
-            d, p = search_batch(qt, self._emb, self._sqnorm, int(k), self._chunk, exclusion)
+            chunk = self._chunk or max(MIN_CHUNK, BLOCK_ELEMENTS[self._device.type] // len(qt))
+            d, p = search_batch(qt, self._emb, self._sqnorm, int(k), chunk, exclusion)
             dists.append(d.cpu())
             pos.append((p if len(self) == 0 else torch.where(p >= 0, self._ids[p.clamp(min=0)], p)).cpu())
         if not dists:
