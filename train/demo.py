@@ -1,0 +1,121 @@
+"""``python -m train.demo --out artifacts/demo`` (what ``make demo`` runs): the project in minutes on a CPU.
+
+Renders the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the
+table. The demo is a list of stage functions over a small ``DemoState``; later stages (export,
+engine embedding, benchmarks) are appended to ``STAGES`` before ``stage_report``, read what they need
+from the state (``checkpoint``, ``data``, ``out``) and add their rows to ``state.results``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.atomic import write_text
+from engine.errors import JLMLError
+
+from .config import JLMLConfig
+from .loop import TrainOptions, evaluate_model, fit
+from .model import JLML
+
+# Small enough to train in ~3-4 minutes on 2 CPU cores, big enough to separate 100 synthetic people.
+DEMO_CONFIG = JLMLConfig(widths=(16, 32, 64, 128), feat_dim=256, dropout=0.2)
+DEMO_OPTIONS = TrainOptions(epochs=8, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=5e-4)
+DEMO_DATA = {"num_ids": 250, "num_test": 100, "images_per_cam": 2}
+
+
+@dataclass
+class DemoState:
+    """What stages hand on: the run folder, data set, config, checkpoint, result rows, timings."""
+
+    out: Path
+    cfg: JLMLConfig = DEMO_CONFIG
+    opts: TrainOptions = DEMO_OPTIONS
+    data_options: dict[str, int] = field(default_factory=lambda: dict(DEMO_DATA))  # synthetic set size
+    data: Any = None                                   # train.data.ReidSet once stage_data ran
+    checkpoint: Path | None = None                     # trained JLML checkpoint (last.pt)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)   # table row name -> metrics
+    timings: dict[str, float] = field(default_factory=dict)              # stage name -> seconds
+    extra: dict[str, Any] = field(default_factory=dict)                  # anything a later stage adds
+
+
+Stage = Callable[[DemoState], DemoState]
+
+
+def stage_data(state: DemoState) -> DemoState:
+    from .data import load_reid_set
+
+    state.data = load_reid_set("synthetic", height=state.cfg.height, width=state.cfg.width, **state.data_options)
+    print(state.data.describe())
+    return state
+
+
+def stage_untrained(state: DemoState) -> DemoState:
+    torch.manual_seed(state.opts.seed)
+    state.results["untrained (PyTorch)"] = evaluate_model(JLML(state.cfg, state.data.num_classes), state.data)
+    return state
+
+
+def stage_train(state: DemoState) -> DemoState:
+    from .data import Augment
+
+    result = fit(state.cfg, state.data, state.opts, state.out / "train",
+                 make_augment=lambda seed: Augment(seed=seed))
+    state.checkpoint = result.checkpoint
+    state.results["trained (PyTorch)"] = evaluate_model(result.model, state.data)
+    return state
+
+
+def stage_report(state: DemoState) -> DemoState:
+    from engine.metrics import format_table
+
+    print(format_table(state.results), end="")
+    print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.timings.items()))
+    write_text(state.out / "demo.json", json.dumps(
+        {"results": state.results, "timings_s": state.timings, "checkpoint": str(state.checkpoint),
+         "config": state.cfg.to_dict()}, indent=2) + "\n")
+    return state
+
+
+STAGES: list[Stage] = [stage_data, stage_untrained, stage_train, stage_report]
+
+
+def run_demo(state: DemoState, stages: list[Stage] | None = None) -> DemoState:
+    """Run ``stages`` (default ``STAGES``) in order, timing each."""
+    for stage in stages or STAGES:
+        name = stage.__name__.removeprefix("stage_")
+        print(f"== {name}", flush=True)
+        tic = time.perf_counter()
+        state = stage(state)
+        state.timings[name] = time.perf_counter() - tic
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder")
+    p.add_argument("--epochs", type=int, default=DEMO_OPTIONS.epochs, help="training epochs")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        opts = dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs)
+        run_demo(DemoState(out=args.out, opts=opts))
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
