@@ -79,7 +79,8 @@ def _fake_trt(cuda, ort_backend: OrtBackend, min_batch: int) -> types.SimpleName
         num_io_tensors=2, get_tensor_name=[spec.input_name, spec.output_name].__getitem__,
         get_tensor_mode=lambda n: io_mode.INPUT if n == spec.input_name else io_mode.OUTPUT,
         get_tensor_dtype=lambda n: dtypes.UINT8 if n == spec.input_name else dtypes.FLOAT,
-        get_tensor_profile_shape=lambda n, p: [(b, *spec.image_shape) for b in (min_batch, 16, spec.max_batch)],
+        get_tensor_profile_shape=lambda name, profile: [(b, *spec.image_shape)
+                                                        for b in (min_batch, 16, spec.max_batch)],
         get_tensor_shape=lambda n: (-1, spec.embedding_dim), create_execution_context=Context,
     )
     runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda plan: engine)
