@@ -103,18 +103,47 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 def plot_loglog(path: str | os.PathLike[str], series: dict[str, tuple[Sequence[float], Sequence[float]]],
                 *, xlabel: str, ylabel: str, title: str) -> Path:
     """Save a log-log line plot of named (x, y) series as PNG (headless backend)."""
+    return plot_loglog_panels(path, [(series, xlabel, ylabel, title)])
+
+
+Panel = tuple[dict[str, tuple[Sequence[float], Sequence[float]]], str, str, str]
+
+
+def plot_loglog_panels(path: str | os.PathLike[str], panels: Sequence[Panel]) -> Path:
+    """Save side-by-side log-log panels, each ``(series, xlabel, ylabel, title)``, as one PNG, so
+    related views (throughput and tail latency) share one file and one legend per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (series, xlabel, ylabel, title) in zip(axes[0], panels, strict=True):
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     path = write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
+
+
+def host_memory_mb() -> dict[str, float | None]:
+    """This process's resident host memory now and its high-water mark, in MiB.
+
+    The peak is process-wide (the kernel keeps one per process), so in a run of several backends it
+    is cumulative in run order; the current RSS after each backend is the per-backend figure.
+    """
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    try:
+        with open("/proc/self/statm") as fh:
+            rss_mb: float | None = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        rss_mb = None
+    return {"host_rss_mb": rss_mb, "host_peak_rss_mb": peak_mb}
