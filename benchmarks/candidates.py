@@ -8,12 +8,13 @@ silently.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import Embedder
-from engine.errors import InputError
+from engine.errors import InputError, JLMLError
 from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE
 
 BASELINE = "torch-fp32"
@@ -102,3 +103,29 @@ def load_module(checkpoint: str | os.PathLike[str]) -> Any:
     from train.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint).model.float().eval()
+
+
+Rows = list[dict[str, Any]]
+
+
+def run_each(candidates: list[Candidate], ctx: dict[str, Any], bench: Callable[[Candidate], Rows],
+             rate: str) -> tuple[Rows, dict[str, str]]:
+    """``bench`` every candidate that can run (``ctx``: folder, device, module); return its rows with
+    ``vs_torch_fp32`` (``rate`` over the baseline's at the same batch) and skipped name -> reason."""
+    rows: Rows = []
+    skipped: dict[str, str] = {}
+    for cand in candidates:
+        reason = skip_reason(cand, ctx["folder"], ctx["device"], ctx["module"])
+        if reason is None:
+            print(f"== {cand.name}", flush=True)
+            try:
+                rows += bench(cand)
+            except (JLMLError, RuntimeError) as exc:  # unusable runtime, compiler failure, out of memory
+                reason = f"failed to run: {exc}"
+        if reason is not None:
+            skipped[cand.name] = reason
+            print(f"== {cand.name}: skipped, {reason}", flush=True)
+    base = {r["batch"]: r[rate] for r in rows if r["backend"] == BASELINE}
+    for row in rows:
+        row["vs_torch_fp32"] = row[rate] / base[row["batch"]] if row["batch"] in base else None
+    return rows, skipped

@@ -28,7 +28,7 @@ from benchmarks.candidates import (
     open_embedder,
     pick,
     resolve_device,
-    skip_reason,
+    run_each,
 )
 from benchmarks.common import (
     environment,
@@ -91,41 +91,17 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
             times = time_calls(lambda e=embed, x=images: e(x), device=device, warmup=ctx["warmup"],
                                repeats=ctx["repeats"], min_seconds=ctx["min_seconds"])
             stats = summarize(times, items_per_call=batch)
+            stats["images_per_s"] = stats.pop("items_per_s")
             out = embed(images)
             if cand.name == BASELINE:
                 ctx["reference"][batch] = out
             reference = ctx["reference"].get(batch)
             rows.append({"backend": cand.name, "device": device, "precision": cand.precision,
-                         "compiled": cand.compile, "batch": batch, **stats, "images_per_s": stats["items_per_s"],
+                         "compiled": cand.compile, "batch": batch, **stats,
                          "min_cosine": None if reference is None else float(cosine_rows(reference, out).min())})
             print(markdown_table(rows[-1:], COLUMNS[:7]).splitlines()[-1], flush=True)
     memory = {**host_memory_mb(), "device_peak_mb": _device_peak_mb(ctx["device"])}
     return [{**row, **memory} for row in rows]
-
-
-def _add_ratios(rows: list[dict[str, Any]]) -> None:
-    base = {r["batch"]: r["images_per_s"] for r in rows if r["backend"] == BASELINE}
-    for row in rows:
-        row["vs_torch_fp32"] = row["images_per_s"] / base[row["batch"]] if row["batch"] in base else None
-
-
-def run(candidates: list[Candidate], ctx: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Benchmark every candidate that can run; (result rows, skipped name -> reason)."""
-    rows: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
-    for cand in candidates:
-        reason = skip_reason(cand, ctx["folder"], ctx["device"], ctx["module"])
-        if reason is None:
-            print(f"== {cand.name}", flush=True)
-            try:
-                rows += _bench_candidate(cand, ctx)
-            except (JLMLError, RuntimeError) as exc:  # unusable runtime, compiler failure, out of memory
-                reason = f"failed to run: {exc}"
-        if reason is not None:
-            skipped[cand.name] = reason
-            print(f"== {cand.name}: skipped, {reason}", flush=True)
-    _add_ratios(rows)
-    return rows, skipped
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
@@ -208,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         candidates, ctx, settings = _context(args)
         env = environment(ctx["device"])
-        rows, skipped = run(candidates, ctx)
+        rows, skipped = run_each(candidates, ctx, lambda cand: _bench_candidate(cand, ctx), "images_per_s")
     except JLMLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
