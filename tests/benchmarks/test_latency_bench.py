@@ -1,0 +1,48 @@
+"""benchmarks.latency --quick on a tiny exported model: reports, fields, ratios, skips (no timing checks)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.candidates import CPU_FP16_REASON
+from benchmarks.latency import main
+
+
+def test_quick_run_writes_reports_with_baseline_ratios(tmp_path: Path, bench_artifacts: Path,
+                                                       bench_checkpoint: Path) -> None:
+    rc = main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cpu",
+               "--batches", "1", "4", "--out", str(tmp_path)])
+    assert rc == 0
+    assert {"latency.json", "latency.md", "latency.png"} <= {p.name for p in tmp_path.iterdir()}
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert report["environment"]["device"] == "cpu" and report["settings"]["batches"] == [1, 4]
+    assert report["settings"]["versions"]["onnxruntime"]
+    rows = {(r["backend"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(b, n) for b in ("torch-fp32", "ort-fp32", "ort-fp16") for n in (1, 4)}
+    for (_, batch), row in rows.items():
+        assert row["p99_ms"] >= row["p90_ms"] >= row["p50_ms"] > 0 and row["images_per_s"] > 0
+        base = rows[("torch-fp32", batch)]["images_per_s"]
+        assert abs(row["vs_torch_fp32"] - row["images_per_s"] / base) < 1e-9
+        assert row["min_cosine"] > (0.99999 if row["precision"] == "fp32" else 0.99)
+        assert row["host_rss_mb"] > 0 and row["device_peak_mb"] is None
+    assert report["skipped"]["torch-fp16"] == CPU_FP16_REASON
+    assert "TensorRT" in report["skipped"]["trt-fp16"]
+    assert "torch-compile-fp32" not in report["settings"]["backends"]  # --quick leaves compile out
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| backend | device | batch |" in (tmp_path / "latency.md").read_text()
+
+
+def test_without_checkpoint_the_baseline_is_skipped_with_the_flag_to_pass(tmp_path: Path,
+                                                                          bench_artifacts: Path) -> None:
+    assert main([str(bench_artifacts), "--quick", "--device", "cpu", "--batches", "2", "--backends", "ort-fp32",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert "--checkpoint" in report["skipped"]["torch-fp32"]
+    [row] = report["results"]
+    assert row["backend"] == "ort-fp32" and row["vs_torch_fp32"] is None and row["min_cosine"] is None
+
+
+def test_usage_errors_exit_2(tmp_path: Path, bench_artifacts: Path, capsys) -> None:
+    assert main([str(tmp_path / "missing"), "--quick", "--out", str(tmp_path)]) == 2
+    assert main([str(bench_artifacts), "--quick", "--backends", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown backend" in capsys.readouterr().err
