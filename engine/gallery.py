@@ -30,10 +30,14 @@ from .atomic import atomic_path
 from .distance import squared_norms
 from .errors import ArtifactError, BackendUnavailableError, InputError
 from .topk import Exclusion, search_batch
+from .twopass import Counts, bf16_is_fast, coarse_rows, fp32_rows
+from .twopass import search as two_pass_search
 
 FORMAT_NAME = "jlml-gallery"
 FORMAT_VERSION = 1
 STORAGES = ("float32", "float16")
+COARSE = ("auto", "bf16", "fp32", "off")
+BF16_MIN_ROWS = 16_384  # below this the bf16 pass saves less than its shortlist re-rank costs
 BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
 MIN_CHUNK = 1024
 DEFAULT_QUERY_BATCH = 1024
@@ -44,7 +48,12 @@ class Gallery:
     """Embeddings with int64 ids (and optional cameras) searched by exact squared L2."""
 
     def __init__(self, dim: int, *, device: str = "cpu", storage: str = "float32",
-                 chunk: int | None = None, query_batch: int = DEFAULT_QUERY_BATCH) -> None:
+                 chunk: int | None = None, query_batch: int = DEFAULT_QUERY_BATCH,
+                 coarse: str = "auto") -> None:
+        """``coarse`` picks the search: "bf16" / "fp32" shortlist + exact FP64 re-rank (CPU only;
+        identical results), "off" one FP32 GEMM pass (GEMM-rounded distances), "auto" bf16 on CPUs
+        with native bf16 for float32 galleries of >= BF16_MIN_ROWS rows, fp32 on other CPUs, off on CUDA.
+        """
         import torch
 
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
@@ -53,7 +62,13 @@ class Gallery:
             raise InputError(f"storage must be one of {STORAGES}, got {storage!r}")
         if (chunk is not None and chunk <= 0) or query_batch <= 0:
             raise InputError(f"chunk and query_batch must be positive, got {chunk} and {query_batch}")
+        if coarse not in COARSE:
+            raise InputError(f"coarse must be one of {COARSE}, got {coarse!r}")
         self._device = _resolve_device(torch, device)
+        if self._device.type != "cpu" and coarse in ("bf16", "fp32"):
+            raise InputError(f"coarse={coarse!r} is a CPU search, got device {device!r}; use coarse='off' "
+                             "or 'auto' on CUDA")
+        self._coarse, self._rows, self.counts = coarse, None, Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
         dtype = getattr(torch, storage)
         self._emb = torch.empty((0, self._dim), dtype=dtype, device=self._device)
@@ -73,6 +88,16 @@ class Gallery:
     def storage(self) -> str:
         return self._storage
 
+    @property
+    def search_mode(self) -> str:
+        """The search ``coarse`` resolves to for the current rows: "bf16", "fp32" or "off"."""
+        if self._coarse != "auto":
+            return self._coarse
+        if self._device.type != "cpu":
+            return "off"
+        big = len(self) >= BF16_MIN_ROWS and self._storage == "float32" and bf16_is_fast()
+        return "bf16" if big else "fp32"
+
     def __len__(self) -> int:
         return int(self._ids.shape[0])
 
@@ -91,6 +116,15 @@ class Gallery:
         self._sqnorm = squared_norms(self._emb)
         self._ids = all_ids[order]
         self._cams = torch.cat([self._cams, torch.from_numpy(cams_np).to(self._device)])[order]
+        self._rows = None if self.search_mode == "off" else self._two_pass_rows()
+
+    def _two_pass_rows(self) -> tuple[Any, Any, Any]:
+        """(first-pass rows, exact rows, FP64 squared norms) for the two-pass search."""
+        import torch
+
+        exact = fp32_rows(self._emb, self._sqnorm)
+        first = coarse_rows(self._emb, self._sqnorm) if self.search_mode == "bf16" else exact
+        return first, exact, squared_norms(self._emb.to(torch.float64))
 
     def search(self, queries: Any, k: int, *, query_ids: Any = None,
                query_cams: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +146,10 @@ class Gallery:
                 *(torch.from_numpy(a[s:s + self._query_batch]).to(self._device) for a in excl),
                 self._ids, self._cams)
             chunk = self._chunk or max(MIN_CHUNK, BLOCK_ELEMENTS[self._device.type] // len(qt))
-            d, p = search_batch(qt, self._emb, self._sqnorm, int(k), chunk, exclusion)
+            if self._rows is None:
+                d, p = search_batch(qt, self._emb, self._sqnorm, int(k), chunk, exclusion)
+            else:
+                d, p = two_pass_search(qt, *self._rows, int(k), chunk, exclusion, self.counts)
             dists.append(d.cpu())
             pos.append((p if len(self) == 0 else torch.where(p >= 0, self._ids[p.clamp(min=0)], p)).cpu())
         if not dists:

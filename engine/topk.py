@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .distance import finish_distances, ranking_distances, squared_norms
+from .distance import bf16_queries, finish_distances, ranking_distances, squared_norms
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +29,15 @@ class Exclusion:
     query_cams: torch.Tensor
     gallery_ids: torch.Tensor
     gallery_cams: torch.Tensor
+
+
+def _masked(block: torch.Tensor, exclusion: Exclusion | None, start: int, stop: int) -> torch.Tensor:
+    """Set the block's excluded (same id and camera as the query) entries to ``inf``, in place."""
+    if exclusion is not None:
+        same = (exclusion.gallery_ids[start:stop][None, :] == exclusion.query_ids[:, None]) & (
+            exclusion.gallery_cams[start:stop][None, :] == exclusion.query_cams[:, None])
+        block.masked_fill_(same, float("inf"))
+    return block
 
 
 def _stable_by_value(values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,11 +78,8 @@ def search_batch(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: t
     best_p = torch.full((n_q, k), -1, dtype=torch.int64, device=queries.device)
     for start in range(0, gallery.shape[0], chunk):
         stop = min(start + chunk, gallery.shape[0])
-        block = ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop])
-        if exclusion is not None:
-            same = (exclusion.gallery_ids[start:stop][None, :] == exclusion.query_ids[:, None]) & (
-                exclusion.gallery_cams[start:stop][None, :] == exclusion.query_cams[:, None])
-            block.masked_fill_(same, float("inf"))
+        block = _masked(ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop]),
+                        exclusion, start, stop)
         cand_d, cand_p = _block_topk(block, k, start)
         merged_d, order = torch.sort(torch.cat([best_d, cand_d], dim=1), dim=1, stable=True)
         best_d = merged_d[:, :k]
@@ -81,3 +87,29 @@ def search_batch(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: t
     best_p = best_p.masked_fill(torch.isinf(best_d), -1)
     final = finish_distances(best_d, squared_norms(queries))
     return _stable_by_value(final, best_p)
+
+
+def smallest(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor, c: int,
+             chunk: int, exclusion: Exclusion | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running c smallest ranking scores per query (any order among ties): FP32 (Q, c) ascending and
+    row positions, padded with ``inf`` / -1 when fewer than c rows qualify.
+
+    The shortlist of a two-pass search (engine.twopass) needs only "no row outside has a smaller
+    score than the c-th", which any tie choice meets, so no tie resolution is spent here. The score
+    block keeps the gallery's GEMM dtype (bf16 for coarse rows): topk runs on it without a cast pass.
+    """
+    import torch
+
+    n_q = queries.shape[0]
+    if gallery.dtype == torch.bfloat16:
+        queries = bf16_queries(queries, gallery.shape[1])
+    best_s = torch.full((n_q, c), float("inf"), dtype=torch.float32, device=queries.device)
+    best_p = torch.full((n_q, c), -1, dtype=torch.int64, device=queries.device)
+    for start in range(0, gallery.shape[0], chunk):
+        stop = min(start + chunk, gallery.shape[0])
+        block = _masked(ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop]),
+                        exclusion, start, stop)
+        values, cols = torch.topk(block, min(c, stop - start), dim=1, largest=False, sorted=False)
+        best_s, order = torch.topk(torch.cat([best_s, values.float()], dim=1), c, dim=1, largest=False)
+        best_p = torch.cat([best_p, cols + start], dim=1).gather(1, order)
+    return best_s, best_p.masked_fill(torch.isinf(best_s), -1)

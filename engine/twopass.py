@@ -1,0 +1,193 @@
+"""Provably exact two-pass k-NN on CPU: a bf16 coarse shortlist, then an FP64 re-rank of it.
+
+Why: on AVX512_BF16 CPUs a bf16 GEMM runs ~2x faster than FP32, which is what it takes to beat
+faiss-cpu's FP32 IndexFlatL2. bf16 alone would change neighbours, so every query carries a rigorous
+bound on its coarse error and its answer is used only when the bound proves it exact; the others are
+redone with an FP32 shortlist (tiny bound), then with ever wider shortlists until proven.
+
+The answer of a query is defined by ``exact_distances`` (squared L2 in FP64, rounded to FP32), ranked
+ascending, ties by row position (= id, rows are sorted by id). It does not depend on the coarse dtype,
+the shortlist width or the batching, so "bf16" and "fp32" modes return bit-identical results.
+
+Bound (per query q, gallery rows g_j, ranking score S_j = ||g_j||^2 - 2 q.g_j in exact arithmetic;
+u = 2^-24, gamma_m = m u / (1 - m u), n = dim, q~ = bf16(q), g~_j = bf16(g_j)):
+  r = max_j ||g_j - g~_j||, G = max_j ||g~_j||, N = max_j fl(||g_j||^2), s_q = ||q - q~||.
+The coarse GEMM sums n + 3 products (the norm rides in 3 bf16 columns, see distance.bf16_rows) in
+FP32 and rounds the result to bf16 (unit roundoff u_b = 2^-8; a ~ acc -> |fl(a) - a| <= u_b/(1-u_b)
+|fl(a)| =: u' |S~_j|). So |S~_j - S_j| <= u' |S~_j| + eps_q with
+  eps_q = gamma_n N                                (FP32 norm vs exact norm)
+        + 2 (||q|| r + s_q G)                      (Cauchy-Schwarz on the bf16 rounding of q and g)
+        + gamma_{n+3} (2 ||q~|| G + N) + 2 e_split (FP32 accumulation; norm split residual)
+        + 2 u (N + 2 ||q|| G)                      (slack for the remaining FP32 roundings).
+Every row outside the c-row shortlist has S~_j >= c_last, hence (s - u'|s| is increasing)
+S_j >= c_last - u'|c_last| - eps_q =: L and its true distance >= ||q||^2 + L. If that exceeds the
+k-th re-ranked distance T by more than the FP32/FP64 rounding of the re-rank, no outside row can
+enter (or tie into) the top k: the shortlist answer is the exact answer. The FP32 shortlist uses
+the same test with r = s_q = u' = 0 (its one output rounding is in the last term).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from .distance import bf16_rows, exact_distances
+from .topk import Exclusion, _stable_by_value, smallest
+
+if TYPE_CHECKING:
+    import torch
+
+U32 = 2.0**-24
+U_BF16 = 2.0**-8
+WIDEN = 8  # a failed shortlist is retried this many times wider
+RERANK_BLOCK = 32  # queries re-ranked at once: their gathered rows stay cache-sized
+
+
+def shortlist_size(k: int) -> int:
+    """Rows re-ranked per query; measured on 100k x 1024 unit vectors (see engine.gallery)."""
+    return max(4 * k, 32)
+
+
+@functools.cache
+def bf16_is_fast() -> bool:
+    """True where the CPU has native bf16 dot products (AVX512_BF16 or AMX); else bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One searchable copy of the gallery plus the constants its error bound needs."""
+
+    data: torch.Tensor  # FP32/FP16 rows, or bf16 rows with embedded norms (distance.bf16_rows)
+    sqnorm: torch.Tensor  # FP32 ||g||^2 (ignored by bf16 rows, which carry it)
+    row_error: float  # r
+    norm_max: float  # G
+    sqnorm_max: float  # N
+    split_error: float  # max |sum of the 3 bf16 norm pieces + ||g||^2 / 2|
+    out_rounding: float  # u' of the GEMM's output dtype (0 when covered by eps)
+
+
+def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
+    """The gallery as stored: its own shortlist pass has the FP32 bound only."""
+    norms = gallery.float().norm(dim=1)
+    return Rows(gallery, sqnorm, 0.0, _max(norms), _max(sqnorm), 0.0, 0.0)
+
+
+def coarse_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
+    """bf16 copy (made once per ``add``) and its measured rounding constants r, G, split residual."""
+    import torch
+
+    data = bf16_rows(gallery, sqnorm)
+    dim = gallery.shape[1]
+    rounded = data[:, :dim].float()
+    pieces = data[:, dim:dim + 3].to(torch.float64).sum(dim=1)
+    split = (pieces + 0.5 * sqnorm.to(torch.float64)).abs()
+    return Rows(data, sqnorm, _max((gallery.float() - rounded).norm(dim=1)), _max(rounded.norm(dim=1)),
+                _max(sqnorm), _max(split), U_BF16 / (1 - U_BF16))
+
+
+def _max(x: torch.Tensor) -> float:
+    """Max as a float, rounded up by one part in 2^20 so the bound never rests on a rounded-down max."""
+    return float(x.max()) * (1 + 2.0**-20) if x.numel() else 0.0
+
+
+def _gamma(m: int) -> float:
+    return m * U32 / (1 - m * U32)
+
+
+def _error(queries: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """eps_q of the module docstring, FP64, one per query."""
+    import torch
+
+    n = queries.shape[1]
+    q = queries.to(torch.float64)
+    q_norm = q.norm(dim=1)
+    if rows.data.dtype == torch.bfloat16:
+        rounded = queries.to(torch.bfloat16).to(torch.float64)
+        s_q, q_norm_t = (q - rounded).norm(dim=1), rounded.norm(dim=1)
+    else:
+        s_q, q_norm_t = torch.zeros_like(q_norm), q_norm
+    g, big_n = rows.norm_max, rows.sqnorm_max
+    return (_gamma(n) * big_n + 2 * (q_norm * rows.row_error + s_q * g)
+            + _gamma(n + 3) * (2 * q_norm_t * g + big_n) + 2 * rows.split_error
+            + 2 * U32 * (big_n + 2 * q_norm * g)) * (1 + 2.0**-20)
+
+
+def _rerank(queries: torch.Tensor, exact: Rows, exact_sqnorm64: torch.Tensor, positions: torch.Tensor,
+            k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact distances of each query's shortlist rows; the k best by (distance, position)."""
+    import torch
+
+    q64 = queries.to(torch.float64)
+    q_sq = (q64 * q64).sum(dim=1)
+    safe = positions.clamp(min=0)
+    dist = torch.empty(positions.shape, dtype=torch.float32)
+    for s in range(0, len(queries), RERANK_BLOCK):
+        idx = safe[s:s + RERANK_BLOCK]
+        rows = exact.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], rows, exact_sqnorm64[idx],
+                                                   q_sq[s:s + RERANK_BLOCK])
+    dist.masked_fill_(positions < 0, float("inf"))
+    d, p = _stable_by_value(dist, positions)
+    return d[:, :k], p[:, :k]
+
+
+def _proven(last: torch.Tensor, kth: torch.Tensor, queries: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """Queries whose outside rows are all provably farther than their k-th re-ranked distance."""
+    import torch
+
+    q64 = queries.to(torch.float64)
+    q_sq = (q64 * q64).sum(dim=1)
+    last64, kth64 = last.to(torch.float64), kth.to(torch.float64)
+    lower = q_sq + last64 - rows.out_rounding * last64.abs() - _error(queries, rows)
+    slack = kth64 * 2.0**-20 + 2.0**-40 * (q_sq + last64.abs() + rows.sqnorm_max) + 1e-30
+    return torch.isinf(last64) | (lower > kth64 + slack)
+
+
+def _pass(queries: torch.Tensor, rows: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, k: int, c: int,
+          chunk: int, exclusion: Exclusion | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One shortlist + re-rank: (distances, positions, proven mask)."""
+    scores, positions = smallest(queries, rows.data, rows.sqnorm, c, chunk, exclusion)
+    d, p = _rerank(queries, exact, exact_sqnorm64, positions, k)
+    ok = _proven(scores[:, -1], d[:, -1], queries, rows)
+    if c >= rows.data.shape[0]:  # every row was re-ranked
+        ok[:] = True
+    return d, p, ok
+
+
+@dataclass
+class Counts:
+    """How many queries each pass had to answer (the first pass answers all of them)."""
+
+    queries: int = 0
+    fp32: int = 0
+    wide: int = 0
+
+
+def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, k: int,
+           chunk: int, exclusion: Exclusion | None, counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then FP32 ones."""
+
+    c = shortlist_size(k)
+    d, p, ok = _pass(queries, first, exact, exact_sqnorm64, k, c, chunk, exclusion)
+    counts.queries += len(queries)
+    passes = [] if first is exact else [c]
+    passes += [c * WIDEN**i for i in range(1, 64) if c * WIDEN**(i - 1) < exact.data.shape[0]]
+    for width in passes:
+        todo = (~ok).nonzero().squeeze(1)
+        if len(todo) == 0:
+            break
+        if width == c:
+            counts.fp32 += len(todo)
+        else:
+            counts.wide += len(todo)
+        sub = None if exclusion is None else replace(
+            exclusion, query_ids=exclusion.query_ids[todo], query_cams=exclusion.query_cams[todo])
+        d[todo], p[todo], ok[todo] = _pass(queries[todo], exact, exact, exact_sqnorm64, k,
+                                           min(width, exact.data.shape[0]), chunk, sub)
+    return d, p
