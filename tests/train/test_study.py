@@ -1,0 +1,100 @@
+"""``python -m train.study``: aggregation, resumability and recipe checks on the synthetic smoke recipe."""
+import json
+
+import pytest
+
+from engine.errors import CheckpointError, InputError
+from train import study
+from train.recipes import ABLATIONS, RECIPES, Recipe, get_recipe
+from train.study import RunKey, aggregate, main, plan_runs, summary_table
+
+SMOKE = ["--recipe", "smoke", "--splits", "2", "--threads", "1", "--no-progress"]
+
+
+def _record(variant, seed, rank1, mAP):
+    metrics = {"rank1": rank1, "rank5": 1.0, "rank10": 1.0, "rank20": 1.0, "mAP": mAP, "num_query": 10}
+    return {"variant": variant, "split_seed": seed, "metrics": metrics, "train_s": 10.0 * (seed + 1)}
+
+
+def test_aggregate_gives_mean_and_sample_std_per_variant():
+    records = [_record("joint", 0, 0.2, 0.1), _record("joint", 1, 0.4, 0.3), _record("joint", 2, 0.6, 0.2),
+               _record("local_only", 0, 0.5, 0.25)]
+    summary = aggregate(records)
+    joint = summary["joint"]
+    assert joint["n"] == 3 and joint["splits"] == [0, 1, 2]
+    assert joint["rank1"]["mean"] == pytest.approx(0.4) and joint["rank1"]["std"] == pytest.approx(0.2)
+    assert joint["mAP"]["mean"] == pytest.approx(0.2) and joint["mAP"]["std"] == pytest.approx(0.1)
+    assert joint["train_s"] == pytest.approx(20.0)
+    assert summary["local_only"]["rank1"] == {"mean": 0.5, "std": None}  # one run: no spread
+    table = summary_table(summary)
+    assert "| joint | 40.0 ± 20.0 |" in table and "| local_only | 50.0 |" in table
+
+
+def test_plan_goes_split_by_split():
+    assert plan_runs(2, ["joint", "local_only"]) == [
+        RunKey("joint", 0), RunKey("local_only", 0), RunKey("joint", 1), RunKey("local_only", 1)]
+
+
+def test_recipes_build_every_ablation_and_reject_unknown_names():
+    recipe = RECIPES["viper"]
+    for variant, changes in ABLATIONS.items():
+        cfg, opts = recipe.build(variant, seed=3)
+        assert all(getattr(cfg, k) == v for k, v in changes.items()) and opts.seed == 3
+        assert cfg.widths == recipe.build("joint", seed=0)[0].widths  # the recipe itself never varies
+    with pytest.raises(InputError, match="unknown ablation"):
+        recipe.build("no_such_variant", seed=0)
+    with pytest.raises(InputError, match="unknown recipe"):
+        get_recipe("market")
+
+
+def test_study_runs_saves_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    assert main([*SMOKE, "--out", str(out)]) == 0
+    for seed in (0, 1):
+        record = json.loads((out / "joint" / f"split{seed}" / "metrics.json").read_text())
+        assert record["split_seed"] == seed and 0.0 <= record["metrics"]["rank1"] <= 1.0
+    first = json.loads((out / "summary.json").read_text())
+    assert first["variants"]["joint"]["n"] == 2
+    assert "| joint |" in (out / "summary.md").read_text() and "| joint |" in capsys.readouterr().out
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(study, "fit", no_training)
+    assert main([*SMOKE, "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text()) == first
+
+
+def test_unfinished_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    assert main([*SMOKE, "--splits", "1", "--out", str(out)]) == 0
+    (out / "joint" / "split0" / "metrics.json").unlink()  # as if killed after training, before evaluating
+    resumed = []
+    real_fit = study.fit
+
+    def spy(*args, resume=None, **kwargs):
+        resumed.append(resume)
+        return real_fit(*args, resume=resume, **kwargs)
+
+    monkeypatch.setattr(study, "fit", spy)
+    assert main([*SMOKE, "--splits", "1", "--out", str(out)]) == 0
+    assert resumed == [out / "joint" / "split0" / "last.pt"]
+    assert (out / "joint" / "split0" / "metrics.json").is_file()
+
+
+def test_finished_run_of_another_recipe_is_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    assert main([*SMOKE, "--splits", "1", "--out", str(out)]) == 0
+    smoke = RECIPES["smoke"]
+    changed = Recipe(smoke.name, smoke.dataset, config=smoke.config, options={**smoke.options, "epochs": 2},
+                     data_options=smoke.data_options)
+    with pytest.raises(CheckpointError, match=r"differs in \['options'\]"):
+        study.finished_record(changed, RunKey("joint", 0), out)
+    monkeypatch.setattr(study, "get_recipe", lambda name: changed)
+    assert main([*SMOKE, "--splits", "1", "--out", str(out)]) == 2
+    assert "fresh --out" in capsys.readouterr().err
+
+
+def test_bad_split_count_exits_2(tmp_path, capsys):
+    assert main([*SMOKE, "--splits", "0", "--out", str(tmp_path)]) == 2
+    assert "--splits 0" in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""``python -m train.study``: one recipe over several seeded splits (and the ablations), resumable.
+
+Each run (variant x split seed) trains in ``OUT/<variant>/split<seed>/`` and ends with a
+``metrics.json`` there; a run whose ``metrics.json`` exists is skipped, and an interrupted run
+continues from its ``last.pt``, so re-running the same command after a crash or Ctrl-C finishes the
+study without redoing work. After the runs, ``OUT/summary.json`` and ``OUT/summary.md`` hold the mean
+and sample standard deviation over splits of every metric, per variant. Exit codes: 0 done, 2 bad
+arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.atomic import write_text
+from engine.errors import CheckpointError, JLMLError
+
+from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
+from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One run of a study: an ablation variant trained and evaluated on one split seed."""
+
+    variant: str
+    split_seed: int
+
+    def folder(self, out: Path) -> Path:
+        return out / self.variant / f"split{self.split_seed}"
+
+
+def plan_runs(splits: int, variants: Sequence[str] = (JOINT,)) -> list[RunKey]:
+    """Every (variant, split) pair, split by split so a cut-short study still compares variants."""
+    return [RunKey(v, seed) for seed in range(splits) for v in variants]
+
+
+def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
+    cfg, opts = recipe.build(key.variant, key.split_seed)
+    options = dataclasses.asdict(opts)
+    options.pop("progress")
+    return {"recipe": recipe.name, "dataset": recipe.dataset, "variant": key.variant,
+            "split_seed": key.split_seed, "config": cfg.to_dict(), "options": options,
+            "augment": recipe.augment, "data_options": recipe.data_options}
+
+
+def finished_record(recipe: Recipe, key: RunKey, out: Path) -> dict[str, Any] | None:
+    """The saved record of a finished run, None if it has not finished.
+
+    A record made under other settings raises CheckpointError: mixing it into the aggregate would
+    report numbers of a recipe that is no longer the one named.
+    """
+    path = key.folder(out) / METRICS_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    expected = _expected(recipe, key)
+    diffs = sorted(k for k, v in expected.items() if record.get(k) != json.loads(json.dumps(v)))
+    if diffs:
+        raise CheckpointError(f"{path} was made with other settings (differs in {diffs}) than recipe "
+                              f"{recipe.name!r} now asks; use a fresh --out or delete that run folder")
+    return record
+
+
+def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, progress: bool = False,
+                       ) -> dict[str, Any]:
+    """Train one run (continuing its ``last.pt`` if there is one), evaluate it, save its record."""
+    from .data import Augment
+
+    folder = key.folder(out)
+    cfg, opts = recipe.build(key.variant, key.split_seed, progress=progress)
+    resume = folder / CHECKPOINT_FILE
+    tic = time.perf_counter()
+    result = fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None,
+                 make_augment=(lambda seed: Augment(seed=seed)) if recipe.augment else None)
+    metrics = evaluate_model(result.model, data)
+    record = {**_expected(recipe, key), "metrics": metrics,
+              "train_s": sum(h["time_s"] for h in result.history),
+              "wall_s": time.perf_counter() - tic, "final_train_acc": result.history[-1]["acc"]}
+    write_text(folder / METRICS_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant: ``{metric: {"mean", "std"}}`` over its runs, plus ``n`` and ``splits``.
+
+    ``std`` is the sample standard deviation (ddof=1), the spread one more split would show; it is
+    None for a single run, where no spread can be estimated.
+    """
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(record["variant"], []).append(record)
+    summary: dict[str, dict[str, Any]] = {}
+    for variant, runs in grouped.items():
+        row: dict[str, Any] = {"n": len(runs), "splits": sorted(r["split_seed"] for r in runs),
+                               "train_s": float(np.mean([r["train_s"] for r in runs]))}
+        for metric in METRIC_KEYS:
+            values = np.array([r["metrics"][metric] for r in runs], dtype=np.float64)
+            row[metric] = {"mean": float(values.mean()),
+                           "std": float(values.std(ddof=1)) if len(values) > 1 else None}
+        summary[variant] = row
+    return summary
+
+
+def summary_table(summary: dict[str, dict[str, Any]]) -> str:
+    """Markdown table, metrics in percent as ``mean ± std`` (std omitted for a single run)."""
+    def cell(stat: dict[str, Any]) -> str:
+        mean = f"{100 * stat['mean']:.1f}"
+        return mean if stat["std"] is None else f"{mean} ± {100 * stat['std']:.1f}"
+
+    names = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20", "mAP": "mAP"}
+    lines = ["| variant | " + " | ".join(names[m] for m in METRIC_KEYS) + " | splits | train s/run |",
+             "|---" * (len(METRIC_KEYS) + 3) + "|"]
+    for variant, row in summary.items():
+        cells = [cell(row[m]) for m in METRIC_KEYS]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {row['n']} | {row['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str | None = None,
+              progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run every unfinished key (loading each split once), then write and return the aggregate."""
+    from .data import load_reid_set
+
+    records: list[dict[str, Any]] = []
+    loaded: dict[int, Any] = {}
+    for key in tqdm(keys, desc=f"study {recipe.name}", unit="run", disable=not progress):
+        record = finished_record(recipe, key, out)
+        if record is None:
+            if key.split_seed not in loaded:
+                cfg, _ = recipe.build(key.variant, key.split_seed)
+                loaded = {key.split_seed: load_reid_set(recipe.dataset, data_root, height=cfg.height,
+                                                        width=cfg.width, split_seed=key.split_seed,
+                                                        **recipe.data_options)}
+            record = train_and_evaluate(recipe, key, loaded[key.split_seed], out)
+        records.append(record)
+    summary = aggregate(records)
+    write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary}, indent=2) + "\n")
+    write_text(out / SUMMARY_MD, f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="see train/recipes.py")
+    p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1 (default: 3)")
+    p.add_argument("--ablations", action="store_true",
+                   help=f"also run every ablation variant: {', '.join(v for v in ABLATIONS if v != JOINT)}")
+    p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), metavar="VARIANT",
+                   help="run exactly these variants (overrides --ablations)")
+    p.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, required=True, help="study folder, e.g. runs/study_viper")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.splits < 1:
+        print(f"error: --splits {args.splits}; need at least 1", file=sys.stderr)
+        return 2
+    variants = args.variants or (list(ABLATIONS) if args.ablations else [JOINT])
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants), args.out,
+                            args.data_root, progress=not args.no_progress)
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to continue (runs in {args.out})", file=sys.stderr)
+        return 130
+    print(summary_table(summary), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
