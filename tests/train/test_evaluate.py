@@ -1,0 +1,84 @@
+"""``python -m train.evaluate``: PyTorch and ONNX Runtime on the same split, side by side."""
+import json
+
+import pytest
+import torch
+
+from export import build_engine
+from train.checkpoint import save_checkpoint
+from train.config import JLMLConfig
+from train.data import load_reid_set
+from train.evaluate import DIFF, ONNXRUNTIME, PYTORCH, main, worst_difference
+from train.loop import evaluate_model
+from train.model import JLML
+
+TINY = dict(height=32, width=16, stripes=4, widths=(4, 8), blocks=(1, 1), feat_dim=16, dropout=0.0)
+DATA = ["--dataset", "synthetic", "--data-option", "num_ids=12", "--data-option", "num_test=4",
+        "--split-seed", "1", "--threads", "1"]
+
+
+def _checkpoint(folder, seed, **changes):
+    torch.manual_seed(seed)
+    model = JLML(JLMLConfig(**{**TINY, **changes}), num_classes=8).eval()
+    return save_checkpoint(folder / "last.pt", model, model.cfg, epoch=1, num_classes=8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ckpt"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("artefact") / "out"
+    args = [str(checkpoint), "--out", str(out), "--no-fp16", "--max-batch", "16", "--opt-batch", "8"]
+    assert build_engine.main(args) == 0
+    return out
+
+
+def test_both_backends_side_by_side_and_they_agree(checkpoint, artifact, tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(checkpoint), "--artifact", str(artifact), *DATA,
+                 "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"| {row} |" in printed for row in (PYTORCH, ONNXRUNTIME, DIFF))
+    rows = json.loads(report.read_text())["rows"]
+    data = load_reid_set("synthetic", height=32, width=16, split_seed=1, num_ids=12, num_test=4)
+    model = JLML(JLMLConfig(**TINY), num_classes=8)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    assert rows[PYTORCH] == pytest.approx(evaluate_model(model.eval(), data))
+    for key in ("rank1", "rank5", "mAP"):
+        assert rows[ONNXRUNTIME][key] == pytest.approx(rows[PYTORCH][key], abs=1e-6)
+    assert rows[DIFF]["embedding"] < 1e-4
+
+
+def test_without_artifact_only_pytorch_is_evaluated(checkpoint, tmp_path):
+    report = tmp_path / "eval.json"
+    assert main(["--checkpoint", str(checkpoint), *DATA, "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert list(rows) == [PYTORCH] and worst_difference(rows) == 0.0
+
+
+def test_artifact_of_another_checkpoint_shows_the_difference(artifact, tmp_path):
+    other = _checkpoint(tmp_path, seed=1)
+    report = tmp_path / "eval.json"
+    code = main(["--checkpoint", str(other), "--artifact", str(artifact), *DATA, "--json", str(report)])
+    rows = json.loads(report.read_text())["rows"]
+    assert rows[DIFF]["embedding"] > 0.05
+    assert code == (1 if worst_difference(rows) > 0.01 else 0)
+
+
+def test_artifact_of_another_size_exits_2(artifact, tmp_path, capsys):
+    other = _checkpoint(tmp_path, seed=0, feat_dim=8)
+    assert main(["--checkpoint", str(other), "--artifact", str(artifact), *DATA]) == 2
+    assert "embedding_dim" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_exits_2(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), *DATA]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_worst_difference_ignores_the_embedding_column():
+    rows = {PYTORCH: {}, ONNXRUNTIME: {}, DIFF: {"rank1": 0.02, "mAP": 0.005, "embedding": 0.5}}
+    assert worst_difference(rows) == 0.02
