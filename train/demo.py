@@ -99,8 +99,10 @@ def run_demo(state: DemoState, stages: list[Stage] | None = None) -> DemoState:
     return state
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__,
+def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None,
+         prog: str = "python -m train.demo", description: str | None = __doc__) -> int:
+    """CLI over ``run_demo``; ``benchmarks.demo`` reuses it with the full pipeline's stages."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder")
     p.add_argument("--epochs", type=int, default=DEMO_OPTIONS.epochs, help="training epochs")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         opts = dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs)
-        run_demo(DemoState(out=args.out, opts=opts))
+        run_demo(DemoState(out=args.out, opts=opts), stages)
     except JLMLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
