@@ -12,6 +12,12 @@ k=10; see benchmarks/gallery.py and the report for the figures):
   and a small query batch scans a big gallery in few chunks (H200, 1M x 1024: batch 1 went from
   32.7 to 1.8 ms, batch 100 from 47.7 to 8.8 ms against 8192-row chunks).
 * Rows are kept sorted by id, so "ties broken by id" costs nothing at search time.
+* On CPU the default search is two-pass (engine.twopass): a shortlist from a bf16 GEMM (~2x the FP32
+  GEMM rate on AVX512_BF16 CPUs; this is what beats faiss-cpu) or an FP32 one, re-ranked in FP64, with
+  a per-query error bound that proves the shortlist holds the exact top k (else the query is redone
+  with FP32 / wider shortlists). Distances are then FP64 squared L2 rounded to FP32, independent of
+  batching, so both shortlists give bit-identical answers. Costs a bf16 copy (half the FP32 gallery).
+  ``coarse="off"`` (the default on CUDA) is the single FP32 GEMM pass with GEMM-rounded distances.
 * FP32 storage is exact (same neighbours as faiss.IndexFlatL2, tie-aware); FP16 storage halves the
   memory and accumulates in FP32 (exact with respect to the FP16-rounded vectors).
 
