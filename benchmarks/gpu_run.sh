@@ -26,7 +26,7 @@ export PYTHONPATH=${PYTHONPATH:-.}
 # The GPU machine has no pytest: a pure-python copy carried in .gpu/pylib (ignored by git) is used when
 # present (here: pip install --target .gpu/pylib pytest; carry ".gpu/pylib").
 [ -d .gpu/pylib ] && export PYTHONPATH=$PYTHONPATH:$PWD/.gpu/pylib
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_log.txt
 ENVF=$OUT/env.txt

@@ -1,0 +1,78 @@
+"""Median tables from repeated benchmark runs: ``python -m benchmarks.report RUN.json [RUN.json ...]``.
+
+On a shared or noisy machine one run is not a figure: this reads several latency.json, e2e.json or
+gallery.json files of the same benchmark, takes the median of every numeric field per row (rows
+matched by backend/method, size and batch) and prints one markdown table, the one benchmarks/README.md
+quotes. Exit codes: 0 ok, 2 unreadable or mixed inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import markdown_table
+from engine.atomic import write_text
+
+KEYS = ("backend", "method", "device", "size", "batch")
+COLUMNS = {
+    "latency": ["backend", "device", "batch", "p50_ms", "p99_ms", "images_per_s", "vs_torch_fp32", "min_cosine"],
+    "e2e": ["backend", "batch", "p50_ms", "p99_ms", "queries_per_s", "vs_torch_fp32", "gallery_images_per_s"],
+    "gallery": ["size", "batch", "method", "p50_ms", "p99_ms", "queries_per_s", "vs_faiss"],
+}
+
+
+def _kind(path: Path) -> str:
+    kind = path.stem
+    if kind not in COLUMNS:
+        raise ValueError(f"{path}: expected one of {[k + '.json' for k in COLUMNS]}")
+    return kind
+
+
+def median_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key with the median of each float field over the runs (ratios too: each run's
+    ratio was measured in one process, so the median ratio is the figure, not a ratio of medians)."""
+    grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for report in reports:
+        for row in report["results"]:
+            grouped.setdefault(tuple(row.get(k) for k in KEYS), []).append(row)
+    merged = []
+    for rows in grouped.values():
+        out = dict(rows[0], runs=len(rows))
+        for field, value in rows[0].items():
+            values = [r[field] for r in rows if isinstance(r.get(field), (int, float))]
+            if isinstance(value, float) and values:
+                out[field] = float(statistics.median(values))
+        merged.append(out)
+    order = {name: i for i, name in enumerate(dict.fromkeys(r.get("backend", r.get("method")) for r in merged))}
+    return sorted(merged, key=lambda r: (order[r.get("backend", r.get("method"))], r.get("size") or 0, r["batch"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=Path, nargs="+", help="latency.json, e2e.json or gallery.json of repeated runs")
+    p.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    args = p.parse_args(argv)
+    try:
+        kinds = {_kind(path) for path in args.runs}
+        if len(kinds) != 1:
+            raise ValueError(f"mixed benchmarks {sorted(kinds)}; pass runs of one benchmark")
+        reports = [json.loads(path.read_text()) for path in args.runs]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    env = reports[0]["environment"]
+    table = (f"Median of {len(reports)} run(s), {env['device_name']} ({env['device']}), torch {env['torch']}:\n\n"
+             + markdown_table(median_rows(reports), [*COLUMNS[kinds.pop()], "runs"]))
+    print(table, end="")
+    if args.out:
+        write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""benchmarks.report: medians per row over repeated runs, and refusal of mixed inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.report import main
+
+
+def _run(folder: Path, rate: float, extra_batch: bool = False) -> Path:
+    rows = [{"backend": "ort-fp32", "device": "cpu", "batch": 8, "p50_ms": 1000 * 8 / rate, "p99_ms": 9.0,
+             "images_per_s": rate, "vs_torch_fp32": rate / 100}]
+    if extra_batch:
+        rows.insert(0, {**rows[0], "batch": 1, "images_per_s": 7.0})
+    folder.mkdir()
+    path = folder / "latency.json"
+    path.write_text(json.dumps({"environment": {"device_name": "cpu X", "device": "cpu", "torch": "2"},
+                                "results": rows}))
+    return path
+
+
+def test_median_over_runs_per_row(tmp_path: Path, capsys) -> None:
+    runs = [_run(tmp_path / "a", 100.0), _run(tmp_path / "b", 300.0, extra_batch=True), _run(tmp_path / "c", 200.0)]
+    assert main([*map(str, runs), "--out", str(tmp_path / "table.md")]) == 0
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert lines[0].startswith("Median of 3 run(s)")
+    body = [line for line in lines if line.startswith("| ort-fp32")]
+    assert body == ["| ort-fp32 | cpu | 1 | 26.67 | 9 | 7 | 3 | - | 1 |",
+                    "| ort-fp32 | cpu | 8 | 40 | 9 | 200 | 2 | - | 3 |"]
+    assert capsys.readouterr().out == (tmp_path / "table.md").read_text()
+
+
+def test_mixed_or_unknown_inputs_exit_2(tmp_path: Path) -> None:
+    latency = _run(tmp_path / "a", 1.0)
+    other = tmp_path / "gallery.json"
+    other.write_text(latency.read_text())
+    assert main([str(latency), str(other)]) == 2
+    assert main([str(tmp_path / "nope.json")]) == 2
