@@ -71,6 +71,8 @@ def environment(device: str) -> dict[str, Any]:
         "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
         "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "device": device,
+        # cores this process may run on (taskset): fewer than cpu_count means a pinned run
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
