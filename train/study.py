@@ -116,6 +116,31 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def paired_differences(records: Iterable[dict[str, Any]], baseline: str = JOINT,
+                       ) -> dict[str, dict[str, Any]]:
+    """Per variant: ``{metric: {"mean", "std"}}`` of (variant - baseline) over the splits both ran.
+
+    Splits differ far more in difficulty than variants do, so comparing each variant with the
+    baseline on the same split removes that shared part of the noise; an interval of mean ± 2 std/sqrt(n)
+    that contains 0 means the study cannot tell the two apart.
+    """
+    by_split: dict[str, dict[int, dict[str, float]]] = {}
+    for record in records:
+        by_split.setdefault(record["variant"], {})[record["split_seed"]] = record["metrics"]
+    base = by_split.get(baseline, {})
+    paired: dict[str, dict[str, Any]] = {}
+    for variant, runs in by_split.items():
+        seeds = sorted(set(runs) & set(base))
+        if variant == baseline or not seeds:
+            continue
+        row: dict[str, Any] = {"n": len(seeds), "splits": seeds}
+        for metric in METRIC_KEYS:
+            d = np.array([runs[s][metric] - base[s][metric] for s in seeds], dtype=np.float64)
+            row[metric] = {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else None}
+        paired[variant] = row
+    return paired
+
+
 def summary_table(summary: dict[str, dict[str, Any]]) -> str:
     """Markdown table, metrics in percent as ``mean ± std`` (std omitted for a single run)."""
     def cell(stat: dict[str, Any]) -> str:
@@ -123,11 +148,13 @@ def summary_table(summary: dict[str, dict[str, Any]]) -> str:
         return mean if stat["std"] is None else f"{mean} ± {100 * stat['std']:.1f}"
 
     names = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20", "mAP": "mAP"}
-    lines = ["| variant | " + " | ".join(names[m] for m in METRIC_KEYS) + " | splits | train s/run |",
-             "|---" * (len(METRIC_KEYS) + 3) + "|"]
+    timed = all("train_s" in row for row in summary.values())
+    lines = ["| variant | " + " | ".join(names[m] for m in METRIC_KEYS) + " | splits |"
+             + (" train s/run |" if timed else ""), "|---" * (len(METRIC_KEYS) + 2 + timed) + "|"]
     for variant, row in summary.items():
-        cells = [cell(row[m]) for m in METRIC_KEYS]
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {row['n']} | {row['train_s']:.0f} |")
+        cells = [cell(row[m]) for m in METRIC_KEYS] + [str(row["n"])]
+        cells += [f"{row['train_s']:.0f}"] if timed else []
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,9 +175,13 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                                                         **recipe.data_options)}
             record = train_and_evaluate(recipe, key, loaded[key.split_seed], out)
         records.append(record)
-    summary = aggregate(records)
-    write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary}, indent=2) + "\n")
-    write_text(out / SUMMARY_MD, f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary))
+    summary, paired = aggregate(records), paired_differences(records)
+    write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary,
+                                               "minus_joint": paired}, indent=2) + "\n")
+    text = f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary)
+    if paired:
+        text += f"\nPaired difference to `{JOINT}` on the same splits (points)\n\n" + summary_table(paired)
+    write_text(out / SUMMARY_MD, text)
     return summary
 
 

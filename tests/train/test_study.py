@@ -6,7 +6,7 @@ import pytest
 from engine.errors import CheckpointError, InputError
 from train import study
 from train.recipes import ABLATIONS, RECIPES, Recipe, get_recipe
-from train.study import RunKey, aggregate, main, plan_runs, summary_table
+from train.study import RunKey, aggregate, main, paired_differences, plan_runs, summary_table
 
 SMOKE = ["--recipe", "smoke", "--splits", "2", "--threads", "1", "--no-progress"]
 
@@ -30,6 +30,19 @@ def test_aggregate_gives_mean_and_sample_std_per_variant():
     assert "| joint | 40.0 ± 20.0 |" in table and "| local_only | 50.0 |" in table
 
 
+def test_paired_differences_compare_variants_on_the_splits_both_ran():
+    records = [_record("joint", 0, 0.2, 0.1), _record("joint", 1, 0.4, 0.3), _record("joint", 2, 0.6, 0.2),
+               _record("local_only", 0, 0.1, 0.1), _record("local_only", 1, 0.4, 0.2),
+               _record("global_only", 5, 0.9, 0.9)]  # no joint run on split 5: nothing to pair with
+    paired = paired_differences(records)
+    assert list(paired) == ["local_only"]
+    row = paired["local_only"]
+    assert row["n"] == 2 and row["splits"] == [0, 1]
+    assert row["rank1"]["mean"] == pytest.approx(-0.05) and row["rank1"]["std"] == pytest.approx(0.0707107)
+    assert row["mAP"]["mean"] == pytest.approx(-0.05) and row["mAP"]["std"] == pytest.approx(0.0707107)
+    assert "| local_only | -5.0 ± 7.1 |" in summary_table(paired)
+
+
 def test_plan_goes_split_by_split():
     assert plan_runs(2, ["joint", "local_only"]) == [
         RunKey("joint", 0), RunKey("local_only", 0), RunKey("joint", 1), RunKey("local_only", 1)]
@@ -49,19 +62,22 @@ def test_recipes_build_every_ablation_and_reject_unknown_names():
 
 def test_study_runs_saves_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
-    assert main([*SMOKE, "--out", str(out)]) == 0
+    assert main([*SMOKE, "--out", str(out), "--variants", "joint", "local_only"]) == 0
     for seed in (0, 1):
         record = json.loads((out / "joint" / f"split{seed}" / "metrics.json").read_text())
         assert record["split_seed"] == seed and 0.0 <= record["metrics"]["rank1"] <= 1.0
     first = json.loads((out / "summary.json").read_text())
-    assert first["variants"]["joint"]["n"] == 2
+    assert first["variants"]["joint"]["n"] == 2 and first["minus_joint"]["local_only"]["splits"] == [0, 1]
+    variants = first["variants"]  # both ran on the same splits: mean of differences = difference of means
+    assert first["minus_joint"]["local_only"]["rank1"]["mean"] == pytest.approx(
+        variants["local_only"]["rank1"]["mean"] - variants["joint"]["rank1"]["mean"])
     assert "| joint |" in (out / "summary.md").read_text() and "| joint |" in capsys.readouterr().out
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(study, "fit", no_training)
-    assert main([*SMOKE, "--out", str(out)]) == 0
+    assert main([*SMOKE, "--out", str(out), "--variants", "joint", "local_only"]) == 0
     assert json.loads((out / "summary.json").read_text()) == first
 
 
