@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.e2e import main
 
 
@@ -24,3 +26,17 @@ def test_quick_run_ranks_queries_on_every_cpu_backend(tmp_path: Path, bench_arti
     assert rows[("ort-fp32", 1)]["topk_agreement"] >= 0.9  # same graph: same ranked ids up to float ties
     assert set(report["skipped"]) == {"torch-fp16", "trt-fp16"}
     assert "| backend | batch |" in (tmp_path / "e2e.md").read_text()
+
+
+@pytest.mark.gpu
+def test_cuda_run_searches_on_the_gpu_and_agrees_with_the_baseline(tmp_path: Path, bench_artifacts: Path,
+                                                                   bench_checkpoint: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (PyTorch sees none)")
+    assert main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
+                 "--backends", "torch-fp16", "--gallery-size", "24", "--batches", "4", "--k", "5",
+                 "--out", str(tmp_path)]) == 0
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "e2e.json").read_text())["results"]}
+    assert set(rows) == {"torch-fp32", "torch-fp16"} and rows["torch-fp32"]["device"].startswith("cuda")
+    assert rows["torch-fp16"]["topk_agreement"] >= 0.8  # fp16 may swap near-tied neighbours

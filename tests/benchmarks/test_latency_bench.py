@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.candidates import CPU_FP16_REASON
 from benchmarks.latency import main
 
@@ -46,3 +48,20 @@ def test_usage_errors_exit_2(tmp_path: Path, bench_artifacts: Path, capsys) -> N
     assert main([str(tmp_path / "missing"), "--quick", "--out", str(tmp_path)]) == 2
     assert main([str(bench_artifacts), "--quick", "--backends", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown backend" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_run_has_fp16_rows_device_memory_and_a_limited_cpu_reference(tmp_path: Path, bench_artifacts: Path,
+                                                                          bench_checkpoint: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (PyTorch sees none)")
+    assert main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
+                 "--batches", "1", "8", "--cpu-max-batch", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    rows = {(r["backend"], r["batch"]): r for r in report["results"]}
+    assert rows[("torch-fp16", 8)]["device"].startswith("cuda") and rows[("torch-fp16", 8)]["min_cosine"] > 0.99
+    assert rows[("torch-fp32", 8)]["device_peak_mb"] > 0
+    assert report["environment"]["device_name"] != report["environment"]["cpu"]
+    for (_, batch), row in rows.items():
+        assert row["device"].startswith("cuda") or batch <= 1  # CPU-side backends stop at --cpu-max-batch
