@@ -7,7 +7,7 @@
 # export does not record which checkpoint an artefact came from, and the PyTorch baseline needs it.
 # Writes at most 8 files into OUT_DIR, no subfolders: env.txt, gpu_log.txt, latency.{json,md,png},
 # gallery.{json,md,png}. Every step runs under `timeout` and a shared time budget (GPU_RUN_BUDGET_S,
-# default 500 s) so one failing or slow step never loses the others; a step's exit code is logged and
+# default 360 s) so one failing or slow step never loses the others; a step's exit code is logged and
 # the script goes on. Steps that improve on an earlier one (torch.compile, a 10^7 gallery) write to a
 # scratch folder and replace the earlier files only when they finish.
 # Overrides for a dry run on a CPU machine: GPU_RUN_DEVICE=cpu GPU_RUN_QUICK=1.
@@ -33,7 +33,7 @@ ENVF=$OUT/env.txt
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 : >"$LOG"
-DEADLINE=$(($(date +%s) + ${GPU_RUN_BUDGET_S:-500}))
+DEADLINE=$(($(date +%s) + ${GPU_RUN_BUDGET_S:-360}))
 SUMMARY=""
 
 say() { echo "[gpu_run $(date +%T)] $*" | tee -a "$LOG"; }
