@@ -133,13 +133,29 @@ def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, dat
     return {"loss": {k: v / max(seen, 1) for k, v in sums.items()}, "acc": correct / max(seen, 1)}
 
 
+def load_matching(model: JLML, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the tensors of ``state`` whose name and shape match ``model``'s; return those left fresh.
+
+    Pre-training on another data set shares everything but the classifiers (another number of
+    identities), which keep their fresh initialisation.
+    """
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))
+
+
 def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, resume: Path | None,
+           init: dict[str, torch.Tensor] | None = None,
            ) -> tuple[JLML, torch.optim.Optimizer, Any, int, list[dict[str, Any]]]:
-    """A fresh model/optimiser/scheduler, or the state saved in ``resume`` after checking it matches."""
+    """A fresh model/optimiser/scheduler (from ``init`` weights where they match), or the state saved
+    in ``resume`` after checking it matches."""
     torch.manual_seed(opts.seed)
     model = JLML(cfg, data.num_classes)
     opt, sched = make_optimizer(model, opts)
     if resume is None:
+        if init is not None:
+            load_matching(model, init)
         return model, opt, sched, 0, []
     ck = load_checkpoint(resume)
     check_same_config(ck, cfg, data.num_classes)
@@ -161,11 +177,12 @@ def _check_same_options(saved: dict[str, Any], opts: TrainOptions, path: Path) -
 
 
 def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *, resume: str | Path | None = None,
-        make_augment: AugmentFactory | None = None) -> FitResult:
+        make_augment: AugmentFactory | None = None, init: dict[str, torch.Tensor] | None = None) -> FitResult:
     """Train ``cfg`` on ``data.train_*`` for ``opts.epochs`` epochs, writing ``out/last.pt`` and
-    ``out/log.jsonl`` after every epoch; with ``resume`` continue that checkpoint's run."""
+    ``out/log.jsonl`` after every epoch; with ``resume`` continue that checkpoint's run. A fresh run
+    starts from ``init`` (a pre-trained state dict) where names and shapes match (``load_matching``)."""
     out = Path(out)
-    model, opt, sched, start, history = _start(cfg, data, opts, Path(resume) if resume else None)
+    model, opt, sched, start, history = _start(cfg, data, opts, Path(resume) if resume else None, init)
     loss_fn = JLMLLoss(cfg)
     path = out / CHECKPOINT_FILE
     for epoch in range(start, opts.epochs):

@@ -36,6 +36,9 @@ class Recipe:
 
     ``config`` holds ``JLMLConfig`` fields and ``options`` ``TrainOptions`` fields that differ from
     their defaults; ``data_options`` go to ``load_reid_set`` (e.g. the synthetic set's size).
+    ``pretrain`` names another data set whose train people (``pretrain_options`` of its loader) every
+    variant is first trained on for ``pretrain_epochs``, once; it must hold none of the evaluated
+    people, which two different real data sets guarantee.
     """
 
     name: str
@@ -44,6 +47,17 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=dict)
     augment: bool = True
+    pretrain: str | None = None
+    pretrain_epochs: int = 0
+    pretrain_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.pretrain is None) != (self.pretrain_epochs == 0) or self.pretrain_epochs < 0:
+            raise InputError(f"recipe {self.name!r}: pretrain={self.pretrain!r} with pretrain_epochs="
+                             f"{self.pretrain_epochs}; give both (a data set and epochs > 0) or neither")
+        if self.pretrain == self.dataset:
+            raise InputError(f"recipe {self.name!r} pre-trains on its own data set {self.dataset!r}, which "
+                             "could show it the test people; pre-train on another data set")
 
     def build(self, variant: str, seed: int, progress: bool = False) -> tuple[JLMLConfig, TrainOptions]:
         """The config and options of ``variant`` trained with weight-init/batch seed ``seed``."""
@@ -52,6 +66,11 @@ class Recipe:
         cfg = JLMLConfig(**{**self.config, **ABLATIONS[variant]})
         opts = TrainOptions(**{**self.options, "seed": seed, "progress": progress})
         return cfg, opts
+
+    def build_pretrain(self, variant: str) -> tuple[JLMLConfig, TrainOptions]:
+        """The config and options of ``variant``'s pre-training run (same network, own epochs)."""
+        cfg, opts = self.build(variant, seed=0)
+        return cfg, dataclasses.replace(opts, epochs=self.pretrain_epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,6 +90,13 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # PRID2011 trains on 200 images (VIPeR: 632): 50 epochs cost about what VIPeR's 20 do.
     "prid2011": Recipe("prid2011", "prid2011", config={**_SMALL_NET, "width": 64},
                        options={**_CPU_OPTIONS, "epochs": 50}),
+    # Pre-trained on the other data set's people (all but one: a split needs a test person).
+    "viper_pretrained": Recipe("viper_pretrained", "viper", config={**_SMALL_NET, "width": 48},
+                               options={**_CPU_OPTIONS, "epochs": 20}, pretrain="prid2011",
+                               pretrain_epochs=30, pretrain_options={"num_train": 199, "num_test": 1}),
+    "prid2011_pretrained": Recipe("prid2011_pretrained", "prid2011", config={**_SMALL_NET, "width": 64},
+                                  options={**_CPU_OPTIONS, "epochs": 50}, pretrain="viper",
+                                  pretrain_epochs=15, pretrain_options={"num_train": 631, "num_test": 1}),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
     "smoke": Recipe("smoke", "synthetic",
                     config={"height": 32, "width": 16, "widths": (4, 8), "blocks": (1, 1), "feat_dim": 16},

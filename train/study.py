@@ -53,9 +53,13 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
     cfg, opts = recipe.build(key.variant, key.split_seed)
     options = dataclasses.asdict(opts)
     options.pop("progress")
-    return {"recipe": recipe.name, "dataset": recipe.dataset, "variant": key.variant,
-            "split_seed": key.split_seed, "config": cfg.to_dict(), "options": options,
-            "augment": recipe.augment, "data_options": recipe.data_options}
+    record = {"recipe": recipe.name, "dataset": recipe.dataset, "variant": key.variant,
+              "split_seed": key.split_seed, "config": cfg.to_dict(), "options": options,
+              "augment": recipe.augment, "data_options": recipe.data_options}
+    if recipe.pretrain:
+        record["pretrain"] = {"dataset": recipe.pretrain, "epochs": recipe.pretrain_epochs,
+                              "options": recipe.pretrain_options}
+    return record
 
 
 def finished_record(recipe: Recipe, key: RunKey, out: Path) -> dict[str, Any] | None:
@@ -76,22 +80,39 @@ def finished_record(recipe: Recipe, key: RunKey, out: Path) -> dict[str, Any] | 
     return record
 
 
-def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, progress: bool = False,
-                       ) -> dict[str, Any]:
-    """Train one run (continuing its ``last.pt`` if there is one), evaluate it, save its record."""
+def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any = None) -> Any:
+    """``fit`` with the recipe's augmentation, continuing ``folder/last.pt`` when there is one."""
     from .data import Augment
 
-    folder = key.folder(out)
-    cfg, opts = recipe.build(key.variant, key.split_seed, progress=progress)
     resume = folder / CHECKPOINT_FILE
+    return fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None, init=init,
+               make_augment=(lambda seed: Augment(seed=seed)) if recipe.augment else None)
+
+
+def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None) -> Any:
+    """State dict of ``variant`` pre-trained on ``recipe.pretrain`` (trained once, in
+    ``OUT/pretrain/<variant>/``, resumable like any run); None when the recipe has no pre-training."""
+    if recipe.pretrain is None:
+        return None
+    from .data import load_reid_set
+
+    cfg, opts = recipe.build_pretrain(variant)
+    data = load_reid_set(recipe.pretrain, data_root, height=cfg.height, width=cfg.width,
+                         **recipe.pretrain_options)
+    return _fit(recipe, cfg, opts, data, out / "pretrain" / variant).model.state_dict()
+
+
+def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: Any = None,
+                       ) -> dict[str, Any]:
+    """Train one run (from ``init`` weights, or continuing its ``last.pt``), evaluate it, save its record."""
+    cfg, opts = recipe.build(key.variant, key.split_seed)
     tic = time.perf_counter()
-    result = fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None,
-                 make_augment=(lambda seed: Augment(seed=seed)) if recipe.augment else None)
+    result = _fit(recipe, cfg, opts, data, key.folder(out), init)
     metrics = evaluate_model(result.model, data)
     record = {**_expected(recipe, key), "metrics": metrics,
               "train_s": sum(h["time_s"] for h in result.history),
               "wall_s": time.perf_counter() - tic, "final_train_acc": result.history[-1]["acc"]}
-    write_text(folder / METRICS_FILE, json.dumps(record, indent=2) + "\n")
+    write_text(key.folder(out) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -165,6 +186,7 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
 
     records: list[dict[str, Any]] = []
     loaded: dict[int, Any] = {}
+    weights: dict[str, Any] = {}
     for key in tqdm(keys, desc=f"study {recipe.name}", unit="run", disable=not progress):
         record = finished_record(recipe, key, out)
         if record is None:
@@ -173,7 +195,9 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                 loaded = {key.split_seed: load_reid_set(recipe.dataset, data_root, height=cfg.height,
                                                         width=cfg.width, split_seed=key.split_seed,
                                                         **recipe.data_options)}
-            record = train_and_evaluate(recipe, key, loaded[key.split_seed], out)
+            if key.variant not in weights:
+                weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root)
+            record = train_and_evaluate(recipe, key, loaded[key.split_seed], out, weights[key.variant])
         records.append(record)
     summary, paired = aggregate(records), paired_differences(records)
     write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary,

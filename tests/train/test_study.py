@@ -2,9 +2,12 @@
 import json
 
 import pytest
+import torch
 
 from engine.errors import CheckpointError, InputError
 from train import study
+from train.loop import load_matching
+from train.model import JLML
 from train.recipes import ABLATIONS, RECIPES, Recipe, get_recipe
 from train.study import RunKey, aggregate, main, paired_differences, plan_runs, summary_table
 
@@ -114,3 +117,60 @@ def test_finished_run_of_another_recipe_is_refused(tmp_path, monkeypatch, capsys
 def test_bad_split_count_exits_2(tmp_path, capsys):
     assert main([*SMOKE, "--splits", "0", "--out", str(tmp_path)]) == 2
     assert "--splits 0" in capsys.readouterr().err
+
+
+def test_recipe_refuses_pretraining_on_its_own_data_set():
+    with pytest.raises(InputError, match="another data set"):
+        Recipe("bad", "viper", pretrain="viper", pretrain_epochs=1)
+    with pytest.raises(InputError, match="give both"):
+        Recipe("bad", "viper", pretrain="prid2011")
+
+
+def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, monkeypatch):
+    import train.data
+    from train.checkpoint import load_checkpoint
+
+    smoke = RECIPES["smoke"]
+    recipe = Recipe("smoke_pre", "synthetic", config=smoke.config, options=smoke.options,
+                    data_options=smoke.data_options, pretrain="prid2011", pretrain_epochs=2,
+                    pretrain_options={"num_train": 9, "num_test": 1})
+    real_load = train.data.load_reid_set
+
+    def fake_prid(name, root=None, **kwargs):  # another synthetic population stands in for PRID2011
+        if name != "prid2011":
+            return real_load(name, root, **kwargs)
+        assert kwargs.pop("num_train") == 9 and kwargs.pop("num_test") == 1
+        return real_load("synthetic", num_ids=10, num_test=2, seed=99, **kwargs)
+
+    inits = []
+    real_fit = study.fit
+
+    def spy(cfg, data, opts, out, **kwargs):
+        inits.append((out.name, kwargs["init"]))
+        return real_fit(cfg, data, opts, out, **kwargs)
+
+    monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
+    monkeypatch.setattr(study, "fit", spy)
+    study.run_study(recipe, plan_runs(2), tmp_path, progress=False)
+    pre = load_checkpoint(tmp_path / "pretrain" / "joint" / "last.pt")
+    assert pre.epoch == 2 and pre.num_classes == 8
+    assert [name for name, _ in inits] == ["joint", "split0", "split1"]
+    for _, init in inits[1:]:
+        assert init.keys() == pre.model.state_dict().keys()
+        assert all(torch.equal(init[k], v) for k, v in pre.model.state_dict().items())
+    record = json.loads((tmp_path / "joint" / "split0" / "metrics.json").read_text())
+    assert record["pretrain"] == {"dataset": "prid2011", "epochs": 2, "options": {"num_train": 9, "num_test": 1}}
+
+
+def test_load_matching_copies_all_but_the_other_data_sets_classifiers():
+    cfg = RECIPES["smoke"].build("joint", seed=0)[0]
+    torch.manual_seed(0)
+    source = JLML(cfg, num_classes=7)
+    torch.manual_seed(1)
+    target = JLML(cfg, num_classes=5)
+    fresh = load_matching(target, source.state_dict())
+    assert fresh == ["classifiers.global.bias", "classifiers.global.weight", "classifiers.local.bias",
+                     "classifiers.local.weight"]
+    for name, tensor in target.state_dict().items():
+        if name not in fresh:
+            assert torch.equal(tensor, source.state_dict()[name]), name
