@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m train.demo --out $(OUT)
+	$(PY) -m benchmarks.demo --out $(OUT)
 
 test: venv
 	$(PY) -m pytest -q
