@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="viper", help="data set (default: viper)")
     p.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
     p.add_argument("--split-seed", type=int, default=0,
-                   help="the split the checkpoint was NOT trained on the test people of (default 0)")
+                   help="the split seed the checkpoint was trained with, so only its unseen test people "
+                        "are evaluated (default 0)")
     p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (see python -m train --help)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
