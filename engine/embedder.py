@@ -122,7 +122,8 @@ class Embedder:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Unit embeddings (N, D) float32 for uint8 (N, H, W, 3) images; N may be 0 or any size."""
         batch = self.spec.check_images(images)
-        parts = [self._backend(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        step = self.batch_size
+        parts = list(self._backend.run_batches(batch[i:i + step] for i in range(0, len(batch), step)))
         if not parts:
             return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
         return np.concatenate(parts)

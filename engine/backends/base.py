@@ -7,6 +7,8 @@ inputs is the Embedder's job, so a backend can keep fixed-size device buffers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +30,7 @@ class Backend(Protocol):
     max_batch: int
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
+    def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
     def close(self) -> None: ...
     def __enter__(self) -> Backend: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -55,7 +58,8 @@ class BaseBackend(ABC):
     """Input validation, output checks and the context-manager plumbing shared by every backend.
 
     Subclasses set ``spec``, ``name``, ``precision`` and ``max_batch`` and implement ``_run`` (the
-    validated batch in, raw (N, D) output out) and ``_release``.
+    validated batch in, raw (N, D) output out) and ``_release``; a backend that can pipeline batches
+    also overrides ``_run_batches``.
     """
 
     spec: ModelSpec
@@ -65,22 +69,55 @@ class BaseBackend(ABC):
     _closed: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = self._check_batch(images)
+        return self._check_output(self._run(batch), len(batch))
+
+    def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Embed each batch in order, yielding its (n, D) embeddings; same checks as ``__call__``.
+
+        Lazy on purpose: a backend that can overlap transfers with compute (TensorRT) enqueues batch
+        i+1 before it hands back batch i, so the device never waits for the host between batches.
+        """
+        sizes: deque[int] = deque()
+
+        def checked() -> Iterator[np.ndarray]:
+            for images in batches:
+                batch = self._check_batch(images)
+                sizes.append(len(batch))
+                yield batch
+
+        for out in self._run_batches(checked()):
+            yield self._check_output(out, sizes.popleft())
+
+    def _ensure_open(self) -> None:
         if self._closed:
             raise InputError(f"{self.name} backend is closed; open a new one to embed more images")
+
+    def _check_batch(self, images: np.ndarray) -> np.ndarray:
+        """The validated batch of 1..max_batch images, or InputError."""
+        self._ensure_open()
         batch = self.spec.check_images(images)
         if not 1 <= len(batch) <= self.max_batch:
             raise InputError(
                 f"{self.name} backend takes 1 to {self.max_batch} images per call, got {len(batch)}; "
                 "use engine.embedder.Embedder, which splits any number of images into batches"
             )
-        out = np.asarray(self._run(batch), dtype=np.float32)
-        expected = (len(batch), self.spec.embedding_dim)
+        return batch
+
+    def _check_output(self, raw: np.ndarray, rows: int) -> np.ndarray:
+        """``raw`` as float32 (rows, D), or SpecMismatchError when the model broke its spec."""
+        out = np.asarray(raw, dtype=np.float32)
+        expected = (rows, self.spec.embedding_dim)
         if out.shape != expected:
             raise SpecMismatchError(
                 f"{self.name} backend returned embeddings of shape {out.shape}, the spec promises "
                 f"{expected}; the model does not match its spec.json, re-export the artefact"
             )
         return out
+
+    def _run_batches(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Raw outputs for validated batches, in order: one ``_run`` each unless a backend pipelines."""
+        return map(self._run, batches)
 
     @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:

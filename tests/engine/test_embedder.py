@@ -35,6 +35,29 @@ def test_batch_size_does_not_change_the_answer(artifact_dir, ort_embedder, make_
         np.testing.assert_allclose(small(images), ort_embedder(images), atol=1e-5)
 
 
+
+def test_batches_go_through_run_batches(artifact_dir, make_images, reference, monkeypatch):
+    """The Embedder hands the backend all its batches at once, so TensorRT can pipeline them."""
+    images, seen = make_images(12, seed=8), []
+    with Embedder(artifact_dir, backend="ort", device="cpu", batch_size=5) as emb:
+        run_batches = emb._backend.run_batches
+
+        def spy(batches):
+            batches = list(batches)
+            seen.extend(len(batch) for batch in batches)
+            return run_batches(batches)
+        monkeypatch.setattr(emb._backend, "run_batches", spy)
+        np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
+    assert seen == [5, 5, 2]
+
+
+def test_run_batches_checks_every_batch(ort_embedder, make_images):
+    backend = ort_embedder._backend
+    outputs = backend.run_batches([make_images(2), make_images(65)])
+    np.testing.assert_array_equal(next(outputs), backend(make_images(2)))
+    with pytest.raises(InputError, match="1 to 64 images per call, got 65"):
+        next(outputs)
+
 @pytest.mark.parametrize("batch_size", [0, 65])
 def test_batch_size_outside_the_backend_range(artifact_dir, batch_size):
     with pytest.raises(InputError, match=r"batch_size .* outside 1\.\.64"):
