@@ -1,13 +1,20 @@
 """TensorRT backend (TensorRT 10 and 11): a prebuilt ``model.plan`` served with name-based I/O.
 
 The plan is deserialised only after its sidecar matched the spec, the installed TensorRT, the GPU
-and the ONNX fingerprint (``plan_sidecar``). Device buffers are sized once for the profile's largest
-batch and reused; host staging buffers are pinned so the copies are truly asynchronous; one stream
-carries copy in, execute, copy out, and the host waits once per batch.
+and the ONNX fingerprint (``plan_sidecar``).
+
+Batches run through a double buffer: two slots, each with pinned host and device buffers sized once
+for the profile's largest batch and a CUDA event. One stream and one execution context carry every
+batch (a context must not run concurrently with itself), but batch i+1 is staged and enqueued before
+the host waits for batch i, so host staging and copy-out overlap device work and the device queue
+never drains between batches. A slot is reused only after its event says the GPU is done with it.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,17 @@ def _device_index(device: str) -> int:
     return index
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """One half of the double buffer: where one batch lives from staging until its result is read."""
+
+    host_in: np.ndarray  # pinned, so the copy in is truly asynchronous
+    host_out: np.ndarray  # pinned, so the copy out is truly asynchronous
+    dev_in: Any
+    dev_out: Any
+    done: Any  # CUDA event recorded after the slot's copy out: the buffers are free again
+
+
 class TrtBackend(BaseBackend):
     """Serves ``model.plan`` from an artefact folder on one GPU."""
 
@@ -73,14 +91,12 @@ class TrtBackend(BaseBackend):
         self.precision = sidecar.precision
         self._cuda = cuda
         self._ctx = gpu.retain_primary_context()  # TensorRT's CUDA runtime uses the primary context
-        self._ctx.push()
         try:
-            self._open(trt, folder / PLAN_FILE)
+            with self._current():
+                self._open(trt, folder / PLAN_FILE)
         except BaseException:
-            self._ctx.pop()
             self._ctx.detach()
             raise
-        self._ctx.pop()
 
     def _open(self, trt: Any, plan_path: Path) -> None:
         try:
@@ -130,44 +146,83 @@ class TrtBackend(BaseBackend):
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
 
     def _allocate(self) -> None:
-        """Pinned host and device buffers for the largest batch, bound once by name."""
+        """Two slots for the largest batch and the one stream every batch runs on."""
+        self._stream = self._cuda.Stream()
+        self._slots = (self._new_slot(), self._new_slot())
+
+    def _new_slot(self) -> _Slot:
         cuda, spec = self._cuda, self.spec
-        self._host_in = cuda.pagelocked_empty((self.max_batch, *spec.image_shape), np.uint8)
-        self._host_out = cuda.pagelocked_empty((self.max_batch, spec.embedding_dim), np.float32)
-        self._dev_in = cuda.mem_alloc(self._host_in.nbytes)
-        self._dev_out = cuda.mem_alloc(self._host_out.nbytes)
-        self._stream = cuda.Stream()
-        for tensor, buffer in ((spec.input_name, self._dev_in), (spec.output_name, self._dev_out)):
-            if not self._context.set_tensor_address(tensor, int(buffer)):
-                raise ArtifactError(f"TensorRT refused the device address for tensor {tensor!r}")
+        host_in = cuda.pagelocked_empty((self.max_batch, *spec.image_shape), np.uint8)
+        host_out = cuda.pagelocked_empty((self.max_batch, spec.embedding_dim), np.float32)
+        return _Slot(host_in, host_out, cuda.mem_alloc(host_in.nbytes), cuda.mem_alloc(host_out.nbytes),
+                     cuda.Event())
+
+    @contextmanager
+    def _current(self) -> Iterator[None]:
+        """Make this backend's CUDA context current on this thread for the block."""
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self._ctx.pop()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        [out] = self._run_batches([batch])
+        return out
+
+    def _run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Enqueue batch i into slot i % 2, then read batch i-1's result while the GPU works on i."""
+        pending: tuple[_Slot, int] | None = None
+        for i, batch in enumerate(batches):
+            slot = self._slots[i % 2]
+            self._enqueue(slot, batch)
+            if pending is not None:
+                yield self._collect(*pending)
+            pending = slot, len(batch)
+        if pending is not None:
+            yield self._collect(*pending)
+
+    def _enqueue(self, slot: _Slot, batch: np.ndarray) -> None:
+        """Stage ``batch`` in ``slot`` and enqueue copy in, execute and copy out; does not wait."""
         n = len(batch)
         rows = max(n, self.min_batch)  # a profile that starts above 1 gets padded batches
         cuda, stream = self._cuda, self._stream
-        self._host_in[:n] = batch
-        self._ctx.push()
-        try:
-            if not self._context.set_input_shape(self.spec.input_name, (rows, *self.spec.image_shape)):
-                raise InputError(
-                    f"TensorRT rejected batch {rows} (profile {self.min_batch}..{self.max_batch})"
-                )
-            cuda.memcpy_htod_async(self._dev_in, self._host_in[:rows], stream)
-            if not self._context.execute_async_v3(stream_handle=stream.handle):
-                raise ArtifactError("TensorRT execute_async_v3 failed; see the TensorRT log above")
-            cuda.memcpy_dtoh_async(self._host_out[:rows], self._dev_out, stream)
-            stream.synchronize()
-        finally:
-            self._ctx.pop()
-        return self._host_out[:n].copy()
+        with self._current():
+            slot.done.synchronize()  # the slot's previous batch may still be reading or writing it
+            slot.host_in[:n] = batch
+            try:
+                self._bind(slot, rows)
+                cuda.memcpy_htod_async(slot.dev_in, slot.host_in[:rows], stream)
+                if not self._context.execute_async_v3(stream_handle=stream.handle):
+                    raise ArtifactError("TensorRT execute_async_v3 failed; see the TensorRT log above")
+                cuda.memcpy_dtoh_async(slot.host_out[:rows], slot.dev_out, stream)
+            finally:  # also after an error, so the next use of the slot waits for what was enqueued
+                slot.done.record(stream)
+
+    def _bind(self, slot: _Slot, rows: int) -> None:
+        """Set the batch shape and point the context at ``slot``; it takes effect at the next enqueue."""
+        spec, context = self.spec, self._context
+        if not context.set_input_shape(spec.input_name, (rows, *spec.image_shape)):
+            raise InputError(f"TensorRT rejected batch {rows} (profile {self.min_batch}..{self.max_batch})")
+        for tensor, buffer in ((spec.input_name, slot.dev_in), (spec.output_name, slot.dev_out)):
+            if not context.set_tensor_address(tensor, int(buffer)):
+                raise ArtifactError(f"TensorRT refused the device address for tensor {tensor!r}")
+
+    def _collect(self, slot: _Slot, n: int) -> np.ndarray:
+        """Wait for ``slot``'s batch and copy its ``n`` embeddings out of the pinned buffer."""
+        self._ensure_open()  # a generator may be resumed after close(), which freed the buffers
+        with self._current():
+            slot.done.synchronize()
+        return slot.host_out[:n].copy()
 
     def _release(self) -> None:
         # TensorRT objects must die before the context they live in is released.
-        self._ctx.push()
         try:
-            self._dev_in.free()
-            self._dev_out.free()
-            del self._context, self._engine, self._runtime, self._stream
+            with self._current():
+                self._stream.synchronize()  # nothing may still use the buffers freed below
+                for slot in self._slots:
+                    slot.dev_in.free()
+                    slot.dev_out.free()
+                del self._context, self._engine, self._runtime, self._stream, self._slots
         finally:
-            self._ctx.pop()
             self._ctx.detach()

@@ -1,13 +1,18 @@
-"""The TensorRT backend's own logic (sidecar first, name-based I/O, buffers, padding to the profile's
-minimum batch) run against stand-ins for tensorrt and pycuda that compute with ONNX Runtime.
+"""The TensorRT backend's own logic (sidecar first, name-based I/O, double-buffered pipeline, padding
+to the profile's minimum batch) run against stand-ins for tensorrt and pycuda that compute with ONNX
+Runtime.
 
-The stand-ins copy bytes through fake device allocations exactly where the real copies go, so a wrong
-offset, size or binding gives wrong embeddings here. Real TensorRT runs in the conformance test.
+The stand-ins are asynchronous the way CUDA is: copies and executions wait in the stream's queue and
+run only when the host synchronises an event recorded after them (or the stream). So a result read
+before its event was waited on is stale, a wrong offset, size or binding gives wrong embeddings, and
+a pinned input overwritten before its queued copy ran is caught. The stream logs the enqueue order.
+Real TensorRT runs in the conformance test.
 """
 from __future__ import annotations
 
 import sys
 import types
+from itertools import count
 
 import numpy as np
 import pytest
@@ -16,16 +21,39 @@ from engine.backends.ort import OrtBackend
 from engine.backends.plan_sidecar import PlanSidecar
 from engine.backends.trt import TrtBackend
 from engine.embedder import Embedder
-from engine.errors import SpecMismatchError
+from engine.errors import ArtifactError, InputError, SpecMismatchError
 from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE
 
 pytest.importorskip("onnxruntime")
 GPU, CAPABILITY, VERSION = "Fake GPU", (9, 0), "10.13.3.9"
 
 
+class _Stream:
+    """A CUDA stream: work is queued in order and runs only when the host waits for it."""
+
+    def __init__(self, cuda: types.ModuleType) -> None:
+        self.queue: list = []
+        self.log = cuda.log
+        self.handle = id(self)
+        cuda.streams[self.handle] = self
+
+    def enqueue(self, entry: tuple, op) -> None:
+        self.log.append(entry)
+        self.queue.append(op)
+
+    def run_until(self, op) -> None:
+        while op in self.queue:
+            self.queue.pop(0)()
+
+    def synchronize(self) -> None:
+        while self.queue:
+            self.queue.pop(0)()
+
+
 def _fake_cuda() -> types.ModuleType:
     cuda = types.ModuleType("pycuda.driver")
     memory: dict[int, bytearray] = {}
+    copies_in, copies_out, records = count(), count(), count()
 
     class Allocation:
         def __init__(self, nbytes: int) -> None:
@@ -38,18 +66,38 @@ def _fake_cuda() -> types.ModuleType:
             memory.pop(id(self))
 
     def htod(dst, src, stream):
-        dst.buf[:src.nbytes] = src.tobytes()
+        queued = src.tobytes()
+
+        def run():
+            if src.tobytes() != queued:
+                raise AssertionError("a pinned input was overwritten before its queued copy ran")
+            dst.buf[:len(queued)] = queued
+        stream.enqueue(("htod", next(copies_in)), run)
 
     def dtoh(dst, src, stream):
-        dst[...] = np.frombuffer(bytes(src.buf[:dst.nbytes]), dst.dtype).reshape(dst.shape)
+        def run():
+            dst[...] = np.frombuffer(bytes(src.buf[:dst.nbytes]), dst.dtype).reshape(dst.shape)
+        stream.enqueue(("dtoh", next(copies_out)), run)
+
+    class Event:
+        stream = marker = tag = None
+
+        def record(self, stream):
+            self.stream, self.marker, self.tag = stream, lambda: None, next(records)
+            stream.enqueue(("record", self.tag), self.marker)
+
+        def synchronize(self):
+            cuda.log.append(("wait", self.tag))
+            if self.stream is not None:
+                self.stream.run_until(self.marker)
 
     context = types.SimpleNamespace(push=lambda: None, pop=lambda: None, detach=lambda: None)
     device = types.SimpleNamespace(name=lambda: GPU, compute_capability=lambda: CAPABILITY,
                                    retain_primary_context=lambda: context)
     cuda.__dict__.update(
-        init=lambda: None, Device=lambda index: device, Error=RuntimeError, memory=memory,
-        pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod, memcpy_dtoh_async=dtoh,
-        Stream=lambda: types.SimpleNamespace(handle=1, synchronize=lambda: None),
+        init=lambda: None, Device=lambda index: device, Error=RuntimeError, memory=memory, log=[],
+        streams={}, pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod,
+        memcpy_dtoh_async=dtoh, Event=Event, Stream=lambda: _Stream(cuda),
     )
     return cuda
 
@@ -59,20 +107,36 @@ def _fake_trt(cuda, ort_backend: OrtBackend, min_batch: int) -> types.SimpleName
     io_mode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     dtypes = types.SimpleNamespace(UINT8="u8", FLOAT="f32")
 
+    faults: dict[str, int] = {}  # method -> successful calls left before it fails once
+
+    def fails(method: str) -> bool:
+        left = faults.get(method)
+        if left is not None:
+            faults[method] = left - 1
+            if left == 0:
+                del faults[method]
+        return left == 0
+
     class Context:
         def set_input_shape(self, name, shape):
             self.shape = shape
-            return name == spec.input_name and min_batch <= shape[0] <= spec.max_batch
+            ok = name == spec.input_name and min_batch <= shape[0] <= spec.max_batch
+            return ok and not fails("set_input_shape")
 
         def set_tensor_address(self, name, address):
             setattr(self, name, cuda.memory[address])
-            return True
+            return not fails("set_tensor_address")
 
         def execute_async_v3(self, stream_handle):
-            count = int(np.prod(self.shape))
-            pixels = np.frombuffer(bytes(getattr(self, spec.input_name)[:count]), np.uint8)
-            out = ort_backend._run(pixels.reshape(self.shape)).tobytes()
-            getattr(self, spec.output_name)[:len(out)] = out
+            if fails("execute_async_v3"):
+                return False
+            shape, source, target = self.shape, getattr(self, spec.input_name), getattr(self, spec.output_name)
+
+            def run():  # with the shape and addresses bound at enqueue time, as TensorRT does
+                pixels = np.frombuffer(bytes(source[:int(np.prod(shape))]), np.uint8)
+                out = ort_backend._run(pixels.reshape(shape)).tobytes()
+                target[:len(out)] = out
+            cuda.streams[stream_handle].enqueue(("execute", shape[0]), run)
             return True
 
     engine = types.SimpleNamespace(
@@ -91,7 +155,7 @@ def _fake_trt(cuda, ort_backend: OrtBackend, min_batch: int) -> types.SimpleName
             self.level = level
 
     return types.SimpleNamespace(__version__=VERSION, Logger=Logger, Runtime=lambda logger: runtime,
-                                 TensorIOMode=io_mode, DataType=dtypes)
+                                 TensorIOMode=io_mode, DataType=dtypes, faults=faults)
 
 
 @pytest.fixture
@@ -126,3 +190,76 @@ def test_trt_path_gives_the_reference_answers(fake_plan_folder, make_images, ref
 def test_trt_refuses_a_plan_for_another_precision(fake_plan_folder):
     with pytest.raises(SpecMismatchError, match="precision: plan has 'fp32', here 'fp16'"):
         TrtBackend(fake_plan_folder(), precision="fp16")
+
+
+def _fakes() -> tuple[types.ModuleType, types.SimpleNamespace]:
+    """The stand-in pycuda.driver and tensorrt that ``fake_plan_folder`` installed."""
+    return sys.modules["pycuda.driver"], sys.modules["tensorrt"]
+
+
+@pytest.mark.parametrize("min_batch", [1, 4])
+def test_pipeline_matches_one_batch_at_a_time(fake_plan_folder, make_images, reference, min_batch):
+    images = make_images(132, seed=5)
+    batches = [images[:64], images[64:67], images[67:131], images[131:]]  # 3 and 1 padded with min 4
+    with TrtBackend(fake_plan_folder(min_batch)) as backend:
+        piped = list(backend.run_batches(batches))
+        single = [backend(batch) for batch in batches]
+    for got, alone, batch in zip(piped, single, batches, strict=True):
+        np.testing.assert_array_equal(got, alone)
+        np.testing.assert_allclose(got, reference(batch), atol=1e-5)
+    assert [shape for kind, shape in _fakes()[0].log if kind == "execute"][:4] == [64, max(3, min_batch),
+                                                                                  64, max(1, min_batch)]
+
+
+def test_next_batch_is_enqueued_before_the_last_result_is_read(fake_plan_folder, make_images):
+    with TrtBackend(fake_plan_folder()) as backend:
+        outputs = backend.run_batches(make_images(10, seed=1)[i:i + 2] for i in range(0, 10, 2))
+        log = _fakes()[0].log
+        assert next(outputs).shape == (2, backend.spec.embedding_dim)
+        assert ("htod", 1) in log and ("htod", 2) not in log  # lazy: one batch ahead, no more
+        list(outputs)
+    for i in range(4):  # batch i+1 is queued before the host first waits for batch i's event
+        assert log.index(("htod", i + 1)) < log.index(("wait", i))
+    assert log.index(("wait", 4)) > log.index(("record", 4))
+
+
+@pytest.mark.parametrize(("method", "error", "message"), [
+    ("set_input_shape", InputError, "rejected batch 64"),
+    ("set_tensor_address", ArtifactError, "refused the device address"),
+    ("execute_async_v3", ArtifactError, "execute_async_v3 failed"),
+])
+def test_a_failed_call_leaves_the_backend_usable(fake_plan_folder, make_images, reference, method,
+                                                 error, message):
+    images = make_images(150, seed=2)
+    folder = fake_plan_folder()
+    cuda, trt = _fakes()
+    with Embedder(folder, backend="trt") as emb:
+        trt.faults[method] = 2 if method == "set_tensor_address" else 1  # fails on the second batch
+        with pytest.raises(error, match=message):
+            emb(images)
+        others = make_images(150, seed=3)  # other pixels, so a slot reused too early is caught
+        np.testing.assert_allclose(emb(others), reference(others), atol=1e-5)
+    assert cuda.memory == {}  # every device buffer freed by close()
+
+
+def test_a_closed_backend_stops_the_pipeline(fake_plan_folder, make_images):
+    backend = TrtBackend(fake_plan_folder())
+    images = make_images(4, seed=3)
+    outputs = backend.run_batches([images[:2], images[2:]])
+    next(outputs)
+    backend.close()
+    assert _fakes()[0].memory == {}
+    with pytest.raises(InputError, match="closed"):
+        next(outputs)
+    with pytest.raises(InputError, match="closed"):
+        list(backend.run_batches([images]))
+
+
+def test_an_abandoned_pipeline_does_not_corrupt_the_next(fake_plan_folder, make_images, reference):
+    first, second = make_images(6, seed=4), make_images(6, seed=6)
+    with TrtBackend(fake_plan_folder()) as backend:
+        abandoned = backend.run_batches([first[:3], first[3:]])
+        next(abandoned)  # the second batch stays queued in its slot
+        del abandoned
+        outputs = list(backend.run_batches([second[:3], second[3:]]))
+    np.testing.assert_allclose(np.concatenate(outputs), reference(second), atol=1e-5)
