@@ -19,7 +19,7 @@ import pytest
 
 from engine.backends.ort import OrtBackend
 from engine.backends.plan_sidecar import PlanSidecar
-from engine.backends.trt import TrtBackend
+from engine.backends.trt import TrtBackend, available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, InputError, SpecMismatchError
 from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE
@@ -197,10 +197,14 @@ def _fakes() -> tuple[types.ModuleType, types.SimpleNamespace]:
     return sys.modules["pycuda.driver"], sys.modules["tensorrt"]
 
 
+def _uneven_batches(images: np.ndarray) -> list[np.ndarray]:
+    """Full, small, full, single: with a profile minimum of 4 the small and single ones are padded."""
+    return [images[:64], images[64:67], images[67:131], images[131:]]
+
+
 @pytest.mark.parametrize("min_batch", [1, 4])
 def test_pipeline_matches_one_batch_at_a_time(fake_plan_folder, make_images, reference, min_batch):
-    images = make_images(132, seed=5)
-    batches = [images[:64], images[64:67], images[67:131], images[131:]]  # 3 and 1 padded with min 4
+    batches = _uneven_batches(make_images(132, seed=5))
     with TrtBackend(fake_plan_folder(min_batch)) as backend:
         piped = list(backend.run_batches(batches))
         single = [backend(batch) for batch in batches]
@@ -263,3 +267,21 @@ def test_an_abandoned_pipeline_does_not_corrupt_the_next(fake_plan_folder, make_
         del abandoned
         outputs = list(backend.run_batches([second[:3], second[3:]]))
     np.testing.assert_allclose(np.concatenate(outputs), reference(second), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_images):
+    """The same pipeline on real TensorRT and CUDA, after an abandoned run left work in a slot."""
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    batches = _uneven_batches(make_images(132, seed=5))
+    with TrtBackend(plan_folder("fp32")) as backend:
+        abandoned = backend.run_batches(batches[::-1])
+        next(abandoned)
+        del abandoned
+        piped = list(backend.run_batches(batches))
+        single = [backend(batch) for batch in batches]
+    for got, alone in zip(piped, single, strict=True):
+        np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6)
