@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ArtifactError
 
@@ -55,3 +57,16 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:
+    """Read a JSON object the project wrote; ArtifactError naming ``what`` and ``fix`` otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no {what} at {path}; {fix}") from exc
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {what} {path}: {exc}; {fix}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{what} {path} holds {type(data).__name__}, expected a JSON object; {fix}")
+    return data

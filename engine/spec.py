@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text
-from .errors import ArtifactError, InputError, SpecMismatchError
+from .atomic import read_json_object, write_text
+from .errors import InputError, SpecMismatchError
 
 SPEC_VERSION = 1
 
@@ -150,16 +150,8 @@ class ModelSpec:
         path = Path(path)
         if path.is_dir():
             path = path / SPEC_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ArtifactError(
-                f"no spec at {path}; point at an artefact folder written by `python -m export.build_engine`"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"cannot read spec {path}: {exc}; re-export the artefact") from exc
-        if not isinstance(data, dict):
-            raise ArtifactError(f"spec {path} holds {type(data).__name__}, expected a JSON object")
+        data = read_json_object(path, "spec", "point at an artefact folder written by "
+                                "`python -m export.build_engine`, or re-export it")
         return cls.from_dict(data)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
+from ..atomic import read_json_object, write_text
 from ..errors import ArtifactError, SpecMismatchError
 from ..spec import ModelSpec
 from .base import check_precision
@@ -73,17 +73,8 @@ class PlanSidecar:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PlanSidecar:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ArtifactError(
-                f"no plan sidecar at {path}; a TensorRT plan without it cannot be checked, rebuild "
-                "the engine with `python -m export.build_engine`"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"cannot read plan sidecar {path}: {exc}; rebuild the engine") from exc
-        if not isinstance(data, dict):
-            raise ArtifactError(f"plan sidecar {path} holds {type(data).__name__}, expected an object")
+        data = read_json_object(path, "plan sidecar", "a TensorRT plan without a readable sidecar cannot "
+                                "be checked; rebuild the engine with `python -m export.build_engine`")
         return cls.from_dict(data)
 
     def check(self, spec: ModelSpec, *, tensorrt_version: str, gpu_name: str,
