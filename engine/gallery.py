@@ -11,12 +11,19 @@ k=10; see benchmarks/gallery.py and the report for the figures):
   GEMM cache-friendly; on CUDA every chunk costs a host sync (tie check), so blocks are 64M (256 MB)
   and a small query batch scans a big gallery in few chunks (H200, 1M x 1024: batch 1 went from
   32.7 to 1.8 ms, batch 100 from 47.7 to 8.8 ms against 8192-row chunks).
-* Rows are kept sorted by id, so "ties broken by id" costs nothing at search time.
+* Rows stay in insertion order in buffers with amortised capacity growth (GROWTH), so ``add`` copies
+  only its new rows and computes only their norms: its peak extra memory is the new rows, plus, when
+  the capacity runs out, one buffer GROWTH times the gallery (the old one is freed right after). The
+  old sort-by-id-on-add held old + new + concatenated + reordered copies and ran out of memory for a
+  10^7 x 1024 FP32 gallery on a 140 GB H200. Ties are broken at search time by a per-row rank (the
+  row's place in the ids' stable order: smaller id first, equal ids in insertion order), derived from
+  the ids alone, with the two-pass rows below, at the first search after an add.
 * On CPU the default search is two-pass (engine.twopass): a shortlist from a bf16 GEMM (~2x the FP32
   GEMM rate on AVX512_BF16 CPUs; this is what beats faiss-cpu) or an FP32 one, re-ranked in FP64, with
   a per-query error bound that proves the shortlist holds the exact top k (else the query is redone
   with FP32 / wider shortlists). Distances are then FP64 squared L2 rounded to FP32, independent of
-  batching, so both shortlists give bit-identical answers. Costs a bf16 copy (half the FP32 gallery).
+  batching, so both shortlists give bit-identical answers. Costs a bf16 copy (half the FP32 gallery),
+  rebuilt at the first search after an add (many adds, then searches, pay it once).
   ``coarse="off"`` (the default on CUDA) is the single FP32 GEMM pass with GEMM-rounded distances.
 * FP32 storage is exact (same neighbours as faiss.IndexFlatL2, tie-aware); FP16 storage halves the
   memory and accumulates in FP32 (exact with respect to the FP16-rounded vectors).
@@ -45,6 +52,7 @@ STORAGES = ("float32", "float16")
 COARSE = ("auto", "bf16", "fp32", "off")
 BF16_MIN_ROWS = 16_384  # below this the bf16 pass saves less than its shortlist re-rank costs
 BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
+GROWTH = 1.5  # capacity factor when an add overflows the buffers: amortised O(1) copies per added row
 MIN_CHUNK = 1024
 DEFAULT_QUERY_BATCH = 1024
 UNKNOWN_CAM = -1
@@ -74,13 +82,13 @@ class Gallery:
         if self._device.type != "cpu" and coarse in ("bf16", "fp32"):
             raise InputError(f"coarse={coarse!r} is a CPU search, got device {device!r}; use coarse='off' "
                              "or 'auto' on CUDA")
-        self._coarse, self._rows, self.counts = coarse, None, Counts()
+        self._coarse, self.counts = coarse, Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
-        dtype = getattr(torch, storage)
-        self._emb = torch.empty((0, self._dim), dtype=dtype, device=self._device)
-        self._sqnorm = torch.empty(0, dtype=torch.float32, device=self._device)
-        self._ids = torch.empty(0, dtype=torch.int64, device=self._device)
-        self._cams = torch.empty(0, dtype=torch.int64, device=self._device)
+        self._n, self._derived = 0, None  # _derived: (rank, two-pass rows or None), see _prepared
+        dev, i64 = self._device, torch.int64
+        self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
+                       "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
+                       "ids": torch.empty(0, dtype=i64, device=dev), "cams": torch.empty(0, dtype=i64, device=dev)}
 
     @property
     def dim(self) -> int:
@@ -105,24 +113,56 @@ class Gallery:
         return "bf16" if big else "fp32"
 
     def __len__(self) -> int:
-        return int(self._ids.shape[0])
+        return self._n
+
+    @property
+    def _emb(self) -> Any:
+        return self._store["emb"][:self._n]
+
+    @property
+    def _sqnorm(self) -> Any:
+        return self._store["sqnorm"][:self._n]
+
+    @property
+    def _ids(self) -> Any:
+        return self._store["ids"][:self._n]
+
+    @property
+    def _cams(self) -> Any:
+        return self._store["cams"][:self._n]
 
     def add(self, embeddings: Any, ids: Any, cams: Any = None) -> None:
-        """Append rows; ``cams`` defaults to UNKNOWN_CAM (-1). Re-sorts rows by id (stable)."""
+        """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1)."""
         import torch
 
         emb = _check_vectors(embeddings, self._dim, "embeddings")
-        ids_np = _check_labels(ids, len(emb), "ids")
-        cams_np = (np.full(len(emb), UNKNOWN_CAM, np.int64) if cams is None
-                   else _check_labels(cams, len(emb), "cams"))
-        new = torch.from_numpy(emb).to(self._device, getattr(torch, self._storage))
-        all_ids = torch.cat([self._ids, torch.from_numpy(ids_np).to(self._device)])
-        order = torch.sort(all_ids, stable=True).indices
-        self._emb = torch.cat([self._emb, new])[order]
-        self._sqnorm = squared_norms(self._emb)
-        self._ids = all_ids[order]
-        self._cams = torch.cat([self._cams, torch.from_numpy(cams_np).to(self._device)])[order]
-        self._rows = None if self.search_mode == "off" else self._two_pass_rows()
+        new = {"emb": emb, "ids": _check_labels(ids, len(emb), "ids"),
+               "cams": (np.full(len(emb), UNKNOWN_CAM, np.int64) if cams is None
+                        else _check_labels(cams, len(emb), "cams"))}
+        self._derived = None  # it holds views of the buffers: drop it so a grown buffer frees the old one
+        n, m = self._n, len(emb)
+        for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
+            self._store[name] = _with_room(self._store[name], n, m)
+            self._store[name][n:n + m].copy_(torch.from_numpy(rows))
+        self._store["sqnorm"] = _with_room(self._store["sqnorm"], n, m)
+        self._store["sqnorm"][n:n + m] = squared_norms(self._store["emb"][n:n + m])
+        self._n = n + m
+
+    def _prepared(self) -> tuple[Any, Any]:
+        """(rank, two-pass rows or None), built once at the first search after an add.
+
+        ``rank[row]`` is the row's place in the ids' stable order, the tie key of engine.topk. Both
+        depend on all rows, so they are derived lazily: a run of adds pays for them once.
+        """
+        import torch
+
+        if self._derived is None:
+            ids = self._ids
+            rank = torch.empty_like(ids)
+            rank[torch.sort(ids, stable=True).indices] = torch.arange(self._n, device=ids.device)
+            two_pass = self.search_mode != "off" and self._n > 0  # an empty gallery only pads
+            self._derived = rank, self._two_pass_rows() if two_pass else None
+        return self._derived
 
     def _two_pass_rows(self) -> tuple[Any, Any, Any]:
         """(first-pass rows, exact rows, FP64 squared norms) for the two-pass search."""
@@ -152,10 +192,11 @@ class Gallery:
                 *(torch.from_numpy(a[s:s + self._query_batch]).to(self._device) for a in excl),
                 self._ids, self._cams)
             chunk = self._chunk or max(MIN_CHUNK, BLOCK_ELEMENTS[self._device.type] // len(qt))
-            if self._rows is None:
-                d, p = search_batch(qt, self._emb, self._sqnorm, int(k), chunk, exclusion)
+            rank, rows = self._prepared()
+            if rows is None:
+                d, p = search_batch(qt, self._emb, self._sqnorm, rank, int(k), chunk, exclusion)
             else:
-                d, p = two_pass_search(qt, *self._rows, int(k), chunk, exclusion, self.counts)
+                d, p = two_pass_search(qt, *rows, rank, int(k), chunk, exclusion, self.counts)
             dists.append(d.cpu())
             pos.append((p if len(self) == 0 else torch.where(p >= 0, self._ids[p.clamp(min=0)], p)).cpu())
         if not dists:
@@ -186,6 +227,17 @@ class Gallery:
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
         return gallery
+
+
+def _with_room(buf: Any, used: int, extra: int) -> Any:
+    """``buf`` when it holds ``used + extra`` rows, else its first ``used`` rows copied into a buffer
+    GROWTH times larger (exactly ``used + extra`` when that is more, e.g. the first add)."""
+    need = used + extra
+    if need <= buf.shape[0]:
+        return buf
+    grown = buf.new_empty((max(need, int(buf.shape[0] * GROWTH)), *buf.shape[1:]))
+    grown[:used] = buf[:used]
+    return grown
 
 
 def _resolve_device(torch: Any, device: str) -> Any:

@@ -1,14 +1,18 @@
 """Exact brute-force k-NN over a device-resident gallery with a running top-k (the Gallery's kernel).
 
 The gallery is scanned in row chunks; each chunk gives one (queries x chunk) distance block from
-engine.distance, its k best are taken with ``torch.topk`` and merged into a running (queries x k)
-result. Memory is therefore bounded by ``query_batch x chunk`` whatever the gallery size, and only k
-results per query ever leave the device. The same code runs on CPU and CUDA tensors.
+engine.distance, its best candidates are taken with ``torch.topk`` and merged into a running
+(queries x k) result. Memory is therefore bounded by ``query_batch x chunk`` whatever the gallery
+size, and only k results per query ever leave the device. The same code runs on CPU and CUDA tensors.
+A gallery that fits one chunk (the common case below ~100k rows on CUDA) costs one GEMM, one topk,
+one small check and four small sorts: no merge, no pass over the block beyond the topk.
 
-Determinism: the caller keeps gallery rows sorted by id, so "ties broken by id" is "ties broken by row
-position". ``torch.topk`` does not promise which of several tied values it returns, so candidates are
-re-ordered by (distance, position) with stable sorts, and a row whose k-th value ties with a value
-left out of its top-k (rare outside duplicated vectors) is resolved with a full stable sort.
+Determinism: rows are stored in insertion order, and every row carries a ``rank`` (its place in the
+rows stably sorted by id), so "ties broken by id, equal ids in insertion order" is "ties broken by
+rank". ``torch.topk`` does not promise which of several tied values it returns, so each block keeps
+TIE_MARGIN extra candidates: when the k-th value is strictly below the last kept one, every row tied
+with the k-th is among them and sorting them by (value, rank) is exact; otherwise (rare outside
+duplicated vectors) that query's block row is sorted in full.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from .distance import bf16_queries, finish_distances, ranking_distances, squared
 
 if TYPE_CHECKING:
     import torch
+
+TIE_MARGIN = 8  # extra candidates per block row so that ties at the k-th value rarely need a full sort
 
 
 @dataclass(frozen=True)
@@ -40,53 +46,79 @@ def _masked(block: torch.Tensor, exclusion: Exclusion | None, start: int, stop: 
     return block
 
 
-def _stable_by_value(values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order each row by (value, position): stable sort by position first, then stable by value."""
-    import torch
+def by_value_then_rank(values: torch.Tensor, positions: torch.Tensor,
+                       rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order each row by (value, rank[position]): stable sort by rank first, then stable by value.
 
-    pos_sorted, perm = torch.sort(positions, dim=1, stable=True)
-    values = values.gather(1, perm)
-    values, perm = torch.sort(values, dim=1, stable=True)
-    return values, pos_sorted.gather(1, perm)
-
-
-def _block_topk(block: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest of each block row as (values, absolute positions), ordered by (value, position)."""
-    import torch
-
-    kk = min(k, block.shape[1])
-    values, cols = torch.topk(block, kk, dim=1, largest=False, sorted=True)
-    kth = values[:, -1:]
-    ambiguous = (block <= kth).sum(dim=1) > kk  # a tie straddles the cut: topk may pick any of them
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().squeeze(1)
-        full_vals, full_cols = torch.sort(block[rows], dim=1, stable=True)
-        values[rows], cols[rows] = full_vals[:, :kk], full_cols[:, :kk]
-    return _stable_by_value(values, cols + offset)
-
-
-def search_batch(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor, k: int,
-                 chunk: int, exclusion: Exclusion | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared-L2 k-NN of one query batch: (distances (Q, k) ascending, row positions (Q, k), -1 pad).
-
-    Padding rows (gallery smaller than k, or everything excluded) have distance ``inf``.
+    Padding positions (-1) carry ``inf`` values, so whichever rank they borrow they sort last.
     """
     import torch
 
-    n_q = queries.shape[0]
-    best_d = torch.full((n_q, k), float("inf"), dtype=queries.dtype, device=queries.device)
-    best_p = torch.full((n_q, k), -1, dtype=torch.int64, device=queries.device)
+    keys = rank[positions.clamp(min=0)]
+    _, perm = torch.sort(keys, dim=1, stable=True)
+    values, positions = values.gather(1, perm), positions.gather(1, perm)
+    values, perm = torch.sort(values, dim=1, stable=True)
+    return values, positions.gather(1, perm)
+
+
+def _block_candidates(block: torch.Tensor, k: int, offset: int,
+                      rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to k + TIE_MARGIN (value, absolute position) per block row, holding its k best by (value, rank)."""
+    import torch
+
+    width = block.shape[1]
+    m = min(k + TIE_MARGIN, width)
+    values, cols = torch.topk(block, m, dim=1, largest=False, sorted=True)
+    if m < width:  # then k < m: rows tied with the k-th value may lie beyond the m kept
+        kth = values[:, k - 1]
+        ambiguous = (kth == values[:, m - 1]) & torch.isfinite(kth)
+        if bool(ambiguous.any()):  # the one host sync per block
+            rows = ambiguous.nonzero().squeeze(1)
+            full = block[rows]
+            cols_all = torch.arange(offset, offset + width, device=block.device).expand_as(full)
+            full_vals, full_pos = by_value_then_rank(full, cols_all, rank)
+            values[rows], cols[rows] = full_vals[:, :m], full_pos[:, :m] - offset
+    return values, cols + offset
+
+
+def search_batch(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor,
+                 rank: torch.Tensor, k: int, chunk: int,
+                 exclusion: Exclusion | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared-L2 k-NN of one query batch: (distances (Q, k) ascending, row positions (Q, k), -1 pad).
+
+    Ties are ordered by ``rank`` (one int64 per gallery row). Padding (gallery smaller than k, or
+    everything excluded) has distance ``inf``.
+    """
+    import torch
+
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
     for start in range(0, gallery.shape[0], chunk):
         stop = min(start + chunk, gallery.shape[0])
         block = _masked(ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop]),
                         exclusion, start, stop)
-        cand_d, cand_p = _block_topk(block, k, start)
-        merged_d, order = torch.sort(torch.cat([best_d, cand_d], dim=1), dim=1, stable=True)
-        best_d = merged_d[:, :k]
-        best_p = torch.cat([best_p, cand_p], dim=1).gather(1, order[:, :k])
+        cand_d, cand_p = _block_candidates(block, k, start, rank)
+        if best is not None:  # a gallery of one chunk skips the merge
+            cand_d, cand_p = torch.cat([best[0], cand_d], dim=1), torch.cat([best[1], cand_p], dim=1)
+        best_d, best_p = by_value_then_rank(cand_d, cand_p, rank)
+        best = best_d[:, :k], best_p[:, :k]
+    if best is None:  # empty gallery: nothing to rank
+        return _padding(queries, k)
+    best_d, best_p = best
+    if best_d.shape[1] < k:  # gallery smaller than k
+        pad_d, pad_p = _padding(queries, k - best_d.shape[1])
+        best_d, best_p = torch.cat([best_d, pad_d], dim=1), torch.cat([best_p, pad_p], dim=1)
     best_p = best_p.masked_fill(torch.isinf(best_d), -1)
     final = finish_distances(best_d, squared_norms(queries))
-    return _stable_by_value(final, best_p)
+    return by_value_then_rank(final, best_p, rank)  # adding ||q||^2 may round distinct values into ties
+
+
+def _padding(queries: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``inf`` distances, -1 positions) of shape (Q, width): results where no row qualifies."""
+    import torch
+
+    n_q = queries.shape[0]
+    return (torch.full((n_q, width), float("inf"), dtype=queries.dtype, device=queries.device),
+            torch.full((n_q, width), -1, dtype=torch.int64, device=queries.device))
 
 
 def smallest(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor, c: int,

@@ -6,7 +6,8 @@ bound on its coarse error and its answer is used only when the bound proves it e
 redone with an FP32 shortlist (tiny bound), then with ever wider shortlists until proven.
 
 The answer of a query is defined by ``exact_distances`` (squared L2 in FP64, rounded to FP32), ranked
-ascending, ties by row position (= id, rows are sorted by id). It does not depend on the coarse dtype,
+ascending, ties by row rank (id, then insertion order; see engine.topk). It does not depend on the
+coarse dtype,
 the shortlist width or the batching, so "bf16" and "fp32" modes return bit-identical results.
 
 Bound (per query q, gallery rows g_j, ranking score S_j = ||g_j||^2 - 2 q.g_j in exact arithmetic;
@@ -32,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .distance import bf16_rows, exact_distances
-from .topk import Exclusion, _stable_by_value, smallest
+from .topk import Exclusion, by_value_then_rank, smallest
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +80,8 @@ def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
 
 
 def coarse_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
-    """bf16 copy (made once per ``add``) and its measured rounding constants r, G, split residual."""
+    """bf16 copy (made at the first search after an ``add``) and its measured rounding constants r, G,
+    split residual."""
     import torch
 
     data = bf16_rows(gallery, sqnorm)
@@ -118,9 +120,9 @@ def _error(queries: torch.Tensor, rows: Rows) -> torch.Tensor:
             + 2 * U32 * (big_n + 2 * q_norm * g)) * (1 + 2.0**-20)
 
 
-def _rerank(queries: torch.Tensor, exact: Rows, exact_sqnorm64: torch.Tensor, positions: torch.Tensor,
-            k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact distances of each query's shortlist rows; the k best by (distance, position)."""
+def _rerank(queries: torch.Tensor, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
+            positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact distances of each query's shortlist rows; the k best by (distance, rank)."""
     import torch
 
     q64 = queries.to(torch.float64)
@@ -133,7 +135,7 @@ def _rerank(queries: torch.Tensor, exact: Rows, exact_sqnorm64: torch.Tensor, po
         dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], rows, exact_sqnorm64[idx],
                                                    q_sq[s:s + RERANK_BLOCK])
     dist.masked_fill_(positions < 0, float("inf"))
-    d, p = _stable_by_value(dist, positions)
+    d, p = by_value_then_rank(dist, positions, rank)
     return d[:, :k], p[:, :k]
 
 
@@ -149,11 +151,12 @@ def _proven(last: torch.Tensor, kth: torch.Tensor, queries: torch.Tensor, rows: 
     return torch.isinf(last64) | (lower > kth64 + slack)
 
 
-def _pass(queries: torch.Tensor, rows: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, k: int, c: int,
-          chunk: int, exclusion: Exclusion | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pass(queries: torch.Tensor, rows: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
+          k: int, c: int, chunk: int,
+          exclusion: Exclusion | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One shortlist + re-rank: (distances, positions, proven mask)."""
     scores, positions = smallest(queries, rows.data, rows.sqnorm, c, chunk, exclusion)
-    d, p = _rerank(queries, exact, exact_sqnorm64, positions, k)
+    d, p = _rerank(queries, exact, exact_sqnorm64, rank, positions, k)
     ok = _proven(scores[:, -1], d[:, -1], queries, rows)
     if c >= rows.data.shape[0]:  # every row was re-ranked
         ok[:] = True
@@ -169,12 +172,15 @@ class Counts:
     wide: int = 0
 
 
-def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, k: int,
-           chunk: int, exclusion: Exclusion | None, counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then FP32 ones."""
+def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
+           k: int, chunk: int, exclusion: Exclusion | None, counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then FP32 ones.
+
+    ``rank`` orders tied rows (engine.topk.by_value_then_rank).
+    """
 
     c = shortlist_size(k)
-    d, p, ok = _pass(queries, first, exact, exact_sqnorm64, k, c, chunk, exclusion)
+    d, p, ok = _pass(queries, first, exact, exact_sqnorm64, rank, k, c, chunk, exclusion)
     counts.queries += len(queries)
     passes = [] if first is exact else [c]
     passes += [c * WIDEN**i for i in range(1, 64) if c * WIDEN**(i - 1) < exact.data.shape[0]]
@@ -188,6 +194,6 @@ def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torc
             counts.wide += len(todo)
         sub = None if exclusion is None else replace(
             exclusion, query_ids=exclusion.query_ids[todo], query_cams=exclusion.query_cams[todo])
-        d[todo], p[todo], ok[todo] = _pass(queries[todo], exact, exact, exact_sqnorm64, k,
+        d[todo], p[todo], ok[todo] = _pass(queries[todo], exact, exact, exact_sqnorm64, rank, k,
                                            min(width, exact.data.shape[0]), chunk, sub)
     return d, p
