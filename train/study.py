@@ -162,10 +162,11 @@ def paired_differences(records: Iterable[dict[str, Any]], baseline: str = JOINT,
     return paired
 
 
-def summary_table(summary: dict[str, dict[str, Any]]) -> str:
-    """Markdown table, metrics in percent as ``mean ± std`` (std omitted for a single run)."""
+def summary_table(summary: dict[str, dict[str, Any]], signed: bool = False) -> str:
+    """Markdown table, metrics in percent as ``mean ± std`` (std omitted for a single run);
+    ``signed`` prints the sign of every mean (for differences)."""
     def cell(stat: dict[str, Any]) -> str:
-        mean = f"{100 * stat['mean']:.1f}"
+        mean = f"{100 * stat['mean']:{'+' if signed else ''}.1f}"
         return mean if stat["std"] is None else f"{mean} ± {100 * stat['std']:.1f}"
 
     names = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20", "mAP": "mAP"}
@@ -204,7 +205,7 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                                                "minus_joint": paired}, indent=2) + "\n")
     text = f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary)
     if paired:
-        text += f"\nPaired difference to `{JOINT}` on the same splits (points)\n\n" + summary_table(paired)
+        text += f"\nPaired difference to `{JOINT}` on the same splits (points)\n\n" + summary_table(paired, signed=True)
     write_text(out / SUMMARY_MD, text)
     return summary
 
