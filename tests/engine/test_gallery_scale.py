@@ -77,6 +77,6 @@ def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
     # may grow by a few chunk blocks, never by a gallery-sized buffer.
     block_mb = n_q * chunk * 4 / 2**20
     assert grown < 8 * block_mb + 32, f"peak RSS grew {grown:.0f} MB during search"
-    g = gal._emb.numpy()  # rows sorted by id == arange, so row r has id r
+    g = gal._emb.numpy()  # rows in insertion order and ids == arange, so row r has id r
     exact = np.sort(((q[:2, None, :] - g[None]) ** 2).sum(-1), axis=1)[:, :5]
     np.testing.assert_allclose(d[:2], exact, rtol=1e-4)
