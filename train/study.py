@@ -4,7 +4,9 @@ Each run (variant x split seed) trains in ``OUT/<variant>/split<seed>/`` and end
 ``metrics.json`` there; a run whose ``metrics.json`` exists is skipped, and an interrupted run
 continues from its ``last.pt``, so re-running the same command after a crash or Ctrl-C finishes the
 study without redoing work. After the runs, ``OUT/summary.json`` and ``OUT/summary.md`` hold the mean
-and sample standard deviation over splits of every metric, per variant. Exit codes: 0 done, 2 bad
+and sample standard deviation over splits of every metric, per variant, and each variant's paired
+difference to ``joint`` on the same splits. A recipe with pre-training trains each variant once on the
+other data set in ``OUT/pretrain/<variant>/`` and starts every split from it. Exit codes: 0 done, 2 bad
 arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted.
 """
 from __future__ import annotations
