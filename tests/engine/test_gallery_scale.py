@@ -48,6 +48,26 @@ def test_cuda_gallery_stays_on_device_and_save_load(tmp_path) -> None:
     np.testing.assert_array_equal(back.search(np.zeros((1, 16), np.float32), 2)[1], [[0, 1]])
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_add_peak_memory_is_about_the_new_rows() -> None:
+    """The old sort-on-add allocated the gallery three more times (cat, reorder, norms of all rows)."""
+    rows = np.random.default_rng(0).standard_normal((100_000, 256), np.float32)  # 98 MB
+    gal = Gallery(256, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    gal.add(rows, np.arange(100_000))
+    assert torch.cuda.max_memory_allocated() - before < 1.1 * rows.nbytes + (4 << 20)
+    gal.add(rows[:1], np.array([-1]))  # overflows: the capacity grows GROWTH-fold, once
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    gal.add(rows[:40_000], np.arange(100_000, 140_000))  # fits the grown capacity
+    assert torch.cuda.max_memory_allocated() - before < 0.1 * rows[:40_000].nbytes + (4 << 20)
+    ids = gal.search(rows[:1], 3)[1]
+    assert sorted(ids[0].tolist()) == [-1, 0, 100_000]  # the three copies of row 0, from three adds
+
+
 def _reset_and_read_peak_mb(reset: bool) -> float:
     """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM), so the search's own peak is seen."""
     if reset:
