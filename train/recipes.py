@@ -4,7 +4,7 @@ A recipe fixes everything a study varies nothing of: data set, network size, opt
 augmentation. An ablation variant changes only the JLML switches of ``JLMLConfig`` on top of it, so
 every variant of a study is trained under the same recipe and differences come from the switch alone.
 The real recipes were calibrated on a split seed the studies never report (seed 100), on the project's
-2-core CPU, to fit about four minutes per run with one thread (see RESULTS.md).
+2-core CPU, to train in about two minutes per run with one thread (see RESULTS.md).
 """
 from __future__ import annotations
 
