@@ -33,7 +33,7 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, got {text!r}") from exc
 
 
-def _option(text: str) -> tuple[str, Any]:
+def parse_key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. num_ids=40), got {text!r}")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=DATASETS, default="synthetic", help="data set (default: synthetic)")
     g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
     g.add_argument("--split-seed", type=int, default=0, help="which random train/test split of people")
-    g.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--data-option", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (synthetic: num_ids=, num_test=, images_per_cam=)")
     g.add_argument("--no-augment", action="store_true", help="train on the raw images (no flip/shift/erase)")
     t = p.add_argument_group("optimisation")

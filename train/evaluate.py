@@ -20,7 +20,7 @@ import numpy as np
 from engine.atomic import write_text
 from engine.errors import JLMLError
 
-from .__main__ import _option
+from .__main__ import parse_key_value
 
 DEFAULT_TOLERANCE = 0.01  # absolute, on Rank-k / mAP fractions: one query in 100 may flip
 PYTORCH, ONNXRUNTIME, DIFF = "pytorch", "onnxruntime", "max abs diff"
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0,
                    help="the split seed the checkpoint was trained with, so only its unseen test people "
                         "are evaluated (default 0)")
-    p.add_argument("--data-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-option", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (see python -m train --help)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest allowed metric difference between backends (default {DEFAULT_TOLERANCE})")

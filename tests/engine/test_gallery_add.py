@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _memory import reset_and_read_peak_mb
 
 from engine.gallery import Gallery
 
@@ -69,26 +70,16 @@ def test_many_small_adds_equal_one_big_add(mode: str) -> None:
                 np.testing.assert_array_equal(a, b)
 
 
-def _reset_and_read_peak_mb(reset: bool) -> float:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM), so one call's own peak is seen."""
-    if reset:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    with open("/proc/self/status") as fh:
-        line = next(row for row in fh if row.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 def _add_peak_mb(gal: Gallery, rows: np.ndarray, ids: np.ndarray) -> float:
-    base = _reset_and_read_peak_mb(reset=True)
+    base = reset_and_read_peak_mb(reset=True)
     gal.add(rows, ids)
-    return _reset_and_read_peak_mb(reset=False) - base
+    return reset_and_read_peak_mb(reset=False) - base
 
 
 def test_add_peak_memory_is_about_the_new_rows() -> None:
     """The old sort-on-add held old + new + concatenated + reordered rows: > 2x the whole gallery."""
     try:
-        _reset_and_read_peak_mb(reset=True)
+        reset_and_read_peak_mb(reset=True)
     except OSError as exc:
         pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
     rng = np.random.default_rng(3)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _memory import reset_and_read_peak_mb
 
 from engine.gallery import Gallery
 
@@ -68,20 +69,10 @@ def test_cuda_add_peak_memory_is_about_the_new_rows() -> None:
     assert sorted(ids[0].tolist()) == [-1, 0, 100_000]  # the three copies of row 0, from three adds
 
 
-def _reset_and_read_peak_mb(reset: bool) -> float:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM), so the search's own peak is seen."""
-    if reset:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    with open("/proc/self/status") as fh:
-        line = next(row for row in fh if row.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 @pytest.mark.slow
 def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
     try:
-        _reset_and_read_peak_mb(reset=True)
+        reset_and_read_peak_mb(reset=True)
     except OSError as exc:
         pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
     n, dim, chunk, n_q = 1_000_000, 64, 16_384, 64
@@ -90,9 +81,9 @@ def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
     gal.add(rng.standard_normal((n, dim), np.float32), np.arange(n))
     q = rng.standard_normal((n_q, dim), np.float32)
     gal.search(q[:1], 5)
-    base = _reset_and_read_peak_mb(reset=True)
+    base = reset_and_read_peak_mb(reset=True)
     d, i = gal.search(q, 5)
-    grown = _reset_and_read_peak_mb(reset=False) - base
+    grown = reset_and_read_peak_mb(reset=False) - base
     # A (queries x gallery) block would be 64 x 1M x 4 B = 256 MB; one chunk block is 4 MB. The peak
     # may grow by a few chunk blocks, never by a gallery-sized buffer.
     block_mb = n_q * chunk * 4 / 2**20
