@@ -8,6 +8,7 @@ silently.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +130,25 @@ def run_each(candidates: list[Candidate], ctx: dict[str, Any], bench: Callable[[
     for row in rows:
         row["vs_torch_fp32"] = row[rate] / base[row["batch"]] if row["batch"] in base else None
     return rows, skipped
+
+
+Context = Callable[[Any], tuple[list[Candidate], dict[str, Any], dict[str, Any]]]
+
+
+def measure(args: Any, context: Context, bench: Callable[[Candidate, dict[str, Any]], Rows], rate: str,
+            name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The common body of a backend benchmark's ``main``: build the context from ``args``, run every
+    candidate, write ``OUT/<name>.json``; return (run record, ctx), or None after printing a user error."""
+    from benchmarks.common import environment, write_json
+
+    try:
+        candidates, ctx, settings = context(args)
+        env = environment(ctx["device"])
+        rows, skipped = run_each(candidates, ctx, lambda cand: bench(cand, ctx), rate)
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    record = {"environment": env, "settings": settings, "results": rows, "skipped": skipped}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{name}.json", record)
+    return record, ctx

@@ -23,14 +23,13 @@ from benchmarks.candidates import (
     CANDIDATES,
     Candidate,
     load_module,
+    measure,
     open_embedder,
     pick,
     resolve_device,
-    run_each,
 )
-from benchmarks.common import environment, markdown_table, summarize, time_calls, write_json
+from benchmarks.common import markdown_table, summarize, time_calls
 from engine.atomic import write_text
-from engine.errors import JLMLError
 from engine.gallery import Gallery
 from engine.spec import ModelSpec
 
@@ -118,16 +117,11 @@ def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any],
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        candidates, ctx, settings = _context(args)
-        env = environment(ctx["device"])
-        rows, skipped = run_each(candidates, ctx, lambda cand: _bench_candidate(cand, ctx), "queries_per_s")
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    measured = measure(args, _context, _bench_candidate, "queries_per_s", "e2e")
+    if measured is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "e2e.json", {"environment": env, "settings": settings, "results": rows,
-                                       "skipped": skipped})
+    run, ctx = measured
+    rows, skipped, settings, env = run["results"], run["skipped"], run["settings"], run["environment"]
     notes = "".join(f"- {name} skipped: {why}\n" for name, why in skipped.items())
     write_text(args.out / "e2e.md", f"# End to end, {env['device_name']} ({ctx['device']})\n\n"
                f"Timed: {settings['timed']}; gallery {settings['gallery_size']} images, k={args.k}; input "

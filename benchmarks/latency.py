@@ -25,22 +25,19 @@ from benchmarks.candidates import (
     Candidate,
     backend_device,
     load_module,
+    measure,
     open_embedder,
     pick,
     resolve_device,
-    run_each,
 )
 from benchmarks.common import (
-    environment,
     host_memory_mb,
     markdown_table,
     plot_loglog_panels,
     summarize,
     time_calls,
-    write_json,
 )
 from engine.atomic import write_text
-from engine.errors import JLMLError
 from engine.spec import ModelSpec
 from export.parity import cosine_rows
 
@@ -181,22 +178,16 @@ def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any],
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        candidates, ctx, settings = _context(args)
-        env = environment(ctx["device"])
-        rows, skipped = run_each(candidates, ctx, lambda cand: _bench_candidate(cand, ctx), "images_per_s")
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    measured = measure(args, _context, _bench_candidate, "images_per_s", "latency")
+    if measured is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "latency.json", {"environment": env, "settings": settings, "results": rows,
-                                           "skipped": skipped})
-    write_text(args.out / "latency.md", _markdown(rows, skipped, settings, env))
+    run, ctx = measured
+    rows = run["results"]
+    write_text(args.out / "latency.md", _markdown(rows, run["skipped"], run["settings"], run["environment"]))
     if rows:
         _plot(rows, args.out / "latency.png", ctx["device"])
     print(f"wrote {args.out}/latency.json, latency.md" + (", latency.png" if rows else ""))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
