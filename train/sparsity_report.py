@@ -3,12 +3,14 @@
 The paper's structured-sparsity terms are meant to switch off whole global channels (group LASSO on
 the columns of the global feature layer) and to keep every stripe in use while its weights compete
 (exclusive LASSO across the stripes of the local feature layer). Whether a lambda did that is a
-property of the weights, not of the accuracy, so this reads each run's ``last.pt`` of a study
+property of the weights, not of the accuracy, so this reads each finished run's ``last.pt`` of a study
 (``STUDY/<variant>/split<seed>/``) and reports, per variant and averaged over its splits:
 
 - ``global_small_<t>``: the fraction of global feature-layer columns (one per pooled channel) whose L2
   norm is below ``t`` times the largest column norm; near 0 means no channel was switched off;
 - ``local_small_<t>``: the same fraction for the local feature layer's columns;
+- ``<branch>_max_norm``: the largest column norm; a relative fraction cannot see a layer whose columns
+  all shrank together (a branch switched off as a whole), this absolute scale does;
 - ``stripe_share``: each stripe's share of the local layer's L1 mass (1/stripes each when balanced).
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ def weight_sparsity(weights: dict[str, np.ndarray], stripes: int,
     for branch, weight in weights.items():
         w = np.abs(np.asarray(weight, dtype=np.float64))
         norms = np.sqrt((w ** 2).sum(axis=0))
+        out[f"{branch}_max_norm"] = float(norms.max())
         for t in thresholds:
             out[f"{branch}_small_{t:g}"] = _small_fraction(norms, t)
         if branch == "local":
@@ -72,27 +75,31 @@ def average(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def study_sparsity(study: Path, variants: list[str], thresholds: tuple[float, ...] = THRESHOLDS,
                    ) -> dict[str, dict[str, Any]]:
-    """Per variant: the split average of ``checkpoint_sparsity`` over ``study/<variant>/split*/last.pt``."""
-    from .loop import CHECKPOINT_FILE
+    """Per variant: the split average of ``checkpoint_sparsity`` over the finished runs' ``last.pt``."""
+    from .loop import CHECKPOINT_FILE, METRICS_FILE
 
     result: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        paths = sorted((study / variant).glob(f"split*/{CHECKPOINT_FILE}"))
+        # Only finished runs (with a metrics.json): a run still training has a partial last.pt.
+        paths = [m.parent / CHECKPOINT_FILE for m in sorted((study / variant).glob(f"split*/{METRICS_FILE}"))]
         if not paths:
-            raise InputError(f"no {study / variant}/split*/{CHECKPOINT_FILE}; expected a study folder "
-                             "written by python -m train.study with that variant")
+            raise InputError(f"no finished run in {study / variant}/split*/ ({METRICS_FILE} + {CHECKPOINT_FILE}); "
+                             "expected a study folder written by python -m train.study with that variant")
         result[variant] = {**average([checkpoint_sparsity(p, thresholds) for p in paths]),
                            "splits": [p.parent.name for p in paths]}
     return result
 
 
 def sparsity_table(result: dict[str, dict[str, Any]], thresholds: tuple[float, ...] = THRESHOLDS) -> str:
-    """Markdown table: column fractions in percent, stripe shares in percent."""
-    head = [f"global cols < {t:g} max" for t in thresholds] + [f"local cols < {t:g} max" for t in thresholds]
+    """Markdown table: max column norms as they are, column fractions and stripe shares in percent."""
+    keys = [f"{b}_max_norm" for b in ("global", "local")]
+    keys += [f"{b}_small_{t:g}" for b in ("global", "local") for t in thresholds]
+    head = ["global max col norm", "local max col norm"]
+    head += [f"{b} cols < {t:g} max (%)" for b in ("global", "local") for t in thresholds]
     lines = ["| variant | runs | " + " | ".join(head) + " | stripe L1 shares |", "|---" * (len(head) + 3) + "|"]
     for variant, row in result.items():
-        cells = [f"{100 * row[f'{b}_small_{t:g}']:.1f}" if f"{b}_small_{t:g}" in row else "–"
-                 for b in ("global", "local") for t in thresholds]
+        cells = [("–" if k not in row else f"{row[k]:.3g}" if k.endswith("max_norm") else f"{100 * row[k]:.1f}")
+                 for k in keys]
         shares = " / ".join(f"{100 * s:.1f}" for s in row.get("stripe_share", []))
         lines.append(f"| {variant} | {row['n']} | " + " | ".join(cells) + f" | {shares or '–'} |")
     return "\n".join(lines) + "\n"

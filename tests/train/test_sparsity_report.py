@@ -19,6 +19,7 @@ LOCAL = np.array([[1.0, 2.0, 0.0, -1.0],
 
 def test_weight_sparsity_counts_small_columns_and_stripe_shares():
     got = weight_sparsity({"global": GLOBAL, "local": LOCAL}, stripes=2)
+    assert got["global_max_norm"] == pytest.approx(5.0)
     assert got["global_small_0.001"] == pytest.approx(0.25)
     assert got["global_small_0.01"] == pytest.approx(0.5)
     assert got["global_small_0.1"] == pytest.approx(0.5)
@@ -28,7 +29,7 @@ def test_weight_sparsity_counts_small_columns_and_stripe_shares():
 
 def test_weight_sparsity_leaves_out_missing_branch_and_rejects_bad_stripes():
     assert set(weight_sparsity({"global": GLOBAL}, stripes=4)) == {
-        "global_small_0.001", "global_small_0.01", "global_small_0.1"}
+        "global_max_norm", "global_small_0.001", "global_small_0.01", "global_small_0.1"}
     with pytest.raises(InputError, match="4 local input columns into 3"):
         weight_sparsity({"local": LOCAL}, stripes=3)
 
@@ -37,7 +38,9 @@ def test_cli_reads_a_study_folder(tmp_path, tiny_cfg):
     model = JLML(tiny_cfg, 3)
     with torch.no_grad():
         model.feature_weights()["global"][:, :2] = 0.0  # switch off 2 of the 8 global channels
-    save_checkpoint(tmp_path / "joint" / "split0" / "last.pt", model, tiny_cfg, epoch=1, num_classes=3)
+    for split in (0, 1):
+        save_checkpoint(tmp_path / "joint" / f"split{split}" / "last.pt", model, tiny_cfg, epoch=1, num_classes=3)
+    (tmp_path / "joint" / "split0" / "metrics.json").write_text("{}")  # split1 is still "training"
     assert main([str(tmp_path), "--json", str(tmp_path / "s.json")]) == 0
     row = json.loads((tmp_path / "s.json").read_text())["joint"]
     assert row["n"] == 1 and row["global_small_0.001"] == pytest.approx(2 / 8)
