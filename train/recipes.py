@@ -104,6 +104,10 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "viper_long": Recipe("viper_long", "viper", config={**_SMALL_NET, "width": 48},
                          options={**_CPU_OPTIONS, "epochs": 60}, pretrain="prid2011",
                          pretrain_epochs=30, pretrain_options={"num_train": 199, "num_test": 1}),
+    # viper_long with label smoothing 0.1 (pre-training included), the one change tried on top of it.
+    "viper_long_ls": Recipe("viper_long_ls", "viper", config={**_SMALL_NET, "width": 48, "label_smoothing": 0.1},
+                            options={**_CPU_OPTIONS, "epochs": 60}, pretrain="prid2011",
+                            pretrain_epochs=30, pretrain_options={"num_train": 199, "num_test": 1}),
     "prid2011_pretrained": Recipe("prid2011_pretrained", "prid2011", config={**_SMALL_NET, "width": 64},
                                   options={**_CPU_OPTIONS, "epochs": 50}, pretrain="viper",
                                   pretrain_epochs=15, pretrain_options={"num_train": 631, "num_test": 1}),
