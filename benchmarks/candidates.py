@@ -16,7 +16,7 @@ from typing import Any
 
 from engine import Embedder
 from engine.errors import InputError, JLMLError
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE
+from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, ModelSpec
 
 BASELINE = "torch-fp32"
 CPU_FP16_REASON = ("needs CUDA: the engine's torch backend rejects fp16 on CPU (half convolutions are "
@@ -152,3 +152,13 @@ def measure(args: Any, context: Context, bench: Callable[[Candidate, dict[str, A
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{name}.json", record)
     return record, ctx
+
+
+def artifact_spec(args: Any) -> ModelSpec:
+    """The artefact's spec, after applying ``--threads`` to PyTorch (both benchmarks start so)."""
+    spec = ModelSpec.load(args.artifact_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return spec

@@ -22,6 +22,7 @@ from benchmarks.candidates import (
     BASELINE,
     CANDIDATES,
     Candidate,
+    artifact_spec,
     load_module,
     measure,
     open_embedder,
@@ -31,7 +32,6 @@ from benchmarks.candidates import (
 from benchmarks.common import markdown_table, summarize, time_calls
 from engine.atomic import write_text
 from engine.gallery import Gallery
-from engine.spec import ModelSpec
 
 DEFAULT_BACKENDS = ["torch-fp32", "torch-fp16", "ort-fp32", "ort-fp16", "trt-fp16"]
 FULL = {"gallery_size": 1000, "batches": [1, 32], "repeats": 10}
@@ -94,11 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any], dict[str, Any]]:
-    spec = ModelSpec.load(args.artifact_dir)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    spec = artifact_spec(args)
     base = QUICK if args.quick else FULL
     settings = {"device": resolve_device(args.device), "k": args.k, "warmup": args.warmup, "seed": args.seed,
                 "gallery_size": args.gallery_size or base["gallery_size"],

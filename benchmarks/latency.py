@@ -23,6 +23,7 @@ from benchmarks.candidates import (
     BASELINE,
     CANDIDATES,
     Candidate,
+    artifact_spec,
     backend_device,
     load_module,
     measure,
@@ -38,7 +39,6 @@ from benchmarks.common import (
     time_calls,
 )
 from engine.atomic import write_text
-from engine.spec import ModelSpec
 from export.parity import cosine_rows
 
 FULL_BATCHES = [1, 8, 32, 128, 256]
@@ -151,11 +151,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any], dict[str, Any]]:
     """Candidates, the run context (model, images, device) and the settings recorded in the JSON."""
-    spec = ModelSpec.load(args.artifact_dir)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    spec = artifact_spec(args)
     names = [n for n in args.backends if "compile" not in n or (args.compile if args.compile is not None
                                                                  else not args.quick)]
     candidates = pick([BASELINE, *names])
