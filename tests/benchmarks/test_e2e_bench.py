@@ -31,9 +31,6 @@ def test_quick_run_ranks_queries_on_every_cpu_backend(tmp_path: Path, bench_arti
 @pytest.mark.gpu
 def test_cuda_run_searches_on_the_gpu_and_agrees_with_the_baseline(tmp_path: Path, bench_artifacts: Path,
                                                                    bench_checkpoint: Path) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (PyTorch sees none)")
     assert main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
                  "--backends", "torch-fp16", "--gallery-size", "24", "--batches", "4", "--k", "5",
                  "--out", str(tmp_path)]) == 0

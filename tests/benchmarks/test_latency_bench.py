@@ -53,9 +53,6 @@ def test_usage_errors_exit_2(tmp_path: Path, bench_artifacts: Path, capsys) -> N
 @pytest.mark.gpu
 def test_cuda_run_has_fp16_rows_device_memory_and_a_limited_cpu_reference(tmp_path: Path, bench_artifacts: Path,
                                                                           bench_checkpoint: Path) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (PyTorch sees none)")
     assert main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
                  "--batches", "1", "8", "--cpu-max-batch", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "latency.json").read_text())

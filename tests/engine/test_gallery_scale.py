@@ -8,7 +8,6 @@ from _memory import reset_and_read_peak_mb
 from engine.gallery import Gallery
 
 torch = pytest.importorskip("torch")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
 
 def _cpu_vs_cuda(storage: str, tol: float) -> None:
@@ -27,19 +26,16 @@ def _cpu_vs_cuda(storage: str, tol: float) -> None:
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_cuda_fp32_matches_cpu() -> None:
     _cpu_vs_cuda("float32", tol=1e-3)
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_cuda_fp16_storage_matches_cpu_fp16() -> None:
     _cpu_vs_cuda("float16", tol=1e-3)
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_cuda_gallery_stays_on_device_and_save_load(tmp_path) -> None:
     gal = Gallery(16, device="cuda")
     gal.add(np.ones((4, 16), np.float32), np.arange(4))
@@ -50,7 +46,6 @@ def test_cuda_gallery_stays_on_device_and_save_load(tmp_path) -> None:
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_cuda_add_peak_memory_is_about_the_new_rows() -> None:
     """The old sort-on-add allocated the gallery three more times (cat, reorder, norms of all rows)."""
     rows = np.random.default_rng(0).standard_normal((100_000, 256), np.float32)  # 98 MB
