@@ -1,41 +1,54 @@
-"""``python -m benchmarks.demo --out artifacts/demo`` (what ``make demo`` runs): the whole project.
+"""``python -m benchmarks.demo --out artifacts/demo``: THE demo, what ``make demo`` runs.
 
-Renders the synthetic re-id set, evaluates the untrained JLML model, trains it, exports it with
-``python -m export.build_engine`` (ONNX FP32/FP16, parity, Triton repository, TensorRT plan where
-TensorRT exists), embeds the query and gallery images through the exported engine, searches the
-engine's Gallery, and prints Rank-1/mAP from the engine beside PyTorch's, then a short speed summary
-(engine vs PyTorch images/s, Gallery vs faiss). It lives here, in the top layer, because it uses
-train/, export/ and engine/ together; its training stages are ``train.demo``'s.
+Renders the synthetic re-id set, evaluates the untrained JLML model, trains it, exports it (ONNX
+FP32/FP16, parity, Triton repository, TensorRT plan where TensorRT exists), embeds the query and
+gallery images through the exported engine, searches the engine's Gallery, and prints Rank-1/mAP
+from the engine beside PyTorch's, then a short speed summary (engine vs PyTorch images/s, Gallery vs
+faiss). It lives here, in the top layer, because it uses train/, export/ and engine/ together; its
+first stages (data, untrained, train, report) are ``train.demo``'s, which alone is a training-only
+smoke run. Writes ``OUT/train`` (checkpoint), ``OUT/artifact`` (the export), ``OUT/bench`` (speed)
+and ``OUT/demo.json`` (every table row and stage time).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine import Embedder, ParityError
+from engine import Embedder, ParityError, cli
+from engine.atomic import read_json_object
 from engine.gallery import Gallery
 from engine.metrics import evaluate
 from engine.spec import PARITY_FILE
 from train import demo as train_demo
-from train.demo import DemoState
+from train.demo import DEMO_OPTIONS, DemoState
 
 ENGINE_ROW = "trained (engine: {backend} {precision})"
 
 
-def stage_export(state: DemoState) -> DemoState:
-    """Checkpoint -> artefact folder, through the same CLI a user runs."""
+def export_artifact(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """Export ``checkpoint`` into the artefact folder ``out``; return its parity record.
+
+    The one place the demo reaches into export: it runs the exporter's entry point and reads back
+    the parity.json it wrote (export's typed build API replaces both calls where it exists).
+    """
     from export import build_engine
 
-    artifact = state.out / "artifact"
-    code = build_engine.main([str(state.checkpoint), "--out", str(artifact)])
+    code = build_engine.main([str(checkpoint), "--out", str(out)])
     if code != 0:
         raise ParityError(f"export.build_engine exited {code}; see the lines above")
-    parity = json.loads((artifact / PARITY_FILE).read_text())
+    return read_json_object(out / PARITY_FILE, "parity record", "re-run the export")
+
+
+def stage_export(state: DemoState) -> DemoState:
+    """Checkpoint -> artefact folder ``OUT/artifact``."""
+    assert state.checkpoint is not None  # stage_train ran: a programming error otherwise
+    artifact = state.out / "artifact"
+    state.extra["parity"] = export_artifact(state.checkpoint, artifact)
     state.extra["artifact"] = artifact
-    state.extra["parity"] = parity
     return state
 
 
@@ -66,6 +79,7 @@ def stage_speed(state: DemoState) -> DemoState:
     """A short speed summary: the engine against PyTorch FP32, the Gallery against faiss."""
     from benchmarks import summary
 
+    assert state.checkpoint is not None
     state.extra["speed"] = summary.run(state.extra["artifact"], state.checkpoint, state.out / "bench")
     return state
 
@@ -75,7 +89,21 @@ STAGES = [train_demo.stage_data, train_demo.stage_untrained, train_demo.stage_tr
 
 
 def main(argv: list[str] | None = None) -> int:
-    return train_demo.main(argv, stages=STAGES, prog="python -m benchmarks.demo", description=__doc__)
+    p = cli.parser("python -m benchmarks.demo", __doc__)
+    cli.add_out(p, "artifacts/demo", help="demo folder (train/, artifact/, bench/, demo.json)")
+    p.add_argument("--epochs", type=cli.positive_int, default=DEMO_OPTIONS.epochs, help="training epochs")
+    cli.add_threads(p)
+    cli.add_no_progress(p)
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        out = cli.check_out_dir(args.out)
+        cli.set_threads(args.threads)
+        opts = dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs, progress=not args.no_progress)
+        train_demo.run_demo(DemoState(out=out, opts=opts), STAGES)
+        print(f"wrote {out}/demo.json, {out}/train, {out}/artifact, {out}/bench")
+
+    return cli.run_cli(body, interrupted=f"interrupted; partial outputs in {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""End to end, decoded images to ranked lists: ``python -m benchmarks.e2e ARTIFACT_DIR``.
+"""End to end, decoded images to ranked lists: ``python -m benchmarks.e2e --artifact DIR``.
 
 What is timed, per backend and query batch size: embedding a batch of query images that are already
 decoded and resized (uint8 NHWC arrays in memory; JPEG decoding and resizing are not timed) and
@@ -6,36 +6,31 @@ searching an ``engine.Gallery`` for their ``k`` nearest gallery entries (ranked 
 The gallery is embedded beforehand by the same backend, outside the timed loop; that one-off cost is
 reported separately (gallery_images_per_s). Pixels are random uint8 (throughput does not depend on
 content); rank agreement with the PyTorch FP32 baseline is reported so a fast but wrong backend shows.
-Writes e2e.json and e2e.md into ``--out``. Exit codes: 0 ok, 2 usage or input errors.
+Writes e2e.json and e2e.md into ``--out``. Exit codes: 0 ok, 2 usage or input errors, or nothing could
+be measured. From Python: ``run(artifact, checkpoint, E2EOptions(...))`` returns the report.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.candidates import (
-    BASELINE,
-    CANDIDATES,
-    Candidate,
-    artifact_spec,
-    load_module,
-    measure,
-    open_embedder,
-    pick,
-    resolve_device,
-)
+from benchmarks.backends import BASELINE, CANDIDATES, Candidate, open_embedder, pick, resolve_device
 from benchmarks.common import markdown_table, summarize, time_calls
-from engine.atomic import write_text
+from benchmarks.harness import Report, check_positive, load_module, measure, skipped_notes, write_report
+from engine import cli
+from engine.errors import InputError
 from engine.gallery import Gallery
+from engine.spec import ModelSpec
 
-DEFAULT_BACKENDS = ["torch-fp32", "torch-fp16", "ort-fp32", "ort-fp16", "trt-fp16"]
-FULL = {"gallery_size": 1000, "batches": [1, 32], "repeats": 10}
-QUICK = {"gallery_size": 64, "batches": [1, 8], "repeats": 3}
+DEFAULT_BACKENDS = ("torch-fp32", "torch-fp16", "ort-fp32", "ort-fp16", "trt-fp16")
 COLUMNS = ["backend", "batch", "p50_ms", "p99_ms", "queries_per_s", "vs_torch_fp32", "gallery_images_per_s",
            "topk_agreement"]
 
@@ -73,57 +68,93 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact_dir", type=Path, help="artefact folder from `python -m export.build_engine`")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint the artefact came from (for the PyTorch baseline)")
-    p.add_argument("--out", type=Path, default=Path("artifacts/bench"), help="output folder (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (ONNX Runtime keeps its own default)")
-    p.add_argument("--quick", action="store_true", help="64-image gallery, batches 1 and 8: a smoke run")
-    p.add_argument("--backends", nargs="+", default=DEFAULT_BACKENDS, metavar="NAME",
-                   help=f"subset of {list(CANDIDATES)} (default: {DEFAULT_BACKENDS})")
-    p.add_argument("--gallery-size", type=int, help="gallery images (default 1000; --quick 64)")
-    p.add_argument("--batches", type=int, nargs="+", help="query batch sizes (default 1 32; --quick 1 8)")
-    p.add_argument("--k", type=int, default=10, help="ranked ids per query (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per point (default: %(default)s)")
-    p.add_argument("--repeats", type=int, help="timed calls per point (default 10; --quick 3)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
+@dataclass(frozen=True)
+class E2EOptions:
+    """What ``run`` measures; the defaults are a full run (``QUICK`` is the smoke run)."""
+
+    device: str = "auto"
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # the baseline is always added and run first
+    gallery_size: int = 1000           # gallery images, embedded before the timed loop
+    batches: tuple[int, ...] = (1, 32)  # query batch sizes
+    k: int = 10                         # ranked ids per query
+    warmup: int = 2
+    repeats: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive(gallery_size=self.gallery_size, batches=self.batches, k=self.k, repeats=self.repeats)
+        if self.warmup < 0:
+            raise InputError(f"warmup={self.warmup}: expected 0 or more untimed calls")
 
 
-def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any], dict[str, Any]]:
-    spec = artifact_spec(args)
-    base = QUICK if args.quick else FULL
-    settings = {"device": resolve_device(args.device), "k": args.k, "warmup": args.warmup, "seed": args.seed,
-                "gallery_size": args.gallery_size or base["gallery_size"],
-                "batches": sorted(set(args.batches or base["batches"])), "repeats": args.repeats or base["repeats"],
+QUICK = E2EOptions(gallery_size=64, batches=(1, 8), repeats=3)
+
+
+def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
+        options: E2EOptions = E2EOptions()) -> Report:
+    """Embed + search rates of every backend in ``options`` serving ``artifact`` (``checkpoint``: the
+    PyTorch baseline, the ratios and rank agreement); raises a JLMLError when nothing was measured."""
+    spec = ModelSpec.load(artifact)
+    settings = {**dataclasses.asdict(options), "device": resolve_device(options.device),
+                "batches": sorted(set(options.batches)),
                 "input": "random uint8 NHWC, already decoded and resized (not timed)",
                 "timed": "embed query batch + Gallery.search (gallery embedded beforehand, not timed)",
-                "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D", "checkpoint": str(args.checkpoint)}
-    rng = np.random.default_rng(args.seed)
-    pixels = rng.integers(0, 256, (settings["gallery_size"] + max(settings["batches"]), *spec.image_shape),
-                          dtype=np.uint8)
-    ctx = {"folder": args.artifact_dir, "module": load_module(args.checkpoint) if args.checkpoint else None,
-           "gallery": pixels[:settings["gallery_size"]], "queries": pixels[settings["gallery_size"]:],
-           "reference": {}, **{k: settings[k] for k in ("device", "k", "warmup", "batches", "repeats")}}
-    return pick([BASELINE, *args.backends]), ctx, settings
+                "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D", "checkpoint": str(checkpoint)}
+    size = options.gallery_size
+    pixels = np.random.default_rng(options.seed).integers(
+        0, 256, (size + max(options.batches), *spec.image_shape), dtype=np.uint8)
+    ctx = {"folder": Path(artifact), "gallery": pixels[:size], "queries": pixels[size:], "probe": pixels[:1],
+           "module": load_module(checkpoint, spec, artifact) if checkpoint else None, "reference": {},
+           **{k: settings[k] for k in ("device", "k", "warmup", "batches", "repeats")}}
+    return measure(pick([BASELINE, *options.backends]), ctx, _bench_candidate, "queries_per_s", settings)
+
+
+def _markdown(report: Report) -> str:
+    settings, env = report.settings, report.environment
+    return (f"# End to end, {env['device_name']} ({settings['device']})\n\n"
+            f"Timed: {settings['timed']}; gallery {settings['gallery_size']} images, k={settings['k']}; input "
+            f"{settings['input']}.\n\n" + markdown_table(report.results, COLUMNS) + skipped_notes(report.skipped))
+
+
+def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
+    """e2e.json and e2e.md in ``out``."""
+    return write_report(report, out, "e2e", _markdown(report))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m benchmarks.e2e", __doc__)
+    cli.add_artifact(p)
+    cli.add_checkpoint(p, "checkpoint the artefact came from (the PyTorch baseline, ratios, rank agreement)")
+    cli.add_out(p, "artifacts/bench")
+    cli.add_device(p)
+    cli.add_threads(p)
+    p.add_argument("--quick", action="store_true", help="64-image gallery, batches 1 and 8: a smoke run")
+    p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), metavar="NAME",
+                   help=f"subset of {list(CANDIDATES)}")
+    p.add_argument("--gallery-size", type=cli.positive_int, help="gallery images (default 1000; --quick 64)")
+    p.add_argument("--batches", type=cli.positive_int, nargs="+", help="query batch sizes (default 1 32; --quick 1 8)")
+    p.add_argument("--k", type=cli.positive_int, default=E2EOptions.k, help="ranked ids per query")
+    p.add_argument("--warmup", type=int, default=E2EOptions.warmup, help="untimed calls per point")
+    p.add_argument("--repeats", type=cli.positive_int, help="timed calls per point (default 10; --quick 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    measured = measure(args, _context, _bench_candidate, "queries_per_s", "e2e")
-    if measured is None:
-        return 2
-    run, ctx = measured
-    rows, skipped, settings, env = run["results"], run["skipped"], run["settings"], run["environment"]
-    notes = "".join(f"- {name} skipped: {why}\n" for name, why in skipped.items())
-    write_text(args.out / "e2e.md", f"# End to end, {env['device_name']} ({ctx['device']})\n\n"
-               f"Timed: {settings['timed']}; gallery {settings['gallery_size']} images, k={args.k}; input "
-               f"{settings['input']}.\n\n" + markdown_table(rows, COLUMNS) + ("\n" + notes if notes else ""))
-    print(f"wrote {args.out}/e2e.json, e2e.md")
-    return 0
+
+    def body() -> None:
+        base = QUICK if args.quick else E2EOptions()
+        options = dataclasses.replace(
+            base, device=args.device, backends=tuple(args.backends), k=args.k, warmup=args.warmup,
+            seed=args.seed, gallery_size=args.gallery_size or base.gallery_size,
+            batches=tuple(args.batches or base.batches), repeats=args.repeats or base.repeats)
+        out = cli.check_out_dir(args.out)
+        cli.set_threads(args.threads)
+        paths = write_outputs(run(args.artifact, args.checkpoint, options), out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Embedding latency and throughput per backend: ``python -m benchmarks.latency ARTIFACT_DIR``.
+"""Embedding latency and throughput per backend: ``python -m benchmarks.latency --artifact DIR``.
 
 Every backend (PyTorch FP32 eager, the baseline; PyTorch FP16 and ``torch.compile`` on CUDA; ONNX
 Runtime FP32/FP16 graphs; TensorRT FP16 where a plan and TensorRT exist) runs in this one process on
@@ -8,25 +8,26 @@ the clock covers the copies a caller pays for. Per batch size: warm-up calls (th
 read; p50/p90/p99 latency, images/s, the ratio to PyTorch FP32 eager at that batch size, the lowest
 cosine to the baseline's embeddings, host RSS and CUDA peak memory. A backend that cannot run here is
 listed with the reason. Writes latency.json (environment, settings, results, skipped), latency.md and
-latency.png into ``--out``. Exit codes: 0 ok, 2 usage or input errors.
+latency.png into ``--out``. Exit codes: 0 ok, 2 usage or input errors, or nothing could be measured.
+From Python: ``run(artifact, checkpoint, LatencyOptions(...))`` returns the report without writing.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.candidates import (
+from benchmarks.backends import (
     BASELINE,
     CANDIDATES,
     Candidate,
-    artifact_spec,
     backend_device,
-    load_module,
-    measure,
     open_embedder,
     pick,
     resolve_device,
@@ -38,11 +39,14 @@ from benchmarks.common import (
     summarize,
     time_calls,
 )
-from engine.atomic import write_text
+from benchmarks.harness import Report, check_positive, load_module, measure, skipped_notes, write_report
+from engine import cli
+from engine.errors import InputError
+from engine.spec import ModelSpec
 from export.parity import cosine_rows
 
-FULL_BATCHES = [1, 8, 32, 128, 256]
-QUICK_BATCHES = [1, 8]
+FULL_BATCHES = (1, 8, 32, 128, 256)
+QUICK_BATCHES = (1, 8)
 COLUMNS = ["backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms", "images_per_s", "vs_torch_fp32",
            "min_cosine", "host_rss_mb", "device_peak_mb"]
 
@@ -111,79 +115,114 @@ def _plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
                               (series("p99_ms"), "batch size", "p99 latency (ms)", f"p99 latency, {device}")])
 
 
-def _markdown(rows: list[dict[str, Any]], skipped: dict[str, str], settings: dict[str, Any],
-              env: dict[str, Any]) -> str:
+def _markdown(report: Report) -> str:
+    rows, skipped, settings, env = report.results, report.skipped, report.settings, report.environment
     head = (f"# Embedding latency, {env['device_name']} ({settings['device']})\n\n"
             f"Model {settings['model']}; torch {env['torch']}, onnxruntime {settings['versions']['onnxruntime']}; "
             f"{settings['repeats']}+ timed calls after {settings['warmup']} warm-up per point. "
             "vs_torch_fp32: images/s over PyTorch FP32 eager at the same batch size, same process. "
             "host_rss_mb: resident memory after the backend ran (process-wide).\n\n")
-    tail = "".join(f"- {name} skipped: {why}\n" for name, why in skipped.items())
-    return head + markdown_table(rows, COLUMNS) + ("\n" + tail if tail else "")
+    return head + markdown_table(rows, COLUMNS) + skipped_notes(skipped)
+
+
+@dataclass(frozen=True)
+class LatencyOptions:
+    """What ``run`` measures; the defaults are a full run (``QUICK`` is the smoke run)."""
+
+    device: str = "auto"                  # auto, cpu, cuda[:N]: where torch and TensorRT run
+    batches: tuple[int, ...] = FULL_BATCHES
+    backends: tuple[str, ...] = tuple(CANDIDATES)  # the baseline is always added and run first
+    warmup: int = 3                       # untimed calls per point
+    repeats: int = 20                     # timed calls per point, at least
+    min_seconds: float = 0.5              # and at least this much measured time per point
+    cpu_max_batch: int | None = None      # with a CUDA device: largest batch for CPU-side backends
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch)
+        if self.warmup < 0 or self.min_seconds < 0:
+            raise InputError(f"warmup={self.warmup}, min_seconds={self.min_seconds}: expected 0 or more")
+
+
+QUICK = LatencyOptions(batches=QUICK_BATCHES, backends=tuple(n for n in CANDIDATES if "compile" not in n),
+                       repeats=3, min_seconds=0.0)
+
+
+def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
+        options: LatencyOptions = LatencyOptions()) -> Report:
+    """Latency and throughput of every backend in ``options`` serving ``artifact`` (``checkpoint``:
+    the PyTorch baseline and the ratios); raises a JLMLError when nothing could be measured."""
+    spec = ModelSpec.load(artifact)
+    candidates = pick([BASELINE, *options.backends])
+    batches = sorted(set(options.batches))
+    device = resolve_device(options.device)
+    settings = {**dataclasses.asdict(options), "device": device, "batches": batches,
+                "backends": [c.name for c in candidates], "input": "random uint8 NHWC",
+                "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D",
+                "artifact_dir": str(artifact), "checkpoint": str(checkpoint), "versions": _versions()}
+    images = np.random.default_rng(options.seed).integers(0, 256, (max(batches), *spec.image_shape),
+                                                          dtype=np.uint8)
+    ctx = {"folder": Path(artifact), "device": device, "images": images, "probe": images[:1], "reference": {},
+           "module": load_module(checkpoint, spec, artifact) if checkpoint else None,
+           **{k: settings[k] for k in ("batches", "warmup", "repeats", "min_seconds", "cpu_max_batch")}}
+    return measure(candidates, ctx, _bench_candidate, "images_per_s", settings)
+
+
+def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
+    """latency.json, latency.md and (when rows exist) latency.png in ``out``."""
+    paths = write_report(report, out, "latency", _markdown(report))
+    if report.results:
+        paths.append(Path(out) / "latency.png")
+        _plot(report.results, paths[-1], report.settings["device"])
+    return paths
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact_dir", type=Path, help="artefact folder from `python -m export.build_engine`")
-    p.add_argument("--checkpoint", type=Path,
-                   help="checkpoint the artefact was exported from (export does not record it); "
-                        "the PyTorch baseline and every ratio need it")
-    p.add_argument("--out", type=Path, default=Path("artifacts/bench"), help="output folder (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where torch/TensorRT run; ONNX Runtime uses CUDA only if its build has it (default: auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (ONNX Runtime keeps its own default)")
+    p = cli.parser("python -m benchmarks.latency", __doc__)
+    cli.add_artifact(p)
+    cli.add_checkpoint(p, "checkpoint the artefact was exported from (export does not record it); the "
+                          "PyTorch baseline and every ratio need it")
+    cli.add_out(p, "artifacts/bench")
+    cli.add_device(p, help="where torch/TensorRT run; ONNX Runtime uses CUDA only if its build has it")
+    cli.add_threads(p)
     p.add_argument("--quick", action="store_true", help="batches 1 and 8, 3 calls, no torch.compile: a smoke run")
-    p.add_argument("--batches", type=int, nargs="+", help=f"batch sizes (default {FULL_BATCHES})")
+    p.add_argument("--batches", type=cli.positive_int, nargs="+", help=f"batch sizes (default {list(FULL_BATCHES)})")
     p.add_argument("--backends", nargs="+", default=list(CANDIDATES), metavar="NAME",
                    help=f"subset of {list(CANDIDATES)} (default: all; {BASELINE} always runs first)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="include the torch.compile backends (default: yes, except with --quick)")
-    p.add_argument("--cpu-max-batch", type=int,
+    p.add_argument("--cpu-max-batch", type=cli.positive_int,
                    help="with --device cuda, largest batch for backends that run on the CPU (ORT reference)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per point (default: %(default)s)")
-    p.add_argument("--repeats", type=int, help="timed calls per point, at least (default 20; --quick 3)")
+    p.add_argument("--warmup", type=int, default=LatencyOptions.warmup, help="untimed calls per point")
+    p.add_argument("--repeats", type=cli.positive_int, help="timed calls per point, at least (default 20; --quick 3)")
     p.add_argument("--min-seconds", type=float, default=None,
                    help="keep timing a point until this much time was measured (default 0.5; --quick 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images")
     return p
 
 
-def _context(args: argparse.Namespace) -> tuple[list[Candidate], dict[str, Any], dict[str, Any]]:
-    """Candidates, the run context (model, images, device) and the settings recorded in the JSON."""
-    spec = artifact_spec(args)
-    names = [n for n in args.backends if "compile" not in n or (args.compile if args.compile is not None
-                                                                 else not args.quick)]
-    candidates = pick([BASELINE, *names])
-    batches = sorted(set(args.batches or (QUICK_BATCHES if args.quick else FULL_BATCHES)))
-    device = resolve_device(args.device)
-    settings = {"device": device, "batches": batches, "backends": [c.name for c in candidates],
-                "warmup": args.warmup, "repeats": args.repeats or (3 if args.quick else 20),
-                "min_seconds": args.min_seconds if args.min_seconds is not None else (0.0 if args.quick else 0.5),
-                "cpu_max_batch": args.cpu_max_batch, "seed": args.seed, "input": "random uint8 NHWC",
-                "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D",
-                "artifact_dir": str(args.artifact_dir), "checkpoint": str(args.checkpoint),
-                "versions": _versions()}
-    images = np.random.default_rng(args.seed).integers(0, 256, (max(batches), *spec.image_shape), dtype=np.uint8)
-    module = load_module(args.checkpoint) if args.checkpoint else None
-    ctx = {"folder": args.artifact_dir, "device": device, "module": module, "images": images,
-           "reference": {}, **{k: settings[k] for k in ("batches", "warmup", "repeats", "min_seconds",
-                                                        "cpu_max_batch")}}
-    return candidates, ctx, settings
+def _options(args: argparse.Namespace) -> LatencyOptions:
+    base = QUICK if args.quick else LatencyOptions()
+    compile_ = args.compile if args.compile is not None else not args.quick
+    return dataclasses.replace(
+        base, device=args.device, batches=tuple(args.batches or base.batches), warmup=args.warmup,
+        backends=tuple(n for n in args.backends if compile_ or "compile" not in n), seed=args.seed,
+        repeats=args.repeats or base.repeats, cpu_max_batch=args.cpu_max_batch,
+        min_seconds=base.min_seconds if args.min_seconds is None else args.min_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    measured = measure(args, _context, _bench_candidate, "images_per_s", "latency")
-    if measured is None:
-        return 2
-    run, ctx = measured
-    rows = run["results"]
-    write_text(args.out / "latency.md", _markdown(rows, run["skipped"], run["settings"], run["environment"]))
-    if rows:
-        _plot(rows, args.out / "latency.png", ctx["device"])
-    print(f"wrote {args.out}/latency.json, latency.md" + (", latency.png" if rows else ""))
-    return 0
+
+    def body() -> None:
+        options = _options(args)
+        out = cli.check_out_dir(args.out)
+        cli.set_threads(args.threads)
+        paths = write_outputs(run(args.artifact, args.checkpoint, options), out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+    return cli.run_cli(body)
+
 
 if __name__ == "__main__":
     sys.exit(main())

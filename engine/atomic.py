@@ -37,6 +37,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except ArtifactError:
+        raise
+    except OSError as exc:  # disk full, quota, a folder vanished: name the file the user asked for
+        raise ArtifactError(
+            f"writing {final} failed: {exc.strerror or exc}; free some space or choose another output folder"
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

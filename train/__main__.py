@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from engine.atomic import write_text
-from engine.errors import JLMLError
+from engine.cli import run_cli
 
 from .config import BRANCHES, LOSSES, JLMLConfig
 from .loop import CHECKPOINT_FILE, DEFAULT_LR, METRICS_FILE, TrainOptions, evaluate_model, fit
@@ -116,15 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with --resume (checkpoint in {args.out})", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda: run(args), interrupted=f"interrupted; continue with --resume (checkpoint in {args.out})")
 
 
 if __name__ == "__main__":

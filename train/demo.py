@@ -1,7 +1,7 @@
-"""``python -m train.demo --out artifacts/demo`` (what ``make demo`` runs): the project in minutes on a CPU.
+"""``python -m train.demo --out artifacts/demo``: the training half of the demo, alone, in a minute on a CPU.
 
-Renders the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the
-table. The demo is a list of stage functions over a small ``DemoState``; later stages (export,
+``make demo`` runs ``benchmarks.demo``, the one full demo, which reuses these stages. This one renders
+the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the table. The demo is a list of stage functions over a small ``DemoState``; later stages (export,
 engine embedding, benchmarks) are appended to ``STAGES`` before ``stage_report``, read what they need
 from the state (``checkpoint``, ``data``, ``out``) and add their rows to ``state.results``.
 """

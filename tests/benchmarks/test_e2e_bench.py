@@ -11,7 +11,7 @@ from benchmarks.e2e import main
 
 def test_quick_run_ranks_queries_on_every_cpu_backend(tmp_path: Path, bench_artifacts: Path,
                                                      bench_checkpoint: Path) -> None:
-    rc = main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cpu",
+    rc = main(["--artifact", str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cpu",
                "--gallery-size", "24", "--batches", "1", "3", "--k", "5", "--warmup", "1", "--repeats", "2",
                "--out", str(tmp_path)])
     assert rc == 0
@@ -31,7 +31,7 @@ def test_quick_run_ranks_queries_on_every_cpu_backend(tmp_path: Path, bench_arti
 @pytest.mark.gpu
 def test_cuda_run_searches_on_the_gpu_and_agrees_with_the_baseline(tmp_path: Path, bench_artifacts: Path,
                                                                    bench_checkpoint: Path) -> None:
-    assert main([str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
+    assert main(["--artifact", str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cuda",
                  "--backends", "torch-fp16", "--gallery-size", "24", "--batches", "4", "--k", "5",
                  "--out", str(tmp_path)]) == 0
     rows = {r["backend"]: r for r in json.loads((tmp_path / "e2e.json").read_text())["results"]}

@@ -1,0 +1,71 @@
+"""The embedding backends the benchmarks compare, named once: engine backend, precision, eager or compiled.
+
+Every entry is served through ``engine.Embedder`` (the path users call), so a benchmark measures what
+is served: host uint8 pixels in, host float32 unit vectors out, copies included. Whether an entry can
+run on this machine is the engine's call, made when ``benchmarks.harness`` opens it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from engine import Embedder
+from engine.errors import InputError
+
+BASELINE = "torch-fp32"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve the model: an Embedder backend, a precision and (torch) eager or compiled."""
+
+    name: str
+    backend: str
+    precision: str
+    compile: bool = False
+
+
+CANDIDATES: dict[str, Candidate] = {c.name: c for c in (
+    Candidate("torch-fp32", "torch", "fp32"),
+    Candidate("torch-fp16", "torch", "fp16"),
+    Candidate("torch-compile-fp32", "torch", "fp32", compile=True),
+    Candidate("torch-compile-fp16", "torch", "fp16", compile=True),
+    Candidate("ort-fp32", "ort", "fp32"),
+    Candidate("ort-fp16", "ort", "fp16"),
+    Candidate("trt-fp16", "trt", "fp16"),
+)}
+
+
+def pick(names: list[str] | tuple[str, ...]) -> list[Candidate]:
+    """The candidates called ``names``, baseline first (ratios need it), or InputError."""
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise InputError(f"unknown backend(s) {unknown}; choose from {list(CANDIDATES)}")
+    return sorted((CANDIDATES[n] for n in dict.fromkeys(names)), key=lambda c: c.name != BASELINE)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda:0`` when PyTorch sees a GPU, else ``cpu``; ``cuda`` without one raises."""
+    import torch
+
+    from engine.backends.torch_backend import resolve_device as torch_device
+
+    return str(torch_device(torch, device))
+
+
+def backend_device(cand: Candidate, device: str) -> str:
+    """Where ``cand`` runs when the benchmark targets ``device``: ONNX Runtime falls back to the CPU
+    when its build has no CUDA provider (the reference the GPU script records)."""
+    if cand.backend != "ort" or device == "cpu":
+        return device
+    import onnxruntime
+
+    return device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def open_embedder(cand: Candidate, folder: str | os.PathLike[str], device: str, module: Any) -> Embedder:
+    """An Embedder serving ``cand`` from ``folder`` (``module`` for the torch candidates)."""
+    return Embedder(folder, backend=cand.backend, device=backend_device(cand, device),
+                    precision=cand.precision, module=module if cand.backend == "torch" else None,
+                    compile=cand.compile)

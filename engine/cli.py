@@ -1,0 +1,130 @@
+"""What every command line of the project shares: the error tail, the output-folder check, common flags.
+
+A CLI is ``main(argv=None) -> int`` that parses its flags and hands its work to ``run_cli``::
+
+    def main(argv: list[str] | None = None) -> int:
+        args = build_parser().parse_args(argv)
+        return run_cli(lambda: run(args), interrupted=f"interrupted; rerun with --resume ({args.out})")
+
+``run_cli`` turns the project's own errors (engine.errors.JLMLError) into one ``error: ...`` line and
+exit code 2, the errors passed as ``failed`` (e.g. ParityError: the work ran, its result failed a
+check) into exit code 1, and Ctrl-C into exit code 130 with the ``interrupted`` hint. A body that
+returns an int sets the exit code; any other return (None, a result) means success, so a library
+function can be the body as it is. Nothing else is caught: a bug still shows its traceback.
+
+Adopting it in a CLI that still has its own ``try: ... except JLMLError: print; return 2``: move the
+lines after the try block into a ``body()`` (they run only on success anyway) and return
+``run_cli(body, ...)``; ``failed=(ParityError,)`` keeps export's exit code 1.
+
+The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
+training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
+writable before any work starts), ``--device``, ``--threads`` and ``--no-progress``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import ArtifactError, JLMLError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def run_cli(body: Callable[[], object], *, failed: tuple[type[JLMLError], ...] = (),
+            interrupted: str = "interrupted") -> int:
+    """Run ``body`` and map its outcome to an exit code (see the module docstring)."""
+    try:
+        code = body()
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED if isinstance(exc, failed) else EXIT_USAGE
+    return code if type(code) is int else EXIT_OK
+
+
+def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create the output folder ``path`` and prove it writable now, before hours of work are spent.
+
+    ArtifactError (exit 2 under ``run_cli``) when it is a file, cannot be created or takes no files.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{flag} {out} is a file, expected a folder; pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ArtifactError(
+            f"{flag} {out} is not a writable folder ({exc.strerror or exc}); pass a folder you can write to"
+        ) from exc
+    return out
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (threads, batches, k): a clear usage error for 0 or less."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and shows every flag's default that is not None/False
+    (unless its help already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """An ArgumentParser with the house formatter (defaults shown in --help)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_artifact(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--artifact", type=Path, required=required, metavar="DIR",
+                   help="artefact folder written by `python -m export.build_engine`")
+
+
+def add_checkpoint(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    p.add_argument("--checkpoint", type=Path, required=required, metavar="CKPT", help=help)
+
+
+def add_out(p: argparse.ArgumentParser, default: str | None, help: str = "output folder") -> None:
+    p.add_argument("--out", type=Path, default=None if default is None else Path(default), metavar="DIR",
+                   required=default is None, help=help)
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "auto", help: str = "") -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
+                   help=help or "auto: CUDA when PyTorch sees a GPU, else the CPU")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="PyTorch CPU threads (default: PyTorch's choice; ONNX Runtime keeps its own)")
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` to PyTorch (None: leave its default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
