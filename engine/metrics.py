@@ -41,7 +41,7 @@ def evaluate(query_emb: Any, query_pids: Any, query_cams: Any, gallery_emb: Any,
     if not isinstance(chunk, int) or chunk <= 0:
         raise InputError(f"chunk must be a positive int, got {chunk!r}; 1024 is a good default")
     parts = [
-        _query_stats(block, qp[s:s + len(block)], qc[s:s + len(block)], gp, gc, protocol)
+        _query_stats(_check_distmat(block), qp[s:s + len(block)], qc[s:s + len(block)], gp, gc, protocol)
         for s, block in _offsets(squared_l2_blocks(query_emb, gallery_emb, chunk))
     ]
     first = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -57,12 +57,7 @@ def cmc_map(distmat: Any, query_pids: Any, query_cams: Any, gallery_pids: Any, g
     gallery entries; mAP is the mean over valid queries of average precision (mean of precision at
     each true match's position in the valid ranking).
     """
-    distmat = np.asarray(distmat)
-    if distmat.ndim != 2 or not np.issubdtype(distmat.dtype, np.number):
-        raise InputError(
-            f"distmat must be a numeric (num_query, num_gallery) array, got {distmat.dtype} "
-            f"{distmat.shape}; pass e.g. squared L2 distances"
-        )
+    distmat = _check_distmat(distmat)
     qp, qc = _check_labels(query_pids, query_cams, distmat.shape[0], "query")
     gp, gc = _check_labels(gallery_pids, gallery_cams, distmat.shape[1], "gallery")
     _check_options(protocol, ranks)
@@ -131,6 +126,26 @@ def _summarise(first: np.ndarray, ap: np.ndarray, ranks: Sequence[int]) -> dict[
     return result
 
 
+def _check_distmat(distmat: Any) -> np.ndarray:
+    """A numeric (Q, G) matrix with at least one gallery column and no NaN (NaN sorts last in argsort,
+    so an all-NaN matrix would silently score its gallery order), else InputError."""
+    distmat = np.asarray(distmat)
+    if distmat.ndim != 2 or not np.issubdtype(distmat.dtype, np.number):
+        raise InputError(
+            f"distmat must be a numeric (num_query, num_gallery) array, got {distmat.dtype} "
+            f"{distmat.shape}; pass e.g. squared L2 distances"
+        )
+    if distmat.shape[1] == 0:
+        raise InputError(f"distmat has no gallery column (shape {distmat.shape}); evaluate against a gallery")
+    nans = int(np.isnan(distmat).sum()) if distmat.dtype.kind in "fc" else 0
+    if nans:
+        raise InputError(
+            f"distmat holds {nans} NaN of {distmat.size} distances and NaN ranks nothing; distances of "
+            "embeddings too large for float32 overflow to NaN: pass the model's unit-length embeddings"
+        )
+    return distmat
+
+
 def _check_embeddings(query: Any, gallery: Any) -> tuple[np.ndarray, np.ndarray]:
     arrays = []
     for name, emb in (("query", query), ("gallery", gallery)):
@@ -140,6 +155,8 @@ def _check_embeddings(query: Any, gallery: Any) -> tuple[np.ndarray, np.ndarray]
                 f"{name} embeddings must be a finite float (N, D) array, got {emb.dtype} {emb.shape}; "
                 "pass the model's float32 embeddings"
             )
+        if len(emb) == 0:
+            raise InputError(f"{name} embeddings are empty (shape {emb.shape}); pass at least one {name} image")
         arrays.append(emb)
     if arrays[0].shape[1] != arrays[1].shape[1]:
         raise InputError(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.atomic import write_text
-from engine.errors import JLMLError
+from engine.cli import run_cli
 
 from .config import JLMLConfig
 from .loop import TrainOptions, evaluate_model, fit
@@ -110,13 +110,7 @@ def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None,
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        opts = dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs)
-        run_demo(DemoState(out=args.out, opts=opts), stages)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run_demo(DemoState(out=args.out, opts=dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs)), stages))
 
 
 if __name__ == "__main__":

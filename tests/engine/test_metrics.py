@@ -121,3 +121,35 @@ def test_format_table_lists_every_run_in_percent() -> None:
     assert lines[0] == "| run | rank1 | mAP | num_query |"
     assert lines[2] == "| fp32 | 50.00 | 25.00 | 4 |"
     assert lines[3] == "| fp16 | 12.50 | - | - |"
+
+
+@pytest.mark.parametrize("empty", ["gallery", "query"])
+def test_evaluate_with_an_empty_side_says_so(empty: str) -> None:
+    emb = np.eye(3, 4, dtype=np.float32)
+    none = np.zeros((0, 4), np.float32)
+    q, g = (emb, none) if empty == "gallery" else (none, emb)
+    ids = {"query": np.arange(len(q)), "gallery": np.arange(len(g))}
+    with pytest.raises(InputError, match=f"{empty} embeddings are empty"):
+        evaluate(q, ids["query"], ids["query"], g, ids["gallery"], ids["gallery"] + 1)
+
+
+def test_cmc_map_refuses_nan_distances_instead_of_scoring_gallery_order() -> None:
+    pids = np.arange(10)
+    with pytest.raises(InputError, match="100 NaN of 100"):
+        cmc_map(np.full((10, 10), np.nan), pids, np.zeros(10, int), pids, np.ones(10, int))
+    one_nan = np.eye(3)
+    one_nan[1, 2] = np.nan
+    with pytest.raises(InputError, match="1 NaN of 9"):
+        cmc_map(one_nan, np.arange(3), np.zeros(3, int), np.arange(3), np.ones(3, int))
+
+
+def test_cmc_map_refuses_a_distance_matrix_without_gallery_columns() -> None:
+    with pytest.raises(InputError, match="no gallery column"):
+        cmc_map(np.zeros((2, 0)), [1, 2], [0, 0], np.zeros(0, int), np.zeros(0, int))
+
+
+def test_evaluate_refuses_distances_that_overflow_to_nan() -> None:
+    # finite but huge embeddings: |q|^2 + |g|^2 - 2 q.g is inf - inf = NaN in float32
+    emb = np.full((10, 4), 1e30, np.float32)
+    with pytest.raises(InputError, match="NaN ranks nothing"):
+        evaluate(emb, np.arange(10), np.zeros(10, int), emb, np.arange(10), np.ones(10, int))
