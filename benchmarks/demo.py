@@ -24,7 +24,7 @@ from engine.gallery import Gallery
 from engine.metrics import evaluate
 from engine.spec import PARITY_FILE
 from train import demo as train_demo
-from train.demo import DEMO_OPTIONS, DemoState
+from train.demo import DEMO_OPTIONS, DemoState, Stage
 
 ENGINE_ROW = "trained (engine: {backend} {precision})"
 
@@ -84,7 +84,7 @@ def stage_speed(state: DemoState) -> DemoState:
     return state
 
 
-STAGES = [train_demo.stage_data, train_demo.stage_untrained, train_demo.stage_train, stage_export,
+STAGES: list[Stage] = [train_demo.stage_data, train_demo.stage_untrained, train_demo.stage_train, stage_export,
           stage_engine, stage_speed, train_demo.stage_report]
 
 

@@ -23,6 +23,7 @@ writable before any work starts), ``--device``, ``--threads`` and ``--no-progres
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -82,11 +83,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the module docstring's layout and shows every flag's default that is not None/False
     (unless its help already says what the default is)."""
 
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        return bool(action.option_strings) and action.default not in (None, False, argparse.SUPPRESS)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # argparse prints nothing for help-less flags
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text or not self._shows_default(action):
             return text
-        return f"{text} (default: %(default)s)".lstrip()
+        return f"{text} (default: %(default)s)"
 
 
 def parser(prog: str, description: str | None) -> argparse.ArgumentParser:

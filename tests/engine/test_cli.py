@@ -1,0 +1,64 @@
+"""engine.cli: the one error tail, output-folder check and flag helpers every command line uses."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from engine import cli
+from engine.errors import ArtifactError, InputError, ParityError
+
+
+def _raise(exc: BaseException):
+    def body() -> None:
+        raise exc
+    return body
+
+
+def test_run_cli_maps_outcomes_to_exit_codes(capsys) -> None:
+    assert cli.run_cli(lambda: None) == 0
+    assert cli.run_cli(lambda: {"rank1": 0.5}) == 0   # a library result means success
+    assert cli.run_cli(lambda: 1) == 1
+    assert cli.run_cli(_raise(InputError("k must be positive, got 0"))) == 2
+    assert capsys.readouterr().err == "error: k must be positive, got 0\n"
+    assert cli.run_cli(_raise(ParityError("cosine 0.9")), failed=(ParityError,)) == 1
+    assert cli.run_cli(_raise(ParityError("cosine 0.9"))) == 2
+    assert cli.run_cli(_raise(KeyboardInterrupt()), interrupted="interrupted; rerun with --resume") == 130
+    assert capsys.readouterr().err.endswith("interrupted; rerun with --resume\n")
+
+
+def test_run_cli_leaves_bugs_their_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        cli.run_cli(lambda: 1 / 0)
+
+
+def test_check_out_dir_creates_folders_and_refuses_files(tmp_path: Path) -> None:
+    assert cli.check_out_dir(tmp_path / "a" / "b").is_dir()
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ArtifactError, match="is a file, expected a folder"):
+        cli.check_out_dir(afile)
+    with pytest.raises(ArtifactError, match="--run-dir .* is not a writable folder"):
+        cli.check_out_dir(afile / "sub", flag="--run-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]  # the write check leaves nothing
+
+
+def test_positive_int_is_a_usage_error_for_zero_and_words() -> None:
+    assert cli.positive_int("3") == 3
+    for text in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.positive_int(text)
+
+
+def test_help_shows_defaults_except_where_help_already_says_or_none() -> None:
+    p = cli.parser("prog", "what it does")
+    cli.add_out(p, "artifacts/x")
+    cli.add_device(p)
+    cli.add_threads(p)
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--lr", type=float, help="learning rate (default: per optimiser)")
+    text = " ".join(p.format_help().split())
+    assert "output folder (default: artifacts/x)" in text and "(default: auto)" in text
+    assert "--epochs EPOCHS (default: 14)" in text
+    assert "(default: per optimiser)" in text and "(default: None)" not in text
