@@ -111,7 +111,7 @@ else
     GAL_SMALL=(--sizes 1000 10000 100000 1000000)
     GAL_BIG=(--sizes 1000 10000 100000 1000000 10000000)
 fi
-LATENCY=("$PY" -m benchmarks.latency "$ART" --checkpoint "$CKPT" --device "$DEVICE" "${LAT_ARGS[@]}")
+LATENCY=("$PY" -m benchmarks.latency --artifact "$ART" --checkpoint "$CKPT" --device "$DEVICE" "${LAT_ARGS[@]}")
 GALLERY=("$PY" -m benchmarks.gallery --device "$DEVICE")
 
 say "artefact $ART, checkpoint $CKPT, out $OUT, device $DEVICE, quick $QUICK, PYTHONPATH $PYTHONPATH"
