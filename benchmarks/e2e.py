@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.backends import BASELINE, CANDIDATES, Candidate, open_embedder, pick, resolve_device
 from benchmarks.common import markdown_table, summarize, time_calls
-from benchmarks.harness import Report, check_positive, load_module, measure, skipped_notes, write_report
+from benchmarks.harness import Report
 from engine import cli
 from engine.errors import InputError
 from engine.gallery import Gallery
@@ -82,7 +83,7 @@ class E2EOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_positive(gallery_size=self.gallery_size, batches=self.batches, k=self.k, repeats=self.repeats)
+        harness.check_positive(gallery_size=self.gallery_size, batches=self.batches, k=self.k, repeats=self.repeats)
         if self.warmup < 0:
             raise InputError(f"warmup={self.warmup}: expected 0 or more untimed calls")
 
@@ -104,21 +105,21 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
     pixels = np.random.default_rng(options.seed).integers(
         0, 256, (size + max(options.batches), *spec.image_shape), dtype=np.uint8)
     ctx = {"folder": Path(artifact), "gallery": pixels[:size], "queries": pixels[size:], "probe": pixels[:1],
-           "module": load_module(checkpoint, spec, artifact) if checkpoint else None, "reference": {},
+           "module": harness.load_module(checkpoint, spec, artifact) if checkpoint else None, "reference": {},
            **{k: settings[k] for k in ("device", "k", "warmup", "batches", "repeats")}}
-    return measure(pick([BASELINE, *options.backends]), ctx, _bench_candidate, "queries_per_s", settings)
+    return harness.measure(pick([BASELINE, *options.backends]), ctx, _bench_candidate, "queries_per_s", settings)
 
 
 def _markdown(report: Report) -> str:
     settings, env = report.settings, report.environment
     return (f"# End to end, {env['device_name']} ({settings['device']})\n\n"
             f"Timed: {settings['timed']}; gallery {settings['gallery_size']} images, k={settings['k']}; input "
-            f"{settings['input']}.\n\n" + markdown_table(report.results, COLUMNS) + skipped_notes(report.skipped))
+            f"{settings['input']}.\n\n" + markdown_table(report.results, COLUMNS) + harness.skipped_notes(report.skipped))
 
 
 def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
     """e2e.json and e2e.md in ``out``."""
-    return write_report(report, out, "e2e", _markdown(report))
+    return harness.write_report(report, out, "e2e", _markdown(report))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,21 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(args: argparse.Namespace) -> E2EOptions:
+    base = QUICK if args.quick else E2EOptions()
+    return dataclasses.replace(
+        base, device=args.device, backends=tuple(args.backends), k=args.k, warmup=args.warmup, seed=args.seed,
+        gallery_size=args.gallery_size or base.gallery_size, batches=tuple(args.batches or base.batches),
+        repeats=args.repeats or base.repeats)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-
-    def body() -> None:
-        base = QUICK if args.quick else E2EOptions()
-        options = dataclasses.replace(
-            base, device=args.device, backends=tuple(args.backends), k=args.k, warmup=args.warmup,
-            seed=args.seed, gallery_size=args.gallery_size or base.gallery_size,
-            batches=tuple(args.batches or base.batches), repeats=args.repeats or base.repeats)
-        out = cli.check_out_dir(args.out)
-        cli.set_threads(args.threads)
-        paths = write_outputs(run(args.artifact, args.checkpoint, options), out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-
-    return cli.run_cli(body)
+    return harness.bench_main(argv, _parser(), _options, run, write_outputs)
 
 
 if __name__ == "__main__":

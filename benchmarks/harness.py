@@ -9,6 +9,7 @@ candidate could be measured is an error too, so a benchmark never exits 0 having
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from typing import Any
 
 from benchmarks.backends import BASELINE, Candidate, open_embedder
 from benchmarks.common import environment, write_json
+from engine import cli
 from engine.atomic import write_text
 from engine.errors import (
     ArtifactError,
@@ -151,3 +153,20 @@ def skipped_notes(skipped: dict[str, str]) -> str:
     """The markdown list of skipped candidates that ends every backend report."""
     notes = "".join(f"- {name} skipped: {why}\n" for name, why in skipped.items())
     return "\n" + notes if notes else ""
+
+
+def bench_main(argv: list[str] | None, parser: argparse.ArgumentParser,
+               options: Callable[[argparse.Namespace], Any], run: Callable[..., Report],
+               write_outputs: Callable[[Report, Path], list[Path]]) -> int:
+    """The ``main`` of a backend benchmark: flags -> options (bad values exit 2 here), ``--out`` checked
+    writable and ``--threads`` applied before the run, then run, write, and say where it all went."""
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        opts = options(args)
+        out = cli.check_out_dir(args.out)
+        cli.set_threads(args.threads)
+        paths = write_outputs(run(args.artifact, args.checkpoint, opts), out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+    return cli.run_cli(body)

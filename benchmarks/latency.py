@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.backends import (
     BASELINE,
     CANDIDATES,
@@ -39,7 +40,7 @@ from benchmarks.common import (
     summarize,
     time_calls,
 )
-from benchmarks.harness import Report, check_positive, load_module, measure, skipped_notes, write_report
+from benchmarks.harness import Report
 from engine import cli
 from engine.errors import InputError
 from engine.spec import ModelSpec
@@ -122,7 +123,7 @@ def _markdown(report: Report) -> str:
             f"{settings['repeats']}+ timed calls after {settings['warmup']} warm-up per point. "
             "vs_torch_fp32: images/s over PyTorch FP32 eager at the same batch size, same process. "
             "host_rss_mb: resident memory after the backend ran (process-wide).\n\n")
-    return head + markdown_table(rows, COLUMNS) + skipped_notes(skipped)
+    return head + markdown_table(rows, COLUMNS) + harness.skipped_notes(skipped)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class LatencyOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch)
+        harness.check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch)
         if self.warmup < 0 or self.min_seconds < 0:
             raise InputError(f"warmup={self.warmup}, min_seconds={self.min_seconds}: expected 0 or more")
 
@@ -163,14 +164,14 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
     images = np.random.default_rng(options.seed).integers(0, 256, (max(batches), *spec.image_shape),
                                                           dtype=np.uint8)
     ctx = {"folder": Path(artifact), "device": device, "images": images, "probe": images[:1], "reference": {},
-           "module": load_module(checkpoint, spec, artifact) if checkpoint else None,
+           "module": harness.load_module(checkpoint, spec, artifact) if checkpoint else None,
            **{k: settings[k] for k in ("batches", "warmup", "repeats", "min_seconds", "cpu_max_batch")}}
-    return measure(candidates, ctx, _bench_candidate, "images_per_s", settings)
+    return harness.measure(candidates, ctx, _bench_candidate, "images_per_s", settings)
 
 
 def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
     """latency.json, latency.md and (when rows exist) latency.png in ``out``."""
-    paths = write_report(report, out, "latency", _markdown(report))
+    paths = harness.write_report(report, out, "latency", _markdown(report))
     if report.results:
         paths.append(Path(out) / "latency.png")
         _plot(report.results, paths[-1], report.settings["device"])
@@ -212,16 +213,7 @@ def _options(args: argparse.Namespace) -> LatencyOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-
-    def body() -> None:
-        options = _options(args)
-        out = cli.check_out_dir(args.out)
-        cli.set_threads(args.threads)
-        paths = write_outputs(run(args.artifact, args.checkpoint, options), out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-
-    return cli.run_cli(body)
+    return harness.bench_main(argv, _parser(), _options, run, write_outputs)
 
 
 if __name__ == "__main__":
