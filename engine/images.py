@@ -52,13 +52,15 @@ def load_image(path: PathLike, height: int, width: int) -> np.ndarray:
 
 
 def load_images(
-    paths: Sequence[PathLike], height: int, width: int, *, on_error: str = "skip"
+    paths: Sequence[PathLike], height: int, width: int, *, on_error: str = "skip", progress: bool | None = None
 ) -> tuple[np.ndarray, list[int]]:
     """Decode many images into one uint8 (N, height, width, 3) array.
 
     Returns the stacked pixels and the indices into ``paths`` that loaded, so callers can drop the
     labels of skipped files. With ``on_error="skip"`` one warning summarises every unreadable file
     (a data set with a few corrupt crops is still worth training on); ``"raise"`` stops at the first.
+    ``progress``: a bar on stderr (None: only above ``PROGRESS_MIN_IMAGES`` images; CLIs pass False
+    for ``--no-progress``).
     """
     if on_error not in ("skip", "raise"):
         raise InputError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -66,7 +68,8 @@ def load_images(
     out = np.empty((len(paths), int(height), int(width), 3), np.uint8)
     loaded: list[int] = []
     failed: list[str] = []
-    bar = tqdm(paths, desc="loading images", unit="img", disable=len(paths) <= PROGRESS_MIN_IMAGES)
+    show = len(paths) > PROGRESS_MIN_IMAGES if progress is None else progress
+    bar = tqdm(paths, desc="loading images", unit="img", disable=not show)
     for i, path in enumerate(bar):
         try:
             out[len(loaded)] = load_image(path, height, width)

@@ -62,3 +62,20 @@ def test_help_shows_defaults_except_where_help_already_says_or_none() -> None:
     assert "output folder (default: artifacts/x)" in text and "(default: auto)" in text
     assert "--epochs EPOCHS (default: 14)" in text
     assert "(default: per optimiser)" in text and "(default: None)" not in text
+
+
+def test_no_progress_reaches_the_image_loader_bar(tmp_path: Path, monkeypatch, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from engine import images
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(paths[-1])
+    monkeypatch.setattr(images, "PROGRESS_MIN_IMAGES", 1)  # 3 images would get the automatic bar
+    images.load_images(paths, 8, 4)
+    assert "loading images" in capsys.readouterr().err
+    images.load_images(paths, 8, 4, progress=False)
+    assert capsys.readouterr().err == ""
