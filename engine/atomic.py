@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -40,8 +41,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except ArtifactError:
         raise
     except OSError as exc:  # disk full, quota, a folder vanished: name the file the user asked for
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise ArtifactError(
-            f"writing {final} failed: {exc.strerror or exc}; free some space or choose another output folder"
+            f"writing {final} failed: {exc.strerror or exc}; "
+            + ("free some space or write elsewhere" if full else "choose a writable file path")
         ) from exc
     finally:
         if tmp.exists():

@@ -94,5 +94,5 @@ def test_disk_full_while_writing_results_names_the_file(tmp_path, bench_artifact
     assert latency.main(["--artifact", str(bench_artifacts), *QUICK, "--backends", "ort-fp32",
                          "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"writing {tmp_path / 'latency.json'} failed: No space left on device" in err
+    assert f"writing {tmp_path / 'latency.json'} failed: No space left on device; free some space" in err
     assert list(tmp_path.iterdir()) == []  # no half file, no temporary left behind
