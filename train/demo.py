@@ -1,9 +1,10 @@
 """``python -m train.demo --out artifacts/demo``: the training half of the demo, alone, in a minute on a CPU.
 
 ``make demo`` runs ``benchmarks.demo``, the one full demo, which reuses these stages. This one renders
-the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the table. The demo is a list of stage functions over a small ``DemoState``; later stages (export,
-engine embedding, benchmarks) are appended to ``STAGES`` before ``stage_report``, read what they need
-from the state (``checkpoint``, ``data``, ``out``) and add their rows to ``state.results``.
+the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the table.
+The demo is a list of stage functions over a small ``DemoState``; later stages (export, engine
+embedding, benchmarks) are appended to ``STAGES`` before ``stage_report``, read what they need from
+the state (``checkpoint``, ``data``, ``out``) and add their rows to ``state.results``.
 """
 from __future__ import annotations
 
