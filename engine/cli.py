@@ -85,7 +85,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     @staticmethod
     def _shows_default(action: argparse.Action) -> bool:
-        return bool(action.option_strings) and action.default not in (None, False, argparse.SUPPRESS)
+        return bool(action.option_strings) and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
 
     def _format_action(self, action: argparse.Action) -> str:
         if not action.help and self._shows_default(action):  # argparse prints nothing for help-less flags

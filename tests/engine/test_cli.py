@@ -57,10 +57,13 @@ def test_help_shows_defaults_except_where_help_already_says_or_none() -> None:
     cli.add_device(p)
     cli.add_threads(p)
     p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quick", action="store_true", help="a smoke run")
     p.add_argument("--lr", type=float, help="learning rate (default: per optimiser)")
     text = " ".join(p.format_help().split())
     assert "output folder (default: artifacts/x)" in text and "(default: auto)" in text
-    assert "--epochs EPOCHS (default: 14)" in text
+    assert "--epochs EPOCHS (default: 14)" in text and "random seed (default: 0)" in text
+    assert "a smoke run (default" not in text
     assert "(default: per optimiser)" in text and "(default: None)" not in text
 
 
