@@ -96,3 +96,29 @@ def test_disk_full_while_writing_results_names_the_file(tmp_path, bench_artifact
     err = capsys.readouterr().err
     assert f"writing {tmp_path / 'latency.json'} failed: No space left on device; free some space" in err
     assert list(tmp_path.iterdir()) == []  # no half file, no temporary left behind
+
+
+def test_a_backend_failing_mid_run_is_reported_and_the_others_still_measured(bench_artifacts, monkeypatch):
+    real = latency._bench_candidate
+
+    def flaky(cand, ctx):
+        if cand.name == "ort-fp16":
+            raise RuntimeError("out of memory")
+        return real(cand, ctx)
+
+    monkeypatch.setattr(latency, "_bench_candidate", flaky)
+    report = latency.run(bench_artifacts, None, latency.LatencyOptions(
+        device="cpu", batches=(2,), backends=("ort-fp32", "ort-fp16"), repeats=1, warmup=0, min_seconds=0))
+    assert [r["backend"] for r in report.results] == ["ort-fp32"]
+    assert report.skipped["ort-fp16"] == "failed to run: out of memory"
+
+
+def test_a_spec_mismatch_mid_run_stops_the_run(bench_artifacts, monkeypatch):
+    from engine.errors import SpecMismatchError
+
+    def broken(cand, ctx):
+        raise SpecMismatchError("ort backend returned embeddings of shape (2, 8)")
+
+    monkeypatch.setattr(latency, "_bench_candidate", broken)
+    with pytest.raises(SpecMismatchError, match="shape"):
+        latency.run(bench_artifacts, None, latency.LatencyOptions(device="cpu", batches=(2,), backends=("ort-fp32",)))
