@@ -249,12 +249,12 @@ def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scale
 
 
 def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 loader: torch.utils.data.DataLoader, where: Placement, opts: TrainOptions, epoch: int,
-                 make_augment: AugmentFactory | None) -> dict[str, Any]:
+                 loader: torch.utils.data.DataLoader, sampler: EpochBatches, where: Placement,
+                 opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
     epoch_seed = opts.seed * 100_003 + epoch
     torch.manual_seed(epoch_seed)
-    loader.sampler.set_epoch(epoch)
+    sampler.set_epoch(epoch)
     augment = make_augment(epoch_seed) if make_augment else None
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -321,6 +321,9 @@ def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement
     opt = make_optimizer(model, opts)
     if ck is None:
         return model, opt, 0, [], report
+    if ck.optimizer_state is None:
+        raise CheckpointError(f"cannot resume from {ck.path}: it holds weights but no optimiser state (it was "
+                              "not written by a training run); fine-tune from it with --init instead")
     opt.load_state_dict(ck.optimizer_state)
     return model, opt, ck.epoch, list(ck.extra.get("history", [])), None
 
@@ -342,14 +345,15 @@ def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *,
     if report is not None:
         print(report.describe())
     scaler = torch.amp.GradScaler(where.device.type, enabled=where.amp_dtype == torch.float16)
-    loader = make_loader(data, EpochBatches(len(data.train_pids), opts.batch_size, opts.seed), where)
+    sampler = EpochBatches(len(data.train_pids), opts.batch_size, opts.seed)
+    loader = make_loader(data, sampler, where)
     loss_fn, writer = JLMLLoss(cfg), RunWriter(out, cfg, data.num_classes, opts, dict(record or {}))
     for epoch in range(start, opts.epochs):
         tic = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(opts.schedule, epoch, opts.epochs)
         lr = opt.param_groups[0]["lr"]
-        stats = _train_epoch(model, loss_fn, opt, scaler, loader, where, opts, epoch, make_augment)
+        stats = _train_epoch(model, loss_fn, opt, scaler, loader, sampler, where, opts, epoch, make_augment)
         history.append({"epoch": epoch + 1, **stats, "lr": lr, "time_s": time.perf_counter() - tic})
         writer.write(model, opt, epoch + 1, history)
     return FitResult(model=model.eval(), checkpoint=writer.path, history=history, init=report)
