@@ -1,122 +1,171 @@
 """``python -m train``: train JLML on a re-id data set, then evaluate it and save the metrics.
 
-Writes ``OUT/last.pt`` (self-describing checkpoint, every epoch), ``OUT/log.jsonl`` (one line per
-epoch) and ``OUT/metrics.json`` (Rank-k / mAP on the query/gallery split). Exit codes: 0 done,
-2 bad arguments, data, or checkpoint (the message says what to change), 130 interrupted (resume it
-with ``--resume``).
+Writes OUT/last.pt (self-describing checkpoint, every epoch, with the data set and split it was
+trained on), OUT/log.jsonl (one line per epoch) and OUT/metrics.json (Rank-k / mAP on the test
+people). An OUT that already holds a checkpoint is refused unless --resume (continue it, also to more
+--epochs) or --force (overwrite it). --recipe NAME takes every setting from a recipe of
+train/recipes.py (python -m train --recipe NAME --help shows them as the defaults); flags given
+explicitly override it. --init CKPT fine-tunes from a checkpoint of the same network.
+
+  python -m train --dataset viper --recipe viper --out runs/viper
+  python -m train --dataset market1501 --data-root DIR --recipe few_hundred_ids --out runs/mine
+  python -m train --device cuda --amp --recipe viper --epochs 120 --out runs/viper_gpu
+
+The second line is the recipe for a new data set of a few hundred people in the Market-1501 layout
+(bounding_box_train/, query/, bounding_box_test/). Exit codes: 0 done, 2 bad arguments, data,
+output folder or checkpoint (the message says what to change), 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM); continue either with --resume.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from engine.atomic import write_text
-from engine.cli import run_cli
-
+from .cli import HelpFormatter, ints, non_negative_int, parse_key_value, positive_int, run_cli
 from .config import BRANCHES, LOSSES, JLMLConfig
-from .loop import CHECKPOINT_FILE, DEFAULT_LR, METRICS_FILE, TrainOptions, evaluate_model, fit
+from .loop import CHECKPOINT_FILE, DEFAULT_LR, SCHEDULES, Runtime, TrainOptions
+from .recipes import RECIPES, Recipe
+from .runner import DataChoice, Pretrain, run
+
+__all__ = ["build_parser", "main", "parse_args", "parse_key_value"]
 
 # CLI flag -> JLMLConfig field, for the architecture overrides (defaults come from JLMLConfig).
 _CONFIG_FLAGS = {"height": int, "width": int, "stripes": int, "feat_dim": int, "dropout": float,
                  "lambda_global": float, "lambda_local": float, "label_smoothing": float}
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, got {text!r}") from exc
-
-
-def parse_key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. num_ids=40), got {text!r}")
-    try:
-        return key, int(value)
-    except ValueError:
-        return key, value
-
-
-def build_parser() -> argparse.ArgumentParser:
+def _add_data(p: argparse.ArgumentParser, recipe: Recipe | None) -> None:
     from .data import DATASETS
 
-    d, o = JLMLConfig(), TrainOptions()
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="synthetic", help="data set (default: synthetic)")
-    g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
+    g.add_argument("--dataset", choices=DATASETS, default=recipe.dataset if recipe else "synthetic",
+                   help="data set")
+    g.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
     g.add_argument("--split-seed", type=int, default=0, help="which random train/test split of people")
     g.add_argument("--data-option", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="loader option, repeatable (synthetic: num_ids=, num_test=, images_per_cam=)")
-    g.add_argument("--no-augment", action="store_true", help="train on the raw images (no flip/shift/erase)")
+                   help="loader option, repeatable (synthetic: num_ids=, num_test=, images_per_cam=; "
+                        "viper/prid2011: num_train=, num_test=); a recipe's own apply to its data set only")
+    g.add_argument("--no-augment", action="store_true", default=bool(recipe and not recipe.augment),
+                   help="train on the raw images (no flip/shift/erase)")
+
+
+def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, default=o.epochs)
-    t.add_argument("--batch-size", type=int, default=o.batch_size)
-    t.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_LR})")
-    t.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default=o.optimizer)
-    t.add_argument("--schedule", choices=("cosine", "step"), default=o.schedule)
-    t.add_argument("--weight-decay", type=float, default=o.weight_decay)
-    t.add_argument("--seed", type=int, default=o.seed)
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--out", type=Path, default=Path("runs/jlml"), help="run folder (default: runs/jlml)")
-    t.add_argument("--resume", nargs="?", const="", metavar="PATH",
-                   help=f"continue a run from PATH (default: OUT/{CHECKPOINT_FILE}) with the same flags")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    m = p.add_argument_group("model (defaults: train.config.JLMLConfig)")
-    m.add_argument("--branches", choices=BRANCHES, default=d.branches)
-    m.add_argument("--loss", choices=LOSSES, default=d.loss)
-    m.add_argument("--no-sparsity", action="store_true", help="drop the L2,1 / L1,2 sparsity terms")
-    m.add_argument("--no-shared", action="store_true", help="each branch gets its own low-level layers")
-    m.add_argument("--widths", type=_ints, default=d.widths, help=f"channels per stage (default {d.widths})")
-    m.add_argument("--blocks", type=_ints, default=d.blocks, help=f"blocks per stage (default {d.blocks})")
+    t.add_argument("--epochs", type=positive_int, default=o.epochs, help="epochs (with --resume: may be more "
+                   "than the run had, the schedule stretches)")
+    t.add_argument("--batch-size", type=positive_int, default=o.batch_size, help="images per step")
+    t.add_argument("--lr", type=float, default=o.lr,
+                   help=f"base learning rate (None: {', '.join(f'{k} {v}' for k, v in DEFAULT_LR.items())})")
+    t.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default=o.optimizer, help="optimiser")
+    t.add_argument("--schedule", choices=SCHEDULES, default=o.schedule,
+                   help="cosine decay to 0, or step (x0.1 at 2/3 of the epochs)")
+    t.add_argument("--weight-decay", type=float, default=o.weight_decay, help="weight decay")
+    t.add_argument("--seed", type=int, default=o.seed, help="weight initialisation and batch order seed")
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("run")
+    r.add_argument("--recipe", choices=sorted(RECIPES), help="start from this recipe's settings")
+    r.add_argument("--out", type=Path, help="run folder (None: a fresh runs/DATASET-YYYYmmdd-HHMMSS)")
+    r.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help="continue the run in --out (or from PATH) with the same flags; None: a fresh run")
+    r.add_argument("--force", action="store_true", help=f"overwrite the {CHECKPOINT_FILE} already in --out")
+    r.add_argument("--init", type=Path, metavar="CKPT",
+                   help="fine-tune from this checkpoint (its classifiers are dropped if the id count differs)")
+    r.add_argument("--no-pretrain", action="store_true", help="skip the recipe's pre-training data set")
+    r.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
+    r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, else fp16 + GradScaler)")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (None: on for CUDA)")
+    r.add_argument("--workers", type=non_negative_int, help="data loader processes (None: 4 on CUDA, 0 on CPU)")
+    r.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
+    m = p.add_argument_group("model (defaults: train.config.JLMLConfig, or the recipe's)")
+    m.add_argument("--branches", choices=BRANCHES, default=d.branches, help="ablation: which branches")
+    m.add_argument("--loss", choices=LOSSES, default=d.loss, help="one loss per branch, or one on the concat")
+    m.add_argument("--no-sparsity", action="store_true", default=not d.sparsity,
+                   help="drop the L2,1 / L1,2 sparsity terms")
+    m.add_argument("--no-shared", action="store_true", default=not d.shared_layers,
+                   help="each branch gets its own low-level layers")
+    m.add_argument("--widths", type=ints, default=d.widths, help="channels per stage")
+    m.add_argument("--blocks", type=ints, default=d.blocks, help="residual blocks per stage")
     for name, kind in _CONFIG_FLAGS.items():
-        m.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+        m.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
+                       help=name.replace("_", " "))
+
+
+def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
+    """The parser, its defaults those of ``recipe`` where it sets them."""
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=HelpFormatter)
+    _add_data(p, recipe)
+    _add_optimisation(p, TrainOptions(**recipe.options) if recipe else TrainOptions())
+    _add_run(p)
+    _add_model(p, JLMLConfig(**recipe.config) if recipe else JLMLConfig())
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read ``--recipe`` first, so its settings become the defaults that explicit flags override."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe")
+    name = pre.parse_known_args(argv)[0].recipe
+    return build_parser(RECIPES.get(name) if name else None).parse_args(argv)
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[JLMLConfig, TrainOptions]:
-    cfg = JLMLConfig(branches=args.branches, loss=args.loss, sparsity=not args.no_sparsity,
-                     shared_layers=not args.no_shared, widths=args.widths, blocks=args.blocks,
-                     **{name: getattr(args, name) for name in _CONFIG_FLAGS})
+    recipe = RECIPES.get(args.recipe) if args.recipe else None
+    cfg = JLMLConfig(**{**(recipe.config if recipe else {}), "branches": args.branches, "loss": args.loss,
+                        "sparsity": not args.no_sparsity, "shared_layers": not args.no_shared,
+                        "widths": args.widths, "blocks": args.blocks,
+                        **{name: getattr(args, name) for name in _CONFIG_FLAGS}})
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                         schedule=args.schedule, weight_decay=args.weight_decay, seed=args.seed,
                         progress=not args.no_progress)
     return cfg, opts
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    """Load the data, train (or resume), evaluate; print and save the metrics."""
+def data_from_args(args: argparse.Namespace) -> tuple[DataChoice, Pretrain | None]:
+    """The data set (a recipe's loader options apply to its own data set only) and the recipe's
+    pre-training set, unless --init or --no-pretrain replaces it."""
+    recipe = RECIPES.get(args.recipe) if args.recipe else None
+    own = dict(recipe.data_options) if recipe and recipe.dataset == args.dataset else {}
+    data = DataChoice(args.dataset, args.split_seed, {**own, **dict(args.data_option)}, args.data_root)
+    if recipe is None or recipe.pretrain is None or args.init is not None or args.no_pretrain:
+        return data, None
+    return data, Pretrain(DataChoice(recipe.pretrain, options=recipe.pretrain_options, root=args.data_root),
+                          recipe.pretrain_epochs)
+
+
+def _train(args: argparse.Namespace) -> int:
     from engine.metrics import format_table
 
-    from .data import Augment, load_reid_set
-
     cfg, opts = config_from_args(args)
+    runtime = Runtime(device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers)
+    data, pretrain = data_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_reid_set(args.dataset, args.data_root, height=cfg.height, width=cfg.width,
-                         split_seed=args.split_seed, **dict(args.data_option))
-    print(data.describe())
-    resume = None if args.resume is None else Path(args.resume or args.out / CHECKPOINT_FILE)
-    result = fit(cfg, data, opts, args.out, resume=resume,
-                 make_augment=None if args.no_augment else (lambda seed: Augment(seed=seed)))
-    metrics = evaluate_model(result.model, data)
-    print(format_table({f"{args.dataset} ({cfg.branches}, {cfg.loss})": metrics}), end="")
-    write_text(args.out / METRICS_FILE, json.dumps(
-        {"dataset": args.dataset, "split_seed": args.split_seed, "config": cfg.to_dict(), "metrics": metrics},
-        indent=2) + "\n")
-    return metrics
+    result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
+                 resume=args.resume, init=args.init, pretrain=pretrain, force=args.force)
+    print(format_table({f"{args.dataset} ({cfg.branches}, {cfg.loss})": result.metrics or {}}), end="")
+    print(f"run folder: {args.out} ({CHECKPOINT_FILE}, log.jsonl, metrics.json)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: run(args), interrupted=f"interrupted; continue with --resume (checkpoint in {args.out})")
+    args = parse_args(argv)
+    if args.out is None:
+        if args.resume is not None:
+            print("error: --resume continues the run in --out; pass --out of that run", file=sys.stderr)
+            return 2
+        args.out = Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return run_cli(lambda: _train(args), lambda: f"continue with --resume --out {args.out} (same flags)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""Self-describing checkpoints: weights + config + spec + epoch (+ optimiser/scheduler/extra state).
+"""Self-describing checkpoints (weights + config + spec + epoch + optimiser/extra state) and run folders.
 
 A checkpoint alone rebuilds the exact network that wrote it, so export and evaluation need no flags
-that could disagree with training. Writes are atomic: a crash never leaves a half ``last.pt``.
+that could disagree with training. Every tensor is saved on the CPU, so a checkpoint written on a GPU
+loads on any machine. Writes are atomic: a crash never leaves a half ``last.pt``, and the temporary
+files a killed run leaves are removed by the next run in that folder (``prepare_out``).
 """
 from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 
 from engine.atomic import write_with
-from engine.errors import CheckpointError, InputError
+from engine.errors import ArtifactError, CheckpointError, InputError
 from engine.spec import ModelSpec
 
 from .config import JLMLConfig
@@ -23,6 +27,9 @@ from .model import JLML
 
 FORMAT = "jlml-checkpoint"
 FORMAT_VERSION = 1
+CHECKPOINT_FILE = "last.pt"
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
 _KEYS = ("format", "version", "state_dict", "config", "spec", "epoch", "num_classes")
 
 
@@ -53,14 +60,36 @@ def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, 
         )
     payload = {
         "format": FORMAT, "version": FORMAT_VERSION,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(), "spec": model.spec.to_dict(), "epoch": int(epoch),
         "num_classes": int(num_classes),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": dict(extra or {}),
     }
-    return write_with(path, lambda tmp: torch.save(payload, tmp))
+    return write_file(path, "checkpoint", lambda tmp: torch.save(payload, tmp))
+
+
+def write_file(path: str | os.PathLike[str], what: str, writer: Callable[[Path], object]) -> Path:
+    """``write_with`` whose failures (disk full, permissions) name the file and the way out."""
+    try:
+        return write_with(path, writer)
+    except ArtifactError:
+        raise
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {what} {path}: {exc.strerror or exc}; free space on that disk "
+                            "or pass another --out") from exc
+
+
+def _to_cpu(value: Any) -> Any:
+    """Optimiser state with every tensor moved to the CPU (so it loads without a GPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
@@ -70,7 +99,9 @@ def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated: {exc}); {fix}") from exc
+        # torch's own message advises weights_only=False, which would run code from the file: not quoted.
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a file "
+                              f"written by torch.save of plain tensors ({type(exc).__name__}); {fix}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a JLML checkpoint (no '{FORMAT}' marker); {fix}")
     missing = [k for k in _KEYS if k not in payload]
@@ -112,3 +143,90 @@ def check_same_config(ckpt: Checkpoint, cfg: JLMLConfig, num_classes: int) -> No
             f"cannot resume from {ckpt.path}: it was trained with another configuration ({listed}); "
             "use the same flags and data set, or start a fresh run with another --out"
         )
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What ``load_init`` did: tensors copied, and classifier tensors left fresh (another id count)."""
+
+    source: str
+    loaded: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def describe(self) -> str:
+        dropped = f"; dropped (fresh) {', '.join(self.dropped)}" if self.dropped else ""
+        return f"initialised from {self.source}: loaded {len(self.loaded)} tensors{dropped}"
+
+
+CLASSIFIER_PREFIX = "classifiers."
+
+
+def load_init(model: JLML, state: dict[str, torch.Tensor], source: str = "init weights") -> InitReport:
+    """Copy ``state`` into ``model`` for fine-tuning, after timm's ``load_pretrained``.
+
+    Only the identity classifiers may differ (another data set has another number of people): those
+    keep their fresh initialisation and are reported as dropped. Any other missing, unexpected or
+    differently shaped tensor means another network, and raises CheckpointError listing them.
+    """
+    own = model.state_dict()
+
+    def fits(k: str) -> bool:
+        return k in own and k in state and own[k].shape == state[k].shape
+
+    loaded = tuple(k for k in own if fits(k))
+    dropped = tuple(sorted(k for k in set(own) | set(state) if not fits(k) and k.startswith(CLASSIFIER_PREFIX)))
+    wrong = {
+        "missing": [k for k in own if k not in state and k not in dropped],
+        "unexpected": [k for k in state if k not in own and k not in dropped],
+        "other shape": [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                        if k in state and not fits(k) and k not in dropped],
+    }
+    if any(wrong.values()):
+        listed = "; ".join(f"{kind}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for kind, keys in wrong.items() if keys)
+        raise CheckpointError(f"cannot initialise from {source}: it holds another network ({listed}); pass "
+                              "--init a checkpoint of the same architecture (same --widths, --blocks, "
+                              "--stripes, --feat-dim, --branches, ...)")
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return InitReport(source=source, loaded=loaded, dropped=dropped)
+
+
+# Temporary files of ``engine.atomic`` writes of a run's own files, left behind when a run is killed.
+_OWN_TEMPORARIES = tuple(f".{name}.*.tmp" for name in (CHECKPOINT_FILE, LOG_FILE, METRICS_FILE))
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool,
+                log: Callable[[str], object] = print) -> None:
+    """Before any work: ``out`` must be (or become) a writable folder and, unless resuming or told to
+    overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged)."""
+    fix = "pass another --out"
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"--out {out} is a file; expected a folder for {CHECKPOINT_FILE}, {LOG_FILE} "
+                            f"and {METRICS_FILE}; {fix}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ArtifactError(f"--out {out} is not a writable folder ({exc.strerror or exc}); expected a "
+                            f"folder this user can create and write; {fix} or fix its permissions") from exc
+    stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out}: "
+            f"{', '.join(p.name for p in stale)}")
+    path = out / CHECKPOINT_FILE
+    if resume or overwrite or not path.exists():
+        return
+    try:
+        held = f"a checkpoint of epoch {load_checkpoint(path).epoch}"
+    except CheckpointError:
+        held = "an unreadable checkpoint"
+    raise CheckpointError(f"--out {out} holds {held} ({path.name}); pass --resume to continue it, --force to "
+                          f"overwrite it, or another --out")
+
+
+def write_json(path: Path, text: str, what: str) -> Path:
+    """Atomically write a run's JSON file (log, metrics), naming it if the disk refuses."""
+    return write_file(path, what, lambda tmp: tmp.write_text(text))

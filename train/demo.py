@@ -1,10 +1,11 @@
-"""``python -m train.demo --out artifacts/demo``: the training half of the demo, alone, in a minute on a CPU.
+"""The training half of the project demo, as library stages; ``python -m benchmarks.demo`` is the demo.
 
-``make demo`` runs ``benchmarks.demo``, the one full demo, which reuses these stages. This one renders
-the synthetic set, evaluates the untrained model, trains it, evaluates again and prints the table.
-The demo is a list of stage functions over a small ``DemoState``; later stages (export, engine
-embedding, benchmarks) are appended to ``STAGES`` before ``stage_report``, read what they need from
-the state (``checkpoint``, ``data``, ``out``) and add their rows to ``state.results``.
+``make demo`` runs ``python -m benchmarks.demo``, which lives in the top layer because it also
+exports, serves and benchmarks. It composes the stages here (render the synthetic set, evaluate the
+untrained model, train, report) with its own export, engine and speed stages, and reuses ``main`` as
+its command line. Stages are functions over a small ``DemoState``: each reads what it needs from the
+state (``checkpoint``, ``data``, ``out``) and adds its rows to ``state.results``. This module has no
+command line of its own.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from typing import Any
 import torch
 
 from engine.atomic import write_text
-from engine.cli import run_cli
 
+from .cli import HelpFormatter, positive_int, run_cli
 from .config import JLMLConfig
 from .loop import TrainOptions, evaluate_model, fit
 from .model import JLML
+from .runner import DataChoice, augment_factory
 
 # 14 epochs of this train in ~70 s on 2 idle CPU cores (~4.5 s/epoch) and separate 100 synthetic people.
 DEMO_CONFIG = JLMLConfig(widths=(16, 32, 64, 128), feat_dim=256, dropout=0.2)
@@ -51,10 +53,12 @@ class DemoState:
 Stage = Callable[[DemoState], DemoState]
 
 
-def stage_data(state: DemoState) -> DemoState:
-    from .data import load_reid_set
+def _data_choice(state: DemoState) -> DataChoice:
+    return DataChoice("synthetic", options=state.data_options)
 
-    state.data = load_reid_set("synthetic", height=state.cfg.height, width=state.cfg.width, **state.data_options)
+
+def stage_data(state: DemoState) -> DemoState:
+    state.data = _data_choice(state).load(state.cfg)
     print(state.data.describe())
     return state
 
@@ -66,10 +70,9 @@ def stage_untrained(state: DemoState) -> DemoState:
 
 
 def stage_train(state: DemoState) -> DemoState:
-    from .data import Augment
-
-    result = fit(state.cfg, state.data, state.opts, state.out / "train",
-                 make_augment=lambda seed: Augment(seed=seed))
+    """Train into ``OUT/train`` (a demo run starts afresh: it overwrites the last demo's checkpoint)."""
+    result = fit(state.cfg, state.data, state.opts, state.out / "train", make_augment=augment_factory(True),
+                 overwrite=True, record={"data": _data_choice(state).record()})
     state.checkpoint = result.checkpoint
     state.results["trained (PyTorch)"] = evaluate_model(result.model, state.data)
     return state
@@ -100,19 +103,26 @@ def run_demo(state: DemoState, stages: list[Stage] | None = None) -> DemoState:
     return state
 
 
-def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None,
-         prog: str = "python -m train.demo", description: str | None = __doc__) -> int:
-    """CLI over ``run_demo``; ``benchmarks.demo`` reuses it with the full pipeline's stages."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder")
-    p.add_argument("--epochs", type=int, default=DEMO_OPTIONS.epochs, help="training epochs")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None, prog: str = "python -m benchmarks.demo",
+         description: str | None = __doc__) -> int:
+    """Command line over ``run_demo`` with ``stages``; ``benchmarks.demo`` calls it with the full pipeline."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder (overwritten)")
+    p.add_argument("--epochs", type=positive_int, default=DEMO_OPTIONS.epochs, help="training epochs")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return run_cli(lambda: run_demo(DemoState(out=args.out, opts=dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs)), stages))
+    state = DemoState(out=args.out, opts=dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs))
+
+    def body() -> int:
+        run_demo(state, stages)
+        return 0
+
+    return run_cli(body, lambda: "rerun the same command (a demo starts afresh)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    print("train.demo holds the demo's training stages; the demo is python -m benchmarks.demo (make demo)",
+          file=sys.stderr)
+    sys.exit(2)

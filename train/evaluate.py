@@ -1,15 +1,24 @@
 """``python -m train.evaluate``: Rank-k / mAP of a checkpoint, and of its exported artefact beside it.
 
-The checkpoint is evaluated in PyTorch; with ``--artifact`` the exported folder is evaluated through
-``engine.Embedder`` on ONNX Runtime (CPU) on the very same images, and the table shows both rows plus
-the largest absolute difference per metric, then the largest embedding difference. That answers "does
-the served model rank people as the trained one did" with numbers rather than a parity plot.
-Exit codes: 0 done (and within ``--tolerance`` when comparing), 1 backends differ by more than
-``--tolerance``, 2 bad arguments, data, checkpoint or artefact (the message says what to change).
+The data set, its loader options and the split come from the checkpoint, so only the people the model
+never saw are scored. Asking for another data set, split seed or option is refused unless
+--allow-mismatch (a cross-data-set test, say): on another split the training people leak into the
+test people and the figures mean nothing.
+
+The checkpoint is evaluated in PyTorch; with --artifact the exported folder is evaluated through
+engine.Embedder (--backend, --device, --precision) on the very same images, and the table shows both
+rows, the largest absolute difference per metric and the largest embedding difference. FP16 or
+TensorRT accuracy is one command:
+
+  python -m train.evaluate --checkpoint runs/viper/last.pt --artifact art/ --backend trt --precision fp16
+
+Exit codes: 0 done (and within --tolerance when comparing), 1 backends differ by more than
+--tolerance, 2 bad arguments, data, checkpoint or artefact (the message says what to change).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -18,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
-from engine.errors import JLMLError
+from engine.errors import CheckpointError
 
-from .__main__ import parse_key_value
+from .cli import HelpFormatter, parse_key_value, positive_int, run_cli
+from .runner import DataChoice
 
 DEFAULT_TOLERANCE = 0.01  # absolute, on Rank-k / mAP fractions: one query in 100 may flip
-PYTORCH, ONNXRUNTIME, DIFF = "pytorch", "onnxruntime", "max abs diff"
+PYTORCH, DIFF = "pytorch", "max abs diff"
+BACKENDS = ("auto", "trt", "ort", "torch")
 
 
 def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any) -> dict[str, float]:
@@ -33,31 +44,61 @@ def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any) -> dict[str, flo
                     data.gallery_cams, protocol=data.protocol)
 
 
-def artifact_embeddings(artifact_dir: str | Path, spec: Any, images: list[np.ndarray],
-                        ) -> list[np.ndarray]:
-    """Embed each image array with the artefact on ONNX Runtime (CPU), checked against ``spec``."""
+def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = None,
+             options: dict[str, Any] | None = None, root: str | None = None,
+             allow_mismatch: bool = False) -> DataChoice:
+    """The data a checkpoint was trained on; what is asked (None: the checkpoint's) must agree unless
+    ``allow_mismatch``."""
+    recorded = ckpt.extra.get("data")
+    if recorded is None:
+        if dataset is None:
+            raise CheckpointError(f"{ckpt.path} does not record the data set it was trained on (written "
+                                  "before checkpoints did); pass --dataset, --split-seed and --data-option "
+                                  "exactly as it was trained")
+        return DataChoice(dataset, split_seed or 0, options or {}, root)
+    trained = DataChoice(recorded["dataset"], recorded["split_seed"], recorded["options"], root)
+    same_set = dataset in (None, trained.dataset)
+    asked = DataChoice(dataset or trained.dataset, trained.split_seed if split_seed is None else split_seed,
+                       options if options is not None else (trained.options if same_set else {}), root)
+    diffs = [f"{k}: {v!r} in checkpoint, {asked.record()[k]!r} asked" for k, v in trained.record().items()
+             if asked.record()[k] != v]
+    if diffs and not allow_mismatch:
+        raise CheckpointError(f"{ckpt.path} was trained on another data split than asked ({'; '.join(diffs)}); "
+                              "scoring it there would count people it trained on; drop --dataset/--split-seed/"
+                              "--data-option to use the checkpoint's, or pass --allow-mismatch (e.g. for a "
+                              "cross-data-set test)")
+    if diffs:
+        print(f"warning: evaluating on other data than trained on ({'; '.join(diffs)})", file=sys.stderr)
+    return asked
+
+
+def artifact_embeddings(artifact_dir: str | Path, model: Any, images: list[np.ndarray], *, backend: str = "auto",
+                        device: str = "auto", precision: str = "fp32") -> tuple[str, list[np.ndarray]]:
+    """Embed each image array through the artefact with ``engine.Embedder``, checked against the
+    model's spec; returns the row name ("BACKEND PRECISION") and the embeddings."""
     from engine import Embedder
 
-    with Embedder(artifact_dir, backend="ort", device="cpu", spec=spec) as embedder:
-        return [embedder(batch) for batch in images]
+    module = copy.deepcopy(model) if backend == "torch" else None   # the torch backend moves it in place
+    with Embedder(artifact_dir, backend=backend, device=device, precision=precision, spec=model.spec,
+                  module=module) as embedder:
+        return f"{embedder.backend_name} {embedder.precision}", [embedder(batch) for batch in images]
 
 
-def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None,
+def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None, **engine: str,
                      ) -> tuple[dict[str, dict[str, float]], float | None]:
-    """Rows ``{"pytorch": metrics}`` and, with an artefact, its ``"onnxruntime"`` metrics and the max
-    absolute difference of each metric; and the largest element-wise embedding difference (None
-    without an artefact)."""
+    """Rows ``{"pytorch": metrics}`` and, with an artefact, its metrics (row "BACKEND PRECISION",
+    ``engine`` = backend/device/precision of the Embedder) and the max absolute difference of each
+    metric; and the largest element-wise embedding difference (None without an artefact)."""
     from .loop import embed
 
     torch_emb = [embed(model, data.query_images), embed(model, data.gallery_images)]
-    rows = {PYTORCH: _metrics(*torch_emb, data)}
+    rows = {PYTORCH: _metrics(torch_emb[0], torch_emb[1], data)}
     if artifact_dir is None:
         return rows, None
-    ort_emb = artifact_embeddings(artifact_dir, model.spec, [data.query_images, data.gallery_images])
-    rows[ONNXRUNTIME] = _metrics(*ort_emb, data)
-    diff = {k: abs(rows[PYTORCH][k] - rows[ONNXRUNTIME][k]) for k in rows[PYTORCH] if k != "num_query"}
-    rows[DIFF] = diff
-    return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, ort_emb, strict=True)))
+    name, served = artifact_embeddings(artifact_dir, model, [data.query_images, data.gallery_images], **engine)
+    rows[name] = _metrics(served[0], served[1], data)
+    rows[DIFF] = {k: abs(rows[PYTORCH][k] - rows[name][k]) for k in rows[PYTORCH] if k != "num_query"}
+    return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, served, strict=True)))
 
 
 def worst_difference(rows: dict[str, dict[str, float]]) -> float:
@@ -68,20 +109,24 @@ def worst_difference(rows: dict[str, dict[str, float]]) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
 
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by python -m train")
     p.add_argument("--artifact", type=Path, help="folder written by python -m export.build_engine")
-    p.add_argument("--dataset", choices=DATASETS, default="viper", help="data set (default: viper)")
-    p.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="the split seed the checkpoint was trained with, so only its unseen test people "
-                        "are evaluated (default 0)")
-    p.add_argument("--data-option", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="engine backend for --artifact (auto: TensorRT where it exists, else ONNX Runtime)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (PyTorch and the engine)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="engine precision for --artifact")
+    g = p.add_argument_group("data (None: what the checkpoint was trained on)")
+    g.add_argument("--dataset", choices=DATASETS, help="data set")
+    g.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
+    g.add_argument("--split-seed", type=int, help="split seed")
+    g.add_argument("--data-option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable (see python -m train --help)")
+    g.add_argument("--allow-mismatch", action="store_true",
+                   help="evaluate on other data than the checkpoint was trained on")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"largest allowed metric difference between backends (default {DEFAULT_TOLERANCE})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+                   help="largest allowed metric difference between PyTorch and the engine")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
     return p
 
@@ -93,39 +138,42 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from engine.metrics import format_table
 
     from .checkpoint import load_checkpoint
-    from .data import load_reid_set
+    from .loop import Runtime, place
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ck = load_checkpoint(args.checkpoint)
-    data = load_reid_set(args.dataset, args.data_root, height=ck.config.height, width=ck.config.width,
-                         split_seed=args.split_seed, **dict(args.data_option))
+    choice = data_for(ck, args.dataset, args.split_seed, dict(args.data_option) if args.data_option else None,
+                      args.data_root, args.allow_mismatch)
+    data = choice.load(ck.config)
     print(data.describe())
-    rows, embedding_diff = compare_backends(ck.model, data, args.artifact)
+    model = ck.model.to(place(Runtime(device=args.device)).device)
+    rows, embedding_diff = compare_backends(model, data, args.artifact, backend=args.backend,
+                                            device=args.device, precision=args.precision)
     print(format_table(rows), end="")
     if embedding_diff is not None:
         print(f"max abs embedding difference (unit vectors): {embedding_diff:.2e}")
     if args.json:
         write_text(args.json, json.dumps({"checkpoint": str(args.checkpoint), "artifact": str(args.artifact),
-                                          "dataset": args.dataset, "split_seed": args.split_seed,
-                                          "rows": rows, "max_embedding_diff": embedding_diff},
-                                         indent=2) + "\n")
+                                          "dataset": choice.dataset, "split_seed": choice.split_seed,
+                                          "data": choice.record(), "rows": rows,
+                                          "max_embedding_diff": embedding_diff}, indent=2) + "\n")
+        print(f"numbers written to {args.json}")
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        rows = run(args)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    worst = worst_difference(rows)
+def _evaluate(args: argparse.Namespace) -> int:
+    worst = worst_difference(run(args))
     if worst > args.tolerance:
         print(f"backends differ by {worst:.4f} > --tolerance {args.tolerance}; the artefact does not "
               "rank like the checkpoint (was it exported from another checkpoint?)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _evaluate(args), lambda: "nothing was written; run it again")
 
 
 if __name__ == "__main__":

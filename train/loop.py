@@ -1,16 +1,23 @@
 """Training loop for JLML: random mini-batches, per-epoch atomic checkpoints and a JSON-lines log.
 
-Every epoch's randomness (batch order, augmentation, dropout) is seeded from ``(seed, epoch)``, so a
-run resumed from ``last.pt`` replays exactly the epochs an uninterrupted run would have.
+Every epoch's randomness (batch order, augmentation, dropout) is seeded from ``(seed, epoch)`` and the
+learning rate is a closed-form function of the epoch, so a run resumed from ``last.pt`` replays exactly
+the epochs an uninterrupted run would have, and a finished run can be extended to more epochs.
+
+The pieces data-parallel training swaps or wraps are kept apart: ``EpochBatches`` (the sampler, with
+``set_epoch`` like ``DistributedSampler``), ``train_step`` (one optimiser step under autocast and a
+GradScaler) and ``RunWriter`` (the per-epoch checkpoint and log, which only one rank would write).
+``Runtime`` says where a run trains (device, mixed precision, memory layout, loader workers); it never
+changes what a run means, so a run may resume on another device.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,18 +25,29 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.atomic import write_text
-from engine.errors import CheckpointError, InputError
+from engine.errors import BackendUnavailableError, CheckpointError, InputError
 
-from .checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    InitReport,
+    check_same_config,
+    load_checkpoint,
+    load_init,
+    prepare_out,
+    save_checkpoint,
+    write_json,
+)
 from .config import JLMLConfig
 from .losses import JLMLLoss
 from .model import JLML
 
-CHECKPOINT_FILE = "last.pt"
-LOG_FILE = "log.jsonl"
-METRICS_FILE = "metrics.json"
+__all__ = ["CHECKPOINT_FILE", "DEFAULT_LR", "LOG_FILE", "METRICS_FILE", "EpochBatches", "FitResult",
+           "Runtime", "TrainOptions", "embed", "evaluate_model", "fit", "train_step"]
+
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+SCHEDULES = ("cosine", "step")
 # Builds the epoch's augmentation from a seed (e.g. ``lambda s: Augment(seed=s)``), so resumed epochs
 # see the same perturbations as uninterrupted ones.
 AugmentFactory = Callable[[int], Callable[[torch.Tensor], torch.Tensor]]
@@ -52,12 +70,16 @@ class ReidData(Protocol):
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Optimisation settings of one run (the network itself is described by ``JLMLConfig``)."""
+    """Optimisation settings of one run (the network itself is described by ``JLMLConfig``).
+
+    The default, Adam at 1e-3 with a cosine decay, trains from the first epoch; SGD at 0.05 (the
+    other choice) barely moves the loss in a short run of these small networks.
+    """
 
     epochs: int = 30
     batch_size: int = 64
     lr: float | None = None          # None: DEFAULT_LR of the optimizer
-    optimizer: str = "sgd"           # "sgd" (momentum 0.9, Nesterov) or "adam"
+    optimizer: str = "adam"          # "adam" (AdamW: decoupled weight decay) or "sgd" (momentum 0.9, Nesterov)
     schedule: str = "cosine"         # "cosine" to 0 over the run, or "step" (x0.1 at 2/3 of it)
     weight_decay: float = 5e-4
     seed: int = 0
@@ -65,146 +87,288 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
-            raise InputError(f"epochs={self.epochs}, batch_size={self.batch_size}; need epochs >= 1 and "
-                             "batch_size >= 2 (batch norm needs two samples)")
-        if self.optimizer not in DEFAULT_LR or self.schedule not in ("cosine", "step"):
-            raise InputError(f"optimizer {self.optimizer!r} / schedule {self.schedule!r}; choose "
-                             f"{sorted(DEFAULT_LR)} and cosine/step")
+            raise InputError(f"--epochs {self.epochs} / --batch-size {self.batch_size}; need epochs >= 1 "
+                             "and batch size >= 2 (batch norm needs two samples)")
+        if self.optimizer not in DEFAULT_LR or self.schedule not in SCHEDULES:
+            raise InputError(f"--optimizer {self.optimizer!r} / --schedule {self.schedule!r}; choose "
+                             f"{sorted(DEFAULT_LR)} and {SCHEDULES}")
         if (self.lr is not None and self.lr <= 0) or self.weight_decay < 0:
-            raise InputError(f"lr={self.lr}, weight_decay={self.weight_decay}; need lr > 0, wd >= 0")
+            raise InputError(f"--lr {self.lr} / --weight-decay {self.weight_decay}; need lr > 0, decay >= 0")
 
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
+    def settings(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it continues (all but ``progress``)."""
+        return {k: v for k, v in asdict(self).items() if k != "progress"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run trains: ``device`` "auto" | "cpu" | "cuda[:N]"; ``amp``: mixed precision on CUDA
+    (bf16 where the GPU has it, else fp16 with a GradScaler); ``channels_last`` (None: on for CUDA,
+    where convolutions run faster in NHWC); ``workers``: loader processes (None: 4 on CUDA, 0 on CPU)."""
+
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        from engine.backends.base import parse_device
+
+        try:
+            parse_device(self.device)
+        except InputError as exc:
+            raise InputError(f"--device {self.device!r}; expected auto, cpu, cuda or cuda:N") from exc
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers {self.workers}; expected 0 (load in the training process) or more")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A ``Runtime`` resolved on this machine."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    workers: int
+
+
+def place(runtime: Runtime) -> Placement:
+    """Resolve ``runtime`` here: CUDA must exist when asked for, ``amp`` needs CUDA."""
+    from engine.backends.torch_backend import resolve_device
+
+    try:
+        device = resolve_device(torch, runtime.device)
+    except BackendUnavailableError as exc:
+        raise InputError(f"--device {runtime.device}: this PyTorch sees no CUDA GPU; pass --device cpu "
+                         "(or auto), or install a CUDA build of torch (see README)") from exc
+    cuda = device.type == "cuda"
+    if runtime.amp and not cuda:
+        raise InputError(f"--amp (mixed precision) needs a CUDA device, the run is on {device}; drop --amp "
+                         "or pass --device cuda")
+    amp_dtype = None
+    if runtime.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    workers = runtime.workers if runtime.workers is not None else (min(4, os.cpu_count() or 1) if cuda else 0)
+    return Placement(device, amp_dtype, cuda if runtime.channels_last is None else runtime.channels_last,
+                     workers)
+
 
 @dataclass
 class FitResult:
-    """The trained model (eval mode), where its checkpoint is and one log record per epoch."""
+    """The trained model (eval mode, on the run's device), its checkpoint and one record per epoch."""
 
     model: JLML
     checkpoint: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    init: InitReport | None = None
 
 
-def make_optimizer(model: JLML, opts: TrainOptions) -> tuple[torch.optim.Optimizer, Any]:
-    params = model.parameters()
+class EpochBatches:
+    """Seeded random mini-batches of one epoch (index arrays); ``set_epoch`` picks the epoch.
+
+    A last batch of one sample is dropped (batch norm needs two).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[np.ndarray]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return [b for b in np.array_split(order, range(self.batch_size, self.n, self.batch_size)) if len(b) > 1]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (rest > 1)
+
+
+class TrainPixels(torch.utils.data.Dataset):
+    """Indexed by a whole batch of indices: (uint8 NHWC images, int64 labels)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]).long()
+
+
+def make_loader(data: ReidData, sampler: EpochBatches, where: Placement) -> torch.utils.data.DataLoader:
+    """Batches gathered by ``where.workers`` persistent processes into pinned memory when on CUDA.
+
+    The loader gets its own generator so it never draws from the global RNG that seeds dropout.
+    """
+    return torch.utils.data.DataLoader(
+        TrainPixels(data.train_images, data.train_pids), sampler=sampler, batch_size=None,
+        num_workers=where.workers, persistent_workers=where.workers > 0,
+        pin_memory=where.device.type == "cuda", generator=torch.Generator())
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The learning-rate multiplier of 0-based ``epoch`` in a run of ``epochs``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return 0.1 if epoch >= max(1, math.ceil(epochs * 2 / 3)) else 1.0
+
+
+def make_optimizer(model: JLML, opts: TrainOptions) -> torch.optim.Optimizer:
+    """The optimiser over ``model.param_groups`` (each group keeps its own ``base_lr``)."""
+    groups = model.param_groups(opts.learning_rate)
+    for group in groups:
+        group["base_lr"] = group.get("lr", opts.learning_rate)
     if opts.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=opts.learning_rate, momentum=0.9,
-                                                     nesterov=True, weight_decay=opts.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
-    if opts.schedule == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts.epochs)
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(opts.epochs * 2 / 3)), gamma=0.1)
+        return torch.optim.SGD(groups, lr=opts.learning_rate, momentum=0.9, nesterov=True,
+                               weight_decay=opts.weight_decay)
+    return torch.optim.AdamW(groups, lr=opts.learning_rate, weight_decay=opts.weight_decay)
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random mini-batches over one epoch; a last batch of one sample is dropped (batch norm)."""
-    order = rng.permutation(n)
-    return [b for b in np.array_split(order, range(batch_size, n, batch_size)) if len(b) > 1]
+def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One optimiser step on a batch already on the device; returns the loss terms and the logits."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model.forward_head(model.forward_features(images))
+    logits = {k: v.float() for k, v in logits.items()}
+    terms = loss_fn(model, logits, labels)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(terms["total"]).backward()
+    scaler.step(opt)
+    scaler.update()
+    return terms, logits
 
 
-def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, data: ReidData,
+def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 loader: torch.utils.data.DataLoader, sampler: EpochBatches, where: Placement,
                  opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
     epoch_seed = opts.seed * 100_003 + epoch
     torch.manual_seed(epoch_seed)
-    rng = np.random.default_rng([opts.seed, epoch])
+    sampler.set_epoch(epoch)
     augment = make_augment(epoch_seed) if make_augment else None
     model.train()
-    sums: dict[str, float] = {}
-    correct = seen = 0
-    bar = tqdm(_batches(len(data.train_pids), opts.batch_size, rng), desc=f"epoch {epoch + 1}/{opts.epochs}",
-               disable=not opts.progress, leave=False)
-    for idx in bar:
-        images = torch.from_numpy(data.train_images[idx])
-        labels = torch.from_numpy(data.train_pids[idx]).long()
-        logits = model.forward_head(model.forward_features(augment(images) if augment else images))
-        terms = loss_fn(model, logits, labels)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        correct += int((sum(t.softmax(1) for t in logits.values()).argmax(1) == labels).sum())
-        seen += len(idx)
-        bar.set_postfix(loss=f"{sums['total'] / (seen):.3f}", acc=f"{correct / seen:.2f}")
-    return {"loss": {k: v / max(seen, 1) for k, v in sums.items()}, "acc": correct / max(seen, 1)}
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.int64, device=where.device)
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not opts.progress, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        images = images.to(where.device, non_blocking=True)
+        labels = labels.to(where.device, non_blocking=True)
+        terms, logits = train_step(model, loss_fn, opt, scaler, augment(images) if augment else images,
+                                   labels, where.amp_dtype)
+        for k, v in terms.items():  # summed on the device: no host sync per step
+            sums[k] = sums.get(k, 0.0) + v.detach() * len(labels)
+        correct += (torch.stack([t.softmax(1) for t in logits.values()]).sum(0).argmax(1) == labels).sum()
+        seen += len(labels)
+        if opts.progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(sums['total']) / seen:.3f}", acc=f"{int(correct) / seen:.2f}")
+    return {"loss": {k: float(v) / max(seen, 1) for k, v in sums.items()}, "acc": int(correct) / max(seen, 1)}
 
 
-def load_matching(model: JLML, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy the tensors of ``state`` whose name and shape match ``model``'s; return those left fresh.
+class RunWriter:
+    """Writes a run's per-epoch files atomically: ``last.pt`` and ``log.jsonl``."""
 
-    Pre-training on another data set shares everything but the classifiers (another number of
-    identities), which keep their fresh initialisation.
-    """
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    return sorted(set(own) - set(matched))
+    def __init__(self, out: Path, cfg: JLMLConfig, num_classes: int, opts: TrainOptions,
+                 record: dict[str, Any]) -> None:
+        self.out, self.cfg, self.num_classes, self.opts, self.record = out, cfg, num_classes, opts, record
+        self.path = out / CHECKPOINT_FILE
 
-
-def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, resume: Path | None,
-           init: dict[str, torch.Tensor] | None = None,
-           ) -> tuple[JLML, torch.optim.Optimizer, Any, int, list[dict[str, Any]]]:
-    """A fresh model/optimiser/scheduler (from ``init`` weights where they match), or the state saved
-    in ``resume`` after checking it matches."""
-    torch.manual_seed(opts.seed)
-    model = JLML(cfg, data.num_classes)
-    opt, sched = make_optimizer(model, opts)
-    if resume is None:
-        if init is not None:
-            load_matching(model, init)
-        return model, opt, sched, 0, []
-    ck = load_checkpoint(resume)
-    check_same_config(ck, cfg, data.num_classes)
-    _check_same_options(ck.extra.get("options", {}), opts, resume)
-    model.load_state_dict(ck.model.state_dict())
-    opt.load_state_dict(ck.optimizer_state)
-    sched.load_state_dict(ck.scheduler_state)
-    return model, opt, sched, ck.epoch, list(ck.extra.get("history", []))
+    def write(self, model: JLML, opt: torch.optim.Optimizer, epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(self.path, model, self.cfg, epoch=epoch, num_classes=self.num_classes, optimizer=opt,
+                        extra={**self.record, "history": history, "options": self.opts.settings()})
+        write_json(self.out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history), "training log")
 
 
-def _check_same_options(saved: dict[str, Any], opts: TrainOptions, path: Path) -> None:
-    """Resuming under other optimisation settings would silently mix two schedules; refuse it."""
-    asked = dataclasses.asdict(opts)
-    diffs = [f"{k}: {saved.get(k)!r} in checkpoint, {v!r} asked" for k, v in asked.items()
-             if k != "progress" and saved.get(k) != v]
+def _check_resumable(saved: dict[str, Any], opts: TrainOptions, done: int, path: Path) -> None:
+    """Resuming under other optimisation settings would silently mix two runs; refuse it. More epochs
+    than the run had are fine (the schedule stretches to the new length)."""
+    diffs = [f"{k}: {saved.get(k)!r} in checkpoint, {v!r} asked" for k, v in opts.settings().items()
+             if k != "epochs" and saved.get(k) != v]
+    if opts.epochs < done:
+        diffs.append(f"epochs: {done} done in checkpoint, {opts.epochs} asked (need at least {done})")
     if diffs:
         raise CheckpointError(f"cannot resume from {path}: it was trained with other options "
                               f"({'; '.join(diffs)}); rerun with the same flags or start a fresh --out")
 
 
+def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement, resume: Path | None,
+           init: dict[str, torch.Tensor] | None, init_source: str,
+           ) -> tuple[JLML, torch.optim.Optimizer, int, list[dict[str, Any]], InitReport | None]:
+    """A fresh model and optimiser (from ``init`` weights), or the state saved in ``resume`` after
+    checking it matches; on the run's device."""
+    torch.manual_seed(opts.seed)
+    model = JLML(cfg, data.num_classes)
+    ck = load_checkpoint(resume) if resume is not None else None
+    report = None
+    if ck is not None:
+        check_same_config(ck, cfg, data.num_classes)
+        _check_resumable(ck.extra.get("options", {}), opts, ck.epoch, ck.path)
+        model.load_state_dict(ck.model.state_dict())
+    elif init is not None:
+        report = load_init(model, init, init_source)
+    layout = torch.channels_last if where.channels_last else torch.preserve_format
+    model.to(where.device, memory_format=layout)  # type: ignore[call-overload]  # (stubs lack the keyword)
+    opt = make_optimizer(model, opts)
+    if ck is None:
+        return model, opt, 0, [], report
+    if ck.optimizer_state is None:
+        raise CheckpointError(f"cannot resume from {ck.path}: it holds weights but no optimiser state (it was "
+                              "not written by a training run); fine-tune from it with --init instead")
+    opt.load_state_dict(ck.optimizer_state)
+    return model, opt, ck.epoch, list(ck.extra.get("history", [])), None
+
+
 def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *, resume: str | Path | None = None,
-        make_augment: AugmentFactory | None = None, init: dict[str, torch.Tensor] | None = None) -> FitResult:
+        make_augment: AugmentFactory | None = None, init: dict[str, torch.Tensor] | None = None,
+        init_source: str | None = None, runtime: Runtime | None = None, overwrite: bool = False,
+        record: dict[str, Any] | None = None) -> FitResult:
     """Train ``cfg`` on ``data.train_*`` for ``opts.epochs`` epochs, writing ``out/last.pt`` and
-    ``out/log.jsonl`` after every epoch; with ``resume`` continue that checkpoint's run. A fresh run
-    starts from ``init`` (a pre-trained state dict) where names and shapes match (``load_matching``)."""
+    ``out/log.jsonl`` after every epoch; with ``resume`` continue that checkpoint's run (to
+    ``opts.epochs``, which may be more than it had). A fresh run starts from ``init`` (a state dict of
+    the same network, classifiers aside: ``load_init``) and refuses an ``out`` that holds a checkpoint
+    unless ``overwrite``. ``record`` (e.g. the data set and split) is stored in the checkpoint."""
     out = Path(out)
-    model, opt, sched, start, history = _start(cfg, data, opts, Path(resume) if resume else None, init)
-    loss_fn = JLMLLoss(cfg)
-    path = out / CHECKPOINT_FILE
+    prepare_out(out, resume=resume is not None, overwrite=overwrite)
+    where = place(runtime or Runtime())
+    model, opt, start, history, report = _start(cfg, data, opts, where, Path(resume) if resume else None, init,
+                                                init_source or "init weights")
+    if report is not None:
+        print(report.describe())
+    scaler = torch.amp.GradScaler(where.device.type, enabled=where.amp_dtype == torch.float16)
+    sampler = EpochBatches(len(data.train_pids), opts.batch_size, opts.seed)
+    loader = make_loader(data, sampler, where)
+    loss_fn, writer = JLMLLoss(cfg), RunWriter(out, cfg, data.num_classes, opts, dict(record or {}))
     for epoch in range(start, opts.epochs):
         tic = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(opts.schedule, epoch, opts.epochs)
         lr = opt.param_groups[0]["lr"]
-        record = _train_epoch(model, loss_fn, opt, data, opts, epoch, make_augment)
-        sched.step()
-        history.append({"epoch": epoch + 1, **record, "lr": lr, "time_s": time.perf_counter() - tic})
-        save_checkpoint(path, model, cfg, epoch=epoch + 1, num_classes=data.num_classes, optimizer=opt,
-                        scheduler=sched, extra={"history": history, "options": dataclasses.asdict(opts)})
-        write_text(out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history))
-    return FitResult(model=model.eval(), checkpoint=path, history=history)
+        stats = _train_epoch(model, loss_fn, opt, scaler, loader, sampler, where, opts, epoch, make_augment)
+        history.append({"epoch": epoch + 1, **stats, "lr": lr, "time_s": time.perf_counter() - tic})
+        writer.write(model, opt, epoch + 1, history)
+    return FitResult(model=model.eval(), checkpoint=writer.path, history=history, init=report)
 
 
 def embed(model: JLML, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Float32 (N, D) unit embeddings of uint8 (N, H, W, 3) ``images``, in eval mode, no autograd."""
+    """Float32 (N, D) unit embeddings of uint8 (N, H, W, 3) ``images``, in eval mode, no autograd,
+    on whatever device the model is."""
     images = model.spec.check_images(images)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            parts = [model(torch.from_numpy(images[s:s + batch_size])).numpy()
+            parts = [model(torch.from_numpy(images[s:s + batch_size]).to(device)).float().cpu().numpy()
                      for s in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)

@@ -168,6 +168,10 @@ class JLML(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_embedding(images)
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups at base learning rate ``lr`` (one group: every weight alike)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def feature_weights(self) -> dict[str, Tensor]:
         """Weights the structured-sparsity terms act on: ``{branch: feature.weight (feat_dim, in)}``."""
         return {n: self.branches[n].feature.weight for n in self.cfg.branch_names}

@@ -7,12 +7,12 @@ study without redoing work. After the runs, ``OUT/summary.json`` and ``OUT/summa
 and sample standard deviation over splits of every metric, per variant, and each variant's paired
 difference to ``joint`` on the same splits. A recipe with pre-training trains each variant once on the
 other data set in ``OUT/pretrain/<variant>/`` and starts every split from it. Exit codes: 0 done, 2 bad
-arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted.
+arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted
+(143 on SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -25,10 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.atomic import write_text
-from engine.errors import CheckpointError, JLMLError
+from engine.errors import CheckpointError
 
+from .cli import HelpFormatter, positive_int, run_cli
 from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
+from .runner import DataChoice, augment_factory, pretrain_state
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -53,8 +55,7 @@ def plan_runs(splits: int, variants: Sequence[str] = (JOINT,)) -> list[RunKey]:
 
 def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
     cfg, opts = recipe.build(key.variant, key.split_seed)
-    options = dataclasses.asdict(opts)
-    options.pop("progress")
+    options = opts.settings()
     record = {"recipe": recipe.name, "dataset": recipe.dataset, "variant": key.variant,
               "split_seed": key.split_seed, "config": cfg.to_dict(), "options": options,
               "augment": recipe.augment, "data_options": recipe.data_options}
@@ -82,13 +83,12 @@ def finished_record(recipe: Recipe, key: RunKey, out: Path) -> dict[str, Any] | 
     return record
 
 
-def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any = None) -> Any:
+def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any = None,
+         record: dict[str, Any] | None = None) -> Any:
     """``fit`` with the recipe's augmentation, continuing ``folder/last.pt`` when there is one."""
-    from .data import Augment
-
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None, init=init,
-               make_augment=(lambda seed: Augment(seed=seed)) if recipe.augment else None)
+               make_augment=augment_factory(recipe.augment), record=record)
 
 
 def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None) -> Any:
@@ -96,12 +96,9 @@ def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str |
     ``OUT/pretrain/<variant>/``, resumable like any run); None when the recipe has no pre-training."""
     if recipe.pretrain is None:
         return None
-    from .data import load_reid_set
-
     cfg, opts = recipe.build_pretrain(variant)
-    data = load_reid_set(recipe.pretrain, data_root, height=cfg.height, width=cfg.width,
-                         **recipe.pretrain_options)
-    return _fit(recipe, cfg, opts, data, out / "pretrain" / variant).model.state_dict()
+    data = DataChoice(recipe.pretrain, options=recipe.pretrain_options, root=data_root)
+    return pretrain_state(cfg, opts, data, out / "pretrain" / variant, augment=recipe.augment)
 
 
 def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: Any = None,
@@ -109,7 +106,8 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     """Train one run (from ``init`` weights, or continuing its ``last.pt``), evaluate it, save its record."""
     cfg, opts = recipe.build(key.variant, key.split_seed)
     tic = time.perf_counter()
-    result = _fit(recipe, cfg, opts, data, key.folder(out), init)
+    trained_on = {"data": DataChoice(recipe.dataset, key.split_seed, recipe.data_options).record()}
+    result = _fit(recipe, cfg, opts, data, key.folder(out), init, trained_on)
     metrics = evaluate_model(result.model, data)
     record = {**_expected(recipe, key), "metrics": metrics,
               "train_s": sum(h["time_s"] for h in result.history),
@@ -214,15 +212,15 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="see train/recipes.py")
-    p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1 (default: 3)")
+    p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1")
     p.add_argument("--ablations", action="store_true",
                    help=f"also run every ablation variant: {', '.join(v for v in ABLATIONS if v != JOINT)}")
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), metavar="VARIANT",
                    help="run exactly these variants (overrides --ablations)")
-    p.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--out", type=Path, required=True, help="study folder, e.g. runs/study_viper")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
@@ -234,22 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --splits {args.splits}; need at least 1", file=sys.stderr)
         return 2
     variants = args.variants or (list(ABLATIONS) if args.ablations else [JOINT])
-    try:
+
+    def body() -> int:
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
         summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants), args.out,
                             args.data_root, progress=not args.no_progress)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to continue (runs in {args.out})", file=sys.stderr)
-        return 130
-    print(summary_table(summary), end="")
-    return 0
+        print(summary_table(summary), end="")
+        return 0
 
+    return run_cli(body, lambda: f"rerun the same command to continue (runs in {args.out})")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,7 +125,7 @@ def test_root_errors(tmp_path, viper):
     _png(viper / "photo.png", 1)
     with pytest.raises(DataError, match=r"expected files named PPPPCCCC.png.*found photo.png"):
         load_reid_set("viper", viper)
-    with pytest.raises(DataError, match="takes no options"):
+    with pytest.raises(DataError, match="market1501 takes no option num_test"):
         load_reid_set("market1501", viper, num_test=3)
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError, InputError
-from train import study
-from train.loop import load_matching
+from train import runner, study
+from train.checkpoint import load_init
 from train.model import JLML
 from train.recipes import ABLATIONS, RECIPES, Recipe, get_recipe
 from train.study import RunKey, aggregate, main, paired_differences, plan_runs, summary_table
@@ -146,11 +146,12 @@ def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, m
     real_fit = study.fit
 
     def spy(cfg, data, opts, out, **kwargs):
-        inits.append((out.name, kwargs["init"]))
+        inits.append((out.name, kwargs.get("init")))
         return real_fit(cfg, data, opts, out, **kwargs)
 
     monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
     monkeypatch.setattr(study, "fit", spy)
+    monkeypatch.setattr(runner, "fit", spy)  # pre-training goes through train.runner
     study.run_study(recipe, plan_runs(2), tmp_path, progress=False)
     pre = load_checkpoint(tmp_path / "pretrain" / "joint" / "last.pt")
     assert pre.epoch == 2 and pre.num_classes == 8
@@ -162,15 +163,22 @@ def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, m
     assert record["pretrain"] == {"dataset": "prid2011", "epochs": 2, "options": {"num_train": 9, "num_test": 1}}
 
 
-def test_load_matching_copies_all_but_the_other_data_sets_classifiers():
+def test_load_init_copies_all_but_the_other_data_sets_classifiers_and_refuses_another_network():
     cfg = RECIPES["smoke"].build("joint", seed=0)[0]
     torch.manual_seed(0)
     source = JLML(cfg, num_classes=7)
     torch.manual_seed(1)
     target = JLML(cfg, num_classes=5)
-    fresh = load_matching(target, source.state_dict())
-    assert fresh == ["classifiers.global.bias", "classifiers.global.weight", "classifiers.local.bias",
-                     "classifiers.local.weight"]
+    report = load_init(target, source.state_dict(), "ck.pt")
+    assert report.dropped == ("classifiers.global.bias", "classifiers.global.weight", "classifiers.local.bias",
+                              "classifiers.local.weight")
+    assert "loaded" in report.describe() and "classifiers.local.weight" in report.describe()
     for name, tensor in target.state_dict().items():
-        if name not in fresh:
-            assert torch.equal(tensor, source.state_dict()[name]), name
+        if name not in report.dropped:
+            assert name in report.loaded and torch.equal(tensor, source.state_dict()[name]), name
+    other = JLML(cfg.replace(widths=(4, 16)), num_classes=5)
+    with pytest.raises(CheckpointError, match=r"cannot initialise from ck.pt: it holds another network.*other shape"):
+        load_init(other, source.state_dict(), "ck.pt")
+    with pytest.raises(CheckpointError, match="missing: branches.global"):
+        load_init(target, {k: v for k, v in source.state_dict().items() if not k.startswith("branches.global")},
+                  "ck.pt")

@@ -1,5 +1,14 @@
 """``python -m train`` end to end on a tiny synthetic set with a tiny model."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
 
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
@@ -34,3 +43,200 @@ def test_cli_resume_with_other_model_flags_fails_with_exit_2(tmp_path, capsys):
 def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert main([*TINY_ARGS, "--height", "30", "--out", str(tmp_path)]) == 2
     assert "height=30" in capsys.readouterr().err
+
+
+def _tiny(out, *extra):
+    return [*TINY_ARGS, "--epochs", "1", "--out", str(out), *extra]
+
+
+def test_help_shows_every_default():
+    from train.__main__ import build_parser
+
+    parser = build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert parser.format_help().count("(default:") == len(options)
+
+
+def test_defaults_train_with_adam():
+    from train.__main__ import config_from_args, parse_args
+
+    _, opts = config_from_args(parse_args([]))
+    assert opts.optimizer == "adam" and opts.learning_rate == 1e-3
+
+
+def test_recipe_sets_defaults_and_explicit_flags_override_it(tmp_path):
+    from train.__main__ import config_from_args, data_from_args, parse_args
+
+    args = parse_args(["--recipe", "smoke", "--feat-dim", "8", "--out", str(tmp_path)])
+    cfg, opts = config_from_args(args)
+    data, pretrain = data_from_args(args)
+    assert (cfg.widths, cfg.height, cfg.feat_dim) == ((4, 8), 32, 8)           # recipe, recipe, flag
+    assert (opts.epochs, opts.batch_size) == (1, 8) and pretrain is None
+    assert dict(data.options) == {"num_ids": 12, "num_test": 4}
+    other, _ = data_from_args(parse_args(["--recipe", "smoke", "--dataset", "viper"]))
+    assert dict(other.options) == {}                                          # the recipe's set only
+    _, pre = data_from_args(parse_args(["--recipe", "viper_long"]))
+    assert pre.data.dataset == "prid2011" and pre.epochs == 30
+    assert data_from_args(parse_args(["--recipe", "viper_long", "--no-pretrain"]))[1] is None
+
+
+def test_cli_runs_a_recipe_on_cpu_with_a_loader_worker(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--recipe", "smoke", "--device", "cpu", "--workers", "1", "--threads", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert f"run folder: {out}" in capsys.readouterr().out
+    ck = load_checkpoint(out / "last.pt")
+    assert ck.extra["data"] == {"dataset": "synthetic", "split_seed": 0, "options": {"num_ids": 12, "num_test": 4}}
+    assert ck.config.widths == (4, 8)
+
+
+def test_refuses_to_overwrite_a_run_unless_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    before = (out / "last.pt").read_bytes()
+    assert main(_tiny(out, "--seed", "3")) == 2
+    err = capsys.readouterr().err
+    assert "holds a checkpoint of epoch 1" in err and "--resume" in err and "--force" in err
+    assert (out / "last.pt").read_bytes() == before
+    assert main(_tiny(out, "--seed", "3", "--force")) == 0
+    assert (out / "last.pt").read_bytes() != before
+
+
+def test_default_out_is_a_fresh_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY_ARGS, "--epochs", "1"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("synthetic-") and (run / "last.pt").is_file()
+    assert main([*TINY_ARGS, "--resume"]) == 2
+    assert "pass --out of that run" in capsys.readouterr().err
+
+
+def test_resume_extends_the_epochs_and_cleans_temporary_leftovers(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    (out / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    assert main([*TINY_ARGS, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert "removed 1 temporary file(s)" in capsys.readouterr().out
+    assert not list(out.glob("*.tmp")) and load_checkpoint(out / "last.pt").epoch == 2
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_out_that_is_a_file_or_not_writable_fails_before_loading_data(tmp_path, monkeypatch, capsys):
+    from train import runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before --out was checked")
+
+    monkeypatch.setattr(runner.DataChoice, "load", no_loading)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(_tiny(blocker)) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+    assert main(_tiny(blocker / "below")) == 2
+    assert "is not a writable folder" in capsys.readouterr().err
+
+
+def test_disk_full_during_the_checkpoint_names_the_path(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import train.checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", full)
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write checkpoint {out / 'last.pt'}: No space left on device" in err and "Traceback" not in err
+    assert not list(out.iterdir())
+
+
+def test_bad_options_exit_2_with_the_flag_named(tmp_path, capsys):
+    assert main(_tiny(tmp_path / "a", "--data-option", "foo=3")) == 2
+    assert "synthetic takes no option foo" in capsys.readouterr().err
+    for bad in (["--threads", "-2"], ["--workers", "-1"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(_tiny(tmp_path / "b", *bad))
+        assert exit_.value.code == 2 and "expected a whole number" in capsys.readouterr().err
+    assert main(_tiny(tmp_path / "c", "--device", "gpu")) == 2
+    assert "--device 'gpu'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_or_amp_without_a_gpu_exit_2_before_loading_data(tmp_path, monkeypatch, capsys):
+    from train import runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the device was checked")
+
+    monkeypatch.setattr(runner.DataChoice, "load", no_loading)
+    assert main(_tiny(tmp_path / "a", "--device", "cuda")) == 2
+    assert "sees no CUDA GPU; pass --device cpu" in capsys.readouterr().err
+    assert main(_tiny(tmp_path / "b", "--amp")) == 2
+    assert "--amp (mixed precision) needs a CUDA device" in capsys.readouterr().err
+
+
+def test_random_bytes_as_resume_never_suggest_unsafe_loading(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    assert main(_tiny(out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and "weights_only" not in err
+
+
+def test_sigterm_prints_the_resume_hint(tmp_path, monkeypatch, capsys):
+    import train.__main__ as cli
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not turned into an interrupt")
+
+    monkeypatch.setattr(cli, "run", killed)
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 143
+    assert f"continue with --resume --out {out}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_another_id_count(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(_tiny(first)) == 0
+    capsys.readouterr()
+    more_ids = [*TINY_ARGS, "--data-option", "num_ids=14", "--epochs", "1"]
+    assert main([*more_ids, "--out", str(tmp_path / "second"), "--init", str(first / "last.pt")]) == 0
+    printed = capsys.readouterr().out
+    assert f"initialised from {first / 'last.pt'}: loaded" in printed and "dropped (fresh) classifiers." in printed
+    assert main([*more_ids, "--widths", "4,16", "--out", str(tmp_path / "third"),
+                 "--init", str(first / "last.pt")]) == 2
+    assert "holds another network" in capsys.readouterr().err
+
+
+def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "mine"
+    rng = np.random.default_rng(0)
+    files = {"bounding_box_train": [(p, c, i) for p in range(1, 7) for c in (1, 2) for i in range(2)],
+             "query": [(p, 1, 0) for p in range(7, 10)],
+             "bounding_box_test": [(p, c, 1) for p in range(7, 10) for c in (2, 3)] + [(-1, 1, 5)]}
+    for folder, entries in files.items():
+        (root / folder).mkdir(parents=True)
+        for pid, cam, i in entries:
+            pixels = rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)
+            name = "-1" if pid < 0 else f"{pid:04d}"  # -1: a junk image, as Market names them
+            Image.fromarray(pixels).save(root / folder / f"{name}_c{cam}s1_{i:06d}_00.jpg")
+    out = tmp_path / "run"
+    assert main(["--dataset", "market1501", "--data-root", str(root), "--recipe", "few_hundred_ids",
+                 "--epochs", "1", "--widths", "4,8", "--blocks", "1,1", "--feat-dim", "16", "--batch-size", "8", "--threads", "1",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert "market1501 (market, 128x64): train 6 ids / 24 imgs" in capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["data"]["dataset"] == "market1501" and saved["metrics"]["num_query"] == 3
+
+
+def test_demo_module_points_at_the_real_demo():
+    done = subprocess.run([sys.executable, "-m", "train.demo"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "python -m benchmarks.demo" in done.stderr

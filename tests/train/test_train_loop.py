@@ -52,8 +52,10 @@ def test_fit_writes_checkpoint_and_log_and_resumes(tmp_path, tiny_cfg, stand_in)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert resumed.history[1]["loss"]["total"] == pytest.approx(straight.history[1]["loss"]["total"], rel=1e-4)
     assert resumed.history[1]["lr"] == straight.history[1]["lr"]
-    with pytest.raises(CheckpointError, match="epochs: 2 in checkpoint, 3 asked"):
-        fit(tiny_cfg, stand_in, dataclasses.replace(OPTS, epochs=3), tmp_path, resume=resumed.checkpoint)
+    with pytest.raises(CheckpointError, match="epochs: 2 done in checkpoint, 1 asked"):
+        fit(tiny_cfg, stand_in, dataclasses.replace(OPTS, epochs=1), tmp_path, resume=resumed.checkpoint)
+    with pytest.raises(CheckpointError, match="lr: 0.05 in checkpoint, 0.1 asked"):
+        fit(tiny_cfg, stand_in, dataclasses.replace(OPTS, lr=0.1), tmp_path, resume=resumed.checkpoint)
 
 
 def test_resume_with_another_config_names_the_fields(tmp_path, tiny_cfg, stand_in):

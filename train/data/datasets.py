@@ -8,6 +8,7 @@ holding it under its usual name (``viper/``, ``prid2011/``, ``market1501/``...).
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,11 +61,44 @@ def load_reid_set(name: str, root: str | os.PathLike[str] | None = None, *, heig
     key = name.lower()
     if key not in LOADERS:
         raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    options = check_options(key, options)
     if key == "synthetic":
         return load_synthetic(height=height, width=width, split_seed=split_seed, **options)
     if key in ("market1501", "dukemtmc"):
-        if options:
-            raise DataError(f"{key} has a fixed split and takes no options, got {sorted(options)}")
         return LOADERS[key](resolve_root(key, root), height=height, width=width)
     return LOADERS[key](resolve_root(key, root), height=height, width=width, split_seed=split_seed,
                         **options)
+
+
+# Loader parameters that are not --data-option values: load_reid_set passes them itself.
+_NOT_OPTIONS = {"root", "height", "width", "split_seed", "name"}
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The options data set ``name``'s loader takes, with their defaults."""
+    params = inspect.signature(LOADERS[name]).parameters.values()
+    return {p.name: p.default for p in params
+            if p.name not in _NOT_OPTIONS and p.default is not inspect.Parameter.empty}
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against what ``name``'s loader takes and cast to the type of each default
+    (``--data-option`` values arrive as int or str; a bool option takes true/false/1/0)."""
+    known = option_defaults(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = ", ".join(f"{k}={v}" for k, v in known.items()) or "none (its split is fixed)"
+        raise DataError(f"{name} takes no option {', '.join(unknown)}; its --data-option KEY=VALUE "
+                        f"options (defaults) are: {takes}")
+    return {k: _cast(name, k, v, known[k]) for k, v in options.items()}
+
+
+def _cast(name: str, key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "0", "false", "no"):
+            return text in ("1", "true", "yes")
+    elif not isinstance(default, int) or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise DataError(f"{name} option {key}={value!r}: expected {type(default).__name__} like {key}={default} "
+                    "(--data-option KEY=VALUE)")

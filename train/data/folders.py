@@ -33,7 +33,7 @@ def check_root(root: Path, name: str) -> Path:
     """Return ``root`` if it is a non-empty folder, else raise a DataError saying what to pass."""
     if not root.is_dir():
         raise DataError(f"{name}: data set root {root} does not exist (or is not a folder); pass "
-                        f"root= pointing at the {name} folder or its parent")
+                        f"--data-root (root= from Python) pointing at the {name} folder or its parent")
     if not any(root.iterdir()):
         raise DataError(f"{name}: data set root {root} is empty; download or unpack {name} there")
     return root
@@ -64,8 +64,8 @@ def split_people(pids: Iterable[int], num_train: int, num_test: int, seed: int,
     people = np.array(sorted(set(pids)), np.int64)
     if num_train < 1 or num_test < 1 or len(people) < num_train + num_test:
         raise DataError(f"{name}: too few people for the split: {len(people)} eligible, asked for "
-                        f"{num_train} train + {num_test} test; lower num_train/num_test or check "
-                        "the data set is complete")
+                        f"{num_train} train + {num_test} test; lower them with --data-option "
+                        "num_train=N / num_test=N or check the data set is complete")
     order = np.random.default_rng(seed).permutation(people)
     return set(order[:num_train].tolist()), set(order[num_train:num_train + num_test].tolist())
 

@@ -1,0 +1,140 @@
+"""``train.run``: the typed entry point behind ``python -m train``, for code that trains without argv.
+
+One call loads the data set, pre-trains on another one if asked, trains (fresh, resumed, or
+fine-tuned from a checkpoint), evaluates, and writes ``OUT/metrics.json``. Every check that can fail
+(output folder, device, options, data set) runs before the first epoch. The checkpoint records the data
+set, its options and the split, so ``python -m train.evaluate`` scores it on the people it never saw.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import DataError, InputError
+
+from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out, write_json
+from .config import JLMLConfig
+from .loop import AugmentFactory, Runtime, TrainOptions, evaluate_model, fit, place
+from .model import JLML
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """Which data set, loader options and split a run trains on; ``root`` says where it lies here
+    (None: ``$JLML_DATA`` or ``../shared/data``) and is not part of what the checkpoint records."""
+
+    dataset: str = "synthetic"
+    split_seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        from .data.datasets import DATASETS, check_options
+
+        if self.dataset not in DATASETS:
+            raise DataError(f"--dataset {self.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
+        object.__setattr__(self, "options", check_options(self.dataset, dict(self.options)))
+
+    def load(self, cfg: JLMLConfig) -> Any:
+        """The ``ReidSet`` at ``cfg``'s input size."""
+        from .data import load_reid_set
+
+        return load_reid_set(self.dataset, self.root, height=cfg.height, width=cfg.width,
+                             split_seed=self.split_seed, **self.options)
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores: data set, split seed, loader options (JSON-able)."""
+        return {"dataset": self.dataset, "split_seed": self.split_seed, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """Train first on ``data`` (another data set: none of the evaluated people) for ``epochs``."""
+
+    data: DataChoice
+    epochs: int
+
+
+@dataclass
+class TrainResult:
+    """A finished run: its folder, checkpoint, trained model (eval mode), metrics (None when not
+    evaluated), per-epoch log records, the loaded data set, and what ``init`` loaded."""
+
+    out: Path
+    checkpoint: Path
+    model: JLML
+    metrics: dict[str, float] | None
+    history: list[dict[str, Any]]
+    data: Any
+    init: InitReport | None = None
+
+
+def augment_factory(augment: bool) -> AugmentFactory | None:
+    """The standard training augmentation (flip, shift, erase) seeded per epoch, or None."""
+    from .data import Augment
+
+    return (lambda seed: Augment(seed=seed)) if augment else None
+
+
+def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder: Path, *,
+                   augment: bool = True, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Weights of ``cfg`` trained on ``data`` in ``folder`` (continuing its ``last.pt`` if a run there
+    was interrupted; a finished one is reused as it is)."""
+    reid = data.load(cfg)
+    print(f"pre-training on {reid.describe()}")
+    resume = folder / CHECKPOINT_FILE
+    return fit(cfg, reid, opts, folder, resume=resume if resume.is_file() else None, runtime=runtime,
+               make_augment=augment_factory(augment), record={"data": data.record()}).model.state_dict()
+
+
+def _resume_path(resume: bool | str | Path | None, out: Path) -> Path | None:
+    if resume is None or resume is False:
+        return None
+    return out / CHECKPOINT_FILE if resume is True or resume == "" else Path(resume)
+
+
+def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | Path, *,
+        runtime: Runtime | None = None, augment: bool = True, resume: bool | str | Path | None = None,
+        init: str | Path | None = None, pretrain: Pretrain | None = None, force: bool = False,
+        evaluate: bool = True, log: Callable[[str], object] = print) -> TrainResult:
+    """Train ``config`` with ``options`` on ``data`` into ``out`` and evaluate it.
+
+    ``resume``: True (``out/last.pt``) or a checkpoint path to continue; ``init``: a checkpoint to
+    fine-tune from (classifiers of another id count are dropped, anything else must match);
+    ``pretrain``: train on another data set first (skipped when resuming or with ``init``);
+    ``force``: overwrite a checkpoint already in ``out``.
+    """
+    out = Path(out)
+    resume_path = _resume_path(resume, out)
+    if init is not None and resume_path is not None:
+        raise InputError(f"--init {init} starts a fresh run and --resume continues one; pass one of them")
+    if pretrain is not None and pretrain.data.dataset == data.dataset:
+        raise InputError(f"pre-training on {data.dataset}, the data set evaluated, could show the model its "
+                         "test people; pre-train on another data set")
+    prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)
+    place(runtime or Runtime())
+    init_state, source = None, None
+    if init is not None:
+        init_state, source = load_checkpoint(init).model.state_dict(), str(init)
+    reid = data.load(config)
+    log(reid.describe())
+    if init_state is None and pretrain is not None and resume_path is None:
+        pre_opts = dataclasses.replace(options, epochs=pretrain.epochs)
+        init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
+                                    runtime=runtime)
+        source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
+    result = fit(config, reid, options, out, resume=resume_path, make_augment=augment_factory(augment),
+                 init=init_state, init_source=source, runtime=runtime, overwrite=force,
+                 record={"data": data.record(), "init": source})
+    metrics = evaluate_model(result.model, reid) if evaluate else None
+    if metrics is not None:
+        write_json(out / METRICS_FILE, json.dumps(
+            {"dataset": data.dataset, "split_seed": data.split_seed, "data": data.record(), "init": source,
+             "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n",
+            "metrics")
+    return TrainResult(out=out, checkpoint=result.checkpoint, model=result.model, metrics=metrics,
+                       history=result.history, data=reid, init=result.init)
