@@ -67,18 +67,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, 
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": dict(extra or {}),
     }
-    return write_file(path, "checkpoint", lambda tmp: torch.save(payload, tmp))
-
-
-def write_file(path: str | os.PathLike[str], what: str, writer: Callable[[Path], object]) -> Path:
-    """``write_with`` whose failures (disk full, permissions) name the file and the way out."""
-    try:
-        return write_with(path, writer)
-    except ArtifactError:
-        raise
-    except OSError as exc:
-        raise ArtifactError(f"cannot write {what} {path}: {exc.strerror or exc}; free space on that disk "
-                            "or pass another --out") from exc
+    return write_with(path, lambda tmp: torch.save(payload, tmp))  # a refused write names the path
 
 
 def _to_cpu(value: Any) -> Any:
@@ -226,7 +215,3 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
     raise CheckpointError(f"--out {out} holds {held} ({path.name}); pass --resume to continue it, --force to "
                           f"overwrite it, or another --out")
 
-
-def write_json(path: Path, text: str, what: str) -> Path:
-    """Atomically write a run's JSON file (log, metrics), naming it if the disk refuses."""
-    return write_file(path, what, lambda tmp: tmp.write_text(text))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from engine.atomic import write_text
 from engine.errors import BackendUnavailableError, CheckpointError, InputError
 
 from .checkpoint import (
@@ -37,7 +38,6 @@ from .checkpoint import (
     load_init,
     prepare_out,
     save_checkpoint,
-    write_json,
 )
 from .config import JLMLConfig
 from .losses import JLMLLoss
@@ -286,7 +286,7 @@ class RunWriter:
     def write(self, model: JLML, opt: torch.optim.Optimizer, epoch: int, history: list[dict[str, Any]]) -> None:
         save_checkpoint(self.path, model, self.cfg, epoch=epoch, num_classes=self.num_classes, optimizer=opt,
                         extra={**self.record, "history": history, "options": self.opts.settings()})
-        write_json(self.out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history), "training log")
+        write_text(self.out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _check_resumable(saved: dict[str, Any], opts: TrainOptions, done: int, path: Path) -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.atomic import write_text
 from engine.errors import DataError, InputError
 
-from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out, write_json
+from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
 from .config import JLMLConfig
 from .loop import AugmentFactory, Runtime, TrainOptions, evaluate_model, fit, place
 from .model import JLML
@@ -132,9 +133,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
                  record={"data": data.record(), "init": source})
     metrics = evaluate_model(result.model, reid) if evaluate else None
     if metrics is not None:
-        write_json(out / METRICS_FILE, json.dumps(
+        write_text(out / METRICS_FILE, json.dumps(
             {"dataset": data.dataset, "split_seed": data.split_seed, "data": data.record(), "init": source,
-             "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n",
-            "metrics")
+             "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
     return TrainResult(out=out, checkpoint=result.checkpoint, model=result.model, metrics=metrics,
                        history=result.history, data=reid, init=result.init)

@@ -148,7 +148,7 @@ def test_disk_full_during_the_checkpoint_names_the_path(tmp_path, monkeypatch, c
     out = tmp_path / "run"
     assert main(_tiny(out)) == 2
     err = capsys.readouterr().err
-    assert f"cannot write checkpoint {out / 'last.pt'}: No space left on device" in err and "Traceback" not in err
+    assert f"writing {out / 'last.pt'} failed: No space left on device" in err and "Traceback" not in err
     assert not list(out.iterdir())
 
 
