@@ -134,6 +134,22 @@ def check_graph_io(proto: onnx.ModelProto, spec: ModelSpec, *, what: str = "ONNX
         )
 
 
+def check_input_cast_first(proto: onnx.ModelProto, spec: ModelSpec, *, what: str = "ONNX graph") -> None:
+    """Raise ArtifactError unless every node reading the uint8 input is a Cast.
+
+    TensorRT's ONNX parser accepts UINT8 only as a network input or output ("UINT8 is only supported as
+    network input or output"), so a Transpose or Reshape on the raw pixels before the Cast makes the
+    graph unbuildable there although ONNX Runtime runs it.
+    """
+    readers = [n for n in proto.graph.node if spec.input_name in n.input]
+    wrong = [f"{n.op_type} '{n.name}'" for n in readers if n.op_type != "Cast"]
+    if not readers or wrong:
+        raise ArtifactError(
+            f"{what}: the uint8 input '{spec.input_name}' is read by {wrong or 'no node'}, expected only "
+            "Cast nodes; cast the pixels to float before any permute/reshape in the model's forward"
+        )
+
+
 def _describe(value: onnx.ValueInfoProto) -> tuple[int, list[str | int]]:
     tensor = value.type.tensor_type
     dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
@@ -185,5 +201,6 @@ def _checked(proto: onnx.ModelProto, spec: ModelSpec, path: Path) -> onnx.ModelP
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ArtifactError(f"{path} fails onnx.checker/shape inference: {exc}; re-export it") from exc
     check_graph_io(inferred, spec, what=str(path))
+    check_input_cast_first(inferred, spec, what=str(path))
     return inferred
 

@@ -20,7 +20,7 @@ from engine.backends.trt import TrtBackend, _device_index
 from engine.backends.trt import available as trt_available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
-from engine.spec import ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
+from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
 
 torch = pytest.importorskip("torch")
 
@@ -103,6 +103,18 @@ def test_topk_agrees_catches_a_swapped_neighbour():
     got[3] = ref[1]  # row 3 now looks like row 1: its nearest neighbours change
     assert topk_agrees(ref, ref, k=1, tol=0.0)
     assert not topk_agrees(got, ref, k=1, tol=0.0)
+
+
+@pytest.mark.parametrize("graph", [ONNX_FILE, ONNX_FP16_FILE])
+def test_tiny_test_graphs_cast_the_uint8_input_first(artifact_dir, spec, graph):
+    """The graphs the real-TensorRT tests build from: TensorRT's parser refuses UINT8 intermediates."""
+    import onnx
+
+    from export.onnx_export import check_input_cast_first
+
+    proto = onnx.load(str(artifact_dir / graph))
+    assert {n.op_type for n in proto.graph.node if spec.input_name in n.input} == {"Cast"}
+    check_input_cast_first(proto, spec)
 
 
 # ---- errors: each backend checks its input and its artefact -------------------------------------
