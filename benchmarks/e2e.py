@@ -64,7 +64,7 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
             times = time_calls(lambda q=queries: rank(q), device=ctx["device"], warmup=ctx["warmup"],
                                repeats=ctx["repeats"])
             stats = summarize(times, items_per_call=batch)
-            rows.append({"backend": cand.name, "device": ctx["device"], "batch": batch,
+            rows.append({"backend": cand.name, "device": embed.device, "batch": batch,
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
                          "queries_per_s": stats["items_per_s"], "calls": stats["calls"],
                          "gallery_images_per_s": gallery_rate,

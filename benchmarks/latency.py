@@ -93,7 +93,7 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
             if cand.name == BASELINE:
                 ctx["reference"][batch] = out
             reference = ctx["reference"].get(batch)
-            rows.append({"backend": cand.name, "device": device, "precision": cand.precision,
+            rows.append({"backend": cand.name, "device": embed.device, "precision": cand.precision,
                          "compiled": cand.compile, "batch": batch, **stats,
                          "min_cosine": None if reference is None else float(cosine_rows(reference, out).min())})
             print(markdown_table(rows[-1:], COLUMNS[:7]).splitlines()[-1], flush=True)

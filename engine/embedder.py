@@ -116,6 +116,11 @@ class Embedder:
         return self._backend.name
 
     @property
+    def device(self) -> str:
+        """Where the backend really runs (``"cpu"`` or ``"cuda:N"``), e.g. after ONNX Runtime fell back."""
+        return str(self._backend.device)
+
+    @property
     def precision(self) -> str:
         return self._backend.precision
 

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class Backend(Protocol):
     name: str
     precision: str
     max_batch: int
+    device: Any  # where it runs: "cpu"/"cuda:N" (torch: a torch.device that prints so)
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
     def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
@@ -66,6 +67,7 @@ class BaseBackend(ABC):
     name: str
     precision: str
     max_batch: int
+    device: Any
     _closed: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

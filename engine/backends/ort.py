@@ -5,6 +5,7 @@ device once, no per-call re-allocation of the output by Python) is the same code
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .base import BaseBackend, check_precision, parse_device
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
+_log = logging.getLogger(__name__)
 
 
 def _import_ort() -> Any:
@@ -74,18 +76,38 @@ class OrtBackend(BaseBackend):
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {exc}; re-export it") from exc
         self.providers = self._session.get_providers()
-        self._out_device = "cuda" if self.providers[0] == CUDA_EP else "cpu"
+        self.device = _device_served(device, chosen, self.providers)
+        self._device_id = chosen[0][1].get("device_id", 0)
         _check_io(self._session, self.spec, self.path)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         binding = self._session.io_binding()
         binding.bind_cpu_input(self.spec.input_name, batch)
-        binding.bind_output(self.spec.output_name, self._out_device)
+        if self.device == "cpu":
+            binding.bind_output(self.spec.output_name, "cpu")
+        else:  # on the session's own GPU: "cuda" alone means device 0
+            binding.bind_output(self.spec.output_name, "cuda", self._device_id)
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def _release(self) -> None:
         del self._session
+
+
+def _device_served(device: str, chosen: list[tuple[str, dict[str, Any]]], actual: list[str]) -> str:
+    """``"cuda:N"`` or ``"cpu"``: where the session really runs, from its providers, not from the build's.
+
+    ONNX Runtime only warns and runs on the CPU when the CUDA provider fails to load (missing CUDA or
+    cuDNN libraries); asked for CUDA explicitly, that is an error here, never a silent CPU run.
+    """
+    if chosen[0][0] != CUDA_EP or (actual and actual[0] == CUDA_EP):
+        return f"cuda:{chosen[0][1]['device_id']}" if chosen[0][0] == CUDA_EP else "cpu"
+    why = (f"onnxruntime's CUDA provider did not load (the session runs on {actual}); check that the "
+           "CUDA and cuDNN libraries this onnxruntime-gpu was built for are installed (see its warning above)")
+    if parse_device(device)[0] == "cuda":
+        raise BackendUnavailableError(f"device {device!r} asked for, but {why}, or pass device='cpu'")
+    _log.warning("ort backend runs on the CPU: %s", why)
+    return "cpu"
 
 
 def _check_sha(path: Path, spec: ModelSpec) -> None:

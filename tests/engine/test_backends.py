@@ -253,3 +253,83 @@ def test_trt_backend_checks_the_sidecar_first(artifact_dir, tmp_path):
         mp.setitem(sys.modules, "pycuda.driver", driver)
         with pytest.raises(ArtifactError, match="no plan sidecar"):
             TrtBackend(folder)
+
+
+# ---- ONNX Runtime on a GPU build: stand-in sessions that compute on the CPU and record the binding ----
+
+def _gpu_ort(monkeypatch, *, cuda_loads: bool) -> list[tuple]:
+    """Install an onnxruntime that offers CUDA; return the log of (session providers, bind_output args).
+
+    Like the real one when the CUDA provider fails to load (missing cuDNN...), the session then silently
+    runs on the CPU provider only.
+    """
+    real = pytest.importorskip("onnxruntime")
+    log: list[tuple] = []
+
+    class Binding:
+        def __init__(self, session):
+            self.session, self.feeds = session, {}
+
+        def bind_cpu_input(self, name, array):
+            self.feeds[name] = array
+
+        def bind_output(self, *args):
+            log.append(("bind_output", *args))
+
+        def copy_outputs_to_cpu(self):
+            return self.outputs
+
+    class Session:
+        def __init__(self, path, options, providers, provider_options):
+            log.append(("session", tuple(providers), tuple(map(tuple, (o.items() for o in provider_options)))))
+            self._real = real.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self._providers = providers if cuda_loads else ["CPUExecutionProvider"]
+
+        def get_providers(self):
+            return list(self._providers)
+
+        def get_inputs(self):
+            return self._real.get_inputs()
+
+        def get_outputs(self):
+            return self._real.get_outputs()
+
+        def io_binding(self):
+            return Binding(self)
+
+        def run_with_iobinding(self, binding):
+            binding.outputs = self._real.run(None, binding.feeds)
+
+    fake = types.SimpleNamespace(
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        InferenceSession=Session, SessionOptions=real.SessionOptions,
+        GraphOptimizationLevel=real.GraphOptimizationLevel, ExecutionMode=real.ExecutionMode)
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    return log
+
+
+def test_ort_binds_the_output_on_the_sessions_own_gpu(artifact_dir, monkeypatch, make_images, reference):
+    log = _gpu_ort(monkeypatch, cuda_loads=True)
+    images = make_images(3)
+    with OrtBackend(artifact_dir, device="cuda:1") as backend:
+        assert backend.device == "cuda:1"
+        np.testing.assert_allclose(backend(images), reference(images), atol=1e-5)
+    assert log[0][1] == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert log[0][2][0] == (("device_id", 1),)
+    assert log[1] == ("bind_output", "embeddings", "cuda", 1)  # not "cuda" alone: that is device 0
+
+
+def test_ort_refuses_a_silent_cpu_fallback_when_cuda_was_asked(artifact_dir, monkeypatch):
+    _gpu_ort(monkeypatch, cuda_loads=False)
+    with pytest.raises(BackendUnavailableError, match=r"'cuda' asked for, but onnxruntime's CUDA provider "
+                                                      r"did not load .*\['CPUExecutionProvider'\]"):
+        OrtBackend(artifact_dir, device="cuda")
+
+
+def test_ort_auto_fallback_is_labelled_cpu(artifact_dir, monkeypatch, caplog, make_images):
+    log = _gpu_ort(monkeypatch, cuda_loads=False)
+    with Embedder(artifact_dir, backend="ort") as emb:
+        assert emb.device == "cpu" and emb._backend.providers == ["CPUExecutionProvider"]
+        emb(make_images(2))
+    assert log[-1] == ("bind_output", "embeddings", "cpu")
+    assert "runs on the CPU" in caplog.text
