@@ -6,6 +6,7 @@ backend accepts, so callers never think about profiles or device buffers.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,8 @@ import numpy as np
 from .backends import BACKEND_NAMES, Backend, check_precision
 from .errors import ArtifactError, InputError
 from .spec import PLAN_FILE, ModelSpec
+
+_log = logging.getLogger(__name__)
 
 
 def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, precision: str,
@@ -36,12 +39,20 @@ def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, prec
     return OrtBackend(folder, spec, device=device, precision=precision)
 
 
-def _resolve_auto(folder: Path, device: str) -> str:
-    if device != "cpu" and (folder / PLAN_FILE).is_file():
-        from .backends.trt import available
+def _resolve_auto(folder: Path, spec: ModelSpec, device: str, precision: str) -> str:
+    """"trt" when the folder's plan fits this machine and ``precision``, else "ort" (one log line why).
 
-        if available()[0]:
-            return "trt"
+    A plan is built for one TensorRT version, GPU and precision; "auto" must not turn a plan that
+    cannot serve here into an error, so it falls back to ONNX Runtime and says why.
+    """
+    if device == "cpu" or not (folder / PLAN_FILE).is_file():
+        return "ort"
+    from .backends.trt import unfit_reason
+
+    why = unfit_reason(folder, spec, device=device, precision=precision)
+    if why is None:
+        return "trt"
+    _log.warning("backend 'auto' serves %s with ONNX Runtime, not %s: %s", folder, PLAN_FILE, why)
     return "ort"
 
 
@@ -86,7 +97,7 @@ class Embedder:
             )
         folder, spec = _load_spec(artifact_dir, spec, backend)
         if backend == "auto":
-            backend = _resolve_auto(folder, device)
+            backend = _resolve_auto(folder, spec, device, precision)
         self._backend = _open_backend(folder, spec, backend, device, precision, module, compile)
         self.spec = spec
         try:

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
 from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
 from .base import BaseBackend, check_precision, parse_device
+from .optional import optional_import
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -22,14 +23,7 @@ _log = logging.getLogger(__name__)
 
 
 def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the 'ort' backend needs onnxruntime ({exc}); install it with "
-            "`pip install 'jlml-engine[ort]'` (CPU) or `pip install 'jlml-engine[ort-gpu]'` (CUDA)"
-        ) from exc
-    return onnxruntime
+    return optional_import("onnxruntime", needed_for="the 'ort' backend")
 
 
 def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str, Any]]]:

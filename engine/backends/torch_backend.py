@@ -18,16 +18,11 @@ import numpy as np
 from ..errors import BackendUnavailableError, InputError
 from ..spec import ModelSpec
 from .base import BaseBackend, check_precision, parse_device
+from .optional import optional_import
 
 
 def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the 'torch' backend needs PyTorch ({exc}); install torch (see README) first"
-        ) from exc
-    return torch
+    return optional_import("torch", needed_for="the 'torch' backend")
 
 
 def resolve_device(torch: Any, device: str) -> Any:

@@ -248,7 +248,7 @@ def test_trt_backend_checks_the_sidecar_first(artifact_dir, tmp_path):
     folder = _copy(artifact_dir, tmp_path)  # no sidecar: refused before any GPU or plan is touched
     driver = types.ModuleType("pycuda.driver")  # no init(): touching CUDA would fail the test
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3.9"))
+        mp.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3.9", Builder=object))
         mp.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=driver))
         mp.setitem(sys.modules, "pycuda.driver", driver)
         with pytest.raises(ArtifactError, match="no plan sidecar"):
@@ -333,3 +333,15 @@ def test_ort_auto_fallback_is_labelled_cpu(artifact_dir, monkeypatch, caplog, ma
         emb(make_images(2))
     assert log[-1] == ("bind_output", "embeddings", "cpu")
     assert "runs on the CPU" in caplog.text
+
+
+def test_an_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):
+    """tensorrt-stubs leaves a `tensorrt/` folder that imports as an empty namespace package."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    ok, why = trt_available()
+    assert not ok and "has no 'Builder'" in why and "jlml-engine[trt]" in why
+
+
+def test_a_sidecar_never_holds_an_unknown_compute_capability(spec):
+    with pytest.raises(ArtifactError, match="compute capability 'unknown' is not 'major.minor'"):
+        _sidecar(spec, compute_capability="unknown")

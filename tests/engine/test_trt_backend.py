@@ -11,6 +11,7 @@ Real TensorRT runs in the conformance test.
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from itertools import count
 
@@ -90,11 +91,47 @@ def _fake_cuda() -> types.ModuleType:
             if self.stream is not None:
                 self.stream.run_until(self.marker)
 
-    context = types.SimpleNamespace(push=lambda: None, pop=lambda: None, detach=lambda: None)
-    device = types.SimpleNamespace(name=lambda: GPU, compute_capability=lambda: CAPABILITY,
-                                   retain_primary_context=lambda: context)
+    class Context:
+        """pycuda's Context: a per-thread stack of current contexts; detach() pushes nothing back here
+        but is recorded, since the backend must never detach the shared primary context."""
+
+        def push(self):
+            cuda.current.stack = [*getattr(cuda.current, "stack", []), self]
+
+        def pop(self):
+            stack = getattr(cuda.current, "stack", [])
+            if not stack or stack[-1] is not self:
+                raise RuntimeError("cuCtxPopCurrent failed: this context is not current on this thread")
+            cuda.current.stack = stack[:-1]
+
+        def detach(self):
+            cuda.detached.append(self)
+
+    class Device:
+        visible = 1
+
+        def __init__(self, index: int) -> None:
+            if not 0 <= index < Device.visible:
+                raise RuntimeError(f"cuDeviceGet failed: invalid device ordinal {index}")
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return Device.visible
+
+        def name(self) -> str:
+            return GPU
+
+        def compute_capability(self) -> tuple[int, int]:
+            return CAPABILITY
+
+        def retain_primary_context(self) -> Context:
+            cuda.retained.append(self.index)
+            return Context()
+
     cuda.__dict__.update(
-        init=lambda: None, Device=lambda index: device, Error=RuntimeError, memory=memory, log=[],
+        current=threading.local(), retained=[], detached=[],
+        init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
         streams={}, pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod,
         memcpy_dtoh_async=dtoh, Event=Event, Stream=lambda: _Stream(cuda),
     )
@@ -153,7 +190,7 @@ def _fake_trt(cuda, ort_backend: OrtBackend, min_batch: int) -> types.SimpleName
         def __init__(self, level: int) -> None:
             self.level = level
 
-    return types.SimpleNamespace(__version__=VERSION, Logger=Logger, Runtime=lambda logger: runtime,
+    return types.SimpleNamespace(__version__=VERSION, Builder=object, Logger=Logger, Runtime=lambda logger: runtime,
                                  TensorIOMode=io_mode, DataType=dtypes, faults=faults)
 
 
@@ -162,8 +199,8 @@ def fake_plan_folder(artifact_dir, tmp_path, monkeypatch):
     """``make(min_batch)`` -> an artefact folder with a sidecar for the fake GPU, fakes installed."""
     pytest.importorskip("onnxruntime")  # the stand-ins compute with it; the real-GPU test does not
 
-    def make(min_batch: int = 1):
-        folder = tmp_path / f"plan{min_batch}"
+    def make(min_batch: int = 1, precision: str = "fp32"):
+        folder = tmp_path / f"plan{min_batch}{precision}"
         folder.mkdir()
         for f in artifact_dir.iterdir():
             (folder / f.name).write_bytes(f.read_bytes())
@@ -171,7 +208,7 @@ def fake_plan_folder(artifact_dir, tmp_path, monkeypatch):
         ort_backend = OrtBackend(folder, device="cpu")
         cuda = _fake_cuda()
         PlanSidecar(VERSION, GPU, CAPABILITY, ort_backend.spec.onnx_sha256, min_batch, 16,
-                    ort_backend.spec.max_batch, "fp32").save(folder / PLAN_SIDECAR_FILE)
+                    ort_backend.spec.max_batch, precision).save(folder / PLAN_SIDECAR_FILE)
         monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=cuda))
         monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
         monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(cuda, ort_backend, min_batch))
@@ -268,6 +305,80 @@ def test_an_abandoned_pipeline_does_not_corrupt_the_next(fake_plan_folder, make_
         del abandoned
         outputs = list(backend.run_batches([second[:3], second[3:]]))
     np.testing.assert_allclose(np.concatenate(outputs), reference(second), atol=1e-5)
+
+
+# ---- backend "auto": the plan only where it fits (issue 10 #1) ----------------------------------------
+
+def test_available_counts_the_visible_gpus(fake_plan_folder):
+    fake_plan_folder()
+    assert available() == (True, f"TensorRT {VERSION} on {GPU}")
+    assert not available("cuda:1")[0] and "CUDA sees 1 GPU" in available("cuda:1")[1]
+    _fakes()[0].Device.visible = 0
+    assert available() == (False, available()[1]) and "CUDA sees 0 GPU" in available()[1]
+
+
+def test_auto_serves_a_fitting_plan_with_tensorrt(fake_plan_folder, make_images, reference):
+    images = make_images(5)
+    with Embedder(fake_plan_folder()) as emb:  # fp32 plan, default precision fp32
+        assert (emb.backend_name, emb.precision, emb.device) == ("trt", "fp32", "cuda:0")
+        np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
+
+
+def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_plan_folder, caplog):
+    folder = fake_plan_folder(precision="fp16")  # what export builds by default
+    with Embedder(folder) as emb:  # precision fp32 (the default): the fp16 plan does not serve it
+        assert (emb.backend_name, emb.precision) == ("ort", "fp32")
+    lines = [r.getMessage() for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    assert len(lines) == 1 and "precision: plan has 'fp16', here 'fp32'" in lines[0]
+    with Embedder(folder, precision="fp16") as emb:
+        assert (emb.backend_name, emb.precision) == ("trt", "fp16")
+    sys.modules["tensorrt"].__version__ = "11.4.0.106"  # another TensorRT: the plan cannot load
+    caplog.clear()
+    with Embedder(folder, precision="fp16") as emb:
+        assert emb.backend_name == "ort"
+    assert "tensorrt_version: plan has '10.13.3.9', here '11.4.0.106'" in caplog.text
+
+
+def test_an_explicit_trt_backend_that_does_not_fit_stays_an_error(fake_plan_folder):
+    with pytest.raises(SpecMismatchError, match="precision: plan has 'fp16', here 'fp32'"):
+        Embedder(fake_plan_folder(precision="fp16"), backend="trt")
+
+
+# ---- one retained primary context per device, only pushed and popped (issue 10 #8) -------------------
+
+def test_backends_share_one_retained_primary_context_and_leave_none_current(fake_plan_folder, make_images):
+    folder = fake_plan_folder()
+    cuda = _fakes()[0]
+    for _ in range(3):
+        with TrtBackend(folder) as backend:
+            backend(make_images(2))
+        assert getattr(cuda.current, "stack", []) == []  # nothing left pushed on this thread
+    assert cuda.retained == [0] and cuda.detached == []
+
+
+# ---- threads (issue 10 #12) ------------------------------------------------------------------------
+
+def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, reference):
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so interleaved calls really interleave
+    try:
+        with Embedder(fake_plan_folder(), backend="trt", batch_size=8) as emb:
+            inputs = [make_images(40, seed=100 + t) for t in range(6)]
+            results: dict[int, np.ndarray] = {}
+            barrier = threading.Barrier(len(inputs))
+
+            def work(t: int) -> None:
+                barrier.wait()
+                results[t] = np.concatenate([emb(inputs[t]) for _ in range(3)])
+            threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for t, images in enumerate(inputs):
+        np.testing.assert_allclose(results[t], np.concatenate([reference(images)] * 3), atol=1e-5)
 
 
 @pytest.mark.gpu

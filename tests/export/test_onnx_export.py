@@ -7,7 +7,12 @@ import pytest
 
 from engine.errors import ArtifactError, InputError, SpecMismatchError
 from export._ort import ort_embed
-from export.onnx_export import check_and_simplify, check_graph_io, check_input_cast_first, onnx_from_checkpoint
+from export.onnx_export import (
+    check_and_simplify,
+    check_graph_io,
+    check_input_cast_first,
+    onnx_from_checkpoint,
+)
 from export.parity import cosine_rows
 
 
