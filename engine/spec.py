@@ -29,7 +29,6 @@ ONNX_FP16_FILE = "model.fp16.onnx"
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"
-TIMING_CACHE_FILE = "timing.cache"
 
 # ImageNet statistics in [0, 1] pixel units; the model graph applies them, host code never does.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

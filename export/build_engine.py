@@ -28,7 +28,6 @@ from engine.spec import (
     PLAN_FILE,
     PLAN_SIDECAR_FILE,
     SPEC_FILE,
-    TIMING_CACHE_FILE,
     ModelSpec,
     file_sha256,
 )
@@ -139,12 +138,13 @@ def _plan(spec: ModelSpec, graphs: dict[str, Path], stage: Path, out: Path,
         if args.require_trt:
             raise
         return [], str(exc)
+    gpu = trt_build.gpu_identity()  # fails before the build rather than record an unknown GPU
     fp16 = "fp16" in graphs
     parsed = trt_build.network_from_onnx(graphs["fp16" if fp16 else "fp32"], spec)
     plan = trt_build.serialize_engine(parsed, spec, workspace_mib=args.workspace_mib, fp16=fp16,
-                                      timing_cache=out / TIMING_CACHE_FILE)
+                                      timing_cache=out / trt_build.timing_cache_name(trt.__version__, gpu))
     (stage / PLAN_FILE).write_bytes(plan)
-    trt_build.plan_sidecar(trt.__version__, spec, fp16=fp16).save(stage / PLAN_SIDECAR_FILE)
+    trt_build.plan_sidecar(trt.__version__, spec, fp16=fp16, gpu=gpu).save(stage / PLAN_SIDECAR_FILE)
     _say(f"wrote {PLAN_FILE} ({_size(stage / PLAN_FILE)}, TensorRT {trt.__version__}, "
          f"{'fp16' if fp16 else 'fp32'}, batch {spec.min_batch}/{spec.opt_batch}/{spec.max_batch})")
     return [PLAN_FILE, PLAN_SIDECAR_FILE], ""

@@ -97,6 +97,11 @@ def unfit_reason(folder: str | os.PathLike[str], spec: ModelSpec, *, device: str
     return "; ".join(diffs) or None
 
 
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    """A TensorRT shape as a tuple of ints (Dims is a sequence by ``len`` and indexing)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
 def _primary_context(cuda: Any, index: int) -> Any:
     """The device's primary context, retained once per process and never detached (see module doc)."""
     with _PRIMARY_LOCK:
@@ -140,8 +145,6 @@ class TrtBackend(BaseBackend):
         version, gpu_name, capability = machine(device)
         sidecar.check(self.spec, tensorrt_version=version, gpu_name=gpu_name,
                       compute_capability=capability, precision=precision)
-        import tensorrt as trt  # machine() found a real TensorRT
-
         self.precision = sidecar.precision
         index = _device_index(device)
         self.device = f"cuda:{index}"
@@ -149,9 +152,11 @@ class TrtBackend(BaseBackend):
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         with self._current():
-            self._open(trt, folder / PLAN_FILE)
+            self._open(folder / PLAN_FILE)
 
-    def _open(self, trt: Any, plan_path: Path) -> None:
+    def _open(self, plan_path: Path) -> None:
+        import tensorrt as trt  # machine() found a real TensorRT
+
         try:
             plan = plan_path.read_bytes()
         except OSError as exc:
@@ -163,12 +168,14 @@ class TrtBackend(BaseBackend):
             raise ArtifactError(f"TensorRT could not deserialise {plan_path}; rebuild it on this machine")
         self._engine: trt.ICudaEngine = engine
         self._plan_path = plan_path
-        self._check_io(trt)
+        self._check_io()
         self._check_shapes()
         self._worker()  # the opening thread's worker: a plan that cannot run fails here, not later
 
-    def _check_io(self, trt: Any) -> None:
+    def _check_io(self) -> None:
         """Raise SpecMismatchError unless the engine has the spec's uint8 input and float32 output."""
+        import tensorrt as trt
+
         engine = self._engine
         got = {}
         for i in range(engine.num_io_tensors):
@@ -188,8 +195,8 @@ class TrtBackend(BaseBackend):
         Buffers are sized from the spec, so a plan with larger tensors would overrun them.
         """
         engine, spec = self._engine, self.spec
-        low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(spec.input_name, 0))
-        width = tuple(engine.get_tensor_shape(spec.output_name))[-1]
+        low, _, high = (_dims(s) for s in engine.get_tensor_profile_shape(spec.input_name, 0))
+        width = _dims(engine.get_tensor_shape(spec.output_name))[-1]
         if low[1:] != spec.image_shape or high[1:] != spec.image_shape or width != spec.embedding_dim:
             raise SpecMismatchError(
                 f"TensorRT engine takes {low}..{high} images and gives {width}-D embeddings, the spec "
