@@ -1,7 +1,6 @@
 """The CLI end to end on a tiny real checkpoint: artefacts, parity, reruns and every failure exit code."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -9,12 +8,13 @@ import onnx
 import pytest
 import torch
 
+from engine.backends.optional import is_installed
 from engine.spec import ModelSpec, file_sha256
 from export import build_engine
 from export._ort import ort_embed
 from export.parity import cosine_rows
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRT = is_installed("tensorrt", "Builder")
 ARGS = ["--min-batch", "1", "--opt-batch", "8", "--max-batch", "64"]
 
 
@@ -47,7 +47,7 @@ def test_artefacts_are_complete_and_consistent(built, tiny_model, random_images,
 def test_skipped_plan_is_one_line_and_require_trt_fails(checkpoint, tmp_path, capsys):
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "a"), "--no-fp16", "--no-simplify"]) == 0
     skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped model.plan" in line]
-    assert len(skipped) == 1 and "TensorRT is not importable" in skipped[0]
+    assert len(skipped) == 1 and "needs tensorrt" in skipped[0] and "jlml-engine[trt]" in skipped[0]
     assert not (tmp_path / "a" / "model.fp16.onnx").exists()
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "b"), "--require-trt"]) == 2
     assert "jlml-engine[trt]" in capsys.readouterr().err and not (tmp_path / "b").exists()
