@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ArtifactError, BackendUnavailableError, JLMLError, ParityError
+from engine.backends.plan_sidecar import PlanSidecar
+from engine.errors import ArtifactError, BackendUnavailableError, InputError, JLMLError, ParityError
 from engine.spec import (
     ONNX_FILE,
     ONNX_FP16_FILE,
@@ -35,8 +36,16 @@ from engine.spec import (
 from . import trt_build
 from .fp16 import to_fp16
 from .onnx_export import check_and_simplify, onnx_from_checkpoint
-from .parity import DEFAULT_SAMPLES, check_parity, measure_parity, sample_images, write_parity
-from .triton import write_triton_repo
+from .parity import (
+    DEFAULT_SAMPLES,
+    ParityResult,
+    check_parity,
+    measure_parity,
+    measure_plan_parity,
+    sample_images,
+    write_parity,
+)
+from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
 
 TRITON_DIR = "triton"
 DEFAULT_WORKSPACE_MIB = 4096
@@ -158,19 +167,39 @@ def build(args: argparse.Namespace) -> Built:
     samples = sample_images(spec, args.sample_images)
     with _staging(args.out) as stage:
         spec, graphs = _export(model, spec, stage, samples, args)
+        spec.save(stage / SPEC_FILE)
         results = measure_parity(model, graphs, samples)
-        for result in results:
-            _say(f"parity {result.line()}")
-        check_parity(results)
+        _report(results)
+        plan_files, skipped = _plan(spec, graphs, stage, args.out, args)
+        if plan_files:  # the plan is published only after it ran, through the engine, as well as its graph
+            results.append(measure_plan_parity(model, stage, "fp16" if "fp16" in graphs else "fp32", samples))
+            _report(results[-1:])
         source = str(args.sample_images) if args.sample_images else "random uint8"
         write_parity(stage / PARITY_FILE, results, {"onnx_sha256": spec.onnx_sha256, "images": source})
-        plan_files, skipped = _plan(spec, graphs, stage, args.out, args)
-        spec.save(stage / SPEC_FILE)
-        write_triton_repo(stage / TRITON_DIR, spec, onnx_path=graphs["fp32"],
-                          plan_path=stage / PLAN_FILE if plan_files else None)
+        _triton(stage, spec, graphs["fp32"], plan_files)
         files = [*(p.name for p in graphs.values()), *plan_files, PARITY_FILE, TRITON_DIR, SPEC_FILE]
         _publish(stage, args.out, files)
     return Built(spec, files, skipped)
+
+
+def _triton(stage: Path, spec: ModelSpec, onnx_path: Path, plan_files: list[str]) -> None:
+    """The Triton repository; the plan joins it only when Triton cannot send batches it rejects."""
+    plan = stage / PLAN_FILE if plan_files else None
+    version = PlanSidecar.load(stage / PLAN_SIDECAR_FILE).tensorrt_version if plan else ""
+    if plan is not None:
+        try:
+            check_plan_for_triton(spec)
+        except InputError as exc:
+            _say(f"{TRITON_DIR}/: no {TRT_MODEL} model: {exc}")
+            plan = None
+    write_triton_repo(stage / TRITON_DIR, spec, onnx_path=onnx_path, plan_path=plan, tensorrt_version=version)
+
+
+def _report(results: list[ParityResult]) -> None:
+    """Print each result, then raise ParityError if any is below its threshold (nothing is published)."""
+    for result in results:
+        _say(f"parity {result.line()}")
+    check_parity(results)
 
 
 def _publish(stage: Path, out: Path, files: list[str]) -> None:

@@ -131,6 +131,25 @@ def measure_parity(model: torch.nn.Module, graphs: Mapping[str, str | os.PathLik
             for name, path in graphs.items()]
 
 
+def measure_plan_parity(model: torch.nn.Module, folder: str | os.PathLike[str], precision: str,
+                        images: np.ndarray, *, k: int = DEFAULT_K,
+                        thresholds: Mapping[str, float] = COSINE_THRESHOLDS) -> ParityResult:
+    """Run the folder's TensorRT plan through the engine's own TensorRT backend against the FP32 model.
+
+    The plan is what the engine will serve, so it is measured the way it is served (``Embedder``,
+    backend "trt"), on the same images and thresholds as the ONNX graph of its precision.
+    """
+    import torch
+
+    from engine.embedder import Embedder
+
+    with torch.no_grad():
+        reference = model.eval()(torch.from_numpy(images)).float().numpy()
+    with Embedder(folder, backend="trt", precision=precision) as embed:
+        served = embed(images)
+    return compare("plan", reference, served, threshold=thresholds[precision], k=k)
+
+
 def check_parity(results: Sequence[ParityResult]) -> None:
     """Raise ParityError naming every graph below its threshold."""
     failed = [r for r in results if not r.passed]

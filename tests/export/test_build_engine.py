@@ -126,3 +126,74 @@ def test_engine_ort_backend_serves_the_folder(built, precision, tiny_model, rand
     with OrtBackend(built, precision=precision) as backend:
         got = backend(images)
     assert cosine_rows(torch_embed(tiny_model, images), got).min() >= (0.99999 if precision == "fp32" else 0.999)
+
+
+# ---- with TensorRT (stand-ins): the plan runs through the engine before it is published -------------
+
+@pytest.fixture
+def with_tensorrt(monkeypatch):
+    """Stand-in TensorRT 10 builder and pycuda; ``serve(backend_class)`` sets what Embedder's "trt" opens."""
+    import sys
+    import types
+
+    from _trt_standin import make_pycuda, make_tensorrt
+
+    import engine.backends.trt as trt_backend
+
+    cuda = make_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.13.3.9"))
+    monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=cuda))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    return lambda backend: monkeypatch.setattr(trt_backend, "TrtBackend", backend)
+
+
+def _plan_backend(wrong_rows: bool = False):
+    """The engine's TensorRT backend as it would serve the staged plan: the graph of the plan's
+    precision on ONNX Runtime (``wrong_rows``: a plan that returns its rows in the wrong order)."""
+    from engine.backends.ort import OrtBackend
+    from engine.backends.plan_sidecar import PlanSidecar
+
+    class PlanBackend(OrtBackend):
+        name = "trt"
+        opened: list = []
+
+        def __init__(self, folder, spec=None, *, device="auto", precision=None):
+            sidecar = PlanSidecar.load(folder / "model.plan.json")
+            assert json.loads((folder / "model.plan").read_text())["strongly_typed"]
+            PlanBackend.opened.append((sidecar.precision, precision))
+            super().__init__(folder, spec, device="cpu", precision=sidecar.precision)
+
+        def _run(self, batch):
+            out = super()._run(batch)
+            return out[::-1].copy() if wrong_rows else out
+    return PlanBackend
+
+
+def test_the_plan_is_measured_through_the_engine_and_recorded(checkpoint, tmp_path, with_tensorrt):
+    backend = _plan_backend()
+    with_tensorrt(backend)
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    assert backend.opened == [("fp16", "fp16")]
+    plan = json.loads((out / "parity.json").read_text())["graphs"]["plan"]
+    assert plan["passed"] and plan["min_cosine"] >= 0.999 and plan["threshold"] == 0.999
+    config = (out / "triton" / "jlml_trt" / "config.pbtxt").read_text()
+    assert 'string_value: "10.13.3.9"' in config
+
+
+def test_a_plan_that_fails_parity_is_not_published(checkpoint, tmp_path, with_tensorrt, capsys):
+    with_tensorrt(_plan_backend(wrong_rows=True))
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS]) == 1
+    assert "plan: min cosine" in capsys.readouterr().err
+    assert not [p for p in out.iterdir() if not p.name.startswith("timing-")]
+
+
+def test_min_batch_above_1_leaves_the_plan_out_of_triton_and_says_so(checkpoint, tmp_path, with_tensorrt,
+                                                                     capsys):
+    with_tensorrt(_plan_backend())
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--min-batch", "2",
+                              "--opt-batch", "8", "--max-batch", "64"]) == 0
+    assert (out / "model.plan").is_file() and not (out / "triton" / "jlml_trt").exists()
+    assert "no jlml_trt model: the TensorRT profile starts at batch 2" in capsys.readouterr().out
