@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKEND_NAMES, Backend, check_precision
+from .backends import BACKEND_NAMES, Backend, backend_class, check_precision
 from .errors import ArtifactError, InputError
 from .spec import PLAN_FILE, ModelSpec
 
@@ -26,17 +26,10 @@ def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, prec
     """Open the backend named ``backend`` (already resolved from "auto") for ``spec``."""
     if compile and backend != "torch":
         raise InputError(f"compile=True applies to backend='torch' only, not {backend!r}")
+    cls: Any = backend_class(backend)
     if backend == "torch":
-        from .backends.torch_backend import TorchBackend
-
-        return TorchBackend(module, spec, device=device, precision=precision, compile=compile)
-    if backend == "trt":
-        from .backends.trt import TrtBackend
-
-        return TrtBackend(folder, spec, device=device, precision=precision)
-    from .backends.ort import OrtBackend
-
-    return OrtBackend(folder, spec, device=device, precision=precision)
+        return cls(module, spec, device=device, precision=precision, compile=compile)
+    return cls(folder, spec, device=device, precision=precision)
 
 
 def _resolve_auto(folder: Path, spec: ModelSpec, device: str, precision: str) -> str:

@@ -44,17 +44,6 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def parse_device(device: str) -> tuple[str, int]:
-    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, GPU index).
-
-    One spelling of devices for every backend, whatever its library calls them.
-    """
-    kind, _, index = device.partition(":")
-    if device in ("auto", "cpu", "cuda") or kind == "cuda" and index.isdigit():
-        return kind, int(index or 0)
-    raise InputError(f"device {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
 class BaseBackend(ABC):
     """Input validation, output checks and the context-manager plumbing shared by every backend.
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
 from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
-from .base import BaseBackend, check_precision, parse_device
+from .base import BaseBackend, check_precision
 from .optional import optional_import
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -37,6 +38,13 @@ def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str
             "`pip install 'jlml-engine[ort-gpu]'` (and uninstall plain onnxruntime) or use device='cpu'"
         )
     return [(CUDA_EP, {"device_id": index}), (CPU_EP, {})]
+
+
+def available(device: str = "auto") -> tuple[bool, str]:
+    """Whether ONNX Runtime can run on ``device`` here (by the providers this build offers), and why."""
+    ort = _import_ort()
+    provider = providers_for(device, ort.get_available_providers())[0][0]
+    return True, f"onnxruntime {ort.__version__} with {provider}"
 
 
 class OrtBackend(BaseBackend):

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
 from ..spec import PLAN_FILE, PLAN_SIDECAR_FILE, ModelSpec
-from .base import BaseBackend, parse_device
+from .base import BaseBackend
 from .optional import optional_import
 from .plan_sidecar import PlanSidecar, format_capability
 

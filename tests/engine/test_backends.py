@@ -13,6 +13,8 @@ import types
 import numpy as np
 import pytest
 
+from engine.backends import BACKENDS, backend_class
+from engine.backends import available as backend_available
 from engine.backends.ort import OrtBackend, providers_for
 from engine.backends.plan_sidecar import PlanSidecar
 from engine.backends.torch_backend import TorchBackend
@@ -25,25 +27,10 @@ from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
 torch = pytest.importorskip("torch")
 
 
-def _ort_providers() -> list[str]:
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return onnxruntime.get_available_providers()
-
-
 def _skip_reason(backend: str, device: str) -> str | None:
-    if backend == "ort" and not _ort_providers():
-        return "onnxruntime is not installed (pip install 'jlml-engine[ort]')"
-    if backend == "ort" and device == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
-        return "onnxruntime has no CUDAExecutionProvider here (pip install 'jlml-engine[ort-gpu]')"
-    if backend == "torch" and device == "cuda" and not torch.cuda.is_available():
-        return "PyTorch sees no CUDA GPU"
-    if backend == "trt":
-        ok, why = trt_available()
-        return None if ok else why
-    return None
+    """The engine's own answer (the backend table), so the tests keep no second copy of the rules."""
+    ok, why = backend_available(backend, device)
+    return None if ok else why
 
 
 # (backend, device, precision, min cosine vs the fp32 reference)
@@ -345,3 +332,26 @@ def test_an_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):
 def test_a_sidecar_never_holds_an_unknown_compute_capability(spec):
     with pytest.raises(ArtifactError, match="compute capability 'unknown' is not 'major.minor'"):
         _sidecar(spec, compute_capability="unknown")
+
+
+# ---- one backend table, one device parser --------------------------------------------------------
+
+def test_the_backend_table_names_every_backend_and_why_it_cannot_run():
+    assert set(BACKENDS) == {"trt", "ort", "torch"} and backend_class("ort") is OrtBackend
+    assert backend_available("ort", "cpu")[0] and backend_available("torch", "cpu")[0]
+    if not torch.cuda.is_available():
+        ok, why = backend_available("torch", "cuda")
+        assert not ok and "sees no CUDA GPU" in why
+    with pytest.raises(InputError, match="unknown backend 'onnx'"):
+        backend_class("onnx")
+
+
+def test_gallery_and_embedder_share_one_device_parser(artifact_dir):
+    from engine.gallery import Gallery
+
+    assert Gallery(8, device="auto").device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    for wrong in ("gpu0", "cuda:x"):
+        with pytest.raises(InputError, match=f"device {wrong!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            Gallery(8, device=wrong)
+        with pytest.raises(InputError, match=f"device {wrong!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            Embedder(artifact_dir, backend="ort", device=wrong)
