@@ -32,6 +32,7 @@ from benchmarks.candidates import (
 from benchmarks.common import markdown_table, summarize, time_calls
 from engine.atomic import write_text
 from engine.gallery import Gallery
+from engine.parity import ranking_agreement
 
 DEFAULT_BACKENDS = ["torch-fp32", "torch-fp16", "ort-fp32", "ort-fp16", "trt-fp16"]
 FULL = {"gallery_size": 1000, "batches": [1, 32], "repeats": 10}
@@ -40,24 +41,23 @@ COLUMNS = ["backend", "batch", "p50_ms", "p99_ms", "queries_per_s", "vs_torch_fp
            "topk_agreement"]
 
 
-def _agreement(reference: np.ndarray, ids: np.ndarray) -> float:
-    """Mean fraction of each query's top-k ids that the reference top-k also holds."""
-    return float(np.mean([len(set(r) & set(i)) / len(r) for r, i in zip(reference, ids, strict=True)]))
-
-
 def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     """Embed the gallery once (timed apart), then time embed + search per query batch size."""
     with open_embedder(cand, ctx["folder"], ctx["device"], ctx["module"]) as embed:
         tic = time.perf_counter()
         gallery = Gallery(embed.spec.embedding_dim, device=ctx["device"])
-        gallery.add(embed(ctx["gallery"]), np.arange(len(ctx["gallery"])))
+        gallery_emb = embed(ctx["gallery"])
+        gallery.add(gallery_emb, np.arange(len(ctx["gallery"])))
         gallery_rate = len(ctx["gallery"]) / (time.perf_counter() - tic)
 
         def rank(queries: np.ndarray) -> np.ndarray:
             return gallery.search(embed(queries), ctx["k"])[1]
 
         ids = rank(ctx["queries"])
-        reference = ctx["reference"].setdefault("ids", ids) if cand.name == BASELINE else ctx["reference"].get("ids")
+        if cand.name == BASELINE:  # the baseline's embeddings rank the gallery for every candidate
+            ctx["reference"].update(queries=embed(ctx["queries"]), gallery=gallery_emb)
+        ref = ctx["reference"]
+        agreement = ranking_agreement(ref["queries"], ref["gallery"], ids) if ref else None
         rows = []
         for batch in ctx["batches"]:
             queries = ctx["queries"][:batch]
@@ -68,7 +68,7 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
                          "queries_per_s": stats["items_per_s"], "calls": stats["calls"],
                          "gallery_images_per_s": gallery_rate,
-                         "topk_agreement": None if reference is None else _agreement(reference, ids)})
+                         "topk_agreement": agreement})
             print(markdown_table(rows[-1:], COLUMNS[:5]).splitlines()[-1], flush=True)
     return rows
 

@@ -39,7 +39,7 @@ from benchmarks.common import (
     time_calls,
 )
 from engine.atomic import write_text
-from export.parity import cosine_rows
+from engine.parity import cosine_rows
 
 FULL_BATCHES = [1, 8, 32, 128, 256]
 QUICK_BATCHES = [1, 8]

@@ -57,6 +57,11 @@ def _load_spec(artifact_dir: str | os.PathLike[str] | None, spec: ModelSpec | No
             raise InputError("pass artifact_dir; only backend='torch' with spec= goes without (from_module)")
         return Path(), spec
     folder = Path(artifact_dir)
+    if folder.is_file():
+        raise InputError(
+            f"{folder} is a file; pass the artefact folder that holds it ({folder.parent}), whose "
+            "spec.json says how to serve it"
+        )
     if not folder.is_dir():
         raise ArtifactError(
             f"artefact folder {folder} does not exist; export one with `python -m export.build_engine`"
@@ -83,6 +88,9 @@ class Embedder:
         if backend not in BACKEND_NAMES:
             raise InputError(f"unknown backend {backend!r}; choose one of {BACKEND_NAMES}")
         check_precision(precision)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)):
+            raise InputError(f"batch_size must be a whole number of images, got {batch_size!r}; pass an int "
+                             "such as 32, or leave it out for the backend's largest batch")
         if (backend == "torch") != (module is not None):
             raise InputError(
                 f"module= is {'missing' if module is None else 'given'} for backend {backend!r}; "

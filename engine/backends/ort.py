@@ -14,7 +14,7 @@ import numpy as np
 
 from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
-from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
+from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec
 from .base import BaseBackend, check_precision
 from .optional import optional_import
 
@@ -53,20 +53,24 @@ class OrtBackend(BaseBackend):
     name = "ort"
 
     def __init__(self, artifact_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
-                 device: str = "auto", precision: str = "fp32", intra_op_threads: int = 0) -> None:
+                 device: str = "auto", precision: str = "fp32", intra_op_threads: int = 0,
+                 graph: str | os.PathLike[str] | None = None) -> None:
+        """``graph``: run this ONNX file instead of the folder's graph of ``precision``, without the
+        fingerprint check (export uses it to check a graph before the spec fingerprints it)."""
         ort = _import_ort()
         folder = Path(artifact_dir)
         self.spec = spec if spec is not None else ModelSpec.load(folder)
         self.precision = check_precision(precision)
         self.max_batch = self.spec.max_batch
-        self.path = folder / (ONNX_FILE if precision == "fp32" else ONNX_FP16_FILE)
+        self.path = Path(graph) if graph is not None else folder / (ONNX_FILE if precision == "fp32"
+                                                                    else ONNX_FP16_FILE)
         if not self.path.is_file():
             raise ArtifactError(
-                f"no {self.path.name} in {folder} for precision {precision!r}; export the artefact "
-                "with `python -m export.build_engine` or ask for the other precision"
+                f"no {self.path.name} in {self.path.parent} for precision {precision!r}; export the "
+                "artefact with `python -m export.build_engine` or ask for the other precision"
             )
-        if precision == "fp32":
-            _check_sha(self.path, self.spec)
+        if graph is None:
+            self.spec.check_fingerprint(self.path, "onnx_sha256" if precision == "fp32" else "onnx_fp16_sha256")
         chosen = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -112,15 +116,6 @@ def _device_served(device: str, chosen: list[tuple[str, dict[str, Any]]], actual
     return "cpu"
 
 
-def _check_sha(path: Path, spec: ModelSpec) -> None:
-    digest = file_sha256(path) if spec.onnx_sha256 else ""
-    if digest != spec.onnx_sha256:
-        raise SpecMismatchError(
-            f"{path} has sha256 {digest[:12]}..., spec.json expects "
-            f"{spec.onnx_sha256[:12]}...; the ONNX file was replaced after export, re-export the folder"
-        )
-
-
 def _check_io(session: Any, spec: ModelSpec, path: Path) -> None:
     """Raise SpecMismatchError unless the graph has the spec's uint8 input and float32 output."""
     got = {(t.name, t.type) for t in session.get_inputs()}, {(t.name, t.type) for t in session.get_outputs()}
@@ -129,4 +124,13 @@ def _check_io(session: Any, spec: ModelSpec, path: Path) -> None:
         raise SpecMismatchError(
             f"{path} has inputs/outputs {sorted(got[0])}/{sorted(got[1])}, the spec expects "
             f"{sorted(want[0])}/{sorted(want[1])}; re-export the artefact so graph and spec.json agree"
+        )
+    # Sizes too, so a spec that disagrees with its graph fails here, not at the first call.
+    [pixels], [embeddings] = session.get_inputs(), session.get_outputs()
+    shapes = tuple(pixels.shape[1:]), tuple(embeddings.shape[1:])
+    if shapes != (spec.image_shape, (spec.embedding_dim,)):
+        raise SpecMismatchError(
+            f"{path} takes (N, {', '.join(map(str, shapes[0]))}) images and gives {shapes[1]} embeddings, the "
+            f"spec says (N, {spec.height}, {spec.width}, 3) -> ({spec.embedding_dim},); re-export the artefact "
+            "so graph and spec.json agree"
         )

@@ -162,6 +162,7 @@ class TrtBackend(BaseBackend):
             plan = plan_path.read_bytes()
         except OSError as exc:
             raise ArtifactError(f"cannot read TensorRT plan {plan_path}: {exc}; rebuild the engine") from exc
+        self.spec.check_fingerprint(plan_path, "plan_sha256", plan)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(plan)

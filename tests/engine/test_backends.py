@@ -22,7 +22,7 @@ from engine.backends.trt import TrtBackend, _device_index
 from engine.backends.trt import available as trt_available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
+from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE, file_sha256
 
 torch = pytest.importorskip("torch")
 
@@ -129,6 +129,15 @@ def test_ort_refuses_a_replaced_onnx_file(artifact_dir, tmp_path, spec):
     spec.replace(onnx_sha256="0" * 64).save(folder / SPEC_FILE)
     with pytest.raises(SpecMismatchError, match="sha256 .* spec.json expects 000000000000"):
         OrtBackend(folder)
+
+
+def test_ort_refuses_a_replaced_fp16_graph(artifact_dir, tmp_path, spec):
+    folder = _copy(artifact_dir, tmp_path)
+    spec.replace(onnx_fp16_sha256=file_sha256(folder / ONNX_FP16_FILE)).save(folder / SPEC_FILE)
+    OrtBackend(folder, precision="fp16").close()  # the recorded one is served
+    (folder / ONNX_FP16_FILE).write_bytes((folder / ONNX_FILE).read_bytes())  # another export's file
+    with pytest.raises(SpecMismatchError, match=r"model.fp16.onnx has sha256 .* \(onnx_fp16_sha256\)"):
+        OrtBackend(folder, precision="fp16")
 
 
 def test_ort_refuses_a_graph_with_other_tensor_names(artifact_dir, spec):

@@ -159,3 +159,22 @@ def test_torch_compile_matches_eager(tiny_module, spec, make_images, reference):
     images = make_images(16, seed=7)
     with Embedder.from_module(tiny_module, spec, device=device, compile=True) as emb:
         np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [2.5, "8", True])
+def test_batch_size_that_is_not_a_whole_number(artifact_dir, batch_size):
+    with pytest.raises(InputError, match=f"batch_size must be a whole number of images, got {batch_size!r}"):
+        Embedder(artifact_dir, backend="ort", batch_size=batch_size)
+
+
+def test_a_spec_whose_input_size_disagrees_with_the_graph_fails_at_open(artifact_dir, tmp_path, spec):
+    folder = tmp_path / "artefact"
+    shutil.copytree(artifact_dir, folder)
+    spec.replace(height=64).save(folder / "spec.json")
+    with pytest.raises(SpecMismatchError, match=r"takes \(N, 32, 16, 3\) images .* spec says \(N, 64, 16, 3\)"):
+        Embedder(folder, backend="ort", device="cpu")
+
+
+def test_a_model_file_instead_of_the_folder_says_to_pass_the_folder(artifact_dir):
+    with pytest.raises(InputError, match=f"model.onnx is a file; pass the artefact folder that holds it \\({artifact_dir}\\)"):
+        Embedder(artifact_dir / "model.onnx")

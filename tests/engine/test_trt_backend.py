@@ -23,7 +23,7 @@ from engine.backends.plan_sidecar import PlanSidecar
 from engine.backends.trt import TrtBackend, available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, InputError, SpecMismatchError
-from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE
+from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE, ModelSpec, file_sha256
 
 GPU, CAPABILITY, VERSION = "Fake GPU", (9, 0), "10.13.3.9"
 
@@ -228,6 +228,16 @@ def test_trt_path_gives_the_reference_answers(fake_plan_folder, make_images, ref
 def test_trt_refuses_a_plan_for_another_precision(fake_plan_folder):
     with pytest.raises(SpecMismatchError, match="precision: plan has 'fp32', here 'fp16'"):
         TrtBackend(fake_plan_folder(), precision="fp16")
+
+
+def test_trt_refuses_a_plan_the_spec_does_not_fingerprint(fake_plan_folder):
+    folder = fake_plan_folder()
+    spec = ModelSpec.load(folder)
+    spec.replace(plan_sha256=file_sha256(folder / PLAN_FILE)).save(folder / SPEC_FILE)
+    TrtBackend(folder).close()
+    (folder / PLAN_FILE).write_bytes(b"a plan of another export")
+    with pytest.raises(SpecMismatchError, match=r"model.plan has sha256 .* \(plan_sha256\)"):
+        TrtBackend(folder)
 
 
 def _fakes() -> tuple[types.ModuleType, types.SimpleNamespace]:

@@ -6,20 +6,20 @@ import onnx
 import pytest
 
 from engine.errors import ArtifactError, InputError, SpecMismatchError
-from export._ort import ort_embed
+from engine.parity import cosine_rows
 from export.onnx_export import (
     check_and_simplify,
     check_graph_io,
     check_input_cast_first,
     onnx_from_checkpoint,
+    serve_graph,
 )
-from export.parity import cosine_rows
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_one_graph_serves_batches_1_7_64(fp32_onnx, tiny_model, tiny_spec, batch, random_images, torch_embed):
     images = random_images(batch, tiny_spec, seed=batch)
-    got = ort_embed(fp32_onnx, images)
+    got = serve_graph(fp32_onnx, tiny_spec, images)
     assert got.shape == (batch, tiny_spec.embedding_dim) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert cosine_rows(torch_embed(tiny_model, images), got).min() >= 0.99999
@@ -56,13 +56,13 @@ def test_simplification_is_verified_and_keeps_outputs(fp32_onnx, tiny_spec, tmp_
     path = tmp_path / "model.onnx"
     path.write_bytes(fp32_onnx.read_bytes())
     images = random_images(5, tiny_spec, seed=3)
-    before = ort_embed(path, images)
+    before = serve_graph(path, tiny_spec, images)
     report = check_and_simplify(path, tiny_spec, samples=images)
     assert report.simplified and report.nodes_after <= report.nodes_before
     assert report.max_abs_diff <= 1e-5
     simplified = onnx.load(str(path))
     assert simplified.ir_version == tiny_spec.ir_version
-    np.testing.assert_allclose(ort_embed(path, images), before, atol=1e-5)
+    np.testing.assert_allclose(serve_graph(path, tiny_spec, images), before, atol=1e-5)
 
 
 def test_no_simplify_leaves_file_untouched(fp32_onnx, tiny_spec, tmp_path):
