@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from engine.atomic import write_with
-from engine.errors import ArtifactError, InputError, SpecMismatchError
+from engine.backends.optional import optional_import
+from engine.errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
 from engine.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -173,10 +174,9 @@ def check_and_simplify(
     if not simplify:
         return CheckReport(path, before, before, False, 0.0, "simplification off (--no-simplify)")
     try:
-        import onnxslim
-    except ImportError:
-        return CheckReport(path, before, before, False, 0.0,
-                           "onnxslim not installed (pip install 'jlml-engine[simplify]')")
+        onnxslim = optional_import("onnxslim", needed_for="simplification")
+    except BackendUnavailableError as exc:
+        return CheckReport(path, before, before, False, 0.0, str(exc))
     slim = onnxslim.slim(proto)
     slim.ir_version = proto.ir_version
     slim = _checked(slim, spec, path)

@@ -17,6 +17,7 @@ EXTRAS = {
     "tensorrt": "`pip install 'jlml-engine[trt]'` on a CUDA machine (NVIDIA's package index)",
     "pycuda.driver": "`pip install 'jlml-engine[trt]'` on a CUDA machine (pycuda builds against its CUDA)",
     "torch": "torch (see the README: the CPU or CUDA build you want, first)",
+    "onnxslim": "`pip install 'jlml-engine[simplify]'`",
 }
 
 

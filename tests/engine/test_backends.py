@@ -331,3 +331,14 @@ def test_gallery_and_embedder_share_one_device_parser(artifact_dir):
             Gallery(8, device=wrong)
         with pytest.raises(InputError, match=f"device {wrong!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"):
             Embedder(artifact_dir, backend="ort", device=wrong)
+
+
+@pytest.mark.parametrize(("module", "extra"), [("onnxruntime", "[ort]"), ("tensorrt", "[trt]"),
+                                                ("pycuda.driver", "[trt]"), ("onnxslim", "[simplify]")])
+def test_one_optional_import_helper_names_the_extra(monkeypatch, module, extra):
+    from engine.backends.optional import is_installed, optional_import
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(BackendUnavailableError, match=re.escape(f"jlml-engine{extra}")):
+        optional_import(module, needed_for="this test")
+    assert not is_installed(module)
