@@ -5,7 +5,8 @@ decoded and resized (uint8 NHWC arrays in memory; JPEG decoding and resizing are
 searching an ``engine.Gallery`` for their ``k`` nearest gallery entries (ranked ids back on the host).
 The gallery is embedded beforehand by the same backend, outside the timed loop; that one-off cost is
 reported separately (gallery_images_per_s). Pixels are random uint8 (throughput does not depend on
-content); rank agreement with the PyTorch FP32 baseline is reported so a fast but wrong backend shows.
+content); rank agreement with the PyTorch FP32 baseline (tie-aware, engine.parity) is reported so a fast
+but wrong backend shows.
 Writes e2e.json and e2e.md into ``--out``. Exit codes: 0 ok, 2 usage or input errors.
 """
 from __future__ import annotations
