@@ -407,3 +407,24 @@ def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_im
         single = [backend(batch) for batch in batches]
     for got, alone in zip(piped, single, strict=True):
         np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_real_tensorrt_threads_get_their_own_rows(plan_folder, make_images):
+    """Threads sharing one real TrtBackend (a worker each) give what one thread alone gives."""
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    inputs = [make_images(70, seed=200 + t) for t in range(4)]
+    with Embedder(plan_folder("fp32"), backend="trt") as emb:
+        alone = [emb(images) for images in inputs]
+        results: dict[int, np.ndarray] = {}
+        threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, emb(inputs[t])))
+                   for t in range(len(inputs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for t, expected in enumerate(alone):
+        np.testing.assert_allclose(results[t], expected, rtol=0, atol=1e-6)
