@@ -368,23 +368,29 @@ def test_backends_share_one_retained_primary_context_and_leave_none_current(fake
 
 # ---- threads (issue 10 #12) ------------------------------------------------------------------------
 
+def _embed_in_threads(emb: Embedder, inputs: list[np.ndarray], repeats: int = 1) -> dict[int, np.ndarray]:
+    """Each input embedded ``repeats`` times by its own thread, all started together on one Embedder."""
+    results: dict[int, np.ndarray] = {}
+    barrier = threading.Barrier(len(inputs))
+
+    def work(t: int) -> None:
+        barrier.wait()
+        results[t] = np.concatenate([emb(inputs[t]) for _ in range(repeats)])
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, reference):
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads often, so interleaved calls really interleave
     try:
+        inputs = [make_images(40, seed=100 + t) for t in range(6)]
         with Embedder(fake_plan_folder(), backend="trt", batch_size=8) as emb:
-            inputs = [make_images(40, seed=100 + t) for t in range(6)]
-            results: dict[int, np.ndarray] = {}
-            barrier = threading.Barrier(len(inputs))
-
-            def work(t: int) -> None:
-                barrier.wait()
-                results[t] = np.concatenate([emb(inputs[t]) for _ in range(3)])
-            threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            results = _embed_in_threads(emb, inputs, repeats=3)
     finally:
         sys.setswitchinterval(interval)
     for t, images in enumerate(inputs):
@@ -419,12 +425,6 @@ def test_real_tensorrt_threads_get_their_own_rows(plan_folder, make_images):
     inputs = [make_images(70, seed=200 + t) for t in range(4)]
     with Embedder(plan_folder("fp32"), backend="trt") as emb:
         alone = [emb(images) for images in inputs]
-        results: dict[int, np.ndarray] = {}
-        threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, emb(inputs[t])))
-                   for t in range(len(inputs))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = _embed_in_threads(emb, inputs)
     for t, expected in enumerate(alone):
         np.testing.assert_allclose(results[t], expected, rtol=0, atol=1e-6)
