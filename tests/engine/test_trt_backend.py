@@ -397,15 +397,21 @@ def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, re
         np.testing.assert_allclose(results[t], np.concatenate([reference(images)] * 3), atol=1e-5)
 
 
-@pytest.mark.gpu
-@pytest.mark.trt
-def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_images):
-    """The same pipeline on real TensorRT and CUDA, after an abandoned run left work in a slot."""
+@pytest.fixture
+def real_fp32_plan(plan_folder):
+    """A real fp32 plan of the tiny model, where TensorRT and a GPU are (else skip with the reason)."""
     ok, why = available()
     if not ok:
         pytest.skip(why)
+    return plan_folder("fp32")
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(real_fp32_plan, make_images):
+    """The same pipeline on real TensorRT and CUDA, after an abandoned run left work in a slot."""
     batches = _uneven_batches(make_images(132, seed=5))
-    with TrtBackend(plan_folder("fp32")) as backend:
+    with TrtBackend(real_fp32_plan) as backend:
         abandoned = backend.run_batches(batches[::-1])
         next(abandoned)
         del abandoned
@@ -417,13 +423,10 @@ def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_im
 
 @pytest.mark.gpu
 @pytest.mark.trt
-def test_real_tensorrt_threads_get_their_own_rows(plan_folder, make_images):
+def test_real_tensorrt_threads_get_their_own_rows(real_fp32_plan, make_images):
     """Threads sharing one real TrtBackend (a worker each) give what one thread alone gives."""
-    ok, why = available()
-    if not ok:
-        pytest.skip(why)
     inputs = [make_images(70, seed=200 + t) for t in range(4)]
-    with Embedder(plan_folder("fp32"), backend="trt") as emb:
+    with Embedder(real_fp32_plan, backend="trt") as emb:
         alone = [emb(images) for images in inputs]
         results = _embed_in_threads(emb, inputs)
     for t, expected in enumerate(alone):
