@@ -24,8 +24,12 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+# ruff, then mypy on the modules that touch TensorRT against tensorrt-stubs (10.13 signatures): the
+# stubs go into build/ with --no-deps --target (never into the venv, where `import tensorrt` would then
+# succeed as an empty package), and a checked copy with their syntax errors repaired is what mypy reads.
 lint: venv
-	$(PY) -m ruff check engine export train benchmarks tests
+	$(PY) -m ruff check engine export train benchmarks tests tools
+	$(PY) tools/typecheck_trt.py --build-dir build
 
 clean:
 	rm -rf $(VENV) artifacts runs

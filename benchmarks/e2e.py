@@ -5,7 +5,8 @@ decoded and resized (uint8 NHWC arrays in memory; JPEG decoding and resizing are
 searching an ``engine.Gallery`` for their ``k`` nearest gallery entries (ranked ids back on the host).
 The gallery is embedded beforehand by the same backend, outside the timed loop; that one-off cost is
 reported separately (gallery_images_per_s). Pixels are random uint8 (throughput does not depend on
-content); rank agreement with the PyTorch FP32 baseline is reported so a fast but wrong backend shows.
+content); rank agreement with the PyTorch FP32 baseline (tie-aware,
+engine.parity) is reported so a fast but wrong backend shows.
 Writes e2e.json and e2e.md into ``--out``. Exit codes: 0 ok, 2 usage or input errors, or nothing could
 be measured. From Python: ``run(artifact, checkpoint, E2EOptions(...))`` returns the report.
 """
@@ -29,6 +30,7 @@ from benchmarks.harness import Report
 from engine import cli
 from engine.errors import InputError
 from engine.gallery import Gallery
+from engine.parity import ranking_agreement
 from engine.spec import ModelSpec
 
 DEFAULT_BACKENDS = ("torch-fp32", "torch-fp16", "ort-fp32", "ort-fp16", "trt-fp16")
@@ -36,35 +38,34 @@ COLUMNS = ["backend", "batch", "p50_ms", "p99_ms", "queries_per_s", "vs_torch_fp
            "topk_agreement"]
 
 
-def _agreement(reference: np.ndarray, ids: np.ndarray) -> float:
-    """Mean fraction of each query's top-k ids that the reference top-k also holds."""
-    return float(np.mean([len(set(r) & set(i)) / len(r) for r, i in zip(reference, ids, strict=True)]))
-
-
 def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     """Embed the gallery once (timed apart), then time embed + search per query batch size."""
     with open_embedder(cand, ctx["folder"], ctx["device"], ctx["module"]) as embed:
         tic = time.perf_counter()
         gallery = Gallery(embed.spec.embedding_dim, device=ctx["device"])
-        gallery.add(embed(ctx["gallery"]), np.arange(len(ctx["gallery"])))
+        gallery_emb = embed(ctx["gallery"])
+        gallery.add(gallery_emb, np.arange(len(ctx["gallery"])))
         gallery_rate = len(ctx["gallery"]) / (time.perf_counter() - tic)
 
         def rank(queries: np.ndarray) -> np.ndarray:
             return gallery.search(embed(queries), ctx["k"])[1]
 
         ids = rank(ctx["queries"])
-        reference = ctx["reference"].setdefault("ids", ids) if cand.name == BASELINE else ctx["reference"].get("ids")
+        if cand.name == BASELINE:  # the baseline's embeddings rank the gallery for every candidate
+            ctx["reference"].update(queries=embed(ctx["queries"]), gallery=gallery_emb)
+        ref = ctx["reference"]
+        agreement = ranking_agreement(ref["queries"], ref["gallery"], ids) if ref else None
         rows = []
         for batch in ctx["batches"]:
             queries = ctx["queries"][:batch]
             times = time_calls(lambda q=queries: rank(q), device=ctx["device"], warmup=ctx["warmup"],
                                repeats=ctx["repeats"])
             stats = summarize(times, items_per_call=batch)
-            rows.append({"backend": cand.name, "device": ctx["device"], "batch": batch,
+            rows.append({"backend": cand.name, "device": embed.device, "batch": batch,
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
                          "queries_per_s": stats["items_per_s"], "calls": stats["calls"],
                          "gallery_images_per_s": gallery_rate,
-                         "topk_agreement": None if reference is None else _agreement(reference, ids)})
+                         "topk_agreement": agreement})
             print(markdown_table(rows[-1:], COLUMNS[:5]).splitlines()[-1], flush=True)
     return rows
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU run: environment, GPU/TensorRT tests, embedding latency and gallery benchmarks.
+# The prepared GPU run: environment, the TensorRT plan (where TensorRT imports), GPU/TensorRT tests,
+# embedding latency and gallery benchmarks.
 #
 #   PYTHONPATH=. bash benchmarks/gpu_run.sh ARTIFACT_DIR OUT_DIR [CHECKPOINT]
 #
@@ -119,6 +120,16 @@ say "artefact $ART, checkpoint $CKPT, out $OUT, device $DEVICE, quick $QUICK, PY
 export -f environment
 export PY DEVICE
 step environment 60 bash -c 'environment | tee "$1"' _ "$ENVF"
+# The plan: built here, where the GPU and TensorRT that will serve it are (a plan only loads on the
+# TensorRT version and GPU that built it), so the trt-fp16 row can exist. "Importable" means a real
+# TensorRT (tensorrt.Builder), not an empty namespace package left by tensorrt-stubs.
+if "$PY" -c "import sys, tensorrt; sys.exit(0 if hasattr(tensorrt, 'Builder') else 1)" 2>/dev/null; then
+    read -r -a BATCH_ARGS < <("$PY" -c "import json, sys; s = json.load(open(sys.argv[1])); \
+print('--min-batch', s['min_batch'], '--opt-batch', s['opt_batch'], '--max-batch', s['max_batch'])" "$ART/spec.json")
+    step build-plan 240 "$PY" -m export.build_engine "$CKPT" --out "$ART" --require-trt "${BATCH_ARGS[@]}"
+else
+    say "build-plan: skipped, tensorrt is not importable here (no trt-fp16 row)"
+fi
 step latency 150 "${LATENCY[@]}" --no-compile --out "$OUT"
 step gallery 120 "${GALLERY[@]}" "${GAL_SMALL[@]}" --out "$OUT"
 step pytest-gpu-trt 150 "$PY" -m pytest -q -rs -p no:cacheprovider -m "gpu or trt" tests/

@@ -43,8 +43,8 @@ from benchmarks.common import (
 from benchmarks.harness import Report
 from engine import cli
 from engine.errors import InputError
+from engine.parity import cosine_rows
 from engine.spec import ModelSpec
-from export.parity import cosine_rows
 
 FULL_BATCHES = (1, 8, 32, 128, 256)
 QUICK_BATCHES = (1, 8)
@@ -98,7 +98,7 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
             if cand.name == BASELINE:
                 ctx["reference"][batch] = out
             reference = ctx["reference"].get(batch)
-            rows.append({"backend": cand.name, "device": device, "precision": cand.precision,
+            rows.append({"backend": cand.name, "device": embed.device, "precision": cand.precision,
                          "compiled": cand.compile, "batch": batch, **stats,
                          "min_cosine": None if reference is None else float(cosine_rows(reference, out).min())})
             print(markdown_table(rows[-1:], COLUMNS[:7]).splitlines()[-1], flush=True)

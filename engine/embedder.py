@@ -6,6 +6,7 @@ backend accepts, so callers never think about profiles or device buffers.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from types import TracebackType
@@ -13,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKEND_NAMES, Backend, check_precision
+from .backends import BACKEND_NAMES, Backend, backend_class, check_precision
 from .errors import ArtifactError, InputError
 from .spec import PLAN_FILE, ModelSpec
+
+_log = logging.getLogger(__name__)
 
 
 def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, precision: str,
@@ -23,25 +26,26 @@ def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, prec
     """Open the backend named ``backend`` (already resolved from "auto") for ``spec``."""
     if compile and backend != "torch":
         raise InputError(f"compile=True applies to backend='torch' only, not {backend!r}")
+    cls: Any = backend_class(backend)
     if backend == "torch":
-        from .backends.torch_backend import TorchBackend
-
-        return TorchBackend(module, spec, device=device, precision=precision, compile=compile)
-    if backend == "trt":
-        from .backends.trt import TrtBackend
-
-        return TrtBackend(folder, spec, device=device, precision=precision)
-    from .backends.ort import OrtBackend
-
-    return OrtBackend(folder, spec, device=device, precision=precision)
+        return cls(module, spec, device=device, precision=precision, compile=compile)
+    return cls(folder, spec, device=device, precision=precision)
 
 
-def _resolve_auto(folder: Path, device: str) -> str:
-    if device != "cpu" and (folder / PLAN_FILE).is_file():
-        from .backends.trt import available
+def _resolve_auto(folder: Path, spec: ModelSpec, device: str, precision: str) -> str:
+    """"trt" when the folder's plan fits this machine and ``precision``, else "ort" (one log line why).
 
-        if available()[0]:
-            return "trt"
+    A plan is built for one TensorRT version, GPU and precision; "auto" must not turn a plan that
+    cannot serve here into an error, so it falls back to ONNX Runtime and says why.
+    """
+    if device == "cpu" or not (folder / PLAN_FILE).is_file():
+        return "ort"
+    from .backends.trt import unfit_reason
+
+    why = unfit_reason(folder, spec, device=device, precision=precision)
+    if why is None:
+        return "trt"
+    _log.warning("backend 'auto' serves %s with ONNX Runtime, not %s: %s", folder, PLAN_FILE, why)
     return "ort"
 
 
@@ -53,6 +57,11 @@ def _load_spec(artifact_dir: str | os.PathLike[str] | None, spec: ModelSpec | No
             raise InputError("pass artifact_dir; only backend='torch' with spec= goes without (from_module)")
         return Path(), spec
     folder = Path(artifact_dir)
+    if folder.is_file():
+        raise InputError(
+            f"{folder} is a file; pass the artefact folder that holds it ({folder.parent}), whose "
+            "spec.json says how to serve it"
+        )
     if not folder.is_dir():
         raise ArtifactError(
             f"artefact folder {folder} does not exist; export one with `python -m export.build_engine`"
@@ -79,6 +88,9 @@ class Embedder:
         if backend not in BACKEND_NAMES:
             raise InputError(f"unknown backend {backend!r}; choose one of {BACKEND_NAMES}")
         check_precision(precision)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)):
+            raise InputError(f"batch_size must be a whole number of images, got {batch_size!r}; pass an int "
+                             "such as 32, or leave it out for the backend's largest batch")
         if (backend == "torch") != (module is not None):
             raise InputError(
                 f"module= is {'missing' if module is None else 'given'} for backend {backend!r}; "
@@ -86,7 +98,7 @@ class Embedder:
             )
         folder, spec = _load_spec(artifact_dir, spec, backend)
         if backend == "auto":
-            backend = _resolve_auto(folder, device)
+            backend = _resolve_auto(folder, spec, device, precision)
         self._backend = _open_backend(folder, spec, backend, device, precision, module, compile)
         self.spec = spec
         try:
@@ -114,6 +126,11 @@ class Embedder:
     @property
     def backend_name(self) -> str:
         return self._backend.name
+
+    @property
+    def device(self) -> str:
+        """Where the backend really runs (``"cpu"`` or ``"cuda:N"``), e.g. after ONNX Runtime fell back."""
+        return str(self._backend.device)
 
     @property
     def precision(self) -> str:

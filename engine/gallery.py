@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
+from .device import torch_device
 from .distance import squared_norms
-from .errors import ArtifactError, BackendUnavailableError, InputError
+from .errors import ArtifactError, InputError
 from .topk import Exclusion, search_batch
 from .twopass import Counts, bf16_is_fast, coarse_rows, fp32_rows
 from .twopass import search as two_pass_search
@@ -78,7 +79,7 @@ class Gallery:
             raise InputError(f"chunk and query_batch must be positive, got {chunk} and {query_batch}")
         if coarse not in COARSE:
             raise InputError(f"coarse must be one of {COARSE}, got {coarse!r}")
-        self._device = _resolve_device(torch, device)
+        self._device = torch_device(device, torch)
         if self._device.type != "cpu" and coarse in ("bf16", "fp32"):
             raise InputError(f"coarse={coarse!r} is a CPU search, got device {device!r}; use coarse='off' "
                              "or 'auto' on CUDA")
@@ -238,21 +239,6 @@ def _with_room(buf: Any, used: int, extra: int) -> Any:
     grown = buf.new_empty((max(need, int(buf.shape[0] * GROWTH)), *buf.shape[1:]))
     grown[:used] = buf[:used]
     return grown
-
-
-def _resolve_device(torch: Any, device: str) -> Any:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"device {device!r} asked for but torch {torch.__version__} sees no CUDA GPU; use "
-            "device='cpu' or install a CUDA build of torch on a GPU machine"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return dev
 
 
 def _check_vectors(x: Any, dim: int, name: str) -> np.ndarray:

@@ -29,7 +29,6 @@ ONNX_FP16_FILE = "model.fp16.onnx"
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"
-TIMING_CACHE_FILE = "timing.cache"
 
 # ImageNet statistics in [0, 1] pixel units; the model graph applies them, host code never does.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,6 +56,8 @@ class ModelSpec:
     opset: int = 17
     ir_version: int = 10
     onnx_sha256: str = ""
+    onnx_fp16_sha256: str = ""  # of model.fp16.onnx, when export wrote one
+    plan_sha256: str = ""  # of model.plan, when export built one
     spec_version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -116,6 +117,20 @@ class ModelSpec:
             raise SpecMismatchError(
                 f"{what} was made for another contract ({'; '.join(diffs)}); re-export it from the "
                 "checkpoint you want to serve"
+            )
+
+    def check_fingerprint(self, path: str | os.PathLike[str], field_name: str,
+                          data: bytes | None = None) -> None:
+        """Raise SpecMismatchError unless ``path`` (or its bytes ``data``) has the sha256 recorded in
+        ``field_name``; a fingerprint never recorded (an older export) is not checked."""
+        expected = getattr(self, field_name)
+        if not expected:
+            return
+        digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+        if digest != expected:
+            raise SpecMismatchError(
+                f"{path} has sha256 {digest[:12]}..., spec.json expects {expected[:12]}... ({field_name}); "
+                "the file was replaced after export (or belongs to another export), re-export the folder"
             )
 
     def replace(self, **changes: Any) -> ModelSpec:

@@ -1,26 +1,25 @@
 """``python -m export.build_engine CHECKPOINT --out DIR``: checkpoint -> ONNX -> FP16 ONNX -> TensorRT.
 
-Everything is built in a staging folder inside ``--out`` and moved into place only after parity
-passed, so a failed or interrupted build never leaves files that look good; re-running over an existing
-folder replaces its artefacts. Exit codes: 0 ok, 1 parity below threshold, 2 usage or input errors
+``build(checkpoint, out, BuildOptions(...)) -> BuildResult`` is the library call; the CLI only parses
+flags into ``BuildOptions``. Everything is built in a staging folder beside ``--out``, measured there
+through the engine (``Embedder``, as it will be served), and published by swapping the folders, so a
+reader sees the old artefact set or the new one, never a mix, and a failed or killed build publishes
+nothing (``export.publish``). Exit codes: 0 ok, 1 parity below threshold, 2 usage or input errors
 (corrupt checkpoint, spec mismatch, unwritable folder, ``--require-trt`` without TensorRT).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import ArtifactError, BackendUnavailableError, JLMLError, ParityError
+from engine.backends.plan_sidecar import PlanSidecar
+from engine.errors import BackendUnavailableError, InputError, JLMLError, ParityError
+from engine.parity import ParityResult
 from engine.spec import (
     ONNX_FILE,
     ONNX_FP16_FILE,
@@ -28,7 +27,6 @@ from engine.spec import (
     PLAN_FILE,
     PLAN_SIDECAR_FILE,
     SPEC_FILE,
-    TIMING_CACHE_FILE,
     ModelSpec,
     file_sha256,
 )
@@ -36,22 +34,55 @@ from engine.spec import (
 from . import trt_build
 from .fp16 import to_fp16
 from .onnx_export import check_and_simplify, onnx_from_checkpoint
-from .parity import DEFAULT_SAMPLES, check_parity, measure_parity, sample_images, write_parity
-from .triton import write_triton_repo
+from .parity import (
+    DEFAULT_SAMPLES,
+    check_parity,
+    measure_parity,
+    reference_embeddings,
+    sample_images,
+    write_parity,
+)
+from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
+from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
 
-TRITON_DIR = "triton"
 DEFAULT_WORKSPACE_MIB = 4096
 # Simplification is verified on a few images only: it folds constants, it does not change numerics.
 SIMPLIFY_CHECK_IMAGES = 4
 
 
-@dataclass
-class Built:
-    """What one build produced in its staging folder, for publishing."""
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build; ``None`` batch sizes and opset come from the checkpoint's spec."""
 
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    opset: int | None = None
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    require_trt: bool = False
+    simplify: bool = True
+    sample_images: Path | None = None
+    fp16: bool = True
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build published: the folder, its spec, file names, parity figures, why no plan (if so)."""
+
+    out: Path
     spec: ModelSpec
-    files: list[str]
+    files: tuple[str, ...]
+    parity: tuple[ParityResult, ...]
     plan_skipped: str = ""
+
+
+@dataclass
+class _Staged:
+    """The build in progress: its folder, spec so far and the graphs written."""
+
+    stage: Path
+    spec: ModelSpec
+    graphs: dict[str, Path] = field(default_factory=dict)
 
 
 def _say(message: str) -> None:
@@ -62,16 +93,122 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1024:.1f} KiB"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, ModelSpec]:
+    """The checkpoint's FP32 model and the spec of this build (batch range and opset applied)."""
+    from train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.model.spec.check_compatible(ckpt.spec, what=f"checkpoint {checkpoint}'s stored spec")
+    chosen = {"min_batch": options.min_batch, "opt_batch": options.opt_batch,
+              "max_batch": options.max_batch, "opset": options.opset}
+    spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
+    return ckpt.model.float().eval(), spec
+
+
+def _export(model: Any, staged: _Staged, samples: np.ndarray, options: BuildOptions) -> None:
+    """Write the checked FP32 (and FP16) graphs; fingerprint them in the spec and save it."""
+    stage, spec = staged.stage, staged.spec
+    staged.graphs["fp32"] = onnx_from_checkpoint(model, spec, stage / ONNX_FILE)
+    if options.fp16:
+        staged.graphs["fp16"] = to_fp16(model, spec, stage / ONNX_FP16_FILE)
+    for name, path in staged.graphs.items():
+        report = check_and_simplify(path, spec, simplify=options.simplify, samples=samples[:SIMPLIFY_CHECK_IMAGES])
+        how = (f"simplified {report.nodes_before} -> {report.nodes_after} nodes, max |diff| "
+               f"{report.max_abs_diff:.1e}") if report.simplified else f"{report.nodes_after} nodes, {report.note}"
+        _say(f"wrote {path.name} ({name}, {_size(path)}, opset {spec.opset}, IR {spec.ir_version}; {how})")
+    fp16 = staged.graphs.get("fp16")
+    staged.spec = spec.replace(onnx_sha256=file_sha256(staged.graphs["fp32"]),
+                               onnx_fp16_sha256=file_sha256(fp16) if fp16 else "")
+    staged.spec.save(stage / SPEC_FILE)
+
+
+def _plan(staged: _Staged, options: BuildOptions) -> str:
+    """Build model.plan + sidecar (fingerprinted in the spec) when TensorRT imports; else why not."""
+    try:
+        trt = trt_build.load_tensorrt()
+    except BackendUnavailableError as exc:
+        if options.require_trt:
+            raise
+        return str(exc)
+    gpu = trt_build.gpu_identity()  # fails before the build rather than record an unknown GPU
+    stage, spec, fp16 = staged.stage, staged.spec, "fp16" in staged.graphs
+    parsed = trt_build.network_from_onnx(staged.graphs["fp16" if fp16 else "fp32"], spec)
+    plan = trt_build.serialize_engine(parsed, spec, workspace_mib=options.workspace_mib, fp16=fp16,
+                                      timing_cache=stage / trt_build.timing_cache_name(trt.__version__, gpu))
+    (stage / PLAN_FILE).write_bytes(plan)
+    trt_build.plan_sidecar(trt.__version__, spec, fp16=fp16, gpu=gpu).save(stage / PLAN_SIDECAR_FILE)
+    staged.spec = spec.replace(plan_sha256=file_sha256(stage / PLAN_FILE))
+    staged.spec.save(stage / SPEC_FILE)
+    _say(f"wrote {PLAN_FILE} ({_size(stage / PLAN_FILE)}, TensorRT {trt.__version__}, "
+         f"{'fp16' if fp16 else 'fp32'}, batch {spec.min_batch}/{spec.opt_batch}/{spec.max_batch})")
+    return ""
+
+
+def _measure(reference: np.ndarray, staged: _Staged, targets: dict[str, tuple[str, str]],
+             samples: np.ndarray) -> list[ParityResult]:
+    """Parity of ``targets`` served from the staged folder; ParityError (nothing published) if below."""
+    results = measure_parity(reference, staged.stage, targets, samples)
+    for result in results:
+        _say(f"parity {result.line()}")
+    check_parity(results)
+    return results
+
+
+def _triton(staged: _Staged) -> None:
+    """The Triton repository; the plan joins it only when Triton cannot send batches it rejects."""
+    stage, spec = staged.stage, staged.spec
+    plan = stage / PLAN_FILE if (stage / PLAN_FILE).is_file() else None
+    version = PlanSidecar.load(stage / PLAN_SIDECAR_FILE).tensorrt_version if plan else ""
+    if plan is not None:
+        try:
+            check_plan_for_triton(spec)
+        except InputError as exc:
+            _say(f"{TRITON_DIR}/: no {TRT_MODEL} model: {exc}")
+            plan = None
+    write_triton_repo(stage / TRITON_DIR, spec, onnx_path=staged.graphs["fp32"], plan_path=plan,
+                      tensorrt_version=version)
+
+
+def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> BuildResult:
+    """Export ``checkpoint`` into ``out``: every step staged, measured through the engine, then published.
+
+    Raises the project's errors (ParityError when an artefact is below its threshold).
+    """
+    options = options or BuildOptions()
+    if options.require_trt:
+        trt_build.load_tensorrt()  # fail before minutes of export work, not after
+    check_out(out)
+    clean_stale(out, _say)
+    model, spec = _load(checkpoint, options)
+    samples = sample_images(spec, options.sample_images)
+    reference = reference_embeddings(model, samples)
+    with staging(out) as stage:
+        staged = _Staged(stage, spec)
+        _export(model, staged, samples, options)
+        results = _measure(reference, staged, {name: ("ort", name) for name in staged.graphs}, samples)
+        skipped = _plan(staged, options)
+        if not skipped:  # the plan is published only after it ran through the engine's TensorRT backend
+            plan_precision = "fp16" if "fp16" in staged.graphs else "fp32"
+            results += _measure(reference, staged, {"plan": ("trt", plan_precision)}, samples)
+        source = str(options.sample_images) if options.sample_images else "random uint8"
+        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": source})
+        _triton(staged)
+        files = tuple(sorted(p.name for p in stage.iterdir()))
+        publish(stage, out)
+    return BuildResult(out, staged.spec, files, tuple(results), skipped)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     defaults = ModelSpec()
     p = argparse.ArgumentParser(
         prog="python -m export.build_engine",
-        description="Export a JLML checkpoint to ONNX (FP32 and FP16), measure parity against PyTorch "
-                    "with ONNX Runtime, build a TensorRT plan when TensorRT is importable, and write a "
-                    "Triton model repository. Batch range and opset default to the checkpoint's spec.",
+        description="Export a JLML checkpoint to ONNX (FP32 and FP16), build a TensorRT plan when TensorRT "
+                    "is importable, measure each through the engine against PyTorch, and write a Triton "
+                    "model repository. Batch range and opset default to the checkpoint's spec.",
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint written by `python -m train` (last.pt)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; reruns replace)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="artefact folder (created; a rerun replaces it as a whole, so it holds only artefacts)")
     for name, default in (("min", defaults.min_batch), ("opt", defaults.opt_batch), ("max", defaults.max_batch)):
         p.add_argument(f"--{name}-batch", type=int, default=None,
                        help=f"{name} batch of the TensorRT profile / Triton (spec default {default})")
@@ -86,114 +223,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"folder of images (resized to the spec) for parity; default {DEFAULT_SAMPLES} random ones")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
-    return p.parse_args(argv)
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, ModelSpec]:
-    """The checkpoint's FP32 model and the spec of this build (batch range and opset applied)."""
-    from train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint)
-    ckpt.model.spec.check_compatible(ckpt.spec, what=f"checkpoint {args.checkpoint}'s stored spec")
-    chosen = {"min_batch": args.min_batch, "opt_batch": args.opt_batch, "max_batch": args.max_batch,
-              "opset": args.opset}
-    spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
-    return ckpt.model.float().eval(), spec
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A fresh folder inside ``out`` (same file system, so publishing is a rename), always removed."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
-    except OSError as exc:
-        raise ArtifactError(f"cannot write output folder {out}: {exc.strerror or exc}; choose a "
-                            "writable --out") from exc
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _export(model: Any, spec: ModelSpec, stage: Path, samples: np.ndarray, args: argparse.Namespace,
-            ) -> tuple[ModelSpec, dict[str, Path]]:
-    """Write the checked FP32 (and FP16) graphs; return the spec fingerprinted with model.onnx."""
-    graphs = {"fp32": onnx_from_checkpoint(model, spec, stage / ONNX_FILE)}
-    if args.fp16:
-        graphs["fp16"] = to_fp16(model, spec, stage / ONNX_FP16_FILE)
-    for name, path in graphs.items():
-        report = check_and_simplify(path, spec, simplify=args.simplify, samples=samples[:SIMPLIFY_CHECK_IMAGES])
-        how = (f"simplified {report.nodes_before} -> {report.nodes_after} nodes, max |diff| "
-               f"{report.max_abs_diff:.1e}") if report.simplified else f"{report.nodes_after} nodes, {report.note}"
-        _say(f"wrote {path.name} ({name}, {_size(path)}, opset {spec.opset}, IR {spec.ir_version}; {how})")
-    return spec.replace(onnx_sha256=file_sha256(graphs["fp32"])), graphs
-
-
-def _plan(spec: ModelSpec, graphs: dict[str, Path], stage: Path, out: Path,
-          args: argparse.Namespace) -> tuple[list[str], str]:
-    """Build model.plan + sidecar when TensorRT imports; else return the reason it was skipped."""
-    try:
-        trt = trt_build.load_tensorrt()
-    except BackendUnavailableError as exc:
-        if args.require_trt:
-            raise
-        return [], str(exc)
-    fp16 = "fp16" in graphs
-    parsed = trt_build.network_from_onnx(graphs["fp16" if fp16 else "fp32"], spec)
-    plan = trt_build.serialize_engine(parsed, spec, workspace_mib=args.workspace_mib, fp16=fp16,
-                                      timing_cache=out / TIMING_CACHE_FILE)
-    (stage / PLAN_FILE).write_bytes(plan)
-    trt_build.plan_sidecar(trt.__version__, spec, fp16=fp16).save(stage / PLAN_SIDECAR_FILE)
-    _say(f"wrote {PLAN_FILE} ({_size(stage / PLAN_FILE)}, TensorRT {trt.__version__}, "
-         f"{'fp16' if fp16 else 'fp32'}, batch {spec.min_batch}/{spec.opt_batch}/{spec.max_batch})")
-    return [PLAN_FILE, PLAN_SIDECAR_FILE], ""
-
-
-def build(args: argparse.Namespace) -> Built:
-    """Run every step into a staging folder and publish it; raises the project's errors."""
-    if args.require_trt:
-        trt_build.load_tensorrt()  # fail before minutes of export work, not after
-    model, spec = _load(args)
-    samples = sample_images(spec, args.sample_images)
-    with _staging(args.out) as stage:
-        spec, graphs = _export(model, spec, stage, samples, args)
-        results = measure_parity(model, graphs, samples)
-        for result in results:
-            _say(f"parity {result.line()}")
-        check_parity(results)
-        source = str(args.sample_images) if args.sample_images else "random uint8"
-        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": spec.onnx_sha256, "images": source})
-        plan_files, skipped = _plan(spec, graphs, stage, args.out, args)
-        spec.save(stage / SPEC_FILE)
-        write_triton_repo(stage / TRITON_DIR, spec, onnx_path=graphs["fp32"],
-                          plan_path=stage / PLAN_FILE if plan_files else None)
-        files = [*(p.name for p in graphs.values()), *plan_files, PARITY_FILE, TRITON_DIR, SPEC_FILE]
-        _publish(stage, args.out, files)
-    return Built(spec, files, skipped)
-
-
-def _publish(stage: Path, out: Path, files: list[str]) -> None:
-    """Move ``files`` into ``out`` (spec.json last) and remove artefacts of earlier builds they replace.
-
-    A plan or FP16 graph left from an earlier build no longer matches the new model.onnx, so it goes.
-    """
-    stale = [n for n in (ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE) if n not in files]
-    for name in [*stale, TRITON_DIR]:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-            _say(f"removed stale {name} from an earlier build")
-    for name in files:
-        os.replace(stage / name, out / name)
+    args = vars(p.parse_args(argv))
+    return args.pop("checkpoint"), args.pop("out"), BuildOptions(**args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    checkpoint, out, options = parse_args(argv)
     try:
-        built = build(args)
+        built = build(checkpoint, out, options)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -202,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if built.plan_skipped:
         _say(f"skipped {PLAN_FILE}: {built.plan_skipped}")
-    _say(f"done: {', '.join(built.files)} in {args.out}")
+    _say(f"done: {', '.join(built.files)} in {built.out}")
     return 0
 
 

@@ -17,10 +17,9 @@ import numpy as np
 import onnx
 
 from engine.atomic import write_with
-from engine.errors import ArtifactError, InputError, SpecMismatchError
+from engine.backends.optional import optional_import
+from engine.errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
 from engine.spec import ModelSpec
-
-from ._ort import ort_embed
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +133,22 @@ def check_graph_io(proto: onnx.ModelProto, spec: ModelSpec, *, what: str = "ONNX
         )
 
 
+def check_input_cast_first(proto: onnx.ModelProto, spec: ModelSpec, *, what: str = "ONNX graph") -> None:
+    """Raise ArtifactError unless every node reading the uint8 input is a Cast.
+
+    TensorRT's ONNX parser accepts UINT8 only as a network input or output ("UINT8 is only supported as
+    network input or output"), so a Transpose or Reshape on the raw pixels before the Cast makes the
+    graph unbuildable there although ONNX Runtime runs it.
+    """
+    readers = [n for n in proto.graph.node if spec.input_name in n.input]
+    wrong = [f"{n.op_type} '{n.name}'" for n in readers if n.op_type != "Cast"]
+    if not readers or wrong:
+        raise ArtifactError(
+            f"{what}: the uint8 input '{spec.input_name}' is read by {wrong or 'no node'}, expected only "
+            "Cast nodes; cast the pixels to float before any permute/reshape in the model's forward"
+        )
+
+
 def _describe(value: onnx.ValueInfoProto) -> tuple[int, list[str | int]]:
     tensor = value.type.tensor_type
     dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
@@ -159,23 +174,35 @@ def check_and_simplify(
     if not simplify:
         return CheckReport(path, before, before, False, 0.0, "simplification off (--no-simplify)")
     try:
-        import onnxslim
-    except ImportError:
-        return CheckReport(path, before, before, False, 0.0,
-                           "onnxslim not installed (pip install 'jlml-engine[simplify]')")
+        onnxslim = optional_import("onnxslim", needed_for="simplification")
+    except BackendUnavailableError as exc:
+        return CheckReport(path, before, before, False, 0.0, str(exc))
     slim = onnxslim.slim(proto)
     slim.ir_version = proto.ir_version
     slim = _checked(slim, spec, path)
     if samples is None:
         samples = np.random.default_rng(0).integers(0, 256, (3, *spec.image_shape), dtype=np.uint8)
-    diff = float(np.abs(ort_embed(proto, samples) - ort_embed(slim, samples)).max())
-    if not diff <= SIMPLIFY_ATOL:
-        raise ArtifactError(
-            f"onnxslim changed the outputs of {path} by {diff:.3g} (allowed {SIMPLIFY_ATOL}); rerun "
-            "with --no-simplify and report the onnxslim version"
-        )
-    write_with(path, lambda tmp: onnx.save(slim, str(tmp)))
+    trial = path.with_name(f".{path.stem}.slim{path.suffix}")
+    try:
+        onnx.save(slim, str(trial))
+        diff = float(np.abs(serve_graph(path, spec, samples) - serve_graph(trial, spec, samples)).max())
+        if not diff <= SIMPLIFY_ATOL:
+            raise ArtifactError(
+                f"onnxslim changed the outputs of {path} by {diff:.3g} (allowed {SIMPLIFY_ATOL}); rerun "
+                "with --no-simplify and report the onnxslim version"
+            )
+        os.replace(trial, path)
+    finally:
+        trial.unlink(missing_ok=True)
     return CheckReport(path, before, len(slim.graph.node), True, diff)
+
+
+def serve_graph(path: str | os.PathLike[str], spec: ModelSpec, images: np.ndarray) -> np.ndarray:
+    """Embed ``images`` with the ONNX file at ``path`` through the engine's own ONNX Runtime backend (CPU)."""
+    from engine.backends.ort import OrtBackend
+
+    with OrtBackend(Path(path).parent, spec, device="cpu", graph=path) as backend:
+        return backend(images)
 
 
 def _checked(proto: onnx.ModelProto, spec: ModelSpec, path: Path) -> onnx.ModelProto:
@@ -185,5 +212,6 @@ def _checked(proto: onnx.ModelProto, spec: ModelSpec, path: Path) -> onnx.ModelP
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ArtifactError(f"{path} fails onnx.checker/shape inference: {exc}; re-export it") from exc
     check_graph_io(inferred, spec, what=str(path))
+    check_input_cast_first(inferred, spec, what=str(path))
     return inferred
 

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class Backend(Protocol):
     name: str
     precision: str
     max_batch: int
+    device: Any  # where it runs: "cpu"/"cuda:N" (torch: a torch.device that prints so)
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
     def run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
@@ -43,17 +44,6 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def parse_device(device: str) -> tuple[str, int]:
-    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, GPU index).
-
-    One spelling of devices for every backend, whatever its library calls them.
-    """
-    kind, _, index = device.partition(":")
-    if device in ("auto", "cpu", "cuda") or kind == "cuda" and index.isdigit():
-        return kind, int(index or 0)
-    raise InputError(f"device {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
 class BaseBackend(ABC):
     """Input validation, output checks and the context-manager plumbing shared by every backend.
 
@@ -66,6 +56,7 @@ class BaseBackend(ABC):
     name: str
     precision: str
     max_batch: int
+    device: Any
     _closed: bool = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

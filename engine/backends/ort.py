@@ -5,29 +5,26 @@ device once, no per-call re-allocation of the output by Python) is the same code
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
-from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
-from .base import BaseBackend, check_precision, parse_device
+from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec
+from .base import BaseBackend, check_precision
+from .optional import optional_import
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
+_log = logging.getLogger(__name__)
 
 
 def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the 'ort' backend needs onnxruntime ({exc}); install it with "
-            "`pip install 'jlml-engine[ort]'` (CPU) or `pip install 'jlml-engine[ort-gpu]'` (CUDA)"
-        ) from exc
-    return onnxruntime
+    return optional_import("onnxruntime", needed_for="the 'ort' backend")
 
 
 def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -43,26 +40,37 @@ def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str
     return [(CUDA_EP, {"device_id": index}), (CPU_EP, {})]
 
 
+def available(device: str = "auto") -> tuple[bool, str]:
+    """Whether ONNX Runtime can run on ``device`` here (by the providers this build offers), and why."""
+    ort = _import_ort()
+    provider = providers_for(device, ort.get_available_providers())[0][0]
+    return True, f"onnxruntime {ort.__version__} with {provider}"
+
+
 class OrtBackend(BaseBackend):
     """Runs ``model.onnx`` (fp32) or ``model.fp16.onnx`` (fp16) from an artefact folder."""
 
     name = "ort"
 
     def __init__(self, artifact_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
-                 device: str = "auto", precision: str = "fp32", intra_op_threads: int = 0) -> None:
+                 device: str = "auto", precision: str = "fp32", intra_op_threads: int = 0,
+                 graph: str | os.PathLike[str] | None = None) -> None:
+        """``graph``: run this ONNX file instead of the folder's graph of ``precision``, without the
+        fingerprint check (export uses it to check a graph before the spec fingerprints it)."""
         ort = _import_ort()
         folder = Path(artifact_dir)
         self.spec = spec if spec is not None else ModelSpec.load(folder)
         self.precision = check_precision(precision)
         self.max_batch = self.spec.max_batch
-        self.path = folder / (ONNX_FILE if precision == "fp32" else ONNX_FP16_FILE)
+        self.path = Path(graph) if graph is not None else folder / (ONNX_FILE if precision == "fp32"
+                                                                    else ONNX_FP16_FILE)
         if not self.path.is_file():
             raise ArtifactError(
-                f"no {self.path.name} in {folder} for precision {precision!r}; export the artefact "
-                "with `python -m export.build_engine` or ask for the other precision"
+                f"no {self.path.name} in {self.path.parent} for precision {precision!r}; export the "
+                "artefact with `python -m export.build_engine` or ask for the other precision"
             )
-        if precision == "fp32":
-            _check_sha(self.path, self.spec)
+        if graph is None:
+            self.spec.check_fingerprint(self.path, "onnx_sha256" if precision == "fp32" else "onnx_fp16_sha256")
         chosen = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -74,13 +82,17 @@ class OrtBackend(BaseBackend):
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {exc}; re-export it") from exc
         self.providers = self._session.get_providers()
-        self._out_device = "cuda" if self.providers[0] == CUDA_EP else "cpu"
+        self.device = _device_served(device, chosen, self.providers)
+        self._device_id = chosen[0][1].get("device_id", 0)
         _check_io(self._session, self.spec, self.path)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         binding = self._session.io_binding()
         binding.bind_cpu_input(self.spec.input_name, batch)
-        binding.bind_output(self.spec.output_name, self._out_device)
+        if self.device == "cpu":
+            binding.bind_output(self.spec.output_name, "cpu")
+        else:  # on the session's own GPU: "cuda" alone means device 0
+            binding.bind_output(self.spec.output_name, "cuda", self._device_id)
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -88,13 +100,20 @@ class OrtBackend(BaseBackend):
         del self._session
 
 
-def _check_sha(path: Path, spec: ModelSpec) -> None:
-    digest = file_sha256(path) if spec.onnx_sha256 else ""
-    if digest != spec.onnx_sha256:
-        raise SpecMismatchError(
-            f"{path} has sha256 {digest[:12]}..., spec.json expects "
-            f"{spec.onnx_sha256[:12]}...; the ONNX file was replaced after export, re-export the folder"
-        )
+def _device_served(device: str, chosen: list[tuple[str, dict[str, Any]]], actual: list[str]) -> str:
+    """``"cuda:N"`` or ``"cpu"``: where the session really runs, from its providers, not from the build's.
+
+    ONNX Runtime only warns and runs on the CPU when the CUDA provider fails to load (missing CUDA or
+    cuDNN libraries); asked for CUDA explicitly, that is an error here, never a silent CPU run.
+    """
+    if chosen[0][0] != CUDA_EP or (actual and actual[0] == CUDA_EP):
+        return f"cuda:{chosen[0][1]['device_id']}" if chosen[0][0] == CUDA_EP else "cpu"
+    why = (f"onnxruntime's CUDA provider did not load (the session runs on {actual}); check that the "
+           "CUDA and cuDNN libraries this onnxruntime-gpu was built for are installed (see its warning above)")
+    if parse_device(device)[0] == "cuda":
+        raise BackendUnavailableError(f"device {device!r} asked for, but {why}, or pass device='cpu'")
+    _log.warning("ort backend runs on the CPU: %s", why)
+    return "cpu"
 
 
 def _check_io(session: Any, spec: ModelSpec, path: Path) -> None:
@@ -105,4 +124,13 @@ def _check_io(session: Any, spec: ModelSpec, path: Path) -> None:
         raise SpecMismatchError(
             f"{path} has inputs/outputs {sorted(got[0])}/{sorted(got[1])}, the spec expects "
             f"{sorted(want[0])}/{sorted(want[1])}; re-export the artefact so graph and spec.json agree"
+        )
+    # Sizes too, so a spec that disagrees with its graph fails here, not at the first call.
+    [pixels], [embeddings] = session.get_inputs(), session.get_outputs()
+    shapes = tuple(pixels.shape[1:]), tuple(embeddings.shape[1:])
+    if shapes != (spec.image_shape, (spec.embedding_dim,)):
+        raise SpecMismatchError(
+            f"{path} takes (N, {', '.join(map(str, shapes[0]))}) images and gives {shapes[1]} embeddings, the "
+            f"spec says (N, {spec.height}, {spec.width}, 3) -> ({spec.embedding_dim},); re-export the artefact "
+            "so graph and spec.json agree"
         )

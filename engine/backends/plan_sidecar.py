@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ class PlanSidecar:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compute_capability", format_capability(self.compute_capability))
+        if not re.fullmatch(r"\d+\.\d+", self.compute_capability):
+            raise ArtifactError(
+                f"plan sidecar compute capability {self.compute_capability!r} is not 'major.minor'; a plan "
+                "only loads on the GPU it was built for, so rebuild it where pycuda or CUDA torch can name it"
+            )
         check_precision(self.precision)
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ArtifactError(
@@ -77,9 +83,9 @@ class PlanSidecar:
                                 "be checked; rebuild the engine with `python -m export.build_engine`")
         return cls.from_dict(data)
 
-    def check(self, spec: ModelSpec, *, tensorrt_version: str, gpu_name: str,
-              compute_capability: str | tuple[int, int], precision: str | None = None) -> None:
-        """Raise SpecMismatchError listing every way this plan does not fit ``spec`` and this machine."""
+    def mismatches(self, spec: ModelSpec, *, tensorrt_version: str, gpu_name: str,
+                   compute_capability: str | tuple[int, int], precision: str | None = None) -> list[str]:
+        """Every way this plan does not fit ``spec`` and this machine, one phrase each; [] when it fits."""
         wanted = {
             "tensorrt_version": tensorrt_version,
             "gpu_name": gpu_name,
@@ -88,8 +94,14 @@ class PlanSidecar:
         }
         if precision is not None:
             wanted["precision"] = precision
-        diffs = [f"{k}: plan has {getattr(self, k)!r}, here {v!r}" for k, v in wanted.items()
-                 if getattr(self, k) != v]
+        return [f"{k}: plan has {getattr(self, k)!r}, here {v!r}" for k, v in wanted.items()
+                if getattr(self, k) != v]
+
+    def check(self, spec: ModelSpec, *, tensorrt_version: str, gpu_name: str,
+              compute_capability: str | tuple[int, int], precision: str | None = None) -> None:
+        """Raise SpecMismatchError listing every way this plan does not fit ``spec`` and this machine."""
+        diffs = self.mismatches(spec, tensorrt_version=tensorrt_version, gpu_name=gpu_name,
+                                compute_capability=compute_capability, precision=precision)
         if diffs:
             raise SpecMismatchError(
                 "TensorRT plan does not fit (" + "; ".join(diffs) + "); rebuild it on this machine "

@@ -15,32 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputError
+from ..device import torch_device
+from ..errors import InputError
 from ..spec import ModelSpec
-from .base import BaseBackend, check_precision, parse_device
+from .base import BaseBackend, check_precision
+from .optional import optional_import
 
 
 def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the 'torch' backend needs PyTorch ({exc}); install torch (see README) first"
-        ) from exc
-    return torch
+    return optional_import("torch", needed_for="the 'torch' backend")
 
 
 def resolve_device(torch: Any, device: str) -> Any:
-    """``"auto"`` -> the first CUDA GPU if there is one, else CPU; otherwise ``device`` checked."""
-    kind, index = parse_device(device)
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; install a CUDA build of "
-            "torch or pass device='cpu'"
-        )
-    return torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
+    """The ``torch.device`` for ``device`` (the project's one device parser)."""
+    return torch_device(device, torch)
+
+
+def available(device: str = "auto") -> tuple[bool, str]:
+    """Whether PyTorch can run on ``device`` here, and why (not)."""
+    torch = _import_torch()
+    return True, f"torch {torch.__version__} on {torch_device(device, torch)}"
 
 
 class TorchBackend(BaseBackend):

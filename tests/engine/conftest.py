@@ -42,7 +42,8 @@ class TinyEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.conv.weight.dtype  # a .half() copy exports the FP16-compute graph
-        x = images.permute(0, 3, 1, 2).to(dtype) / 255
+        # Cast first: TensorRT's ONNX parser takes UINT8 only as a network input or output.
+        x = images.to(dtype).permute(0, 3, 1, 2) / 255
         x = (x - self.mean.to(dtype)) / self.std.to(dtype)
         x = F.relu(self.conv(x)).mean(dim=(2, 3))
         return F.normalize(self.fc(x).float(), dim=1)

@@ -13,6 +13,8 @@ import types
 import numpy as np
 import pytest
 
+from engine.backends import BACKENDS, backend_class
+from engine.backends import available as backend_available
 from engine.backends.ort import OrtBackend, providers_for
 from engine.backends.plan_sidecar import PlanSidecar
 from engine.backends.torch_backend import TorchBackend
@@ -20,30 +22,16 @@ from engine.backends.trt import TrtBackend, _device_index
 from engine.backends.trt import available as trt_available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, BackendUnavailableError, InputError, SpecMismatchError
-from engine.spec import ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
+from engine.parity import topk_agreement
+from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_SIDECAR_FILE, SPEC_FILE, file_sha256
 
 torch = pytest.importorskip("torch")
 
 
-def _ort_providers() -> list[str]:
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return onnxruntime.get_available_providers()
-
-
 def _skip_reason(backend: str, device: str) -> str | None:
-    if backend == "ort" and not _ort_providers():
-        return "onnxruntime is not installed (pip install 'jlml-engine[ort]')"
-    if backend == "ort" and device == "cuda" and "CUDAExecutionProvider" not in _ort_providers():
-        return "onnxruntime has no CUDAExecutionProvider here (pip install 'jlml-engine[ort-gpu]')"
-    if backend == "torch" and device == "cuda" and not torch.cuda.is_available():
-        return "PyTorch sees no CUDA GPU"
-    if backend == "trt":
-        ok, why = trt_available()
-        return None if ok else why
-    return None
+    """The engine's own answer (the backend table), so the tests keep no second copy of the rules."""
+    ok, why = backend_available(backend, device)
+    return None if ok else why
 
 
 # (backend, device, precision, min cosine vs the fp32 reference)
@@ -59,20 +47,6 @@ CASES = [
     ("trt", "cuda", "fp16", 0.999),
 ]
 SIZES = [1, 7, 64, 150]  # the tiny spec's max_batch is 64: 150 is split into 64 + 64 + 22
-
-
-def topk_agrees(got: np.ndarray, ref: np.ndarray, k: int, tol: float) -> bool:
-    """Each row's top-k neighbours in ``got`` are top-k in ``ref`` up to ties within ``tol``."""
-    n = len(ref)
-    k = min(k, n - 1)
-    if k < 1:
-        return True
-    ref_sim, got_sim = ref @ ref.T, got @ got.T
-    np.fill_diagonal(ref_sim, -np.inf)
-    np.fill_diagonal(got_sim, -np.inf)
-    kth_best = np.sort(ref_sim, axis=1)[:, -k]
-    chosen = np.argsort(-got_sim, axis=1, kind="stable")[:, :k]
-    return bool(np.all(np.take_along_axis(ref_sim, chosen, axis=1) >= kth_best[:, None] - tol))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -93,16 +67,8 @@ def test_conformance(artifact_dir, plan_folder, tiny_module, make_images, refere
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
     cosine = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cosine.min() >= min_cos, f"worst row cosine {cosine.min():.6f} < {min_cos}"
-    assert topk_agrees(got, ref, k=5, tol=1e-4 if precision == "fp32" else 2e-3)
-
-
-def test_topk_agrees_catches_a_swapped_neighbour():
-    ref = np.eye(4, dtype=np.float32)[[0, 0, 1, 2]] + np.array([[0, 0, 0, 0], [0.1, 0, 0, 0],
-                                                                [0, 0.5, 0, 0], [0, 0, 0.9, 0]])
-    got = ref.copy()
-    got[3] = ref[1]  # row 3 now looks like row 1: its nearest neighbours change
-    assert topk_agrees(ref, ref, k=1, tol=0.0)
-    assert not topk_agrees(got, ref, k=1, tol=0.0)
+    if size > 1:  # the project's one tie-aware top-k agreement (engine.parity)
+        assert topk_agreement(ref, got, k=5, tie_tol=1e-4 if precision == "fp32" else 2e-3) == 1.0
 
 
 # ---- errors: each backend checks its input and its artefact -------------------------------------
@@ -130,6 +96,15 @@ def test_ort_refuses_a_replaced_onnx_file(artifact_dir, tmp_path, spec):
     spec.replace(onnx_sha256="0" * 64).save(folder / SPEC_FILE)
     with pytest.raises(SpecMismatchError, match="sha256 .* spec.json expects 000000000000"):
         OrtBackend(folder)
+
+
+def test_ort_refuses_a_replaced_fp16_graph(artifact_dir, tmp_path, spec):
+    folder = _copy(artifact_dir, tmp_path)
+    spec.replace(onnx_fp16_sha256=file_sha256(folder / ONNX_FP16_FILE)).save(folder / SPEC_FILE)
+    OrtBackend(folder, precision="fp16").close()  # the recorded one is served
+    (folder / ONNX_FP16_FILE).write_bytes((folder / ONNX_FILE).read_bytes())  # another export's file
+    with pytest.raises(SpecMismatchError, match=r"model.fp16.onnx has sha256 .* \(onnx_fp16_sha256\)"):
+        OrtBackend(folder, precision="fp16")
 
 
 def test_ort_refuses_a_graph_with_other_tensor_names(artifact_dir, spec):
@@ -236,8 +211,134 @@ def test_trt_backend_checks_the_sidecar_first(artifact_dir, tmp_path):
     folder = _copy(artifact_dir, tmp_path)  # no sidecar: refused before any GPU or plan is touched
     driver = types.ModuleType("pycuda.driver")  # no init(): touching CUDA would fail the test
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3.9"))
+        mp.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3.9", Builder=object))
         mp.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=driver))
         mp.setitem(sys.modules, "pycuda.driver", driver)
         with pytest.raises(ArtifactError, match="no plan sidecar"):
             TrtBackend(folder)
+
+
+# ---- ONNX Runtime on a GPU build: stand-in sessions that compute on the CPU and record the binding ----
+
+def _gpu_ort(monkeypatch, *, cuda_loads: bool) -> list[tuple]:
+    """Install an onnxruntime that offers CUDA; return the log of (session providers, bind_output args).
+
+    Like the real one when the CUDA provider fails to load (missing cuDNN...), the session then silently
+    runs on the CPU provider only.
+    """
+    real = pytest.importorskip("onnxruntime")
+    log: list[tuple] = []
+
+    class Binding:
+        def __init__(self, session):
+            self.session, self.feeds = session, {}
+
+        def bind_cpu_input(self, name, array):
+            self.feeds[name] = array
+
+        def bind_output(self, *args):
+            log.append(("bind_output", *args))
+
+        def copy_outputs_to_cpu(self):
+            return self.outputs
+
+    class Session:
+        def __init__(self, path, options, providers, provider_options):
+            log.append(("session", tuple(providers), tuple(map(tuple, (o.items() for o in provider_options)))))
+            self._real = real.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self._providers = providers if cuda_loads else ["CPUExecutionProvider"]
+
+        def get_providers(self):
+            return list(self._providers)
+
+        def get_inputs(self):
+            return self._real.get_inputs()
+
+        def get_outputs(self):
+            return self._real.get_outputs()
+
+        def io_binding(self):
+            return Binding(self)
+
+        def run_with_iobinding(self, binding):
+            binding.outputs = self._real.run(None, binding.feeds)
+
+    fake = types.SimpleNamespace(
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        InferenceSession=Session, SessionOptions=real.SessionOptions,
+        GraphOptimizationLevel=real.GraphOptimizationLevel, ExecutionMode=real.ExecutionMode)
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    return log
+
+
+def test_ort_binds_the_output_on_the_sessions_own_gpu(artifact_dir, monkeypatch, make_images, reference):
+    log = _gpu_ort(monkeypatch, cuda_loads=True)
+    images = make_images(3)
+    with OrtBackend(artifact_dir, device="cuda:1") as backend:
+        assert backend.device == "cuda:1"
+        np.testing.assert_allclose(backend(images), reference(images), atol=1e-5)
+    assert log[0][1] == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert log[0][2][0] == (("device_id", 1),)
+    assert log[1] == ("bind_output", "embeddings", "cuda", 1)  # not "cuda" alone: that is device 0
+
+
+def test_ort_refuses_a_silent_cpu_fallback_when_cuda_was_asked(artifact_dir, monkeypatch):
+    _gpu_ort(monkeypatch, cuda_loads=False)
+    with pytest.raises(BackendUnavailableError, match=r"'cuda' asked for, but onnxruntime's CUDA provider "
+                                                      r"did not load .*\['CPUExecutionProvider'\]"):
+        OrtBackend(artifact_dir, device="cuda")
+
+
+def test_ort_auto_fallback_is_labelled_cpu(artifact_dir, monkeypatch, caplog, make_images):
+    log = _gpu_ort(monkeypatch, cuda_loads=False)
+    with Embedder(artifact_dir, backend="ort") as emb:
+        assert emb.device == "cpu" and emb._backend.providers == ["CPUExecutionProvider"]
+        emb(make_images(2))
+    assert log[-1] == ("bind_output", "embeddings", "cpu")
+    assert "runs on the CPU" in caplog.text
+
+
+def test_an_empty_tensorrt_namespace_is_not_tensorrt(monkeypatch):
+    """tensorrt-stubs leaves a `tensorrt/` folder that imports as an empty namespace package."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    ok, why = trt_available()
+    assert not ok and "has no 'Builder'" in why and "jlml-engine[trt]" in why
+
+
+def test_a_sidecar_never_holds_an_unknown_compute_capability(spec):
+    with pytest.raises(ArtifactError, match="compute capability 'unknown' is not 'major.minor'"):
+        _sidecar(spec, compute_capability="unknown")
+
+
+# ---- one backend table, one device parser --------------------------------------------------------
+
+def test_the_backend_table_names_every_backend_and_why_it_cannot_run():
+    assert set(BACKENDS) == {"trt", "ort", "torch"} and backend_class("ort") is OrtBackend
+    assert backend_available("ort", "cpu")[0] and backend_available("torch", "cpu")[0]
+    if not torch.cuda.is_available():
+        ok, why = backend_available("torch", "cuda")
+        assert not ok and "sees no CUDA GPU" in why
+    with pytest.raises(InputError, match="unknown backend 'onnx'"):
+        backend_class("onnx")
+
+
+def test_gallery_and_embedder_share_one_device_parser(artifact_dir):
+    from engine.gallery import Gallery
+
+    assert Gallery(8, device="auto").device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    for wrong in ("gpu0", "cuda:x"):
+        with pytest.raises(InputError, match=f"device {wrong!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            Gallery(8, device=wrong)
+        with pytest.raises(InputError, match=f"device {wrong!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            Embedder(artifact_dir, backend="ort", device=wrong)
+
+
+@pytest.mark.parametrize(("module", "extra"), [("onnxruntime", "[ort]"), ("tensorrt", "[trt]"),
+                                                ("pycuda.driver", "[trt]"), ("onnxslim", "[simplify]")])
+def test_one_optional_import_helper_names_the_extra(monkeypatch, module, extra):
+    from engine.backends.optional import is_installed, optional_import
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(BackendUnavailableError, match=re.escape(f"jlml-engine{extra}")):
+        optional_import(module, needed_for="this test")
+    assert not is_installed(module)

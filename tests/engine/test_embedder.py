@@ -119,18 +119,18 @@ def _folder_with_plan(artifact_dir, tmp_path):
     return folder
 
 
-def test_auto_uses_onnx_runtime_without_tensorrt(artifact_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_backend, "available", lambda: (False, "no TensorRT in this test"))
+def test_auto_uses_onnx_runtime_without_tensorrt(artifact_dir, tmp_path, caplog):
     for folder in (artifact_dir, _folder_with_plan(artifact_dir, tmp_path)):
         with Embedder(folder) as emb:
             assert emb.backend_name == "ort"
+    assert "not model.plan: the 'trt' backend needs tensorrt" in caplog.text  # one line for the plan
 
 
-def test_auto_prefers_tensorrt_when_it_can_run_the_plan(artifact_dir, tmp_path, monkeypatch):
-    opened = []
+def test_auto_prefers_tensorrt_when_the_plan_fits(artifact_dir, tmp_path, monkeypatch):
+    opened, asked = [], []
 
     class FakeTrt:  # stands in for TrtBackend: only the choice made by "auto" is under test
-        name, max_batch = "trt", 8
+        name, max_batch, device = "trt", 8, "cuda:0"
 
         def __init__(self, folder, spec, *, device, precision):
             self.precision = precision
@@ -139,12 +139,16 @@ def test_auto_prefers_tensorrt_when_it_can_run_the_plan(artifact_dir, tmp_path, 
         def close(self):
             pass
 
-    monkeypatch.setattr(trt_backend, "available", lambda: (True, "pretend"))
+    def fits(folder, spec, *, device, precision):
+        asked.append((device, precision))
+        return None
+
+    monkeypatch.setattr(trt_backend, "unfit_reason", fits)
     monkeypatch.setattr(trt_backend, "TrtBackend", FakeTrt)
     folder = _folder_with_plan(artifact_dir, tmp_path)
     with Embedder(folder, precision="fp16") as emb:
         assert emb.backend_name == "trt" and emb.batch_size == 8
-    assert opened == [(folder, "auto", "fp16")]
+    assert opened == [(folder, "auto", "fp16")] and asked == [("auto", "fp16")]
     with Embedder(folder, device="cpu") as emb:  # TensorRT never serves device='cpu'
         assert emb.backend_name == "ort"
 
@@ -155,3 +159,22 @@ def test_torch_compile_matches_eager(tiny_module, spec, make_images, reference):
     images = make_images(16, seed=7)
     with Embedder.from_module(tiny_module, spec, device=device, compile=True) as emb:
         np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [2.5, "8", True])
+def test_batch_size_that_is_not_a_whole_number(artifact_dir, batch_size):
+    with pytest.raises(InputError, match=f"batch_size must be a whole number of images, got {batch_size!r}"):
+        Embedder(artifact_dir, backend="ort", batch_size=batch_size)
+
+
+def test_a_spec_whose_input_size_disagrees_with_the_graph_fails_at_open(artifact_dir, tmp_path, spec):
+    folder = tmp_path / "artefact"
+    shutil.copytree(artifact_dir, folder)
+    spec.replace(height=64).save(folder / "spec.json")
+    with pytest.raises(SpecMismatchError, match=r"takes \(N, 32, 16, 3\) images .* spec says \(N, 64, 16, 3\)"):
+        Embedder(folder, backend="ort", device="cpu")
+
+
+def test_a_model_file_instead_of_the_folder_says_to_pass_the_folder(artifact_dir):
+    with pytest.raises(InputError, match=f"model.onnx is a file; pass the artefact folder that holds it \\({artifact_dir}\\)"):
+        Embedder(artifact_dir / "model.onnx")

@@ -11,6 +11,7 @@ Real TensorRT runs in the conformance test.
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from itertools import count
 
@@ -22,7 +23,7 @@ from engine.backends.plan_sidecar import PlanSidecar
 from engine.backends.trt import TrtBackend, available
 from engine.embedder import Embedder
 from engine.errors import ArtifactError, InputError, SpecMismatchError
-from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE
+from engine.spec import PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE, ModelSpec, file_sha256
 
 GPU, CAPABILITY, VERSION = "Fake GPU", (9, 0), "10.13.3.9"
 
@@ -90,11 +91,47 @@ def _fake_cuda() -> types.ModuleType:
             if self.stream is not None:
                 self.stream.run_until(self.marker)
 
-    context = types.SimpleNamespace(push=lambda: None, pop=lambda: None, detach=lambda: None)
-    device = types.SimpleNamespace(name=lambda: GPU, compute_capability=lambda: CAPABILITY,
-                                   retain_primary_context=lambda: context)
+    class Context:
+        """pycuda's Context: a per-thread stack of current contexts; detach() pushes nothing back here
+        but is recorded, since the backend must never detach the shared primary context."""
+
+        def push(self):
+            cuda.current.stack = [*getattr(cuda.current, "stack", []), self]
+
+        def pop(self):
+            stack = getattr(cuda.current, "stack", [])
+            if not stack or stack[-1] is not self:
+                raise RuntimeError("cuCtxPopCurrent failed: this context is not current on this thread")
+            cuda.current.stack = stack[:-1]
+
+        def detach(self):
+            cuda.detached.append(self)
+
+    class Device:
+        visible = 1
+
+        def __init__(self, index: int) -> None:
+            if not 0 <= index < Device.visible:
+                raise RuntimeError(f"cuDeviceGet failed: invalid device ordinal {index}")
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return Device.visible
+
+        def name(self) -> str:
+            return GPU
+
+        def compute_capability(self) -> tuple[int, int]:
+            return CAPABILITY
+
+        def retain_primary_context(self) -> Context:
+            cuda.retained.append(self.index)
+            return Context()
+
     cuda.__dict__.update(
-        init=lambda: None, Device=lambda index: device, Error=RuntimeError, memory=memory, log=[],
+        current=threading.local(), retained=[], detached=[],
+        init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
         streams={}, pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod,
         memcpy_dtoh_async=dtoh, Event=Event, Stream=lambda: _Stream(cuda),
     )
@@ -153,7 +190,7 @@ def _fake_trt(cuda, ort_backend: OrtBackend, min_batch: int) -> types.SimpleName
         def __init__(self, level: int) -> None:
             self.level = level
 
-    return types.SimpleNamespace(__version__=VERSION, Logger=Logger, Runtime=lambda logger: runtime,
+    return types.SimpleNamespace(__version__=VERSION, Builder=object, Logger=Logger, Runtime=lambda logger: runtime,
                                  TensorIOMode=io_mode, DataType=dtypes, faults=faults)
 
 
@@ -162,8 +199,8 @@ def fake_plan_folder(artifact_dir, tmp_path, monkeypatch):
     """``make(min_batch)`` -> an artefact folder with a sidecar for the fake GPU, fakes installed."""
     pytest.importorskip("onnxruntime")  # the stand-ins compute with it; the real-GPU test does not
 
-    def make(min_batch: int = 1):
-        folder = tmp_path / f"plan{min_batch}"
+    def make(min_batch: int = 1, precision: str = "fp32"):
+        folder = tmp_path / f"plan{min_batch}{precision}"
         folder.mkdir()
         for f in artifact_dir.iterdir():
             (folder / f.name).write_bytes(f.read_bytes())
@@ -171,7 +208,7 @@ def fake_plan_folder(artifact_dir, tmp_path, monkeypatch):
         ort_backend = OrtBackend(folder, device="cpu")
         cuda = _fake_cuda()
         PlanSidecar(VERSION, GPU, CAPABILITY, ort_backend.spec.onnx_sha256, min_batch, 16,
-                    ort_backend.spec.max_batch, "fp32").save(folder / PLAN_SIDECAR_FILE)
+                    ort_backend.spec.max_batch, precision).save(folder / PLAN_SIDECAR_FILE)
         monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=cuda))
         monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
         monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(cuda, ort_backend, min_batch))
@@ -191,6 +228,16 @@ def test_trt_path_gives_the_reference_answers(fake_plan_folder, make_images, ref
 def test_trt_refuses_a_plan_for_another_precision(fake_plan_folder):
     with pytest.raises(SpecMismatchError, match="precision: plan has 'fp32', here 'fp16'"):
         TrtBackend(fake_plan_folder(), precision="fp16")
+
+
+def test_trt_refuses_a_plan_the_spec_does_not_fingerprint(fake_plan_folder):
+    folder = fake_plan_folder()
+    spec = ModelSpec.load(folder)
+    spec.replace(plan_sha256=file_sha256(folder / PLAN_FILE)).save(folder / SPEC_FILE)
+    TrtBackend(folder).close()
+    (folder / PLAN_FILE).write_bytes(b"a plan of another export")
+    with pytest.raises(SpecMismatchError, match=r"model.plan has sha256 .* \(plan_sha256\)"):
+        TrtBackend(folder)
 
 
 def _fakes() -> tuple[types.ModuleType, types.SimpleNamespace]:
@@ -270,15 +317,101 @@ def test_an_abandoned_pipeline_does_not_corrupt_the_next(fake_plan_folder, make_
     np.testing.assert_allclose(np.concatenate(outputs), reference(second), atol=1e-5)
 
 
-@pytest.mark.gpu
-@pytest.mark.trt
-def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_images):
-    """The same pipeline on real TensorRT and CUDA, after an abandoned run left work in a slot."""
+# ---- backend "auto": the plan only where it fits (issue 10 #1) ----------------------------------------
+
+def test_available_counts_the_visible_gpus(fake_plan_folder):
+    fake_plan_folder()
+    assert available() == (True, f"TensorRT {VERSION} on {GPU}")
+    assert not available("cuda:1")[0] and "CUDA sees 1 GPU" in available("cuda:1")[1]
+    _fakes()[0].Device.visible = 0
+    assert available() == (False, available()[1]) and "CUDA sees 0 GPU" in available()[1]
+
+
+def test_auto_serves_a_fitting_plan_with_tensorrt(fake_plan_folder, make_images, reference):
+    images = make_images(5)
+    with Embedder(fake_plan_folder()) as emb:  # fp32 plan, default precision fp32
+        assert (emb.backend_name, emb.precision, emb.device) == ("trt", "fp32", "cuda:0")
+        np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
+
+
+def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_plan_folder, caplog):
+    folder = fake_plan_folder(precision="fp16")  # what export builds by default
+    with Embedder(folder) as emb:  # precision fp32 (the default): the fp16 plan does not serve it
+        assert (emb.backend_name, emb.precision) == ("ort", "fp32")
+    lines = [r.getMessage() for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    assert len(lines) == 1 and "precision: plan has 'fp16', here 'fp32'" in lines[0]
+    with Embedder(folder, precision="fp16") as emb:
+        assert (emb.backend_name, emb.precision) == ("trt", "fp16")
+    sys.modules["tensorrt"].__version__ = "11.4.0.106"  # another TensorRT: the plan cannot load
+    caplog.clear()
+    with Embedder(folder, precision="fp16") as emb:
+        assert emb.backend_name == "ort"
+    assert "tensorrt_version: plan has '10.13.3.9', here '11.4.0.106'" in caplog.text
+
+
+def test_an_explicit_trt_backend_that_does_not_fit_stays_an_error(fake_plan_folder):
+    with pytest.raises(SpecMismatchError, match="precision: plan has 'fp16', here 'fp32'"):
+        Embedder(fake_plan_folder(precision="fp16"), backend="trt")
+
+
+# ---- one retained primary context per device, only pushed and popped (issue 10 #8) -------------------
+
+def test_backends_share_one_retained_primary_context_and_leave_none_current(fake_plan_folder, make_images):
+    folder = fake_plan_folder()
+    cuda = _fakes()[0]
+    for _ in range(3):
+        with TrtBackend(folder) as backend:
+            backend(make_images(2))
+        assert getattr(cuda.current, "stack", []) == []  # nothing left pushed on this thread
+    assert cuda.retained == [0] and cuda.detached == []
+
+
+# ---- threads (issue 10 #12) ------------------------------------------------------------------------
+
+def _embed_in_threads(emb: Embedder, inputs: list[np.ndarray], repeats: int = 1) -> dict[int, np.ndarray]:
+    """Each input embedded ``repeats`` times by its own thread, all started together on one Embedder."""
+    results: dict[int, np.ndarray] = {}
+    barrier = threading.Barrier(len(inputs))
+
+    def work(t: int) -> None:
+        barrier.wait()
+        results[t] = np.concatenate([emb(inputs[t]) for _ in range(repeats)])
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, reference):
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so interleaved calls really interleave
+    try:
+        inputs = [make_images(40, seed=100 + t) for t in range(6)]
+        with Embedder(fake_plan_folder(), backend="trt", batch_size=8) as emb:
+            results = _embed_in_threads(emb, inputs, repeats=3)
+    finally:
+        sys.setswitchinterval(interval)
+    for t, images in enumerate(inputs):
+        np.testing.assert_allclose(results[t], np.concatenate([reference(images)] * 3), atol=1e-5)
+
+
+@pytest.fixture
+def real_fp32_plan(plan_folder):
+    """A real fp32 plan of the tiny model, where TensorRT and a GPU are (else skip with the reason)."""
     ok, why = available()
     if not ok:
         pytest.skip(why)
+    return plan_folder("fp32")
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(real_fp32_plan, make_images):
+    """The same pipeline on real TensorRT and CUDA, after an abandoned run left work in a slot."""
     batches = _uneven_batches(make_images(132, seed=5))
-    with TrtBackend(plan_folder("fp32")) as backend:
+    with TrtBackend(real_fp32_plan) as backend:
         abandoned = backend.run_batches(batches[::-1])
         next(abandoned)
         del abandoned
@@ -286,3 +419,15 @@ def test_real_tensorrt_pipeline_matches_one_batch_at_a_time(plan_folder, make_im
         single = [backend(batch) for batch in batches]
     for got, alone in zip(piped, single, strict=True):
         np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_real_tensorrt_threads_get_their_own_rows(real_fp32_plan, make_images):
+    """Threads sharing one real TrtBackend (a worker each) give what one thread alone gives."""
+    inputs = [make_images(70, seed=200 + t) for t in range(4)]
+    with Embedder(real_fp32_plan, backend="trt") as emb:
+        alone = [emb(images) for images in inputs]
+        results = _embed_in_threads(emb, inputs)
+    for t, expected in enumerate(alone):
+        np.testing.assert_allclose(results[t], expected, rtol=0, atol=1e-6)

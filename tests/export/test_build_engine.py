@@ -1,7 +1,6 @@
 """The CLI end to end on a tiny real checkpoint: artefacts, parity, reruns and every failure exit code."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -9,12 +8,13 @@ import onnx
 import pytest
 import torch
 
+from engine.backends.optional import is_installed
+from engine.parity import cosine_rows
 from engine.spec import ModelSpec, file_sha256
 from export import build_engine
-from export._ort import ort_embed
-from export.parity import cosine_rows
+from export.onnx_export import serve_graph
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRT = is_installed("tensorrt", "Builder")
 ARGS = ["--min-batch", "1", "--opt-batch", "8", "--max-batch", "64"]
 
 
@@ -34,7 +34,7 @@ def test_artefacts_are_complete_and_consistent(built, tiny_model, random_images,
         proto = onnx.load(str(built / name))
         assert (proto.ir_version, proto.opset_import[0].version) == (spec.ir_version, spec.opset)
     images = random_images(7, spec, seed=9)
-    assert cosine_rows(torch_embed(tiny_model, images), ort_embed(built / "model.onnx", images)).min() >= 0.99999
+    assert cosine_rows(torch_embed(tiny_model, images), serve_graph(built / "model.onnx", spec, images)).min() >= 0.99999
     parity = json.loads((built / "parity.json").read_text())
     assert parity["graphs"]["fp32"]["min_cosine"] >= 0.99999 and parity["graphs"]["fp16"]["min_cosine"] >= 0.999
     assert all(g["passed"] for g in parity["graphs"].values())
@@ -47,7 +47,7 @@ def test_artefacts_are_complete_and_consistent(built, tiny_model, random_images,
 def test_skipped_plan_is_one_line_and_require_trt_fails(checkpoint, tmp_path, capsys):
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "a"), "--no-fp16", "--no-simplify"]) == 0
     skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped model.plan" in line]
-    assert len(skipped) == 1 and "TensorRT is not importable" in skipped[0]
+    assert len(skipped) == 1 and "needs tensorrt" in skipped[0] and "jlml-engine[trt]" in skipped[0]
     assert not (tmp_path / "a" / "model.fp16.onnx").exists()
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "b"), "--require-trt"]) == 2
     assert "jlml-engine[trt]" in capsys.readouterr().err and not (tmp_path / "b").exists()
@@ -85,7 +85,7 @@ def test_parity_failure_exits_1_and_publishes_nothing(checkpoint, tmp_path, monk
     out = tmp_path / "out"
     assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify"]) == 1
     assert "parity below threshold" in capsys.readouterr().err
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_corrupt_checkpoint_exits_2(checkpoint, tmp_path, capsys):
@@ -126,3 +126,164 @@ def test_engine_ort_backend_serves_the_folder(built, precision, tiny_model, rand
     with OrtBackend(built, precision=precision) as backend:
         got = backend(images)
     assert cosine_rows(torch_embed(tiny_model, images), got).min() >= (0.99999 if precision == "fp32" else 0.999)
+
+
+# ---- with TensorRT (stand-ins): the plan runs through the engine before it is published -------------
+
+@pytest.fixture
+def with_tensorrt(monkeypatch):
+    """Stand-in TensorRT 10 builder and pycuda; ``serve(backend_class)`` sets what Embedder's "trt" opens."""
+    import sys
+    import types
+
+    from _trt_standin import make_pycuda, make_tensorrt
+
+    import engine.backends.trt as trt_backend
+
+    cuda = make_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.13.3.9"))
+    monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=cuda))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    return lambda backend: monkeypatch.setattr(trt_backend, "TrtBackend", backend)
+
+
+def _plan_backend(wrong_rows: bool = False):
+    """The engine's TensorRT backend as it would serve the staged plan: the graph of the plan's
+    precision on ONNX Runtime (``wrong_rows``: a plan that returns its rows in the wrong order)."""
+    from engine.backends.ort import OrtBackend
+    from engine.backends.plan_sidecar import PlanSidecar
+
+    class PlanBackend(OrtBackend):
+        name = "trt"
+        opened: list = []
+
+        def __init__(self, folder, spec=None, *, device="auto", precision=None):
+            sidecar = PlanSidecar.load(folder / "model.plan.json")
+            assert json.loads((folder / "model.plan").read_text())["strongly_typed"]
+            PlanBackend.opened.append((sidecar.precision, precision))
+            super().__init__(folder, spec, device="cpu", precision=sidecar.precision)
+
+        def _run(self, batch):
+            out = super()._run(batch)
+            return out[::-1].copy() if wrong_rows else out
+    return PlanBackend
+
+
+def test_the_plan_is_measured_through_the_engine_and_recorded(checkpoint, tmp_path, with_tensorrt):
+    backend = _plan_backend()
+    with_tensorrt(backend)
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    assert backend.opened == [("fp16", "fp16")]
+    plan = json.loads((out / "parity.json").read_text())["graphs"]["plan"]
+    assert plan["passed"] and plan["min_cosine"] >= 0.999 and plan["threshold"] == 0.999
+    config = (out / "triton" / "jlml_trt" / "config.pbtxt").read_text()
+    assert 'string_value: "10.13.3.9"' in config
+
+
+def test_a_plan_that_fails_parity_is_not_published(checkpoint, tmp_path, with_tensorrt, capsys):
+    with_tensorrt(_plan_backend(wrong_rows=True))
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS]) == 1
+    assert "plan: min cosine" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_min_batch_above_1_leaves_the_plan_out_of_triton_and_says_so(checkpoint, tmp_path, with_tensorrt,
+                                                                     capsys):
+    with_tensorrt(_plan_backend())
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--min-batch", "2",
+                              "--opt-batch", "8", "--max-batch", "64"]) == 0
+    assert (out / "model.plan").is_file() and not (out / "triton" / "jlml_trt").exists()
+    assert "no jlml_trt model: the TensorRT profile starts at batch 2" in capsys.readouterr().out
+
+
+# ---- publishing: the old artefact set or the new one, never a mix (issue 15 #2) -------------------------
+
+def _consistent(out):
+    """Every file of the folder is the one its spec.json fingerprints."""
+    spec = ModelSpec.load(out)
+    assert spec.onnx_sha256 == file_sha256(out / "model.onnx")
+    fp16 = out / "model.fp16.onnx"
+    assert spec.onnx_fp16_sha256 == (file_sha256(fp16) if fp16.exists() else "")
+    plan = out / "model.plan"
+    assert spec.plan_sha256 == (file_sha256(plan) if plan.exists() else "")
+    return spec
+
+
+def test_build_is_a_typed_call_returning_what_it_published(checkpoint, tmp_path):
+    options = build_engine.BuildOptions(min_batch=1, opt_batch=8, max_batch=64, simplify=False)
+    result = build_engine.build(checkpoint, tmp_path / "out", options)
+    assert result.out == tmp_path / "out" and result.spec == _consistent(result.out)
+    assert {"model.onnx", "model.fp16.onnx", "spec.json", "parity.json", "triton"} <= set(result.files)
+    assert [r.graph for r in result.parity] == ["fp32", "fp16"] and all(r.passed for r in result.parity)
+    assert HAS_TRT or "needs tensorrt" in result.plan_skipped
+
+
+def test_a_build_killed_before_publishing_leaves_the_old_set_whole(checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def killed(stage, target):
+        raise KeyboardInterrupt  # the process dies after staging the new set, before the swap
+    monkeypatch.setattr(build_engine, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    _consistent(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging removed
+
+
+def test_a_failed_swap_puts_the_old_set_back(checkpoint, tmp_path, monkeypatch):
+    import os
+
+    from export import publish as publish_module
+
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    old_spec = (out / "spec.json").read_text()
+    real_rename, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # out moved aside, the new set cannot be moved in
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+    monkeypatch.setattr(publish_module, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(publish_module.os, "rename", flaky)
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS]) == 2
+    assert (out / "spec.json").read_text() == old_spec and (out / "model.fp16.onnx").exists()
+    _consistent(out)
+
+
+def test_a_rebuild_replaces_the_whole_set(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS]) == 0
+    assert not (out / "model.fp16.onnx").exists() and _consistent(out).onnx_fp16_sha256 == ""
+
+
+def test_stale_build_folders_of_killed_runs_are_removed_with_a_line(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    legacy = out / ".build-abc123"  # inside the folder, as builds before the swap left them
+    dead = tmp_path / ".build-out-999999999-xyz"  # beside it, from a process that is gone
+    live = tmp_path / f".build-out-{__import__('os').getppid()}-xyz"  # a running build: left alone
+    for folder in (legacy, dead, live):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x" * 1000)
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--no-fp16", *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert not legacy.exists() and not dead.exists() and live.exists()
+    assert f"removed {legacy}, left by an earlier build that was killed" in printed and str(dead) in printed
+
+
+def test_an_out_folder_holding_other_files_is_refused(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert build_engine.main([str(checkpoint), "--out", str(out)]) == 2
+    assert "holds files that are not artefacts (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"

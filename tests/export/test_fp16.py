@@ -6,9 +6,9 @@ import onnx
 import pytest
 
 from engine.errors import ArtifactError
-from export._ort import ort_embed
+from engine.parity import cosine_rows
 from export.fp16 import check_fp16_graph
-from export.parity import cosine_rows
+from export.onnx_export import serve_graph
 
 
 def test_fp16_graph_has_fp32_io_and_fp16_weights(fp16_onnx, tiny_spec):
@@ -23,7 +23,7 @@ def test_fp16_graph_has_fp32_io_and_fp16_weights(fp16_onnx, tiny_spec):
 
 def test_fp16_graph_runs_close_to_fp32_model(fp16_onnx, tiny_model, tiny_spec, random_images, torch_embed):
     images = random_images(7, tiny_spec, seed=1)
-    got = ort_embed(fp16_onnx, images)
+    got = serve_graph(fp16_onnx, tiny_spec, images)
     assert got.dtype == np.float32
     assert cosine_rows(torch_embed(tiny_model, images), got).min() >= 0.999
 

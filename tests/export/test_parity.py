@@ -1,4 +1,4 @@
-"""Parity figures: cosine, max diff and tie-aware top-k agreement, measured on the tiny model."""
+"""Export parity: measured through the engine (Embedder) on a staged artefact, gating, parity.json."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,14 @@ import pytest
 from PIL import Image
 
 from engine.errors import InputError, ParityError
+from engine.parity import compare
+from engine.spec import SPEC_FILE, file_sha256
 from export.parity import (
     COSINE_THRESHOLDS,
     check_parity,
-    compare,
     measure_parity,
+    reference_embeddings,
     sample_images,
-    topk_agreement,
     write_parity,
 )
 
@@ -23,44 +24,43 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def test_identical_embeddings_agree_fully():
-    emb = _unit(np.random.default_rng(0).normal(size=(10, 8)))
-    result = compare("fp32", emb, emb.copy(), threshold=0.99999, k=3)
-    assert result.min_cosine == pytest.approx(1.0) and result.max_abs_diff == 0.0
-    assert result.topk_agreement == 1.0 and result.passed
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, fp32_onnx, fp16_onnx, tiny_spec):
+    """A staged artefact folder: both graphs and a spec fingerprinting them."""
+    folder = tmp_path_factory.mktemp("staged")
+    for name, source in (("model.onnx", fp32_onnx), ("model.fp16.onnx", fp16_onnx)):
+        (folder / name).write_bytes(source.read_bytes())
+    tiny_spec.replace(onnx_sha256=file_sha256(folder / "model.onnx"),
+                      onnx_fp16_sha256=file_sha256(folder / "model.fp16.onnx")).save(folder / SPEC_FILE)
+    return folder
 
 
-def test_swapping_tied_neighbours_is_not_a_disagreement():
-    # Rows 1 and 2 are equally close to row 0; a test that ranks them the other way still agrees.
-    ref = _unit(np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.8, 0.0, 0.6], [-1.0, 0.0, 0.0]]))
-    test = ref.copy()
-    test[2] = _unit(np.array([[0.81, 0.0, 0.59]]))[0]  # row 2 now slightly closer to row 0 than row 1
-    assert topk_agreement(ref, test, k=1, tie_tol=1e-6) == 1.0
-
-
-def test_a_wrong_neighbour_lowers_agreement():
-    # Three pairs of points 10 degrees apart; the point at 90 degrees jumps to 5 degrees in the test.
-    angles = np.deg2rad([0, 10, 90, 100, 180, 190])
-    ref = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    test = ref.copy()
-    test[2] = [np.cos(np.deg2rad(5)), np.sin(np.deg2rad(5))]
-    # Rows 0, 1 (new neighbour), 2 (moved) and 3 (lost its neighbour) disagree; the 180/190 pair agrees.
-    assert topk_agreement(ref, test, k=1) == pytest.approx(2 / 6)
-
-
-def test_topk_needs_two_rows():
-    with pytest.raises(InputError):
-        topk_agreement(np.ones((1, 4)), np.ones((1, 4)), k=1)
-
-
-def test_measured_on_the_tiny_model(tiny_model, fp32_onnx, fp16_onnx, tiny_spec, random_images):
-    results = {r.graph: r for r in measure_parity(tiny_model, {"fp32": fp32_onnx, "fp16": fp16_onnx},
-                                                  random_images(32, tiny_spec, seed=5))}
+def test_measured_through_the_engine_on_the_tiny_model(tiny_model, staged, tiny_spec, random_images):
+    images = random_images(32, tiny_spec, seed=5)
+    targets = {"fp32": ("ort", "fp32"), "fp16": ("ort", "fp16")}
+    results = {r.graph: r for r in measure_parity(reference_embeddings(tiny_model, images), staged, targets, images)}
     assert results["fp32"].min_cosine >= COSINE_THRESHOLDS["fp32"]
     assert results["fp16"].min_cosine >= COSINE_THRESHOLDS["fp16"]
     assert results["fp32"].max_abs_diff < 1e-4 and results["fp16"].max_abs_diff < 1e-1
     assert results["fp32"].topk_agreement >= 0.95 and results["fp16"].topk_agreement >= 0.8
     check_parity(list(results.values()))
+
+
+def test_a_replaced_graph_in_the_stage_is_refused(tiny_model, staged, tiny_spec, random_images, tmp_path):
+    """Measured on the served path: the engine's fingerprint check applies to parity too."""
+    import shutil
+
+    folder = tmp_path / "stage"
+    shutil.copytree(staged, folder)
+    (folder / "model.fp16.onnx").write_bytes((folder / "model.onnx").read_bytes())
+    images = random_images(4, tiny_spec)
+    with pytest.raises(Exception, match="onnx_fp16_sha256"):
+        measure_parity(reference_embeddings(tiny_model, images), folder, {"fp16": ("ort", "fp16")}, images)
+
+
+def test_unknown_precision_has_no_threshold(staged, tiny_spec, random_images):
+    with pytest.raises(InputError, match="no parity threshold for precisions"):
+        measure_parity(np.zeros((2, 16)), staged, {"x": ("ort", "int8")}, random_images(2, tiny_spec))
 
 
 def test_below_threshold_raises_naming_the_graph(tmp_path):
