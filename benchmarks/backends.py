@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import Embedder
+from engine.device import torch_device
 from engine.errors import InputError
 
 BASELINE = "torch-fp32"
@@ -47,11 +48,7 @@ def pick(names: list[str] | tuple[str, ...]) -> list[Candidate]:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda:0`` when PyTorch sees a GPU, else ``cpu``; ``cuda`` without one raises."""
-    import torch
-
-    from engine.backends.torch_backend import resolve_device as torch_device
-
-    return str(torch_device(torch, device))
+    return str(torch_device(device))
 
 
 def backend_device(cand: Candidate, device: str) -> str:

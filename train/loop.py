@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from engine.atomic import write_text
+from engine.device import parse_device, torch_device
 from engine.errors import BackendUnavailableError, CheckpointError, InputError
 
 from .checkpoint import (
@@ -116,8 +117,6 @@ class Runtime:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        from engine.backends.base import parse_device
-
         try:
             parse_device(self.device)
         except InputError as exc:
@@ -138,10 +137,8 @@ class Placement:
 
 def place(runtime: Runtime) -> Placement:
     """Resolve ``runtime`` here: CUDA must exist when asked for, ``amp`` needs CUDA."""
-    from engine.backends.torch_backend import resolve_device
-
     try:
-        device = resolve_device(torch, runtime.device)
+        device = torch_device(runtime.device, torch)
     except BackendUnavailableError as exc:
         raise InputError(f"--device {runtime.device}: this PyTorch sees no CUDA GPU; pass --device cpu "
                          "(or auto), or install a CUDA build of torch (see README)") from exc

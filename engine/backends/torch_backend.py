@@ -26,11 +26,6 @@ def _import_torch() -> Any:
     return optional_import("torch", needed_for="the 'torch' backend")
 
 
-def resolve_device(torch: Any, device: str) -> Any:
-    """The ``torch.device`` for ``device`` (the project's one device parser)."""
-    return torch_device(device, torch)
-
-
 def available(device: str = "auto") -> tuple[bool, str]:
     """Whether PyTorch can run on ``device`` here, and why (not)."""
     torch = _import_torch()
@@ -57,7 +52,7 @@ class TorchBackend(BaseBackend):
         self.spec = spec
         self.precision = check_precision(precision)
         self.max_batch = spec.max_batch
-        self.device = resolve_device(torch, device)
+        self.device = torch_device(device, torch)
         if precision == "fp16" and self.device.type != "cuda":
             raise InputError(
                 "precision 'fp16' with the 'torch' backend needs a CUDA device (CPU half convolutions "
