@@ -58,7 +58,8 @@ def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=positive_int, default=o.epochs, help="epochs (with --resume: may be more "
                    "than the run had, the schedule stretches)")
-    t.add_argument("--batch-size", type=positive_int, default=o.batch_size, help="images per step")
+    t.add_argument("--batch-size", type=positive_int, default=o.batch_size,
+                   help="images per step (under torchrun: the global batch, split over the processes)")
     t.add_argument("--lr", type=float, default=o.lr,
                    help=f"base learning rate (None: {', '.join(f'{k} {v}' for k, v in DEFAULT_LR.items())})")
     t.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default=o.optimizer, help="optimiser")
@@ -166,7 +167,7 @@ def _train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.out is None:
-        if distributed.world().size > 1:
+        if distributed.launched():
             print("error: under torchrun every process must write to one folder; pass --out", file=sys.stderr)
             return 2
         if args.resume is not None:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from engine.errors import InputError
 
 __all__ = ["GlobalBatchNorm2d", "ShardedBatches", "World", "barrier", "data_parallel", "destroy",
-           "gather_epoch", "is_main", "rank_seed", "setup", "shard", "world"]
+           "gather_epoch", "is_main", "launched", "rank_seed", "setup", "shard", "world"]
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _LAUNCH_HINT = "launch with `torchrun --nproc-per-node N -m train ...`, which sets them"
@@ -70,6 +70,12 @@ def _env_world() -> World:
         raise InputError(f"RANK={w.rank} WORLD_SIZE={w.size} LOCAL_RANK={w.local_rank}; expected "
                          f"0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0; {_LAUNCH_HINT}")
     return w
+
+
+def launched() -> bool:
+    """True when torchrun started this process as one of several (it never raises: a malformed
+    environment is reported by ``setup``)."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
 
 
 def _joined() -> bool:
