@@ -251,12 +251,13 @@ def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scale
 
 
 def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 loader: torch.utils.data.DataLoader, where: Placement, opts: TrainOptions, epoch: int,
-                 make_augment: AugmentFactory | None, net: torch.nn.Module | None = None) -> dict[str, Any]:
+                 loader: torch.utils.data.DataLoader, sampler: EpochBatches | distributed.ShardedBatches,
+                 where: Placement, opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None,
+                 net: torch.nn.Module | None = None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
     epoch_seed = distributed.rank_seed(opts.seed * 100_003 + epoch)
     torch.manual_seed(epoch_seed)
-    loader.sampler.set_epoch(epoch)
+    sampler.set_epoch(epoch)
     augment = make_augment(epoch_seed) if make_augment else None
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -323,6 +324,9 @@ def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement
     opt = make_optimizer(model, opts)
     if ck is None:
         return model, opt, 0, [], report
+    if ck.optimizer_state is None:
+        raise CheckpointError(f"cannot resume from {ck.path}: it holds weights but no optimiser state (it was "
+                              "not written by a training run); fine-tune from it with --init instead")
     opt.load_state_dict(ck.optimizer_state)
     return model, opt, ck.epoch, list(ck.extra.get("history", [])), None
 
@@ -355,7 +359,7 @@ def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *,
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(opts.schedule, epoch, opts.epochs)
         lr = opt.param_groups[0]["lr"]
-        stats = _train_epoch(model, loss_fn, opt, scaler, loader, where, opts, epoch, make_augment, net)
+        stats = _train_epoch(model, loss_fn, opt, scaler, loader, sampler, where, opts, epoch, make_augment, net)
         stats = distributed.gather_epoch(stats, sampler, where.device)
         history.append({"epoch": epoch + 1, **stats, "lr": lr, "time_s": time.perf_counter() - tic})
         if distributed.is_main():

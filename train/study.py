@@ -7,7 +7,8 @@ study without redoing work. After the runs, ``OUT/summary.json`` and ``OUT/summa
 and sample standard deviation over splits of every metric, per variant, and each variant's paired
 difference to ``joint`` on the same splits. A recipe with pre-training trains each variant once on the
 other data set in ``OUT/pretrain/<variant>/`` and starts every split from it. Exit codes: 0 done, 2 bad
-arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted.
+arguments, data, or a finished run made with another recipe (use a fresh --out), 130 interrupted
+(143 on SIGTERM).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from engine.atomic import write_text
 from engine.errors import CheckpointError
 
-from .cli import positive_int, run_cli
+from .cli import HelpFormatter, positive_int, run_cli
 from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
 from .runner import DataChoice, augment_factory, pretrain_state
@@ -211,15 +212,15 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="see train/recipes.py")
-    p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1 (default: 3)")
+    p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1")
     p.add_argument("--ablations", action="store_true",
                    help=f"also run every ablation variant: {', '.join(v for v in ABLATIONS if v != JOINT)}")
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), metavar="VARIANT",
                    help="run exactly these variants (overrides --ablations)")
-    p.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--out", type=Path, required=True, help="study folder, e.g. runs/study_viper")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
@@ -160,6 +161,20 @@ def test_bad_options_exit_2_with_the_flag_named(tmp_path, capsys):
         assert exit_.value.code == 2 and "expected a whole number" in capsys.readouterr().err
     assert main(_tiny(tmp_path / "c", "--device", "gpu")) == 2
     assert "--device 'gpu'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_or_amp_without_a_gpu_exit_2_before_loading_data(tmp_path, monkeypatch, capsys):
+    from train import runner
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the device was checked")
+
+    monkeypatch.setattr(runner.DataChoice, "load", no_loading)
+    assert main(_tiny(tmp_path / "a", "--device", "cuda")) == 2
+    assert "sees no CUDA GPU; pass --device cpu" in capsys.readouterr().err
+    assert main(_tiny(tmp_path / "b", "--amp")) == 2
+    assert "--amp (mixed precision) needs a CUDA device" in capsys.readouterr().err
 
 
 def test_random_bytes_as_resume_never_suggest_unsafe_loading(tmp_path, capsys):
