@@ -53,10 +53,12 @@ class DemoState:
 Stage = Callable[[DemoState], DemoState]
 
 
-def stage_data(state: DemoState) -> DemoState:
-    from .data import load_reid_set
+def _data_choice(state: DemoState) -> DataChoice:
+    return DataChoice("synthetic", options=state.data_options)
 
-    state.data = load_reid_set("synthetic", height=state.cfg.height, width=state.cfg.width, **state.data_options)
+
+def stage_data(state: DemoState) -> DemoState:
+    state.data = _data_choice(state).load(state.cfg)
     print(state.data.describe())
     return state
 
@@ -69,9 +71,8 @@ def stage_untrained(state: DemoState) -> DemoState:
 
 def stage_train(state: DemoState) -> DemoState:
     """Train into ``OUT/train`` (a demo run starts afresh: it overwrites the last demo's checkpoint)."""
-    data = DataChoice("synthetic", options=state.data_options)
     result = fit(state.cfg, state.data, state.opts, state.out / "train", make_augment=augment_factory(True),
-                 overwrite=True, record={"data": data.record()})
+                 overwrite=True, record={"data": _data_choice(state).record()})
     state.checkpoint = result.checkpoint
     state.results["trained (PyTorch)"] = evaluate_model(result.model, state.data)
     return state

@@ -92,11 +92,11 @@ def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = No
     from .loop import embed
 
     torch_emb = [embed(model, data.query_images), embed(model, data.gallery_images)]
-    rows = {PYTORCH: _metrics(*torch_emb, data)}
+    rows = {PYTORCH: _metrics(torch_emb[0], torch_emb[1], data)}
     if artifact_dir is None:
         return rows, None
     name, served = artifact_embeddings(artifact_dir, model, [data.query_images, data.gallery_images], **engine)
-    rows[name] = _metrics(*served, data)
+    rows[name] = _metrics(served[0], served[1], data)
     rows[DIFF] = {k: abs(rows[PYTORCH][k] - rows[name][k]) for k in rows[PYTORCH] if k != "num_query"}
     return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, served, strict=True)))
 
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                                           "dataset": choice.dataset, "split_seed": choice.split_seed,
                                           "data": choice.record(), "rows": rows,
                                           "max_embedding_diff": embedding_diff}, indent=2) + "\n")
+        print(f"numbers written to {args.json}")
     return rows
 
 

@@ -271,7 +271,7 @@ def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, sca
                                    labels, where.amp_dtype, net)
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0.0) + v.detach() * len(labels)
-        correct += (sum(t.softmax(1) for t in logits.values()).argmax(1) == labels).sum()
+        correct += (torch.stack([t.softmax(1) for t in logits.values()]).sum(0).argmax(1) == labels).sum()
         seen += len(labels)
         if opts.progress and step % 10 == 0:
             bar.set_postfix(loss=f"{float(sums['total']) / seen:.3f}", acc=f"{int(correct) / seen:.2f}")
@@ -320,7 +320,7 @@ def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement
     elif init is not None:
         report = load_init(model, init, init_source)
     layout = torch.channels_last if where.channels_last else torch.preserve_format
-    model.to(where.device, memory_format=layout)
+    model.to(where.device, memory_format=layout)  # type: ignore[call-overload]  # (stubs lack the keyword)
     opt = make_optimizer(model, opts)
     if ck is None:
         return model, opt, 0, [], report

@@ -114,6 +114,9 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # A new data set of a few hundred people in the Market-1501 layout (128x64 crops): the VIPeR recipe's
     # small network and Adam settings, calibrated on VIPeR's 316 training people, at Market's size and
     # with twice the epochs (several images per person instead of two). Pick it with --dataset.
+    # Measured once, on VIPeR split 0 laid out as a Market folder (316 train ids, 632 images): Rank-1
+    # 16.1, mAP 26.5, against 12.3 / 23.4 of the viper recipe on that split (one split, so within the
+    # noise of a split; FP16 ONNX: same Rank-1, mAP 26.5).
     "few_hundred_ids": Recipe("few_hundred_ids", "market1501", config={**_SMALL_NET, "width": 64},
                               options={**_CPU_OPTIONS, "epochs": 40}),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
