@@ -30,7 +30,7 @@ import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from engine.errors import InputError
+
+from .model import JLML
 
 __all__ = ["GlobalBatchNorm2d", "ShardedBatches", "World", "barrier", "data_parallel", "destroy",
            "gather_epoch", "is_main", "launched", "rank_seed", "setup", "shard", "world"]
@@ -173,7 +175,10 @@ class ShardedBatches:
         return sum(len(b) for b in self.global_batches()) // self.world.size
 
 
-def shard(batches: BatchSampler) -> BatchSampler | ShardedBatches:
+Sampler = TypeVar("Sampler", bound=BatchSampler)
+
+
+def shard(batches: Sampler) -> Sampler | ShardedBatches:
     """``batches`` itself in one process, else this rank's ``ShardedBatches`` of it."""
     return ShardedBatches(batches, world()) if _joined() else batches
 
@@ -209,18 +214,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             torch.stack([count, x64.sum(dim=(0, 2, 3)), x64.square().sum(dim=(0, 2, 3))])).unbind(0)
         mean = total / count
         var = squares / count - mean.square()
-        if self.track_running_stats:
-            self._update_running(mean.detach(), var.detach() * count / (count - 1).clamp(min=1))
+        rm, rv, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if self.track_running_stats and rm is not None and rv is not None and tracked is not None:
+            self._update_running(rm, rv, tracked, mean.detach(), var.detach() * count / (count - 1).clamp(min=1))
         shape = (1, -1, 1, 1)
         y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
     @torch.no_grad()
-    def _update_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
+    def _update_running(self, running_mean: Tensor, running_var: Tensor, tracked: Tensor, mean: Tensor,
+                        unbiased_var: Tensor) -> None:
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        running_mean.lerp_(mean.to(running_mean.dtype), factor)
+        running_var.lerp_(unbiased_var.to(running_var.dtype), factor)
 
 
 def _to_global_batch_norm(module: nn.Module) -> nn.Module:
@@ -240,7 +247,7 @@ def _to_global_batch_norm(module: nn.Module) -> nn.Module:
 class _Logits(nn.Module):
     """The training forward as one call (DDP hooks only ``forward``): images -> per-branch logits."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: JLML) -> None:
         super().__init__()
         self.model = model
 
@@ -248,7 +255,7 @@ class _Logits(nn.Module):
         return self.model.forward_head(self.model.forward_features(images))
 
 
-def data_parallel(model: nn.Module, device: torch.device) -> nn.Module | None:
+def data_parallel(model: JLML, device: torch.device) -> nn.Module | None:
     """In a process group: convert ``model``'s BatchNorm to global-batch statistics (in place) and
     return the DDP module whose call gives the training logits; in one process: None.
 
@@ -266,7 +273,8 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module | None:
     # torch 2.13 renamed broadcast_buffers (deprecated) to forward_sync_buffers; both keep the init sync.
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
         else "broadcast_buffers"
-    return ddp(_Logits(model), device_ids=[device.index] if device.type == "cuda" else None, **{no_sync: False})
+    options: dict[str, Any] = {no_sync: False, "device_ids": [device.index] if device.type == "cuda" else None}
+    return ddp(_Logits(model), **options)
 
 
 def gather_epoch(stats: dict[str, Any], sampler: object, device: torch.device) -> dict[str, Any]:

@@ -205,7 +205,8 @@ class TrainPixels(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]).long()
 
 
-def make_loader(data: ReidData, sampler: EpochBatches, where: Placement) -> torch.utils.data.DataLoader:
+def make_loader(data: ReidData, sampler: EpochBatches | distributed.ShardedBatches,
+                where: Placement) -> torch.utils.data.DataLoader:
     """Batches gathered by ``where.workers`` persistent processes into pinned memory when on CUDA.
 
     The loader gets its own generator so it never draws from the global RNG that seeds dropout.
