@@ -158,3 +158,13 @@ def test_two_gloo_processes_train_as_one_and_resume_in_one(tmp_path, capsys):
     assert [r["epoch"] for r in resumed] == [1, 2] and "world_size" not in resumed[1]
     assert np.isfinite(resumed[1]["loss"]["total"])
     _assert_same_weights(two, one)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl: one GPU per process)")
+def test_two_nccl_processes_train_as_one_gpu(tmp_path):
+    args = [*EXACT_ARGS, "--device", "cuda", "--epochs", "1"]
+    _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    [ddp], [single] = _log(tmp_path / "two"), _log(tmp_path / "one")
+    assert ddp["world_size"] == 2 and ddp["loss"]["total"] == pytest.approx(single["loss"]["total"], rel=1e-3)
