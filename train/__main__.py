@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .cli import HelpFormatter, ints, non_negative_int, parse_key_value, positive_int, run_cli
 from .config import BRANCHES, LOSSES, JLMLConfig
 from .loop import CHECKPOINT_FILE, DEFAULT_LR, SCHEDULES, Runtime, TrainOptions
@@ -57,7 +58,8 @@ def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=positive_int, default=o.epochs, help="epochs (with --resume: may be more "
                    "than the run had, the schedule stretches)")
-    t.add_argument("--batch-size", type=positive_int, default=o.batch_size, help="images per step")
+    t.add_argument("--batch-size", type=positive_int, default=o.batch_size,
+                   help="images per step (under torchrun: the global batch, split over the processes)")
     t.add_argument("--lr", type=float, default=o.lr,
                    help=f"base learning rate (None: {', '.join(f'{k} {v}' for k, v in DEFAULT_LR.items())})")
     t.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default=o.optimizer, help="optimiser")
@@ -151,8 +153,12 @@ def _train(args: argparse.Namespace) -> int:
     data, pretrain = data_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    main_rank = distributed.is_main()  # under torchrun only rank 0 evaluates and prints
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
-                 resume=args.resume, init=args.init, pretrain=pretrain, force=args.force)
+                 resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
+                 evaluate=main_rank, log=print if main_rank else (lambda _: None))
+    if not main_rank:
+        return 0
     print(format_table({f"{args.dataset} ({cfg.branches}, {cfg.loss})": result.metrics or {}}), end="")
     print(f"run folder: {args.out} ({CHECKPOINT_FILE}, log.jsonl, metrics.json)")
     return 0
@@ -161,11 +167,17 @@ def _train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.out is None:
+        if distributed.launched():
+            print("error: under torchrun every process must write to one folder; pass --out", file=sys.stderr)
+            return 2
         if args.resume is not None:
             print("error: --resume continues the run in --out; pass --out of that run", file=sys.stderr)
             return 2
         args.out = Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return run_cli(lambda: _train(args), lambda: f"continue with --resume --out {args.out} (same flags)")
+    try:
+        return run_cli(lambda: _train(args), lambda: f"continue with --resume --out {args.out} (same flags)")
+    finally:
+        distributed.destroy()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from engine.atomic import write_text
 from engine.device import parse_device, torch_device
 from engine.errors import BackendUnavailableError, CheckpointError, InputError
 
+from . import distributed
 from .checkpoint import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -201,7 +202,8 @@ class TrainPixels(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]).long()
 
 
-def make_loader(data: ReidData, sampler: EpochBatches, where: Placement) -> torch.utils.data.DataLoader:
+def make_loader(data: ReidData, sampler: EpochBatches | distributed.ShardedBatches,
+                where: Placement) -> torch.utils.data.DataLoader:
     """Batches gathered by ``where.workers`` persistent processes into pinned memory when on CUDA.
 
     The loader gets its own generator so it never draws from the global RNG that seeds dropout.
@@ -232,10 +234,11 @@ def make_optimizer(model: JLML, opts: TrainOptions) -> torch.optim.Optimizer:
 
 def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
-               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One optimiser step on a batch already on the device; returns the loss terms and the logits."""
+               net: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One optimiser step on a batch already on the device; returns the loss terms and the logits.
+    ``net`` (data-parallel runs: ``distributed.data_parallel``) computes the logits in one call."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model.forward_head(model.forward_features(images))
+        logits = net(images) if net is not None else model.forward_head(model.forward_features(images))
     logits = {k: v.float() for k, v in logits.items()}
     terms = loss_fn(model, logits, labels)
     opt.zero_grad(set_to_none=True)
@@ -246,10 +249,11 @@ def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scale
 
 
 def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 loader: torch.utils.data.DataLoader, sampler: EpochBatches, where: Placement,
-                 opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None) -> dict[str, Any]:
+                 loader: torch.utils.data.DataLoader, sampler: EpochBatches | distributed.ShardedBatches,
+                 where: Placement, opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None,
+                 net: torch.nn.Module | None = None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
-    epoch_seed = opts.seed * 100_003 + epoch
+    epoch_seed = distributed.rank_seed(opts.seed * 100_003 + epoch)
     torch.manual_seed(epoch_seed)
     sampler.set_epoch(epoch)
     augment = make_augment(epoch_seed) if make_augment else None
@@ -262,7 +266,7 @@ def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, sca
         images = images.to(where.device, non_blocking=True)
         labels = labels.to(where.device, non_blocking=True)
         terms, logits = train_step(model, loss_fn, opt, scaler, augment(images) if augment else images,
-                                   labels, where.amp_dtype)
+                                   labels, where.amp_dtype, net)
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0.0) + v.detach() * len(labels)
         correct += (torch.stack([t.softmax(1) for t in logits.values()]).sum(0).argmax(1) == labels).sum()
@@ -337,12 +341,15 @@ def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *,
     out = Path(out)
     prepare_out(out, resume=resume is not None, overwrite=overwrite)
     where = place(runtime or Runtime())
+    where = replace(where, device=distributed.setup(where.device))  # under torchrun: join, pick the GPU
+    opts = replace(opts, progress=opts.progress and distributed.is_main())
     model, opt, start, history, report = _start(cfg, data, opts, where, Path(resume) if resume else None, init,
                                                 init_source or "init weights")
     if report is not None:
         print(report.describe())
+    net = distributed.data_parallel(model, where.device)  # None in one process
     scaler = torch.amp.GradScaler(where.device.type, enabled=where.amp_dtype == torch.float16)
-    sampler = EpochBatches(len(data.train_pids), opts.batch_size, opts.seed)
+    sampler = distributed.shard(EpochBatches(len(data.train_pids), opts.batch_size, opts.seed))
     loader = make_loader(data, sampler, where)
     loss_fn, writer = JLMLLoss(cfg), RunWriter(out, cfg, data.num_classes, opts, dict(record or {}))
     for epoch in range(start, opts.epochs):
@@ -350,9 +357,12 @@ def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *,
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(opts.schedule, epoch, opts.epochs)
         lr = opt.param_groups[0]["lr"]
-        stats = _train_epoch(model, loss_fn, opt, scaler, loader, sampler, where, opts, epoch, make_augment)
+        stats = _train_epoch(model, loss_fn, opt, scaler, loader, sampler, where, opts, epoch, make_augment, net)
+        stats = distributed.gather_epoch(stats, sampler, where.device)
         history.append({"epoch": epoch + 1, **stats, "lr": lr, "time_s": time.perf_counter() - tic})
-        writer.write(model, opt, epoch + 1, history)
+        if distributed.is_main():
+            writer.write(model, opt, epoch + 1, history)
+    distributed.barrier()  # the last checkpoint is complete before any rank moves on
     return FitResult(model=model.eval(), checkpoint=writer.path, history=history, init=report)
 
 
