@@ -88,7 +88,7 @@ class FitResult:
 
 
 def make_optimizer(model: JLML, opts: TrainOptions) -> tuple[torch.optim.Optimizer, Any]:
-    params = model.parameters()
+    params = model.param_groups(opts.learning_rate)
     if opts.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=opts.learning_rate, momentum=0.9,
                                                      nesterov=True, weight_decay=opts.weight_decay)

@@ -33,6 +33,7 @@ ABLATIONS: MappingProxyType[str, dict[str, Any]] = MappingProxyType({
     "sparsity_x1000": {"lambda_global": 1e-1, "lambda_local": 1e-6},
 })
 JOINT = "joint"
+EXTRA_METRICS = ("rerank", "no_flip")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,11 @@ class Recipe:
     their defaults; ``data_options`` go to ``load_reid_set`` (e.g. the synthetic set's size).
     ``pretrain`` names another data set whose train people (``pretrain_options`` of its loader) every
     variant is first trained on for ``pretrain_epochs``, once; it must hold none of the evaluated
-    people, which two different real data sets guarantee.
+    people, which two different real data sets guarantee. ``pretrain_also`` adds more pre-training
+    sets (name -> loader options, e.g. a large synthetic set), trained on together with it as one
+    set of distinct identities. ``augment_options`` go to ``train.data.Augment``. ``extra_metrics``
+    asks every run to also report its test metrics with k-reciprocal re-ranking ("rerank") and,
+    for a model with ``flip_test``, without the flip ("no_flip"): same weights, so paired for free.
     """
 
     name: str
@@ -55,8 +60,18 @@ class Recipe:
     pretrain: str | None = None
     pretrain_epochs: int = 0
     pretrain_options: dict[str, Any] = field(default_factory=dict)
+    pretrain_also: dict[str, dict[str, Any]] = field(default_factory=dict)
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    extra_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.pretrain_also and (self.pretrain is None or self.dataset in self.pretrain_also):
+            raise InputError(f"recipe {self.name!r}: pretrain_also {sorted(self.pretrain_also)} needs a "
+                             f"pretrain set and must not hold the evaluated data set {self.dataset!r}")
+        unknown = set(self.extra_metrics) - set(EXTRA_METRICS)
+        if unknown:
+            raise InputError(f"recipe {self.name!r}: unknown extra_metrics {sorted(unknown)}; choose from "
+                             f"{EXTRA_METRICS}")
         if (self.pretrain is None) != (self.pretrain_epochs == 0) or self.pretrain_epochs < 0:
             raise InputError(f"recipe {self.name!r}: pretrain={self.pretrain!r} with pretrain_epochs="
                              f"{self.pretrain_epochs}; give both (a data set and epochs > 0) or neither")

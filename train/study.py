@@ -61,6 +61,10 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
     if recipe.pretrain:
         record["pretrain"] = {"dataset": recipe.pretrain, "epochs": recipe.pretrain_epochs,
                               "options": recipe.pretrain_options}
+        if recipe.pretrain_also:
+            record["pretrain"]["also"] = recipe.pretrain_also
+    if recipe.augment_options:
+        record["augment_options"] = recipe.augment_options
     return record
 
 
@@ -88,7 +92,7 @@ def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any
 
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None, init=init,
-               make_augment=(lambda seed: Augment(seed=seed)) if recipe.augment else None)
+               make_augment=(lambda seed: Augment(seed=seed, **recipe.augment_options)) if recipe.augment else None)
 
 
 def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None) -> Any:
@@ -97,10 +101,12 @@ def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str |
     if recipe.pretrain is None:
         return None
     from .data import load_reid_set
+    from .data.combine import combine_train_sets
 
     cfg, opts = recipe.build_pretrain(variant)
-    data = load_reid_set(recipe.pretrain, data_root, height=cfg.height, width=cfg.width,
-                         **recipe.pretrain_options)
+    sources = {recipe.pretrain: recipe.pretrain_options, **recipe.pretrain_also}
+    data = combine_train_sets([load_reid_set(name, data_root, height=cfg.height, width=cfg.width, **options)
+                               for name, options in sources.items()])
     return _fit(recipe, cfg, opts, data, out / "pretrain" / variant).model.state_dict()
 
 
@@ -110,12 +116,54 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     cfg, opts = recipe.build(key.variant, key.split_seed)
     tic = time.perf_counter()
     result = _fit(recipe, cfg, opts, data, key.folder(out), init)
-    metrics = evaluate_model(result.model, data)
-    record = {**_expected(recipe, key), "metrics": metrics,
+    metrics, extra = run_metrics(recipe, result.model, data)
+    record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),
               "train_s": sum(h["time_s"] for h in result.history),
               "wall_s": time.perf_counter() - tic, "final_train_acc": result.history[-1]["acc"]}
     write_text(key.folder(out) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def run_metrics(recipe: Recipe, model: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The run's test metrics and those of ``recipe.extra_metrics`` (re-ranked; without flip averaging)."""
+    if not recipe.extra_metrics:
+        return evaluate_model(model, data), {}
+    from engine.metrics import evaluate
+    from engine.rerank import RerankParams
+
+    from .loop import embed
+
+    def score(rerank: bool) -> dict[str, float]:
+        q, g = embed(model, data.query_images), embed(model, data.gallery_images)
+        return evaluate(q, data.query_pids, data.query_cams, g, data.gallery_pids, data.gallery_cams,
+                        protocol=data.protocol, rerank=RerankParams() if rerank else None)
+
+    metrics, extra = score(False), {}
+    if "rerank" in recipe.extra_metrics:
+        extra["rerank"] = score(True)
+    if "no_flip" in recipe.extra_metrics and model.cfg.flip_test:
+        cfg, model.cfg = model.cfg, model.cfg.replace(flip_test=False)
+        try:
+            extra["no_flip"] = score(False)
+        finally:
+            model.cfg = cfg
+    return metrics, extra
+
+
+def extra_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's extra metrics as records of variant ``<variant>+<name>`` (for aggregate/paired)."""
+    return [{**r, "variant": f"{r['variant']}+{name}", "metrics": m}
+            for r in records for name, m in r.get("extra_metrics", {}).items()]
+
+
+def option_differences(records: list[dict[str, Any]], extras: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Paired difference of each ``<variant>+<name>`` extra to ``<variant>`` itself (same weights)."""
+    out: dict[str, dict[str, Any]] = {}
+    for base in sorted({r["variant"] for r in records}):
+        mine = [r for r in extras if r["variant"].startswith(base + "+")]
+        if mine:
+            out.update(paired_differences([r for r in records if r["variant"] == base] + mine, baseline=base))
+    return out
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -202,12 +250,18 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                 weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root)
             record = train_and_evaluate(recipe, key, loaded[key.split_seed], out, weights[key.variant])
         records.append(record)
-    summary, paired = aggregate(records), paired_differences(records)
+    extras = extra_records(records)
+    summary, paired = aggregate(records + extras), paired_differences(records)
+    levers = option_differences(records, extras)
     write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary,
-                                               "minus_joint": paired}, indent=2) + "\n")
+                                               "minus_joint": paired, "minus_same_weights": levers},
+                                              indent=2) + "\n")
     text = f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary)
     if paired:
         text += f"\nPaired difference to `{JOINT}` on the same splits (points)\n\n" + summary_table(paired, signed=True)
+    if levers:
+        text += "\nPaired difference to the same run without the evaluation option (points)\n\n" + \
+            summary_table(levers, signed=True)
     write_text(out / SUMMARY_MD, text)
     return summary
 
