@@ -103,6 +103,9 @@ class Recipe:
 # 20 epochs in the same time: Rank-1 12.0% with Adam 2e-3 and dropout 0.1 (all within one split's noise).
 _SMALL_NET = {"widths": (16, 32, 64, 128), "feat_dim": 256, "height": 128, "dropout": 0.1}
 _CPU_OPTIONS = {"batch_size": 32, "optimizer": "adam", "lr": 2e-3}
+# BNNeck on both branch features (measured on VIPeR split 0, no pre-training, 20 epochs: Rank-1 18.7
+# against 12.3 without; training accuracy 78 % against 58 %) and flip averaging inside the graph.
+_NECK = {"bnneck": True, "flip_test": True}
 
 RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "viper": Recipe("viper", "viper", config={**_SMALL_NET, "width": 48},
@@ -126,6 +129,16 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "prid2011_pretrained": Recipe("prid2011_pretrained", "prid2011", config={**_SMALL_NET, "width": 64},
                                   options={**_CPU_OPTIONS, "epochs": 50}, pretrain="viper",
                                   pretrain_epochs=15, pretrain_options={"num_train": 631, "num_test": 1}),
+    # viper_pretrained / prid2011_pretrained + BNNeck + in-graph flip averaging: the same data,
+    # network and schedule, so the paired difference to them (on the "no_flip" metrics) is BNNeck's.
+    "viper_bnneck": Recipe("viper_bnneck", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
+                           options={**_CPU_OPTIONS, "epochs": 20}, pretrain="prid2011",
+                           pretrain_epochs=30, pretrain_options={"num_train": 199, "num_test": 1},
+                           extra_metrics=EXTRA_METRICS),
+    "prid2011_bnneck": Recipe("prid2011_bnneck", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
+                              options={**_CPU_OPTIONS, "epochs": 50}, pretrain="viper",
+                              pretrain_epochs=15, pretrain_options={"num_train": 631, "num_test": 1},
+                              extra_metrics=EXTRA_METRICS),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
     "smoke": Recipe("smoke", "synthetic",
                     config={"height": 32, "width": 16, "widths": (4, 8), "blocks": (1, 1), "feat_dim": 16},

@@ -46,9 +46,10 @@ class RunKey:
         return out / self.variant / f"split{self.split_seed}"
 
 
-def plan_runs(splits: int, variants: Sequence[str] = (JOINT,)) -> list[RunKey]:
-    """Every (variant, split) pair, split by split so a cut-short study still compares variants."""
-    return [RunKey(v, seed) for seed in range(splits) for v in variants]
+def plan_runs(splits: int, variants: Sequence[str] = (JOINT,), first: int = 0) -> list[RunKey]:
+    """Every (variant, split) pair of split seeds first..splits-1, split by split so a cut-short study
+    still compares variants."""
+    return [RunKey(v, seed) for seed in range(first, splits) for v in variants]
 
 
 def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="see train/recipes.py")
     p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1 (default: 3)")
+    p.add_argument("--first-split", type=int, default=0,
+                   help="first split seed to run (default: 0); lets two processes share a study's splits, "
+                        "the summary then covers the runs of this command only")
     p.add_argument("--ablations", action="store_true",
                    help=f"also run every ablation variant: {', '.join(v for v in ABLATIONS if v != JOINT)}")
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), metavar="VARIANT",
@@ -284,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.splits < 1:
-        print(f"error: --splits {args.splits}; need at least 1", file=sys.stderr)
+    if args.splits < 1 or not 0 <= args.first_split < args.splits:
+        print(f"error: --splits {args.splits} --first-split {args.first_split}; need 0 <= first split < "
+              "splits", file=sys.stderr)
         return 2
     variants = args.variants or (list(ABLATIONS) if args.ablations else [JOINT])
     try:
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants), args.out,
+        summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants, args.first_split), args.out,
                             args.data_root, progress=not args.no_progress)
     except JLMLError as exc:
         print(f"error: {exc}", file=sys.stderr)
