@@ -115,12 +115,13 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
                        ) -> dict[str, Any]:
     """Train one run (from ``init`` weights, or continuing its ``last.pt``), evaluate it, save its record."""
     cfg, opts = recipe.build(key.variant, key.split_seed)
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     result = _fit(recipe, cfg, opts, data, key.folder(out), init)
     metrics, extra = run_metrics(recipe, result.model, data)
     record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),
               "train_s": sum(h["time_s"] for h in result.history),
-              "wall_s": time.perf_counter() - tic, "final_train_acc": result.history[-1]["acc"]}
+              "wall_s": time.perf_counter() - tic, "cpu_s": time.process_time() - cpu,
+              "final_train_acc": result.history[-1]["acc"]}
     write_text(key.folder(out) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
