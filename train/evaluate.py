@@ -26,11 +26,12 @@ DEFAULT_TOLERANCE = 0.01  # absolute, on Rank-k / mAP fractions: one query in 10
 PYTORCH, ONNXRUNTIME, DIFF = "pytorch", "onnxruntime", "max abs diff"
 
 
-def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any) -> dict[str, float]:
+def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any, rerank: bool = False) -> dict[str, float]:
     from engine.metrics import evaluate
+    from engine.rerank import RerankParams
 
     return evaluate(query, data.query_pids, data.query_cams, gallery, data.gallery_pids,
-                    data.gallery_cams, protocol=data.protocol)
+                    data.gallery_cams, protocol=data.protocol, rerank=RerankParams() if rerank else None)
 
 
 def artifact_embeddings(artifact_dir: str | Path, spec: Any, images: list[np.ndarray],
@@ -42,7 +43,7 @@ def artifact_embeddings(artifact_dir: str | Path, spec: Any, images: list[np.nda
         return [embedder(batch) for batch in images]
 
 
-def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None,
+def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None, rerank: bool = False,
                      ) -> tuple[dict[str, dict[str, float]], float | None]:
     """Rows ``{"pytorch": metrics}`` and, with an artefact, its ``"onnxruntime"`` metrics and the max
     absolute difference of each metric; and the largest element-wise embedding difference (None
@@ -50,11 +51,11 @@ def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = No
     from .loop import embed
 
     torch_emb = [embed(model, data.query_images), embed(model, data.gallery_images)]
-    rows = {PYTORCH: _metrics(*torch_emb, data)}
+    rows = {PYTORCH: _metrics(*torch_emb, data, rerank)}
     if artifact_dir is None:
         return rows, None
     ort_emb = artifact_embeddings(artifact_dir, model.spec, [data.query_images, data.gallery_images])
-    rows[ONNXRUNTIME] = _metrics(*ort_emb, data)
+    rows[ONNXRUNTIME] = _metrics(*ort_emb, data, rerank)
     diff = {k: abs(rows[PYTORCH][k] - rows[ONNXRUNTIME][k]) for k in rows[PYTORCH] if k != "num_query"}
     rows[DIFF] = diff
     return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, ort_emb, strict=True)))
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader option, repeatable (see python -m train --help)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest allowed metric difference between backends (default {DEFAULT_TOLERANCE})")
+    p.add_argument("--rerank", action="store_true",
+                   help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
     return p
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     data = load_reid_set(args.dataset, args.data_root, height=ck.config.height, width=ck.config.width,
                          split_seed=args.split_seed, **dict(args.data_option))
     print(data.describe())
-    rows, embedding_diff = compare_backends(ck.model, data, args.artifact)
+    rows, embedding_diff = compare_backends(ck.model, data, args.artifact, args.rerank)
     print(format_table(rows), end="")
     if embedding_diff is not None:
         print(f"max abs embedding difference (unit vectors): {embedding_diff:.2e}")
