@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine import InputError
+from export.onnx_export import onnx_from_checkpoint
 from train import backbones
 from train.config import JLMLConfig
 from train.model import JLML
@@ -100,11 +101,7 @@ def test_mobilenet_jlml_with_flip_exports_to_onnx_and_matches(tmp_path):
     torch.manual_seed(0)
     model = JLML(JLMLConfig(**MOBILE, flip_test=True, bnneck=True), 4).eval()
     spec = model.spec
-    path = tmp_path / "m.onnx"
-    dummy = torch.zeros(2, spec.height, spec.width, 3, dtype=torch.uint8)
-    torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17,
-                      input_names=[spec.input_name], output_names=[spec.output_name],
-                      dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}})
+    path = onnx_from_checkpoint(model, spec, tmp_path / "m.onnx")  # the project's export step
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
