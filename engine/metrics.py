@@ -20,6 +20,7 @@ import numpy as np
 
 from .distance import squared_l2_blocks
 from .errors import InputError
+from .rerank import RerankParams, k_reciprocal_distances
 
 PROTOCOLS = ("market", "single_shot")
 DEFAULT_RANKS = (1, 5, 10, 20)
@@ -28,11 +29,12 @@ JUNK_PID = -1
 
 def evaluate(query_emb: Any, query_pids: Any, query_cams: Any, gallery_emb: Any, gallery_pids: Any,
              gallery_cams: Any, *, protocol: str = "market", ranks: Sequence[int] = DEFAULT_RANKS,
-             chunk: int = 1024) -> dict[str, float]:
+             chunk: int = 1024, rerank: RerankParams | None = None) -> dict[str, float]:
     """CMC ``rank{k}`` for each k in ``ranks``, ``mAP`` and ``num_query`` from raw embeddings.
 
     Squared-L2 distances come from engine.distance (the same expansion the Gallery searches with),
-    computed ``chunk`` queries at a time.
+    computed ``chunk`` queries at a time. With ``rerank`` the ranking uses k-reciprocal re-ranked
+    distances instead (engine.rerank; memory grows as (queries + gallery)^2, see its limit).
     """
     query_emb, gallery_emb = _check_embeddings(query_emb, gallery_emb)
     qp, qc = _check_labels(query_pids, query_cams, len(query_emb), "query")
@@ -40,6 +42,9 @@ def evaluate(query_emb: Any, query_pids: Any, query_cams: Any, gallery_emb: Any,
     _check_options(protocol, ranks)
     if not isinstance(chunk, int) or chunk <= 0:
         raise InputError(f"chunk must be a positive int, got {chunk!r}; 1024 is a good default")
+    if rerank is not None:
+        first, ap = _query_stats(k_reciprocal_distances(query_emb, gallery_emb, rerank), qp, qc, gp, gc, protocol)
+        return _summarise(first, ap, ranks)
     parts = [
         _query_stats(_check_distmat(block), qp[s:s + len(block)], qc[s:s + len(block)], gp, gc, protocol)
         for s, block in _offsets(squared_l2_blocks(query_emb, gallery_emb, chunk))

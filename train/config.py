@@ -12,7 +12,10 @@ from typing import Any
 from engine.errors import InputError
 from engine.spec import IMAGENET_MEAN, IMAGENET_STD
 
+from .backbones import mobilenetv2_channels, mobilenetv2_stride
+
 BRANCHES = ("both", "global", "local")
+BACKBONES = ("resnet", "mobilenetv2")
 LOSSES = ("per_branch", "single")
 STEM_STRIDE = 2  # the stem conv halves H and W; the shared stage keeps that resolution
 
@@ -48,6 +51,19 @@ class JLMLConfig:
     loss: str = "per_branch"             # "per_branch" or "single" (one classifier on the concat)
     sparsity: bool = True                # ablation: add the two structured-sparsity terms
     shared_layers: bool = True           # False: each branch gets its own copy of stem + stage 0
+    # Backbone: "resnet" (the from-scratch residual JLML above) or "mobilenetv2" (torchvision layout,
+    # train/backbones.py): features[:split] are the shared low-level layers, a copy of
+    # features[split:last_layer + 1] is each branch stream (global, and every local stripe); widths
+    # and blocks then do not apply.
+    backbone: str = "resnet"
+    pretrained: str = ""                 # "" (random init), "imagenet" (bundled) or a state-dict path
+    split: int = 7                       # mobilenetv2: first feature index of the branch streams
+    last_layer: int = 18                 # mobilenetv2: last feature index of the branch streams
+    last_stride: int = 1                 # mobilenetv2: stride of features.14 (re-id usually uses 1)
+    freeze: int = 0                      # mobilenetv2: features[:freeze] are frozen (weights and BN)
+    trunk_lr: float = 1.0                # learning-rate factor of the pre-trained layers
+    bnneck: bool = False                 # BatchNorm1d after each feature layer (classifier + embedding)
+    flip_test: bool = False              # embedding = mean of the image's and its mirror's features
 
     def __post_init__(self) -> None:
         for name in ("widths", "blocks", "mean", "std"):
@@ -60,10 +76,13 @@ class JLMLConfig:
 
     def _problems(self) -> list[str]:
         p = []
-        split = STEM_STRIDE * self.stripes
+        p += self._backbone_problems()
+        if p:
+            return p
+        split = self.trunk_stride * self.stripes
         if self.stripes < 1 or self.height <= 0 or self.width <= 0 or self.height % split:
             p.append(f"height={self.height} stripes={self.stripes} (need height divisible by "
-                     f"{STEM_STRIDE}*stripes={split} so stripes are equal; change --stripes or --height)")
+                     f"{self.trunk_stride}*stripes={split} so stripes are equal; change --stripes or --height)")
         if len(self.widths) < 2 or len(self.widths) != len(self.blocks):
             p.append(f"widths {self.widths} / blocks {self.blocks} (need >= 2 stages, same length)")
         if min(self.widths, default=0) < 1 or min(self.blocks, default=0) < 1:
@@ -81,6 +100,35 @@ class JLMLConfig:
         if self.loss not in LOSSES:
             p.append(f"loss {self.loss!r} (need one of {LOSSES})")
         return p
+
+    def _backbone_problems(self) -> list[str]:
+        if self.backbone not in BACKBONES:
+            return [f"backbone {self.backbone!r} (need one of {BACKBONES})"]
+        if self.trunk_lr < 0:
+            return [f"trunk_lr {self.trunk_lr} (need >= 0)"]
+        if self.backbone == "resnet":
+            changed = [k for k in ("pretrained", "freeze") if getattr(self, k)]
+            return [f"{changed} apply to backbone='mobilenetv2' only"] if changed else []
+        if not 1 <= self.split <= self.last_layer <= 18 or not 0 <= self.freeze <= self.split:
+            return [f"split={self.split} last_layer={self.last_layer} freeze={self.freeze} (need "
+                    "0 <= freeze <= split <= last_layer <= 18, split >= 1)"]
+        if self.last_stride not in (1, 2):
+            return [f"last_stride {self.last_stride} (need 1 or 2)"]
+        return []
+
+    @property
+    def trunk_stride(self) -> int:
+        """Total stride of the shared low-level layers (stripes are cut on their output map)."""
+        if self.backbone == "mobilenetv2":
+            return mobilenetv2_stride(self.split)
+        return STEM_STRIDE
+
+    @property
+    def stream_channels(self) -> int:
+        """Channels of a branch stream's output map (the feature layer's input per stream)."""
+        if self.backbone == "mobilenetv2":
+            return mobilenetv2_channels(self.last_layer)
+        return self.widths[-1]
 
     @property
     def branch_names(self) -> tuple[str, ...]:

@@ -37,11 +37,12 @@ PYTORCH, DIFF = "pytorch", "max abs diff"
 BACKENDS = ("auto", "trt", "ort", "torch")
 
 
-def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any) -> dict[str, float]:
+def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any, rerank: bool = False) -> dict[str, float]:
     from engine.metrics import evaluate
+    from engine.rerank import RerankParams
 
     return evaluate(query, data.query_pids, data.query_cams, gallery, data.gallery_pids,
-                    data.gallery_cams, protocol=data.protocol)
+                    data.gallery_cams, protocol=data.protocol, rerank=RerankParams() if rerank else None)
 
 
 def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = None,
@@ -84,7 +85,8 @@ def artifact_embeddings(artifact_dir: str | Path, model: Any, images: list[np.nd
         return f"{embedder.backend_name} {embedder.precision}", [embedder(batch) for batch in images]
 
 
-def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None, **engine: str,
+def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = None, rerank: bool = False,
+                     **engine: str,
                      ) -> tuple[dict[str, dict[str, float]], float | None]:
     """Rows ``{"pytorch": metrics}`` and, with an artefact, its metrics (row "BACKEND PRECISION",
     ``engine`` = backend/device/precision of the Embedder) and the max absolute difference of each
@@ -92,11 +94,11 @@ def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = No
     from .loop import embed
 
     torch_emb = [embed(model, data.query_images), embed(model, data.gallery_images)]
-    rows = {PYTORCH: _metrics(torch_emb[0], torch_emb[1], data)}
+    rows = {PYTORCH: _metrics(torch_emb[0], torch_emb[1], data, rerank)}
     if artifact_dir is None:
         return rows, None
     name, served = artifact_embeddings(artifact_dir, model, [data.query_images, data.gallery_images], **engine)
-    rows[name] = _metrics(served[0], served[1], data)
+    rows[name] = _metrics(served[0], served[1], data, rerank)
     rows[DIFF] = {k: abs(rows[PYTORCH][k] - rows[name][k]) for k in rows[PYTORCH] if k != "num_query"}
     return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, served, strict=True)))
 
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on other data than the checkpoint was trained on")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="largest allowed metric difference between PyTorch and the engine")
+    p.add_argument("--rerank", action="store_true",
+                   help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
     return p
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     data = choice.load(ck.config)
     print(data.describe())
     model = ck.model.to(place(Runtime(device=args.device)).device)
-    rows, embedding_diff = compare_backends(model, data, args.artifact, backend=args.backend,
+    rows, embedding_diff = compare_backends(model, data, args.artifact, args.rerank, backend=args.backend,
                                             device=args.device, precision=args.precision)
     print(format_table(rows), end="")
     if embedding_diff is not None:

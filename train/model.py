@@ -7,6 +7,7 @@ that export cleanly are used: fixed stripe slices, mean over H and W, no adaptiv
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from engine.errors import InputError
 from engine.spec import ModelSpec
 
+from . import backbones
 from .config import STEM_STRIDE, JLMLConfig
 
 
@@ -68,29 +70,44 @@ def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
 
 
 def make_trunk(cfg: JLMLConfig) -> nn.Sequential:
-    """The low-level layers: stem conv (stride 2) + stage 0 (stride 1)."""
+    """The low-level layers: stem conv (stride 2) + stage 0 (stride 1), or MobileNetV2's features[:split]."""
+    if cfg.backbone == "mobilenetv2":
+        return backbones.stage(backbones.mobilenetv2_features(cfg.last_stride), 0, cfg.split)
     c0 = cfg.widths[0]
     return nn.Sequential(_conv_bn(3, c0, 3, STEM_STRIDE), nn.ReLU(inplace=True),
                          _stage(c0, c0, cfg.blocks[0], 1))
 
 
 def make_stream(cfg: JLMLConfig) -> nn.Sequential:
-    """Stages 1.. of a branch (each halves the resolution), ending in ``widths[-1]`` channels."""
+    """Stages 1.. of a branch (each halves the resolution), ending in ``widths[-1]`` channels; or
+    MobileNetV2's features[split:last_layer + 1] (``cfg.stream_channels`` channels)."""
+    if cfg.backbone == "mobilenetv2":
+        return backbones.stage(backbones.mobilenetv2_features(cfg.last_stride), cfg.split, cfg.last_layer + 1)
     return nn.Sequential(*[_stage(cfg.widths[i - 1], cfg.widths[i], cfg.blocks[i], 2)
                            for i in range(1, len(cfg.widths))])
 
 
+def make_neck(cfg: JLMLConfig) -> nn.Module:
+    """BNNeck-style normalisation of a branch feature (BatchNorm1d, no shift), or nothing."""
+    if not cfg.bnneck:
+        return nn.Identity()
+    neck = nn.BatchNorm1d(cfg.feat_dim)
+    neck.bias.requires_grad_(False)
+    return neck
+
+
 class GlobalBranch(nn.Module):
-    """One stream on the whole map -> mean over H,W -> dropout -> ``feature`` Linear(C, feat_dim)."""
+    """One stream on the whole map -> mean over H,W -> dropout -> ``feature`` Linear(C, feat_dim) -> neck."""
 
     def __init__(self, cfg: JLMLConfig) -> None:
         super().__init__()
         self.stream = make_stream(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.feature = nn.Linear(cfg.widths[-1], cfg.feat_dim)
+        self.feature = nn.Linear(cfg.stream_channels, cfg.feat_dim)
+        self.neck = make_neck(cfg)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.feature(self.dropout(self.stream(x).mean(dim=(2, 3))))
+        return self.neck(self.feature(self.dropout(self.stream(x).mean(dim=(2, 3)))))
 
 
 class LocalBranch(nn.Module):
@@ -102,15 +119,16 @@ class LocalBranch(nn.Module):
 
     def __init__(self, cfg: JLMLConfig) -> None:
         super().__init__()
-        self.stripe_height = cfg.height // STEM_STRIDE // cfg.stripes
+        self.stripe_height = cfg.height // cfg.trunk_stride // cfg.stripes
         self.streams = nn.ModuleList(make_stream(cfg) for _ in range(cfg.stripes))
         self.dropout = nn.Dropout(cfg.dropout)
-        self.feature = nn.Linear(cfg.stripes * cfg.widths[-1], cfg.feat_dim)
+        self.feature = nn.Linear(cfg.stripes * cfg.stream_channels, cfg.feat_dim)
+        self.neck = make_neck(cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stripe_height
         pooled = [stream(x[:, :, s * h:(s + 1) * h]).mean(dim=(2, 3)) for s, stream in enumerate(self.streams)]
-        return self.feature(self.dropout(torch.cat(pooled, dim=1)))
+        return self.neck(self.feature(self.dropout(torch.cat(pooled, dim=1))))
 
 
 class JLML(nn.Module):
@@ -131,6 +149,39 @@ class JLML(nn.Module):
             self.classifiers = nn.ModuleDict({"joint": nn.Linear(cfg.embedding_dim, num_classes)})
         else:
             self.classifiers = nn.ModuleDict({n: nn.Linear(cfg.feat_dim, num_classes) for n in names})
+        if cfg.pretrained:
+            features = backbones.load_mobilenetv2(cfg.pretrained)
+            for module in self.backbone_modules():
+                backbones.load_into(module, features)
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """The trunk(s) and branch streams: the layers a pre-trained backbone initialises."""
+        streams = [s for b in self.branches.values() for s in ([b.stream] if isinstance(b, GlobalBranch) else b.streams)]
+        return [*self.trunks.values(), *streams]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """MobileNetV2 ``features[:cfg.freeze]`` in every trunk: not trained, BatchNorm kept in eval mode."""
+        if self.cfg.backbone != "mobilenetv2":
+            return []
+        return [m for trunk in self.trunks.values() for name, m in trunk.named_children()
+                if int(name) < self.cfg.freeze]
+
+    def train(self, mode: bool = True) -> JLML:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: pre-trained backbone layers at ``lr * cfg.trunk_lr``, the new
+        layers (feature layers, necks, classifiers) at ``lr``; frozen parameters are left out."""
+        backbone = {id(p) for m in self.backbone_modules() for p in m.parameters()} if self.cfg.pretrained else set()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) in backbone], "lr": lr * self.cfg.trunk_lr},
+                  {"params": [p for p in trainable if id(p) not in backbone], "lr": lr}]
+        return [g for g in groups if g["params"]]
 
     @property
     def spec(self) -> ModelSpec:
@@ -163,14 +214,16 @@ class JLML(nn.Module):
         return F.normalize(joint, p=2.0, dim=1, eps=1e-12)
 
     def forward_embedding(self, images: Tensor) -> Tensor:
-        return self.embed_features(self.forward_features(images))
+        """The served embedding; with ``cfg.flip_test`` the branch features of the image and of its
+        mirror image (NHWC: width is dim 2) are averaged first, inside the graph."""
+        features = self.forward_features(images)
+        if self.cfg.flip_test:
+            mirrored = self.forward_features(images.flip(2))
+            features = {n: (f + mirrored[n]) * 0.5 for n, f in features.items()}
+        return self.embed_features(features)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_embedding(images)
-
-    def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser parameter groups at base learning rate ``lr`` (one group: every weight alike)."""
-        return [{"params": list(self.parameters()), "lr": lr}]
 
     def feature_weights(self) -> dict[str, Tensor]:
         """Weights the structured-sparsity terms act on: ``{branch: feature.weight (feat_dim, in)}``."""

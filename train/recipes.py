@@ -33,6 +33,7 @@ ABLATIONS: MappingProxyType[str, dict[str, Any]] = MappingProxyType({
     "sparsity_x1000": {"lambda_global": 1e-1, "lambda_local": 1e-6},
 })
 JOINT = "joint"
+EXTRA_METRICS = ("rerank", "no_flip")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,11 @@ class Recipe:
     their defaults; ``data_options`` go to ``load_reid_set`` (e.g. the synthetic set's size).
     ``pretrain`` names another data set whose train people (``pretrain_options`` of its loader) every
     variant is first trained on for ``pretrain_epochs``, once; it must hold none of the evaluated
-    people, which two different real data sets guarantee.
+    people, which two different real data sets guarantee. ``pretrain_also`` adds more pre-training
+    sets (name -> loader options, e.g. a large synthetic set), trained on together with it as one
+    set of distinct identities. ``augment_options`` go to ``train.data.Augment``. ``extra_metrics``
+    asks every run to also report its test metrics with k-reciprocal re-ranking ("rerank") and,
+    for a model with ``flip_test``, without the flip ("no_flip"): same weights, so paired for free.
     """
 
     name: str
@@ -55,8 +60,18 @@ class Recipe:
     pretrain: str | None = None
     pretrain_epochs: int = 0
     pretrain_options: dict[str, Any] = field(default_factory=dict)
+    pretrain_also: dict[str, dict[str, Any]] = field(default_factory=dict)
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    extra_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.pretrain_also and (self.pretrain is None or self.dataset in self.pretrain_also):
+            raise InputError(f"recipe {self.name!r}: pretrain_also {sorted(self.pretrain_also)} needs a "
+                             f"pretrain set and must not hold the evaluated data set {self.dataset!r}")
+        unknown = set(self.extra_metrics) - set(EXTRA_METRICS)
+        if unknown:
+            raise InputError(f"recipe {self.name!r}: unknown extra_metrics {sorted(unknown)}; choose from "
+                             f"{EXTRA_METRICS}")
         if (self.pretrain is None) != (self.pretrain_epochs == 0) or self.pretrain_epochs < 0:
             raise InputError(f"recipe {self.name!r}: pretrain={self.pretrain!r} with pretrain_epochs="
                              f"{self.pretrain_epochs}; give both (a data set and epochs > 0) or neither")
@@ -88,6 +103,9 @@ class Recipe:
 # 20 epochs in the same time: Rank-1 12.0% with Adam 2e-3 and dropout 0.1 (all within one split's noise).
 _SMALL_NET = {"widths": (16, 32, 64, 128), "feat_dim": 256, "height": 128, "dropout": 0.1}
 _CPU_OPTIONS = {"batch_size": 32, "optimizer": "adam", "lr": 2e-3}
+# BNNeck on both branch features (measured on VIPeR split 0, no pre-training, 20 epochs: Rank-1 18.7
+# against 12.3 without; training accuracy 78 % against 58 %) and flip averaging inside the graph.
+_NECK = {"bnneck": True, "flip_test": True}
 
 RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "viper": Recipe("viper", "viper", config={**_SMALL_NET, "width": 48},
@@ -119,6 +137,16 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # noise of a split; FP16 ONNX: same Rank-1, mAP 26.5).
     "few_hundred_ids": Recipe("few_hundred_ids", "market1501", config={**_SMALL_NET, "width": 64},
                               options={**_CPU_OPTIONS, "epochs": 40}),
+    # viper_pretrained / prid2011_pretrained + BNNeck + in-graph flip averaging: the same data,
+    # network and schedule, so the paired difference to them (on the "no_flip" metrics) is BNNeck's.
+    "viper_bnneck": Recipe("viper_bnneck", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
+                           options={**_CPU_OPTIONS, "epochs": 20}, pretrain="prid2011",
+                           pretrain_epochs=30, pretrain_options={"num_train": 199, "num_test": 1},
+                           extra_metrics=EXTRA_METRICS),
+    "prid2011_bnneck": Recipe("prid2011_bnneck", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
+                              options={**_CPU_OPTIONS, "epochs": 50}, pretrain="viper",
+                              pretrain_epochs=15, pretrain_options={"num_train": 631, "num_test": 1},
+                              extra_metrics=EXTRA_METRICS),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
     "smoke": Recipe("smoke", "synthetic",
                     config={"height": 32, "width": 16, "widths": (4, 8), "blocks": (1, 1), "feat_dim": 16},

@@ -74,11 +74,11 @@ class TrainResult:
     init: InitReport | None = None
 
 
-def augment_factory(augment: bool) -> AugmentFactory | None:
-    """The standard training augmentation (flip, shift, erase) seeded per epoch, or None."""
+def augment_factory(augment: bool, options: dict[str, Any] | None = None) -> AugmentFactory | None:
+    """The training augmentation (flip, shift, erase; ``options`` for ``Augment``) seeded per epoch, or None."""
     from .data import Augment
 
-    return (lambda seed: Augment(seed=seed)) if augment else None
+    return (lambda seed: Augment(seed=seed, **(options or {}))) if augment else None
 
 
 def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder: Path, *,

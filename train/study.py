@@ -30,7 +30,7 @@ from engine.errors import CheckpointError
 from .cli import HelpFormatter, positive_int, run_cli
 from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
-from .runner import DataChoice, augment_factory, pretrain_state
+from .runner import DataChoice, augment_factory
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -48,9 +48,10 @@ class RunKey:
         return out / self.variant / f"split{self.split_seed}"
 
 
-def plan_runs(splits: int, variants: Sequence[str] = (JOINT,)) -> list[RunKey]:
-    """Every (variant, split) pair, split by split so a cut-short study still compares variants."""
-    return [RunKey(v, seed) for seed in range(splits) for v in variants]
+def plan_runs(splits: int, variants: Sequence[str] = (JOINT,), first: int = 0) -> list[RunKey]:
+    """Every (variant, split) pair of split seeds first..splits-1, split by split so a cut-short study
+    still compares variants."""
+    return [RunKey(v, seed) for seed in range(first, splits) for v in variants]
 
 
 def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
@@ -62,6 +63,10 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
     if recipe.pretrain:
         record["pretrain"] = {"dataset": recipe.pretrain, "epochs": recipe.pretrain_epochs,
                               "options": recipe.pretrain_options}
+        if recipe.pretrain_also:
+            record["pretrain"]["also"] = recipe.pretrain_also
+    if recipe.augment_options:
+        record["augment_options"] = recipe.augment_options
     return record
 
 
@@ -88,7 +93,7 @@ def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any
     """``fit`` with the recipe's augmentation, continuing ``folder/last.pt`` when there is one."""
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, data, opts, folder, resume=resume if resume.is_file() else None, init=init,
-               make_augment=augment_factory(recipe.augment), record=record)
+               make_augment=augment_factory(recipe.augment, recipe.augment_options), record=record)
 
 
 def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None) -> Any:
@@ -96,24 +101,72 @@ def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str |
     ``OUT/pretrain/<variant>/``, resumable like any run); None when the recipe has no pre-training."""
     if recipe.pretrain is None:
         return None
+    from .data.combine import combine_train_sets
+
     cfg, opts = recipe.build_pretrain(variant)
-    data = DataChoice(recipe.pretrain, options=recipe.pretrain_options, root=data_root)
-    return pretrain_state(cfg, opts, data, out / "pretrain" / variant, augment=recipe.augment)
+    sources = {recipe.pretrain: recipe.pretrain_options, **recipe.pretrain_also}
+    data = combine_train_sets([DataChoice(name, options=options, root=data_root).load(cfg)
+                               for name, options in sources.items()])
+    return _fit(recipe, cfg, opts, data, out / "pretrain" / variant,
+                record={"pretrain": sources}).model.state_dict()
 
 
 def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: Any = None,
                        ) -> dict[str, Any]:
     """Train one run (from ``init`` weights, or continuing its ``last.pt``), evaluate it, save its record."""
     cfg, opts = recipe.build(key.variant, key.split_seed)
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     trained_on = {"data": DataChoice(recipe.dataset, key.split_seed, recipe.data_options).record()}
     result = _fit(recipe, cfg, opts, data, key.folder(out), init, trained_on)
-    metrics = evaluate_model(result.model, data)
-    record = {**_expected(recipe, key), "metrics": metrics,
+    metrics, extra = run_metrics(recipe, result.model, data)
+    record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),
               "train_s": sum(h["time_s"] for h in result.history),
-              "wall_s": time.perf_counter() - tic, "final_train_acc": result.history[-1]["acc"]}
+              "wall_s": time.perf_counter() - tic, "cpu_s": time.process_time() - cpu,
+              "final_train_acc": result.history[-1]["acc"]}
     write_text(key.folder(out) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def run_metrics(recipe: Recipe, model: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The run's test metrics and those of ``recipe.extra_metrics`` (re-ranked; without flip averaging)."""
+    if not recipe.extra_metrics:
+        return evaluate_model(model, data), {}
+    from engine.metrics import evaluate
+    from engine.rerank import RerankParams
+
+    from .loop import embed
+
+    def score(rerank: bool) -> dict[str, float]:
+        q, g = embed(model, data.query_images), embed(model, data.gallery_images)
+        return evaluate(q, data.query_pids, data.query_cams, g, data.gallery_pids, data.gallery_cams,
+                        protocol=data.protocol, rerank=RerankParams() if rerank else None)
+
+    metrics, extra = score(False), {}
+    if "rerank" in recipe.extra_metrics:
+        extra["rerank"] = score(True)
+    if "no_flip" in recipe.extra_metrics and model.cfg.flip_test:
+        cfg, model.cfg = model.cfg, model.cfg.replace(flip_test=False)
+        try:
+            extra["no_flip"] = score(False)
+        finally:
+            model.cfg = cfg
+    return metrics, extra
+
+
+def extra_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's extra metrics as records of variant ``<variant>+<name>`` (for aggregate/paired)."""
+    return [{**r, "variant": f"{r['variant']}+{name}", "metrics": m}
+            for r in records for name, m in r.get("extra_metrics", {}).items()]
+
+
+def option_differences(records: list[dict[str, Any]], extras: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Paired difference of each ``<variant>+<name>`` extra to ``<variant>`` itself (same weights)."""
+    out: dict[str, dict[str, Any]] = {}
+    for base in sorted({r["variant"] for r in records}):
+        mine = [r for r in extras if r["variant"].startswith(base + "+")]
+        if mine:
+            out.update(paired_differences([r for r in records if r["variant"] == base] + mine, baseline=base))
+    return out
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -200,12 +253,18 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                 weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root)
             record = train_and_evaluate(recipe, key, loaded[key.split_seed], out, weights[key.variant])
         records.append(record)
-    summary, paired = aggregate(records), paired_differences(records)
+    extras = extra_records(records)
+    summary, paired = aggregate(records + extras), paired_differences(records)
+    levers = option_differences(records, extras)
     write_text(out / SUMMARY_JSON, json.dumps({"recipe": recipe.to_dict(), "variants": summary,
-                                               "minus_joint": paired}, indent=2) + "\n")
+                                               "minus_joint": paired, "minus_same_weights": levers},
+                                              indent=2) + "\n")
     text = f"Recipe `{recipe.name}` on {recipe.dataset}\n\n" + summary_table(summary)
     if paired:
         text += f"\nPaired difference to `{JOINT}` on the same splits (points)\n\n" + summary_table(paired, signed=True)
+    if levers:
+        text += "\nPaired difference to the same run without the evaluation option (points)\n\n" + \
+            summary_table(levers, signed=True)
     write_text(out / SUMMARY_MD, text)
     return summary
 
@@ -215,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="see train/recipes.py")
     p.add_argument("--splits", type=int, default=3, help="split seeds 0..N-1")
+    p.add_argument("--first-split", type=int, default=0,
+                   help="first split seed to run; lets two processes share a study's splits, "
+                        "the summary then covers the runs of this command only")
     p.add_argument("--ablations", action="store_true",
                    help=f"also run every ablation variant: {', '.join(v for v in ABLATIONS if v != JOINT)}")
     p.add_argument("--variants", nargs="+", choices=list(ABLATIONS), metavar="VARIANT",
@@ -228,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.splits < 1:
-        print(f"error: --splits {args.splits}; need at least 1", file=sys.stderr)
+    if args.splits < 1 or not 0 <= args.first_split < args.splits:
+        print(f"error: --splits {args.splits} --first-split {args.first_split}; need 0 <= first split < "
+              "splits", file=sys.stderr)
         return 2
     variants = args.variants or (list(ABLATIONS) if args.ablations else [JOINT])
 
@@ -238,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants), args.out,
+        summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants, args.first_split), args.out,
                             args.data_root, progress=not args.no_progress)
         print(summary_table(summary), end="")
         return 0

@@ -1,0 +1,34 @@
+"""Several data sets' training people as one training set (pre-training on everything available).
+
+The identities of each set keep apart: set k's training ids are shifted past those of sets 0..k-1,
+so two people never share a class. Query and gallery are the first set's (pre-training never
+evaluates them). Every set must have been loaded at the same image size.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import DataError
+
+from .reidset import ReidSet, make_reid_set
+
+
+def combine_train_sets(sets: Sequence[ReidSet]) -> ReidSet:
+    """One ``ReidSet`` whose train part holds every set's train images under distinct ids."""
+    if not sets:
+        raise DataError("combine_train_sets got no data sets; pass at least one ReidSet")
+    sizes = {s.image_size for s in sets}
+    if len(sizes) != 1:
+        raise DataError(f"cannot combine data sets of different image sizes {sorted(sizes)}; load "
+                        "them all at the model's height and width")
+    offsets = np.cumsum([0] + [s.num_classes for s in sets[:-1]])
+    train = (np.concatenate([s.train_images for s in sets]),
+             np.concatenate([s.train_pids + off for s, off in zip(sets, offsets, strict=True)]),
+             np.concatenate([s.train_cams for s in sets]))
+    first = sets[0]
+    parts = {"train": train, "query": (first.query_images, first.query_pids, first.query_cams),
+             "gallery": (first.gallery_images, first.gallery_pids, first.gallery_cams)}
+    name = "+".join(s.name for s in sets)
+    return make_reid_set(name, first.protocol, parts, skipped=sum(s.skipped for s in sets))
