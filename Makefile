@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines: the local CPU wheel. GPU users: `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128" ...`
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ort
+EXTRAS ?= dev,ort,serve
 OUT    ?= artifacts/demo
 
 .PHONY: venv demo test lint clean
@@ -25,7 +25,7 @@ test: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(PY) -m ruff check engine export train benchmarks tests
+	$(PY) -m ruff check engine export train benchmarks tests serve
 
 clean:
 	rm -rf $(VENV) artifacts runs

@@ -1,0 +1,36 @@
+"""The gallery service without a server: a failed save never leaves memory ahead of the file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _serving import pixels, write_gallery
+
+from engine import InputError
+from engine.gallery import Gallery
+from serve.models import GalleryService
+
+
+def test_failed_save_reloads_the_saved_gallery(local_embedder, gallery_images, tmp_path, monkeypatch):
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images)
+    service = GalleryService(local_embedder, path)
+
+    def broken_save(self, _path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Gallery, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})
+    assert len(service.gallery) == len(gallery_images)
+
+
+def test_gallery_of_another_dimension_is_refused(local_embedder, tmp_path):
+    other = Gallery(local_embedder.spec.embedding_dim + 1)
+    other.add(np.eye(3, local_embedder.spec.embedding_dim + 1, dtype=np.float32), [1, 2, 3])
+    other.save(tmp_path / "g.npz")
+    with pytest.raises(InputError, match="embed it again"):
+        GalleryService(local_embedder, tmp_path / "g.npz")
+
+
+def test_add_without_a_gallery_file_is_refused(local_embedder):
+    with pytest.raises(InputError, match="--gallery"):
+        GalleryService(local_embedder, None).add({"images": pixels(1, seed=0), "ids": np.array([1])})
