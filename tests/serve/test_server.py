@@ -135,3 +135,38 @@ def test_client_killed_mid_request_does_not_hurt_others(server, local_embedder, 
         np.testing.assert_allclose(got, local_embedder(images[i % 4]), atol=ATOL)
     with TritonClient(server.http) as c:
         np.testing.assert_allclose(c.embed(images[0]), local_embedder(images[0]), atol=ATOL)
+
+
+@pytest.fixture
+def crops(tmp_path):
+    """8 Market-named PNG crops (lossless, so decoding gives the pixels back)."""
+    from PIL import Image
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for n, image in enumerate(pixels(8, seed=30)):
+        Image.fromarray(image).save(folder / f"{n // 2 + 1:04d}_c{n % 2 + 1}s1_{n:06d}_00.png")
+    return folder
+
+
+def test_embed_cli_against_the_server_equals_in_process(server, serve_artifact, crops, tmp_path):
+    from engine.embed import main as embed_main
+    from engine.gallery import read_gallery_file
+
+    remote, local = tmp_path / "remote.npz", tmp_path / "local.npz"
+    assert embed_main([str(crops), "--url", server.grpc, "--out", str(remote), "--quiet"]) == 0
+    assert embed_main([str(crops), "--artifact", str(serve_artifact), "--out", str(local), "--quiet"]) == 0
+    (_, got), (_, want) = read_gallery_file(remote), read_gallery_file(local)
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=ATOL)
+
+
+def test_query_cli_against_the_server_lists_the_served_ranking(server, local_embedder, crops, capsys):
+    from engine.images import load_image
+    from engine.query import main as query_main
+
+    query = sorted(crops.glob("*.png"))[0]
+    assert query_main([str(query), "--url", server.http, "-k", "3"]) == 0
+    listed = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:]]
+    _, ids = Gallery.load(server.gallery).search(local_embedder(load_image(query, 32, 16)), 3)
+    assert listed == ids[0].tolist()
