@@ -15,10 +15,11 @@ pytest.importorskip("tritonclient.grpc", reason="the serve tests need tritonclie
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from _serving import Server, pixels, start_server, write_gallery  # noqa: E402
+from _serving import pixels, start_server, write_gallery  # noqa: E402
 
 from engine import Embedder  # noqa: E402
 from export.build_engine import main as build_engine  # noqa: E402
+from serve.process import ServerProcess  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
 from train.config import JLMLConfig  # noqa: E402
 from train.model import JLML  # noqa: E402
@@ -53,7 +54,7 @@ def gallery_images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(serve_artifact: Path, local_embedder: Embedder, gallery_images: np.ndarray,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per test module, with a gallery of GALLERY_SIZE images; stopped with SIGTERM."""
     folder = tmp_path_factory.mktemp("served")
     running = start_server(serve_artifact, folder / "server.log",
