@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines: the local CPU wheel. GPU users: `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128" ...`
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ort,serve
+EXTRAS ?= dev,ort,serve,ray
 OUT    ?= artifacts/demo
 
 .PHONY: venv demo test lint clean
