@@ -7,8 +7,8 @@ has sent ``--requests`` or ``--max-seconds`` passed. Every answer is compared wi
 Embedder's embeddings of the same pixels (same artefact, backend and device, computed before the
 load), so the report proves nothing was lost: requests sent = answered, no errors, largest
 difference. Per cell: requests/s, images/s, p50/p90/p99 latency, and at one client the overhead per
-request against calling the Embedder in-process at the same batch (timed in this process right before
-the server starts). Clients and server share this machine's cores, so on a small CPU the client's own
+request against calling the Embedder in-process at the same batch (paired calls, interleaved in this
+process, so both see the same load). Clients and server share this machine's cores, so on a small CPU the client's own
 serialisation competes with the model. Writes serve.json, serve.md and serve.png into ``--out``.
 Exit codes: 0 ok (and nothing lost), 1 a request lost or wrong, 2 usage or input errors.
 """
@@ -38,7 +38,7 @@ from engine.client import TritonClient
 from serve.process import ServerProcess
 
 COLUMNS = ["protocol", "clients", "batch", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
-           "images_per_s", "p50_ms", "p99_ms", "overhead_ms"]
+           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "overhead_ms"]
 DISTINCT_BATCHES = 8  # different pixels per request, so a cached or mixed-up answer shows as a mismatch
 TOLERANCE = 1e-5  # ORT CPU rows may differ in the last bits when the dynamic batcher merges requests
 
@@ -95,14 +95,20 @@ def load_cell(url: str, clients: int, batches: list[np.ndarray], expected: list[
     return row
 
 
-def in_process(artifact: Path, args: argparse.Namespace, batches: list[np.ndarray]) -> tuple[list[np.ndarray],
-                                                                                            dict[str, float]]:
-    """The expected answers and the in-process latency at the same batch (same backend and device)."""
-    with Embedder(artifact, backend=args.backend, device=args.device) as embedder:
-        expected = [embedder(b) for b in batches]
-        calls = iter(batches * (1 + 1000 // len(batches)))
-        stats = summarize(time_calls(lambda: embedder(next(calls)), repeats=args.repeats), len(batches[0]))
-    return expected, stats
+def paired_overhead(url: str, embedder: Embedder, batches: list[np.ndarray], pairs: int) -> dict[str, float]:
+    """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
+    of one in-process call then one request, back to back, so both see the same machine load; the
+    median of the paired differences is the overhead (robust on a shared, drifting machine)."""
+    local, remote = [], []
+    with TritonClient(url) as client:
+        client.embed(batches[0])  # connection set-up is not per request
+        for i in range(pairs):
+            batch = batches[i % len(batches)]
+            local += time_calls(lambda b=batch: embedder(b), warmup=0, repeats=1)
+            remote += time_calls(lambda b=batch: client.embed(b), warmup=0, repeats=1)
+    diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
+    return {"in_process_p50_ms": summarize(local)["p50_ms"], "paired_server_p50_ms": summarize(remote)["p50_ms"],
+            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90))}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,34 +118,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise JLMLError(f"--batch {args.batch} is outside 1..{max_batch} (the artefact's batch range)")
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
-    expected, local = in_process(args.artifact, args, batches)
     args.out.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess.start(args.artifact, args.out / "server.log",
-                                 extra=("--backend", args.backend, "--device", args.device))
     rows = []
-    try:
-        for protocol in args.protocols:
-            for clients in args.clients:
-                row = load_cell(getattr(server, protocol), clients, batches, expected,
-                                requests=args.requests, max_seconds=args.max_seconds)
-                row["protocol"] = protocol
-                if clients == 1 and "p50_ms" in row:
-                    row["overhead_ms"] = row["p50_ms"] - local["p50_ms"]
-                rows.append(row)
-                print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
-    finally:
-        rc = server.stop()
+    with Embedder(args.artifact, backend=args.backend, device=args.device) as embedder:
+        expected = [embedder(b) for b in batches]
+        server = ServerProcess.start(args.artifact, args.out / "server.log",
+                                     extra=("--backend", args.backend, "--device", args.device))
+        try:
+            for protocol in args.protocols:
+                url = getattr(server, protocol)
+                for clients in args.clients:
+                    row = load_cell(url, clients, batches, expected, requests=args.requests,
+                                    max_seconds=args.max_seconds)
+                    row["protocol"] = protocol
+                    if clients == 1:
+                        row.update(paired_overhead(url, embedder, batches, args.pairs))
+                    rows.append(row)
+                    print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+        finally:
+            rc = server.stop()
     return {"environment": environment(args.device if args.device != "auto" else "cpu"),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "in_process": local, "server_exit_code": rc, "results": rows}
+            "server_exit_code": rc, "results": rows}
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     write_json(out / "serve.json", report)
-    local = report["in_process"]
-    head = (f"In-process Embedder at batch {report['settings']['batch']}: p50 {local['p50_ms']:.3g} ms, "
-            f"p99 {local['p99_ms']:.3g} ms, {local['items_per_s']:.4g} images/s "
-            f"({report['environment']['cpu']}).\n\n")
+    head = (f"Batch {report['settings']['batch']}, {report['environment']['cpu']}; overhead_ms: median of "
+            f"{report['settings']['pairs']} paired (server - in-process Embedder) differences.\n\n")
     write_text(out / "serve.md", head + markdown_table(report["results"], COLUMNS))
     panels = []
     for key, label in (("requests_per_s", "requests/s"), ("p99_ms", "p99 latency (ms)")):
@@ -167,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=50, help="requests per client (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="stop sending after this long per cell (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=50, help="in-process timed calls (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=30,
+                   help="in-process/server call pairs for the overhead (default: %(default)s)")
     p.add_argument("--backend", default="ort", help="default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
     return p
