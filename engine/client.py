@@ -67,8 +67,8 @@ def _reason(exc: Exception) -> str:
 
 
 class TritonClient:
-    """One connection to ``python -m serve``; a context manager. Thread-safe for HTTP per Triton docs
-    only with one client per thread, so make one per thread (they are cheap).
+    """One connection to ``python -m serve``; a context manager. Use one per thread (tritonclient's
+    clients are not meant to be shared between threads; they are cheap to make).
 
     ``timeout_s`` bounds each request (network and queueing included).
     """
@@ -83,7 +83,7 @@ class TritonClient:
             self._client = self._module.InferenceServerClient(
                 self.address, connection_timeout=self._timeout_s, network_timeout=self._timeout_s)
         self._image_shape: tuple[int, ...] | None = None
-        self._max_batch: int | None = None
+        self._max_batch = self._dim = 0
 
     # ---- server facts --------------------------------------------------------------------------
     def ready(self, models: tuple[str, ...] = (EMBED_MODEL,)) -> bool:
@@ -101,22 +101,27 @@ class TritonClient:
         self._max_batch = int(config["max_batch_size"])
         dims = next(i["dims"] for i in config["input"] if i["name"] == IMAGES)
         self._image_shape = tuple(int(d) for d in dims)
+        self._dim = int(next(o["dims"][0] for o in config["output"] if o["name"] == EMBEDDINGS))
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         """(H, W, 3) the server's model takes."""
         if self._image_shape is None:
             self._load_metadata()
-        assert self._image_shape is not None
-        return self._image_shape
+        return self._image_shape  # type: ignore[return-value]
 
     @property
     def max_batch(self) -> int:
         """The largest batch one embed request may carry (the artefact's max batch)."""
-        if self._max_batch is None:
+        if not self._max_batch:
             self._load_metadata()
-        assert self._max_batch is not None
         return self._max_batch
+
+    @property
+    def embedding_dim(self) -> int:
+        if not self._dim:
+            self._load_metadata()
+        return self._dim
 
     # ---- the three models ----------------------------------------------------------------------
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -125,7 +130,7 @@ class TritonClient:
         step = self.max_batch
         parts = [self.infer(EMBED_MODEL, {IMAGES: images[i:i + step]}, [EMBEDDINGS])[EMBEDDINGS]
                  for i in range(0, len(images), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
 
     def search(self, k: int, *, images: np.ndarray | None = None,
                embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print_ranked(results, images)
         if args.png is not None:
             if images is None:
-                raise InputError(f"--png needs the gallery's image list {paths_file(args.gallery or Path('?'))}; "
-                                 "write the gallery with `python -m engine.embed`")
+                raise InputError("--png needs --gallery and its image list (GALLERY.paths.json, written by "
+                                 "`python -m engine.embed`) to find the images behind the results")
             draw_ranked(results, images, args.png)
             print(f"wrote {args.png}")
     except JLMLError as exc:

@@ -11,7 +11,7 @@ import numpy as np
 
 from engine import Embedder
 from engine.gallery import Gallery
-from serve.process import ServerProcess
+from serve.process import ServerProcess, free_ports  # noqa: F401 - tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-5  # ORT CPU rows may differ in the last bits when the dynamic batcher merges requests

@@ -34,3 +34,11 @@ def test_gallery_of_another_dimension_is_refused(local_embedder, tmp_path):
 def test_add_without_a_gallery_file_is_refused(local_embedder):
     with pytest.raises(InputError, match="--gallery"):
         GalleryService(local_embedder, None).add({"images": pixels(1, seed=0), "ids": np.array([1])})
+
+
+def test_serve_command_with_a_missing_artefact_exits_2(tmp_path, capsys, monkeypatch):
+    from serve.__main__ import main
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")  # the command edits it for tritonserver; keep the test's env
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
