@@ -39,10 +39,26 @@ def _per_request(fn: Callable[[Request], Response]) -> Callable[[Sequence[Reques
     return infer
 
 
+class SerialEmbedder:
+    """The one Embedder behind every model, entered by one thread at a time.
+
+    PyTriton runs each model's requests on its own thread, and a backend's device buffers and stream
+    (TensorRT) belong to its Embedder; one device runs one batch at a time anyway.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder, self.spec = embedder, embedder.spec
+        self._lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.embedder(images)
+
+
 class EmbedModel:
     """uint8 (N, H, W, 3) -> unit embeddings (N, D); Triton's dynamic batcher merged the requests."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: SerialEmbedder) -> None:
         from pytriton.decorators import batch
 
         self.embedder = embedder
@@ -66,7 +82,7 @@ class GalleryService:
     reloaded from the file, so what is served is always what is saved.
     """
 
-    def __init__(self, embedder: Embedder, path: Path | None, *, device: str = "cpu") -> None:
+    def __init__(self, embedder: SerialEmbedder, path: Path | None, *, device: str = "cpu") -> None:
         self.embedder, self.path, self.device = embedder, path, device
         self.lock = threading.Lock()
         self.gallery = self._load()
@@ -123,7 +139,8 @@ class GalleryService:
             return {COUNT: np.array([len(self.gallery)], np.int64)}
 
 
-def bindings(embedder: Embedder, service: GalleryService | None, *, queue_delay_us: int) -> list[dict[str, Any]]:
+def bindings(embedder: SerialEmbedder, service: GalleryService | None, *,
+             queue_delay_us: int) -> list[dict[str, Any]]:
     """Keyword arguments for ``Triton.bind`` of each model: names, callables, signatures, batching."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine import BackendUnavailableError, Embedder
 
-from .models import GalleryService, bindings
+from .models import GalleryService, SerialEmbedder, bindings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How often the main thread checks that tritonserver and the model proxies are still alive.
@@ -95,11 +95,11 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
     python_library_first(os.environ)  # read by the tritonserver child PyTriton starts
     with stop_on_signals() as stop, Embedder(artifact_dir, backend=opts.backend, device=opts.device,
                                              precision=opts.precision) as embedder:
-        service = None if gallery is None else GalleryService(embedder, Path(gallery),
-                                                              device=opts.gallery_device)
+        serial = SerialEmbedder(embedder)
+        service = None if gallery is None else GalleryService(serial, Path(gallery), device=opts.gallery_device)
         triton = triton_module.Triton(config=_triton_config(triton_module, opts))
         try:
-            for model in bindings(embedder, service, queue_delay_us=opts.queue_delay_us):
+            for model in bindings(serial, service, queue_delay_us=opts.queue_delay_us):
                 triton.bind(**model)
             triton.run()
             print(f"serving {artifact_dir} ({embedder}) on http://{opts.address}:{opts.http_port} and "
