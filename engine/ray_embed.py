@@ -31,7 +31,7 @@ from .atomic import read_json_object, write_text, write_with
 from .errors import ArtifactError, BackendUnavailableError
 from .spec import ModelSpec
 
-MANIFEST = "manifest.json"
+MANIFEST, PATHS = "manifest.json", "paths.txt"
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,14 @@ def shard_path(folder: Path, start: int, stop: int) -> Path:
 class EmbedShard:
     """A Ray Data actor: opens one Embedder, then embeds and writes one shard per row it is given."""
 
-    def __init__(self, artifact: str, shard_dir: str, paths: Sequence[str], backend: str, device: str) -> None:
+    def __init__(self, artifact: str, shard_dir: str, backend: str, device: str) -> None:
         from .embedder import Embedder
 
         self.embedder = Embedder(artifact, backend=backend, device=device)
-        self.shard_dir, self.paths = Path(shard_dir), list(paths)
+        self.shard_dir = Path(shard_dir)
+        # Read from the shard folder, not passed as an argument: a restarted actor needs its constructor
+        # arguments again, and a large list would live in Ray's object store only as long as the job.
+        self.paths = (self.shard_dir / PATHS).read_text().splitlines()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for start, stop in zip(rows["start"].tolist(), rows["stop"].tolist(), strict=True):
@@ -93,8 +96,9 @@ def _manifest(paths: Sequence[Path], artifact: Path, shard_size: int) -> dict[st
             "onnx_sha256": ModelSpec.load(artifact).onnx_sha256}
 
 
-def prepare_shard_dir(folder: Path, manifest: dict[str, Any]) -> None:
-    """Keep ``folder``'s shards only if they were written for the same images and artefact."""
+def prepare_shard_dir(folder: Path, manifest: dict[str, Any], paths: Sequence[Path]) -> None:
+    """Keep ``folder``'s shards only if they were written for the same images and artefact; write the
+    image list the actors read."""
     if folder.exists():
         try:
             same = read_json_object(folder / MANIFEST, "shard manifest", "") == manifest
@@ -103,6 +107,7 @@ def prepare_shard_dir(folder: Path, manifest: dict[str, Any]) -> None:
         if not same:
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / PATHS, "".join(f"{os.fspath(Path(p).resolve())}\n" for p in paths))
     write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
@@ -144,7 +149,7 @@ def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shar
     """
     ray, folder, artifact = _ray(), Path(shard_dir), Path(artifact)
     ranges = shard_ranges(len(paths), opts.shard_size)
-    prepare_shard_dir(folder, _manifest(paths, artifact, opts.shard_size))
+    prepare_shard_dir(folder, _manifest(paths, artifact, opts.shard_size), paths)
     todo = [r for r in ranges if not shard_path(folder, *r).is_file()]
     started = not ray.is_initialized()
     if started:
@@ -153,10 +158,9 @@ def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shar
         if todo:
             rows = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
             rows.map_batches(
-                worker, batch_size=1, concurrency=opts.workers, num_cpus=opts.cpus_per_worker,
-                num_gpus=opts.gpus_per_worker,
+                worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=opts.workers),
+                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
                 fn_constructor_kwargs=dict(artifact=str(artifact.resolve()), shard_dir=str(folder.resolve()),
-                                           paths=[os.fspath(Path(p).resolve()) for p in paths],
                                            backend=opts.backend, device=opts.device),
             ).materialize()
     finally:

@@ -86,3 +86,17 @@ def test_ray_benchmark_reports_equal_results_per_mode(ray_cluster, artifact_dir,
     rows = json.loads((tmp_path / "ray_embed.json").read_text())["results"]
     assert [r["mode"] for r in rows] == ["in-process", "ray-1", "ray-2"] and all(r["equal"] for r in rows)
     assert rows[0]["vs_in_process"] == 1.0 and rows[1]["scaling_vs_1_worker"] == 1.0
+
+
+def test_shards_of_the_same_run_are_kept_and_others_removed(tmp_path, artifact_dir):
+    from engine.ray_embed import _manifest, prepare_shard_dir, shard_path
+
+    paths = [tmp_path / f"{n}.png" for n in range(5)]
+    folder = tmp_path / "shards"
+    prepare_shard_dir(folder, _manifest(paths, artifact_dir, 2), paths)
+    shard_path(folder, 0, 2).write_bytes(b"done")
+    prepare_shard_dir(folder, _manifest(paths, artifact_dir, 2), paths)
+    assert shard_path(folder, 0, 2).exists()  # same images, artefact and cut: the run resumes
+    prepare_shard_dir(folder, _manifest(paths[:4], artifact_dir, 2), paths[:4])
+    assert not shard_path(folder, 0, 2).exists()  # other images: stale shards go
+    assert (folder / "paths.txt").read_text().splitlines() == [str(p.resolve()) for p in paths[:4]]
