@@ -4,6 +4,7 @@ Every test here needs PyTriton and tritonclient; without them the whole folder s
 """
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +56,11 @@ def gallery_images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def server(serve_artifact: Path, local_embedder: Embedder, gallery_images: np.ndarray,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per test module, with a gallery of GALLERY_SIZE images; stopped with SIGTERM."""
+    """One server per test module, with a gallery of GALLERY_SIZE images; stopping it is a test too:
+    SIGINT must end it with exit code 0 and leave no process of its group (tritonserver, stubs)."""
     folder = tmp_path_factory.mktemp("served")
     running = start_server(serve_artifact, folder / "server.log",
                            write_gallery(folder / "gallery.npz", local_embedder, gallery_images))
     yield running
-    assert running.stop() == 0, running.log_tail()
+    assert running.stop(signal.SIGINT) == 0, running.log_tail()
+    assert not running.group_alive(), "tritonserver or a model stub outlived the server"
