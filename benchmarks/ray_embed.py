@@ -13,6 +13,7 @@ Exit codes: 0 ok, 1 a Ray result differed, 2 usage or input errors.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace, paths: list[Path], work: Path) -> list[dict[st
 
     started = not ray.is_initialized()  # a caller's (a test's) session is used as it is
     if started:
-        ray.init(num_cpus=args.cluster_cpus, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=args.cluster_cpus, include_dashboard=False, logging_level=logging.ERROR)
     times: dict[str, list[float]] = {}
     equal: dict[str, bool] = {}
     try:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace, paths: list[Path], work: Path) -> list[dict[st
     finally:
         if started:
             ray.shutdown()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode, values in times.items():
         median = statistics.median(values)
         rows.append({"mode": mode, "workers": 0 if mode == "in-process" else int(mode.split("-")[1]),
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except JLMLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
+    report: dict[str, Any] = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
                                                               for k, v in vars(args).items()}, "results": rows}
     write_json(args.out / "ray_embed.json", report)
     table = markdown_table(rows, COLUMNS)

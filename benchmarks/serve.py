@@ -18,13 +18,16 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import (
+    Panel,
     environment,
     markdown_table,
     plot_loglog_panels,
@@ -99,13 +102,14 @@ def paired_overhead(url: str, embedder: Embedder, batches: list[np.ndarray], pai
     """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
     of one in-process call then one request, back to back, so both see the same machine load; the
     median of the paired differences is the overhead (robust on a shared, drifting machine)."""
-    local, remote = [], []
+    local: list[float] = []
+    remote: list[float] = []
     with TritonClient(url) as client:
         client.embed(batches[0])  # connection set-up is not per request
         for i in range(pairs):
             batch = batches[i % len(batches)]
-            local += time_calls(lambda b=batch: embedder(b), warmup=0, repeats=1)
-            remote += time_calls(lambda b=batch: client.embed(b), warmup=0, repeats=1)
+            local += time_calls(partial(embedder, batch), warmup=0, repeats=1)
+            remote += time_calls(partial(client.embed, batch), warmup=0, repeats=1)
     diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
     return {"in_process_p50_ms": summarize(local)["p50_ms"], "paired_server_p50_ms": summarize(remote)["p50_ms"],
             "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90))}
@@ -147,9 +151,9 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     head = (f"Batch {report['settings']['batch']}, {report['environment']['cpu']}; overhead_ms: median of "
             f"{report['settings']['pairs']} paired (server - in-process Embedder) differences.\n\n")
     write_text(out / "serve.md", head + markdown_table(report["results"], COLUMNS))
-    panels = []
+    panels: list[Panel] = []
     for key, label in (("requests_per_s", "requests/s"), ("p99_ms", "p99 latency (ms)")):
-        series = {p: ([r["clients"] for r in report["results"] if r["protocol"] == p and key in r],
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {p: ([r["clients"] for r in report["results"] if r["protocol"] == p and key in r],
                       [r[key] for r in report["results"] if r["protocol"] == p and key in r])
                   for p in report["settings"]["protocols"]}
         panels.append((series, "concurrent clients", label, f"{label} vs clients, batch {report['settings']['batch']}"))

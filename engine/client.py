@@ -60,7 +60,8 @@ def _triton_module(protocol: str) -> Any:
 
 def _reason(exc: Exception) -> str:
     """The server's own sentence from an InferenceServerException (the last line of a traceback)."""
-    text = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     errors = [line for line in lines if "Error: " in line]
     return (errors[-1].split("Error: ", 1)[1] if errors else lines[0] if lines else repr(exc))
@@ -137,8 +138,9 @@ class TritonClient:
         """(distances, ids), each (N, k), for query images or query embeddings (exactly one of them)."""
         if (images is None) == (embeddings is None):
             raise InputError("pass exactly one of images= or embeddings= to search")
-        inputs = {IMAGES: images} if images is not None else {EMBEDDINGS: embeddings}
-        out = self.infer(SEARCH_MODEL, {**inputs, K: np.array([k], np.int32)}, [DISTANCES, IDS])
+        query = (IMAGES, images) if images is not None else (EMBEDDINGS, embeddings)
+        inputs: dict[str, np.ndarray] = {query[0]: np.asarray(query[1]), K: np.array([k], np.int32)}
+        out = self.infer(SEARCH_MODEL, inputs, [DISTANCES, IDS])
         return out[DISTANCES], out[IDS]
 
     def add(self, images: np.ndarray, ids: np.ndarray, cams: np.ndarray | None = None) -> int:
