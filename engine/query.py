@@ -5,7 +5,8 @@ id, camera, squared-L2 distance, whether the id matches the query's (when the qu
 Market-style name) and the gallery image (from the ``.paths.json`` that ``python -m engine.embed``
 wrote). ``--png`` draws it as a picture like torchreid's visualize_ranked_results: the query, then the
 top k with their distances, framed green for a match and red for a miss. With ``--url`` the server
-embeds and searches its own resident gallery; ``--gallery`` is then only needed to name and draw rows.
+embeds and searches its own resident gallery; ``--gallery`` (the file the server was started with)
+is then only needed to name and draw the rows.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
