@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines: the local CPU wheel. GPU users: `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128" ...`
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ort
+EXTRAS ?= dev,ort,serve,ray
 OUT    ?= artifacts/demo
 
 .PHONY: venv demo test lint clean
@@ -28,7 +28,7 @@ test: venv
 # stubs go into build/ with --no-deps --target (never into the venv, where `import tensorrt` would then
 # succeed as an empty package), and a checked copy with their syntax errors repaired is what mypy reads.
 lint: venv
-	$(PY) -m ruff check engine export train benchmarks tests tools
+	$(PY) -m ruff check engine export train benchmarks tests tools serve
 	$(PY) tools/typecheck_trt.py --build-dir build
 
 clean:

@@ -223,7 +223,7 @@ class Gallery:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Gallery:
         """Read a file written by ``save``; raise ArtifactError if it is missing, corrupt or too new."""
-        header, arrays = _read_npz(path)
+        header, arrays = read_gallery_file(path)
         gallery = cls(header["dim"], device=device, storage=header["storage"])
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
@@ -265,7 +265,9 @@ def _check_labels(x: Any, n: int, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _read_npz(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_gallery_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and the ``embeddings``, ``ids`` and ``cams`` arrays of a file written by
+    ``Gallery.save``, checked; for tools that need rows (e.g. to show the images behind results)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in ("header", "embeddings", "ids", "cams")}

@@ -1,0 +1,128 @@
+"""Gallery embedding on Ray vs in-process: ``python -m benchmarks.ray_embed ARTIFACT_DIR --out DIR``.
+
+Generates ``--images`` PNG crops of the artefact's input size in a temporary folder (removed after),
+then, in rounds with the order interleaved, times ``engine.embed.embed_paths`` with one in-process
+Embedder and ``engine.ray_embed.embed_with_ray`` with 1, 2, ... Ray workers (one actor and one Embedder
+each, ``--cpus-per-worker`` CPUs) on one local Ray cluster started once (``--cluster-cpus``). Both
+decode the PNGs and embed; the Ray time includes starting the actors and opening their Embedders
+(what a job pays), writing and merging the shards, not starting the cluster. Every Ray result is
+checked equal to the in-process one. Reports the median images/s per mode, the ratio to in-process,
+and the scaling from 1 to N workers. Writes ray_embed.json and ray_embed.md into ``--out``.
+Exit codes: 0 ok, 1 a Ray result differed, 2 usage or input errors.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import environment, markdown_table, write_json
+from engine import Embedder, JLMLError, ModelSpec
+from engine.atomic import write_text
+from engine.embed import embed_paths, list_images
+from engine.ray_embed import RayOptions, embed_with_ray
+
+COLUMNS = ["mode", "workers", "images", "median_s", "images_per_s", "vs_in_process", "scaling_vs_1_worker",
+           "equal"]
+
+
+def make_folder(folder: Path, count: int, spec: ModelSpec) -> list[Path]:
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        pixels = rng.integers(0, 256, spec.image_shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{n // 4:05d}_c{n % 6 + 1}s1_{n:06d}_00.png")
+    return list_images(folder)
+
+
+def _timed(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(args: argparse.Namespace, paths: list[Path], work: Path) -> list[dict[str, Any]]:
+    import ray
+
+    started = not ray.is_initialized()  # a caller's (a test's) session is used as it is
+    if started:
+        ray.init(num_cpus=args.cluster_cpus, include_dashboard=False, logging_level=logging.ERROR)
+    times: dict[str, list[float]] = {}
+    equal: dict[str, bool] = {}
+    try:
+        for _ in range(args.rounds):
+            with Embedder(args.artifact, backend=args.backend, device="cpu") as embedder:
+                seconds, (want, _) = _timed(lambda e=embedder: embed_paths(paths, e, e.spec.image_shape,
+                                                                           progress=False))
+            times.setdefault("in-process", []).append(seconds)
+            for workers in args.workers:
+                opts = RayOptions(workers=workers, cpus_per_worker=args.cpus_per_worker, backend=args.backend,
+                                  device="cpu", shard_size=args.shard_size)
+                seconds, (got, _) = _timed(lambda o=opts: embed_with_ray(paths, args.artifact, work / "shards", o))
+                times.setdefault(f"ray-{workers}", []).append(seconds)
+                equal[f"ray-{workers}"] = equal.get(f"ray-{workers}", True) and np.array_equal(got, want)
+    finally:
+        if started:
+            ray.shutdown()
+    rows: list[dict[str, Any]] = []
+    for mode, values in times.items():
+        median = statistics.median(values)
+        rows.append({"mode": mode, "workers": 0 if mode == "in-process" else int(mode.split("-")[1]),
+                     "images": len(paths), "median_s": median, "images_per_s": len(paths) / median,
+                     "seconds": values, "equal": equal.get(mode, True)})
+    base = rows[0]["images_per_s"]
+    one = next((r["images_per_s"] for r in rows if r["workers"] == 1), None)
+    for row in rows:
+        row["vs_in_process"] = row["images_per_s"] / base
+        row["scaling_vs_1_worker"] = row["images_per_s"] / one if one and row["workers"] else None
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ray_embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
+    p.add_argument("--out", type=Path, required=True, help="folder for ray_embed.json and ray_embed.md")
+    p.add_argument("--images", type=int, default=2000, help="generated crops (default: %(default)s)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="default: %(default)s")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="default: %(default)s")
+    p.add_argument("--cluster-cpus", type=int, default=2, help="CPUs of the local cluster (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=256, help="default: %(default)s")
+    p.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
+    p.add_argument("--backend", default="ort", help="default: %(default)s")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.images < 1 or args.rounds < 1 or min(args.workers) < 1:
+        print("error: --images, --rounds and --workers must be positive", file=sys.stderr)
+        return 2
+    try:
+        spec = ModelSpec.load(args.artifact)
+        with tempfile.TemporaryDirectory(prefix="ray-embed-") as tmp:
+            folder = Path(tmp) / "crops"
+            folder.mkdir()
+            rows = run(args, make_folder(folder, args.images, spec), Path(tmp))
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
+                                                              for k, v in vars(args).items()}, "results": rows}
+    write_json(args.out / "ray_embed.json", report)
+    table = markdown_table(rows, COLUMNS)
+    write_text(args.out / "ray_embed.md", f"{args.images} images {spec.height}x{spec.width}, median of "
+               f"{args.rounds} rounds, {report['environment']['cpu']}:\n\n{table}")
+    print(table, end="")
+    return 0 if all(r["equal"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

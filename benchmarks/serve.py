@@ -1,0 +1,203 @@
+"""Load test of the Triton server: ``python -m benchmarks.serve ARTIFACT_DIR --out DIR``.
+
+Starts ``python -m serve ARTIFACT_DIR`` on free loopback ports (serve.process; nothing listens
+beyond 127.0.0.1), then for each protocol (gRPC, HTTP) and each client count N runs N concurrent
+clients (threads, one TritonClient each) that send embed requests of ``--batch`` images until each
+has sent ``--requests`` or ``--max-seconds`` passed. Every answer is compared with the in-process
+Embedder's embeddings of the same pixels (same artefact, backend and device, computed before the
+load), so the report proves nothing was lost: requests sent = answered, no errors, largest
+difference. Per cell: requests/s, images/s, p50/p90/p99 latency, and at one client the overhead per
+request against calling the Embedder in-process at the same batch (paired calls, interleaved in this
+process, so both see the same load). Clients and server share this machine's cores, so on a small CPU the client's own
+serialisation competes with the model. Writes serve.json, serve.md and serve.png into ``--out``.
+Exit codes: 0 ok (and nothing lost), 1 a request lost or wrong, 2 usage or input errors.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Panel,
+    environment,
+    markdown_table,
+    plot_loglog_panels,
+    summarize,
+    time_calls,
+    write_json,
+)
+from engine import Embedder, JLMLError, ModelSpec
+from engine.atomic import write_text
+from engine.client import TritonClient
+from serve.process import ServerProcess
+
+COLUMNS = ["protocol", "clients", "batch", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
+           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "overhead_ms"]
+DISTINCT_BATCHES = 8  # different pixels per request, so a cached or mixed-up answer shows as a mismatch
+TOLERANCE = 1e-5  # ORT CPU rows may differ in the last bits when the dynamic batcher merges requests
+
+
+@dataclass
+class ClientLog:
+    latencies: list[float] = field(default_factory=list)
+    max_diff: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    sent: int = 0
+
+
+def _client(url: str, batches: list[np.ndarray], expected: list[np.ndarray], offset: int, requests: int,
+            deadline: float, log: ClientLog) -> None:
+    with TritonClient(url) as client:
+        for i in range(requests):
+            if time.monotonic() > deadline:
+                return
+            j = (offset + i) % len(batches)
+            log.sent += 1
+            start = time.perf_counter()
+            try:
+                got = client.embed(batches[j])
+            except JLMLError as exc:
+                log.errors.append(str(exc))
+                continue
+            log.latencies.append(time.perf_counter() - start)
+            log.max_diff = max(log.max_diff, float(np.abs(got - expected[j]).max()))
+
+
+def load_cell(url: str, clients: int, batches: list[np.ndarray], expected: list[np.ndarray], *,
+              requests: int, max_seconds: float) -> dict[str, Any]:
+    """N concurrent clients until each sent ``requests`` or ``max_seconds`` passed; one result row."""
+    logs = [ClientLog() for _ in range(clients)]
+    deadline = time.monotonic() + max_seconds
+    threads = [threading.Thread(target=_client, args=(url, batches, expected, n * 3, requests, deadline, log))
+               for n, log in enumerate(logs)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies = [x for log in logs for x in log.latencies]
+    batch = len(batches[0])
+    row: dict[str, Any] = {"clients": clients, "batch": batch, "sent": sum(log.sent for log in logs),
+                           "answered": len(latencies), "errors": sum(len(log.errors) for log in logs),
+                           "max_abs_diff": max(log.max_diff for log in logs), "wall_s": wall,
+                           "first_error": next((e for log in logs for e in log.errors), None)}
+    if latencies:
+        stats = summarize(latencies, batch)
+        row.update(p50_ms=stats["p50_ms"], p90_ms=stats["p90_ms"], p99_ms=stats["p99_ms"],
+                   requests_per_s=len(latencies) / wall, images_per_s=len(latencies) * batch / wall)
+    return row
+
+
+def paired_overhead(url: str, embedder: Embedder, batches: list[np.ndarray], pairs: int) -> dict[str, float]:
+    """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
+    of one in-process call then one request, back to back, so both see the same machine load; the
+    median of the paired differences is the overhead (robust on a shared, drifting machine)."""
+    local: list[float] = []
+    remote: list[float] = []
+    with TritonClient(url) as client:
+        client.embed(batches[0])  # connection set-up is not per request
+        for i in range(pairs):
+            batch = batches[i % len(batches)]
+            local += time_calls(partial(embedder, batch), warmup=0, repeats=1)
+            remote += time_calls(partial(client.embed, batch), warmup=0, repeats=1)
+    diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
+    return {"in_process_p50_ms": summarize(local)["p50_ms"], "paired_server_p50_ms": summarize(remote)["p50_ms"],
+            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90))}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    spec = ModelSpec.load(args.artifact)
+    shape, max_batch = spec.image_shape, spec.max_batch
+    if not 1 <= args.batch <= max_batch:
+        raise JLMLError(f"--batch {args.batch} is outside 1..{max_batch} (the artefact's batch range)")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with Embedder(args.artifact, backend=args.backend, device=args.device) as embedder:
+        expected = [embedder(b) for b in batches]
+        server = ServerProcess.start(args.artifact, args.out / "server.log",
+                                     extra=("--backend", args.backend, "--device", args.device))
+        try:
+            for protocol in args.protocols:
+                url = getattr(server, protocol)
+                for clients in args.clients:
+                    row = load_cell(url, clients, batches, expected, requests=args.requests,
+                                    max_seconds=args.max_seconds)
+                    row["protocol"] = protocol
+                    if clients == 1:
+                        row.update(paired_overhead(url, embedder, batches, args.pairs))
+                    rows.append(row)
+                    print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+        finally:
+            rc = server.stop()
+    return {"environment": environment(args.device if args.device != "auto" else "cpu"),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "server_exit_code": rc, "results": rows}
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    write_json(out / "serve.json", report)
+    head = (f"Batch {report['settings']['batch']}, {report['environment']['cpu']}; overhead_ms: median of "
+            f"{report['settings']['pairs']} paired (server - in-process Embedder) differences.\n\n")
+    write_text(out / "serve.md", head + markdown_table(report["results"], COLUMNS))
+    panels: list[Panel] = []
+    for key, label in (("requests_per_s", "requests/s"), ("p99_ms", "p99 latency (ms)")):
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {p: ([r["clients"] for r in report["results"] if r["protocol"] == p and key in r],
+                      [r[key] for r in report["results"] if r["protocol"] == p and key in r])
+                  for p in report["settings"]["protocols"]}
+        panels.append((series, "concurrent clients", label, f"{label} vs clients, batch {report['settings']['batch']}"))
+    plot_loglog_panels(out / "serve.png", panels)
+
+
+def nothing_lost(report: dict[str, Any]) -> bool:
+    return all(r["answered"] == r["sent"] and r["errors"] == 0 and r["max_abs_diff"] <= TOLERANCE
+               for r in report["results"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
+    p.add_argument("--out", type=Path, required=True, help="folder for serve.json, serve.md, serve.png")
+    p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"],
+                   help="default: %(default)s")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="default: %(default)s")
+    p.add_argument("--batch", type=int, default=8, help="images per request (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=50, help="requests per client (default: %(default)s)")
+    p.add_argument("--max-seconds", type=float, default=60.0,
+                   help="stop sending after this long per cell (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=30,
+                   help="in-process/server call pairs for the overhead (default: %(default)s)")
+    p.add_argument("--backend", default="ort", help="default: %(default)s")
+    p.add_argument("--device", default="cpu", help="default: %(default)s")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.clients) < 1 or args.requests < 1 or args.max_seconds <= 0:
+        print("error: --clients, --requests and --max-seconds must be positive", file=sys.stderr)
+        return 2
+    try:
+        report = run(args)
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_report(report, args.out)
+    print(f"wrote serve.json, serve.md, serve.png to {args.out}")
+    return 0 if nothing_lost(report) and report["server_exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""A client for the jlml Triton server (``python -m serve``): embed, search and add over HTTP or gRPC.
+
+This is the wire protocol in one place: the model and tensor names below are what ``serve`` binds
+and what this client sends, so the server (top layer) imports them from here and engine never
+imports serve. ``tritonclient`` is imported when a client is created, never by ``import engine``;
+its absence is a BackendUnavailableError naming the ``serve`` extra.
+
+Protocol: ``embed`` takes uint8 images (N, H, W, 3), N up to the artefact's max batch (Triton's
+dynamic batcher merges concurrent requests), and returns unit ``embeddings`` (N, D). ``search`` takes
+``images`` or ``embeddings`` plus ``k`` (int32, shape [1]) and returns ``distances`` (N, k) squared L2
+ascending and int64 ``ids`` (N, k), padded with inf / -1 like Gallery.search. ``gallery_add`` takes
+``images``, int64 ``ids`` and optionally ``cams``, saves the gallery file atomically and returns the
+gallery's ``count``.
+"""
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import BackendUnavailableError, InputError, JLMLError
+
+EMBED_MODEL, SEARCH_MODEL, ADD_MODEL = "embed", "search", "gallery_add"
+IMAGES, EMBEDDINGS, K = "images", "embeddings", "k"
+IDS, CAMS, DISTANCES, COUNT = "ids", "cams", "distances", "count"
+PROTOCOLS = ("http", "grpc")
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+TRITON_DTYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
+                 np.dtype(np.int64): "INT64"}
+
+
+class ServerError(JLMLError, RuntimeError):
+    """The server refused a request or could not be reached; the message carries the server's reason."""
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``"grpc://host:port"`` / ``"http://host:port"`` / ``"host:port"`` (HTTP) -> (protocol, "host:port")."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in PROTOCOLS or not parts.hostname:
+        raise InputError(f"server url {url!r} is not http://HOST:PORT or grpc://HOST:PORT; e.g. "
+                         "grpc://127.0.0.1:8001 for `python -m serve` on this machine")
+    return parts.scheme, f"{parts.hostname}:{parts.port or DEFAULT_PORTS[parts.scheme]}"
+
+
+def _triton_module(protocol: str) -> Any:
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"talking to a Triton server needs tritonclient[{protocol}] ({exc}); install the extra: "
+            "pip install 'jlml-engine[serve]'"
+        ) from exc
+    return module
+
+
+def _reason(exc: Exception) -> str:
+    """The server's own sentence from an InferenceServerException (the last line of a traceback)."""
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error: " in line]
+    return (errors[-1].split("Error: ", 1)[1] if errors else lines[0] if lines else repr(exc))
+
+
+class TritonClient:
+    """One connection to ``python -m serve``; a context manager. Use one per thread (tritonclient's
+    clients are not meant to be shared between threads; they are cheap to make).
+
+    ``timeout_s`` bounds each request (network and queueing included).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+        self.protocol, self.address = parse_url(url)
+        self._module = _triton_module(self.protocol)
+        self._timeout_s = float(timeout_s)
+        if self.protocol == "grpc":
+            self._client = self._module.InferenceServerClient(self.address)
+        else:
+            self._client = self._module.InferenceServerClient(
+                self.address, connection_timeout=self._timeout_s, network_timeout=self._timeout_s)
+        self._image_shape: tuple[int, ...] | None = None
+        self._max_batch = self._dim = 0
+
+    # ---- server facts --------------------------------------------------------------------------
+    def ready(self, models: tuple[str, ...] = (EMBED_MODEL,)) -> bool:
+        """True when the server answers and ``models`` are ready (Triton's own readiness endpoints)."""
+        try:
+            return bool(self._client.is_server_ready()
+                        and all(self._client.is_model_ready(model) for model in models))
+        except Exception:  # noqa: BLE001 - any transport failure means "not ready yet"
+            return False
+
+    def _load_metadata(self) -> None:
+        config = self._call(self._client.get_model_config, EMBED_MODEL)
+        config = config.config if self.protocol == "grpc" else config
+        config = config if isinstance(config, dict) else _message_to_dict(config)
+        self._max_batch = int(config["max_batch_size"])
+        dims = next(i["dims"] for i in config["input"] if i["name"] == IMAGES)
+        self._image_shape = tuple(int(d) for d in dims)
+        self._dim = int(next(o["dims"][0] for o in config["output"] if o["name"] == EMBEDDINGS))
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, 3) the server's model takes."""
+        if self._image_shape is None:
+            self._load_metadata()
+        return self._image_shape  # type: ignore[return-value]
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch one embed request may carry (the artefact's max batch)."""
+        if not self._max_batch:
+            self._load_metadata()
+        return self._max_batch
+
+    @property
+    def embedding_dim(self) -> int:
+        if not self._dim:
+            self._load_metadata()
+        return self._dim
+
+    # ---- the three models ----------------------------------------------------------------------
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Unit embeddings (N, D) for uint8 (N, H, W, 3) images, sent in requests of at most max_batch."""
+        images = np.ascontiguousarray(images)
+        step = self.max_batch
+        parts = [self.infer(EMBED_MODEL, {IMAGES: images[i:i + step]}, [EMBEDDINGS])[EMBEDDINGS]
+                 for i in range(0, len(images), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
+
+    def search(self, k: int, *, images: np.ndarray | None = None,
+               embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (N, k), for query images or query embeddings (exactly one of them)."""
+        if (images is None) == (embeddings is None):
+            raise InputError("pass exactly one of images= or embeddings= to search")
+        query = (IMAGES, images) if images is not None else (EMBEDDINGS, embeddings)
+        inputs: dict[str, np.ndarray] = {query[0]: np.asarray(query[1]), K: np.array([k], np.int32)}
+        out = self.infer(SEARCH_MODEL, inputs, [DISTANCES, IDS])
+        return out[DISTANCES], out[IDS]
+
+    def add(self, images: np.ndarray, ids: np.ndarray, cams: np.ndarray | None = None) -> int:
+        """Add images with their int64 ids (and cameras) to the served gallery; returns its new size."""
+        inputs = {IMAGES: images, IDS: np.asarray(ids, np.int64)}
+        if cams is not None:
+            inputs[CAMS] = np.asarray(cams, np.int64)
+        return int(self.infer(ADD_MODEL, inputs, [COUNT])[COUNT][0])
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """One raw request: named numpy inputs in, named numpy outputs back; ServerError on refusal."""
+        wire = []
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array)
+            if array.dtype not in TRITON_DTYPES:
+                raise InputError(f"input {name!r} has dtype {array.dtype}; the server takes "
+                                 f"{sorted(str(d) for d in TRITON_DTYPES)}")
+            tensor = self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype])
+            tensor.set_data_from_numpy(array)
+            wire.append(tensor)
+        requested = [self._module.InferRequestedOutput(name) for name in outputs]
+        kwargs = {"client_timeout": self._timeout_s} if self.protocol == "grpc" else {}
+        result = self._call(self._client.infer, model, wire, outputs=requested, **kwargs)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            raise ServerError(f"server {self.protocol}://{self.address} refused: {_reason(exc)}") from exc
+        except (OSError, ConnectionError) as exc:
+            raise ServerError(f"cannot reach {self.protocol}://{self.address} ({exc}); start it with "
+                              "`python -m serve ARTIFACT_DIR` or check --url") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _message_to_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)

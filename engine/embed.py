@@ -1,0 +1,189 @@
+"""``python -m engine.embed FOLDER --artifact DIR --out gallery.npz``: a folder of crops -> a gallery file.
+
+Every image under FOLDER (recursively, sorted) is decoded, resized and embedded, in-process through
+an Embedder, against a running server (``--url``, see ``python -m serve``) or on a Ray cluster
+(``--ray``). Person ids and cameras come from Market-1501-style names (``0002_c1s1_000451_03.jpg``:
+id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
+the image's index (``--index-ids``). Beside the gallery, ``<out>.paths.json`` lists each row's image,
+so ``python -m engine.query`` can show the images behind its results. Both files are written atomically.
+Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import write_text
+from .errors import DataError, InputError, JLMLError
+from .images import load_images
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
+UNKNOWN = -1
+# Images decoded per step: bounds host memory on any folder size.
+CHUNK = 256
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in sorted order (DataError when there are none)."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist; pass a folder of person crops")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DataError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}; pass a folder of crops")
+    return paths
+
+
+def market_label(path: Path) -> tuple[int, int] | None:
+    """(id, camera) from a Market-style name (``0002_c1s1_...``: 2, 1), None for other names."""
+    match = MARKET_NAME.match(path.name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def read_labels_csv(csv_path: Path, folder: Path, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """ids and cams of ``paths`` from a CSV with columns path,id[,cam] (paths relative to ``folder``)."""
+    try:
+        with open(csv_path, newline="") as fh:
+            rows = {r["path"]: r for r in csv.DictReader(fh)}
+    except (OSError, KeyError, csv.Error) as exc:
+        raise DataError(f"cannot read labels {csv_path} ({exc}); expected a CSV with a header "
+                        "path,id[,cam]") from exc
+    missing = [str(p.relative_to(folder)) for p in paths if str(p.relative_to(folder)) not in rows]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) have no row in {csv_path}, e.g. {missing[0]}; add them "
+                        "or remove the images")
+    try:
+        picked = [rows[str(p.relative_to(folder))] for p in paths]
+        return (np.array([int(r["id"]) for r in picked], np.int64),
+                np.array([int(r.get("cam") or UNKNOWN) for r in picked], np.int64))
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"labels {csv_path}: {exc}; id and cam must be integers") from exc
+
+
+def labels(folder: Path, paths: Sequence[Path], *, csv_path: Path | None = None,
+           index_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and cameras of ``paths``: from the CSV, the index, or Market-style names."""
+    if csv_path is not None:
+        return read_labels_csv(csv_path, folder, paths)
+    if index_ids:
+        return np.arange(len(paths), dtype=np.int64), np.full(len(paths), UNKNOWN, np.int64)
+    parsed = [market_label(p) for p in paths]
+    bad = [p.name for p, label in zip(paths, parsed, strict=True) if label is None]
+    if bad:
+        raise InputError(f"{len(bad)} image name(s) are not Market-style (PPPP_cX..., e.g. 0002_c1s1_000451_03"
+                         f".jpg), e.g. {bad[0]}; pass --labels CSV or --index-ids")
+    table = np.array(parsed, np.int64).reshape(len(paths), 2)
+    return table[:, 0].copy(), table[:, 1].copy()
+
+
+def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int], *,
+                progress: bool = True) -> tuple[np.ndarray, list[int]]:
+    """Embeddings of the readable images among ``paths`` and their indices (unreadable ones are skipped
+    with one warning, like load_images), decoding CHUNK images at a time."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    parts, kept = [], []
+    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), CHUNK):
+            pixels, loaded = load_images(paths[start:start + CHUNK], height, width)
+            if len(pixels):
+                parts.append(embed(pixels))
+            kept += [start + i for i in loaded]
+            bar.update(min(CHUNK, len(paths) - start))
+    if not parts:
+        raise DataError(f"none of the {len(paths)} images could be read; check the folder")
+    return np.concatenate(parts), kept
+
+
+def paths_file(gallery: Path) -> Path:
+    """The sidecar listing each gallery row's image: ``gallery.npz`` -> ``gallery.npz.paths.json``."""
+    return gallery.with_name(gallery.name + ".paths.json")
+
+
+def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
+                 paths: Sequence[Path]) -> None:
+    from .gallery import Gallery
+
+    gallery = Gallery(embeddings.shape[1])
+    gallery.add(embeddings, ids, cams)
+    gallery.save(out)
+    rows = [str(p.relative_to(root)) for p in paths]
+    write_text(paths_file(out), json.dumps({"root": str(root.resolve()), "paths": rows}, indent=1) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="folder of person crops (searched recursively)")
+    p.add_argument("--artifact", type=Path, help="artefact folder (needed unless --url)")
+    p.add_argument("--out", type=Path, required=True, help="gallery file to write (.npz)")
+    p.add_argument("--labels", type=Path, help="CSV with columns path,id[,cam] instead of Market-style names")
+    p.add_argument("--index-ids", action="store_true", help="ids are the images' sorted order, cams unknown")
+    p.add_argument("--url", help="embed on a running server instead: grpc://HOST:PORT or http://HOST:PORT")
+    p.add_argument("--backend", default="auto", help="in-process backend: auto, trt or ort (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="embed on a Ray cluster: 'auto' joins a running one, an address (ray://HOST:10001) a "
+                   "remote one, no value starts a local one")
+    p.add_argument("--ray-workers", type=int, default=2, help="Ray actors, one Embedder each (default: %(default)s)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="default: %(default)s")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="default: %(default)s")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    if args.ray is not None:
+        from .ray_embed import RayOptions, embed_with_ray
+
+        if args.artifact is None:
+            raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
+        opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
+                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                          backend=args.backend, device=args.device)
+        return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
+    return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.quiet))
+
+
+def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[int]], Any]) -> Any:
+    """Run ``work(embed, image_shape)`` with a server client (``args.url``) or an in-process Embedder."""
+    if args.url is not None:
+        from .client import TritonClient
+
+        with TritonClient(args.url) as client:
+            return work(client.embed, client.image_shape)
+    if args.artifact is None:
+        raise InputError("pass --artifact DIR (an exported artefact folder) or --url of a running server")
+    from .embedder import Embedder
+
+    with Embedder(args.artifact, backend=args.backend, device=args.device) as embedder:
+        return work(embedder, embedder.spec.image_shape)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        paths = list_images(args.folder)
+        ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
+        embeddings, kept = _embed_all(args, paths)
+        save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
+          f"{embeddings.shape[1]}-D) and {paths_file(args.out).name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Embed a large folder on a Ray cluster: Ray Data ``map_batches`` over an actor pool, one Embedder each.
+
+The image list is cut into fixed shards (``shard_size`` paths; the same cut on every run). Each shard
+is one Ray Data row; an actor (``EmbedShard``) decodes its images, embeds them and writes
+``shard-START-STOP.npz`` atomically (engine.atomic), so a shard file is whole or absent. Ray Data
+restarts a dead actor and retries its task (its actor defaults: ``max_restarts=-1``,
+``max_task_retries=-1``): a retried shard rewrites the same file name, so nothing is half-written or
+counted twice (tests/engine/test_ray_embed.py kills a worker mid-shard). The driver then merges the
+shards in path order, checking that every one is there exactly once. Shards already written by an
+interrupted run over the same images and artefact are kept (the run resumes); others are removed.
+
+Multi-machine runs: ``address`` is the cluster (``"auto"`` on a node of it, or ``ray://HOST:10001``);
+every node needs this package, the artefact folder and the images at the same paths, and the shard
+folder on storage the driver can read (a shared file system). ``ray`` is imported here only, never by
+``import engine``; install the extra ``ray``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import read_json_object, write_text, write_with
+from .errors import ArtifactError, BackendUnavailableError
+from .spec import ModelSpec
+
+MANIFEST, PATHS = "manifest.json", "paths.txt"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``address`` None starts a local cluster (``local_cpus`` CPUs, default: all); the rest is per actor."""
+
+    address: str | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    backend: str = "auto"
+    device: str = "auto"
+    shard_size: int = 256
+    local_cpus: int | None = None
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+
+
+def shard_path(folder: Path, start: int, stop: int) -> Path:
+    return folder / f"shard-{start:010d}-{stop:010d}.npz"
+
+
+class EmbedShard:
+    """A Ray Data actor: opens one Embedder, then embeds and writes one shard per row it is given."""
+
+    def __init__(self, artifact: str, shard_dir: str, backend: str, device: str) -> None:
+        from .embedder import Embedder
+
+        self.embedder = Embedder(artifact, backend=backend, device=device)
+        self.shard_dir = Path(shard_dir)
+        # Read from the shard folder, not passed as an argument: a restarted actor needs its constructor
+        # arguments again, and a large list would live in Ray's object store only as long as the job.
+        self.paths = (self.shard_dir / PATHS).read_text().splitlines()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for start, stop in zip(rows["start"].tolist(), rows["stop"].tolist(), strict=True):
+            self.write_shard(start, stop)
+        return rows
+
+    def embed(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the readable images of paths[start:stop] and their global indices."""
+        from .images import load_images
+
+        spec = self.embedder.spec
+        pixels, loaded = load_images(self.paths[start:stop], spec.height, spec.width)
+        return self.embedder(pixels), np.asarray(loaded, np.int64) + start
+
+    def write_shard(self, start: int, stop: int) -> None:
+        embeddings, kept = self.embed(start, stop)
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, start=start, stop=stop, kept=kept, embeddings=embeddings)
+        write_with(shard_path(self.shard_dir, start, stop), save)
+
+
+def _manifest(paths: Sequence[Path], artifact: Path, shard_size: int) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(os.fspath(p) for p in paths).encode()).hexdigest()
+    return {"count": len(paths), "paths_sha256": digest, "shard_size": shard_size,
+            "onnx_sha256": ModelSpec.load(artifact).onnx_sha256}
+
+
+def prepare_shard_dir(folder: Path, manifest: dict[str, Any], paths: Sequence[Path]) -> None:
+    """Keep ``folder``'s shards only if they were written for the same images and artefact; write the
+    image list the actors read."""
+    if folder.exists():
+        try:
+            same = read_json_object(folder / MANIFEST, "shard manifest", "") == manifest
+        except ArtifactError:
+            same = False
+        if not same:
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / PATHS, "".join(f"{os.fspath(Path(p).resolve())}\n" for p in paths))
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def merge_shards(folder: Path, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, list[int]]:
+    """Embeddings and kept indices of every shard in path order; ArtifactError for a missing or wrong one."""
+    parts, kept = [], []
+    for start, stop in ranges:
+        path = shard_path(folder, start, stop)
+        try:
+            with np.load(path) as shard:
+                if (int(shard["start"]), int(shard["stop"])) != (start, stop):
+                    raise ArtifactError(f"shard {path} holds rows {int(shard['start'])}..{int(shard['stop'])}")
+                parts.append(shard["embeddings"])
+                kept += shard["kept"].tolist()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"shard {path} is missing or unreadable ({exc}); run the embedding again, "
+                                "finished shards are kept") from exc
+    if not kept:
+        raise ArtifactError(f"none of the images in {folder}'s run could be read; check the folder")
+    return np.concatenate(parts), kept
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data ships as the ray[data] extra
+    except ImportError as exc:
+        raise BackendUnavailableError(f"--ray needs ray[data] ({exc}); pip install 'jlml-engine[ray]'") from exc
+    return ray
+
+
+def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shard_dir: str | os.PathLike[str],
+                   opts: RayOptions, *, worker: type = EmbedShard) -> tuple[np.ndarray, list[int]]:
+    """Embed ``paths`` on Ray; returns (embeddings, kept indices) like engine.embed.embed_paths.
+
+    Joins the Ray session already open in this process if there is one, else connects to
+    ``opts.address`` (None: a local cluster, shut down again afterwards). ``worker`` is the actor class
+    (a subclass of EmbedShard; tests inject faults through it).
+    """
+    ray, folder, artifact = _ray(), Path(shard_dir), Path(artifact)
+    ranges = shard_ranges(len(paths), opts.shard_size)
+    prepare_shard_dir(folder, _manifest(paths, artifact, opts.shard_size), paths)
+    todo = [r for r in ranges if not shard_path(folder, *r).is_file()]
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=opts.address, num_cpus=opts.local_cpus if opts.address is None else None)
+    try:
+        if todo:
+            rows = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
+            rows.map_batches(
+                worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=opts.workers),
+                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
+                fn_constructor_kwargs=dict(artifact=str(artifact.resolve()), shard_dir=str(folder.resolve()),
+                                           backend=opts.backend, device=opts.device),
+            ).materialize()
+    finally:
+        if started:
+            ray.shutdown()
+    merged = merge_shards(folder, ranges)
+    shutil.rmtree(folder)
+    return merged

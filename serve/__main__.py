@@ -1,0 +1,70 @@
+"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz]``: the engine behind a Triton Inference Server.
+
+Models: ``embed`` (uint8 N,H,W,3 -> unit embeddings, dynamic batching up to the artefact's max
+batch), and with --gallery also ``search`` (images or embeddings + k -> squared-L2 distances and ids)
+and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically; the file is created
+by the first add if it does not exist). Clients: engine.client.TritonClient, `python -m engine.embed
+--url`, `python -m engine.query --url`, or any Triton client. Stop with Ctrl+C or SIGTERM.
+Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine import JLMLError
+from engine.backends import BACKEND_NAMES
+
+from .server import ServerOptions, serve
+
+DEFAULTS = ServerOptions()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
+    p.add_argument("--gallery", type=Path, help="gallery .npz (from `python -m engine.embed`) to search "
+                   "and add to; without it only `embed` is served")
+    p.add_argument("--address", default=DEFAULTS.address,
+                   help="interface to listen on (default: %(default)s, loopback; 0.0.0.0 for every one)")
+    p.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help="default: %(default)s")
+    p.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help="default: %(default)s")
+    p.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
+                   help="Prometheus metrics (default: %(default)s)")
+    p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "torch"], default=DEFAULTS.backend,
+                   help="engine backend (default: %(default)s)")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default=DEFAULTS.precision,
+                   help="default: %(default)s")
+    p.add_argument("--gallery-device", default=DEFAULTS.gallery_device,
+                   help="where the gallery is searched: cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--queue-delay-us", type=int, default=DEFAULTS.queue_delay_us,
+                   help="dynamic batcher: longest wait to fill a batch, microseconds (default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="log PyTriton's progress too")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+                         metrics_port=args.metrics_port, backend=args.backend, device=args.device,
+                         precision=args.precision, gallery_device=args.gallery_device,
+                         queue_delay_us=args.queue_delay_us)
+    try:
+        stopped = serve(args.artifact, args.gallery, opts)
+    except JLMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not stopped:
+        print("error: tritonserver or a model proxy died; see the log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

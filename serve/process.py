@@ -1,0 +1,108 @@
+"""``python -m serve`` as a child process on free loopback ports: for tests, benchmarks and scripts.
+
+The server runs as the command a user types, in its own process group, so a caller can stop it with
+a signal (the clean path) or kill it with tritonserver and the model stubs (a crash).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.client import ADD_MODEL, EMBED_MODEL, SEARCH_MODEL, TritonClient
+from engine.errors import JLMLError
+
+START_TIMEOUT_S = 180.0  # ~5 s idle, ~15 s on a loaded 2-core machine; the bound only stops a hang
+STOP_TIMEOUT_S = 60.0
+
+
+class ServerStartError(JLMLError, RuntimeError):
+    """The server exited or did not become ready; the message carries the end of its log."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    http: str
+    grpc: str
+    log: Path
+    gallery: Path | None
+
+    @classmethod
+    def start(cls, artifact: str | os.PathLike[str], log: str | os.PathLike[str], *,
+              gallery: str | os.PathLike[str] | None = None, extra: tuple[str, ...] = (),
+              timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        """Start the server on three free loopback ports; return once every model reports ready."""
+        http, grpc, metrics = free_ports(3)
+        cmd = [sys.executable, "-m", "serve", str(artifact), "--address", "127.0.0.1", "--http-port",
+               str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]
+        if gallery is not None:
+            cmd += ["--gallery", str(gallery)]
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=Path(__file__).resolve().parents[1],
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        server = cls(proc, f"http://127.0.0.1:{http}", f"grpc://127.0.0.1:{grpc}", Path(log),
+                     None if gallery is None else Path(gallery))
+        server.wait_ready(timeout_s)
+        return server
+
+    def wait_ready(self, timeout_s: float) -> None:
+        models = (EMBED_MODEL,) if self.gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
+        deadline = time.monotonic() + timeout_s
+        with TritonClient(self.http) as client:
+            while not client.ready(models):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill_all()
+                    raise ServerStartError(f"server did not become ready (exit code {self.proc.poll()}); "
+                                           f"its log:\n{self.log_tail()}")
+                time.sleep(0.25)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """Send ``sig`` and return the exit code; a server that ignores it is killed (ServerStartError)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise ServerStartError(f"server ignored signal {sig} for {timeout_s} s:\n{self.log_tail()}") from None
+
+    def kill_all(self) -> None:
+        """SIGKILL the server and its process group (tritonserver, model stubs): a crash, not a shutdown."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def group_alive(self, grace_s: float = 10.0) -> bool:
+        """Whether a process of the server's group is still running ``grace_s`` after the server exited."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return False
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.2)

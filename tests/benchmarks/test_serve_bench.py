@@ -1,0 +1,31 @@
+"""The load test end to end on a tiny artefact: both protocols, several clients, nothing lost, reports."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("pytriton", reason="the server load test needs nvidia-pytriton (pip install 'jlml-engine[serve]')")
+pytest.importorskip("tritonclient.grpc", reason="the server load test needs tritonclient[grpc,http]")
+
+from benchmarks.serve import main  # noqa: E402
+
+
+@pytest.mark.serve
+def test_load_test_answers_every_request_with_the_in_process_result(tmp_path, bench_artifacts):
+    out = tmp_path / "serve"
+    assert main([str(bench_artifacts), "--out", str(out), "--clients", "1", "3", "--requests", "4",
+                 "--batch", "4", "--pairs", "3"]) == 0
+    report = json.loads((out / "serve.json").read_text())
+    cells = {(r["protocol"], r["clients"]) for r in report["results"]}
+    assert cells == {("grpc", 1), ("grpc", 3), ("http", 1), ("http", 3)}
+    for row in report["results"]:
+        assert row["sent"] == row["answered"] == 4 * row["clients"] and row["errors"] == 0
+        assert row["max_abs_diff"] <= 1e-5 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert all(r["in_process_p50_ms"] > 0 and "overhead_ms" in r for r in report["results"] if r["clients"] == 1)
+    assert report["server_exit_code"] == 0
+    assert (out / "serve.png").stat().st_size > 0 and "requests_per_s" in (out / "serve.md").read_text()
+
+
+def test_batch_outside_the_artefact_range_exits_2(tmp_path, bench_artifacts):
+    assert main([str(bench_artifacts), "--out", str(tmp_path), "--batch", "17"]) == 2

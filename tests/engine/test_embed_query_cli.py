@@ -1,0 +1,107 @@
+"""`python -m engine.embed` and `python -m engine.query` in-process: labels, equality with the Embedder,
+ranked lists, the drawing, and bad input (exit 2)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import Embedder
+from engine.embed import labels, list_images, market_label, paths_file
+from engine.embed import main as embed_main
+from engine.gallery import Gallery, read_gallery_file
+from engine.images import load_images
+from engine.query import main as query_main
+from engine.query import resolve_rows
+
+
+@pytest.fixture
+def market_folder(tmp_path, make_images):
+    """12 PNG crops of 6 ids on cameras 1 and 2, Market-named, half of them in a subfolder."""
+    folder = tmp_path / "crops"
+    (folder / "sub").mkdir(parents=True)
+    for n, pixels in enumerate(make_images(12, seed=3)):
+        pid, cam = n // 2 + 1, n % 2 + 1
+        where = folder / "sub" if n % 3 == 0 else folder
+        Image.fromarray(pixels).save(where / f"{pid:04d}_c{cam}s1_{n:06d}_00.png")
+    return folder
+
+
+def test_market_names_give_ids_and_cameras(tmp_path):
+    assert market_label(tmp_path / "0002_c1s1_000451_03.jpg") == (2, 1)
+    assert market_label(tmp_path / "-1_c3_f0046985.jpg") == (-1, 3)
+    assert market_label(tmp_path / "person.jpg") is None
+
+
+def test_embed_writes_the_in_process_gallery_and_row_paths(market_folder, artifact_dir, spec, tmp_path):
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--quiet"]) == 0
+    paths = list_images(market_folder)
+    with Embedder(artifact_dir, backend="ort", device="cpu") as embedder:
+        expected = embedder(load_images(paths, spec.height, spec.width)[0])
+    _, arrays = read_gallery_file(out)
+    np.testing.assert_array_equal(arrays["embeddings"], expected)
+    assert arrays["ids"].tolist() == [market_label(p)[0] for p in paths]
+    assert arrays["cams"].tolist() == [market_label(p)[1] for p in paths]
+    rows = json.loads(paths_file(out).read_text())
+    assert rows["paths"] == [str(p.relative_to(market_folder)) for p in paths]
+
+
+def test_csv_labels_and_index_ids(market_folder, tmp_path):
+    paths = list_images(market_folder)
+    table = tmp_path / "labels.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "id", "cam"])
+        writer.writerows([str(p.relative_to(market_folder)), 100 + i, 7] for i, p in enumerate(paths))
+    ids, cams = labels(market_folder, paths, csv_path=table)
+    assert ids.tolist() == list(range(100, 112)) and set(cams.tolist()) == {7}
+    ids, cams = labels(market_folder, paths, index_ids=True)
+    assert ids.tolist() == list(range(12)) and set(cams.tolist()) == {-1}
+
+
+def test_other_names_without_labels_exit_2(tmp_path, artifact_dir, make_images, capsys):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    Image.fromarray(make_images(1)[0]).save(folder / "person.png")
+    assert embed_main([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz")]) == 2
+    assert "not Market-style" in capsys.readouterr().err and not (tmp_path / "g.npz").exists()
+    assert embed_main([str(tmp_path / "missing"), "--artifact", str(artifact_dir), "--out",
+                       str(tmp_path / "g.npz")]) == 2
+
+
+def test_query_ranks_itself_first_and_draws(market_folder, artifact_dir, tmp_path, capsys):
+    out, png = tmp_path / "g.npz", tmp_path / "ranked.png"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--quiet"]) == 0
+    query = sorted(market_folder.rglob("0002_c2*"))[0]  # in sub/
+    capsys.readouterr()
+    assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", "4",
+                       "--png", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"query {query} (id 2, cam 2)"
+    first = lines[2].split()
+    assert first[:3] == ["1", "2", "2"] and float(first[3]) < 1e-6 and first[4] == "yes"
+    assert first[5] == str(query.relative_to(market_folder)) and len([line for line in lines if line.startswith("   ")]) == 4
+    with Image.open(png) as drawn:
+        assert drawn.width > drawn.height > 50
+
+
+def test_query_without_gallery_or_with_bad_k_exits_2(market_folder, artifact_dir, capsys):
+    image = str(next(market_folder.glob("*.png")))
+    assert query_main([image, "--artifact", str(artifact_dir)]) == 2
+    assert query_main([image, "--artifact", str(artifact_dir), "--gallery", "g.npz", "-k", "0"]) == 2
+    assert "-k must be positive" in capsys.readouterr().err
+
+
+def test_resolve_rows_tells_rows_of_one_id_apart():
+    gallery = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
+    ids = np.array([5, 5, 5, 9])
+    query = np.zeros(2)
+    g = Gallery(2)
+    g.add(gallery, ids)
+    dist, got = g.search(query[None].astype(np.float32), 5)
+    rows = resolve_rows(query, dist[0], got[0], gallery, ids)
+    assert rows.tolist() == [0, 2, 3, 1, -1]

@@ -1,0 +1,70 @@
+"""The gallery service without a server: a failed save never leaves memory ahead of the file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _serving import pixels, write_gallery
+
+from engine import InputError
+from engine.gallery import Gallery
+from serve.models import GalleryService, SerialEmbedder
+
+
+def test_failed_save_reloads_the_saved_gallery(local_embedder, gallery_images, tmp_path, monkeypatch):
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images)
+    service = GalleryService(SerialEmbedder(local_embedder), path)
+
+    def broken_save(self, _path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Gallery, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})
+    assert len(service.gallery) == len(gallery_images)
+
+
+def test_gallery_of_another_dimension_is_refused(local_embedder, tmp_path):
+    other = Gallery(local_embedder.spec.embedding_dim + 1)
+    other.add(np.eye(3, local_embedder.spec.embedding_dim + 1, dtype=np.float32), [1, 2, 3])
+    other.save(tmp_path / "g.npz")
+    with pytest.raises(InputError, match="embed it again"):
+        GalleryService(SerialEmbedder(local_embedder), tmp_path / "g.npz")
+
+
+def test_add_without_a_gallery_file_is_refused(local_embedder):
+    with pytest.raises(InputError, match="--gallery"):
+        service = GalleryService(SerialEmbedder(local_embedder), None)
+        service.add({"images": pixels(1, seed=0), "ids": np.array([1])})
+
+
+def test_serve_command_with_a_missing_artefact_exits_2(tmp_path, capsys, monkeypatch):
+    from serve.__main__ import main
+
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")  # the command edits it for tritonserver; keep the test's env
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_embedder_is_entered_by_one_thread_at_a_time():
+    import threading
+    import time
+
+    inside, most = [0], [0]
+
+    class Slow:
+        spec = None
+
+        def __call__(self, images):
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.01)
+            inside[0] -= 1
+            return images
+
+    serial = SerialEmbedder(Slow())
+    threads = [threading.Thread(target=lambda: [serial(np.zeros(1)) for _ in range(5)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
