@@ -157,6 +157,7 @@ def _train(args: argparse.Namespace) -> int:
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
                  resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
                  evaluate=main_rank, log=print if main_rank else (lambda _: None))
+    distributed.barrier()  # rank 0 evaluates; the others wait, so no rank tears the group down under it
     if not main_rank:
         return 0
     print(format_table({f"{args.dataset} ({cfg.branches}, {cfg.loss})": result.metrics or {}}), end="")
