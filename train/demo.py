@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from engine.atomic import write_text
+from engine.cli import HelpFormatter, positive_int, run_cli, set_threads
 
-from .cli import HelpFormatter, positive_int, run_cli
 from .config import JLMLConfig
 from .loop import TrainOptions, evaluate_model, fit
 from .model import JLML
@@ -109,17 +109,16 @@ def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None, pr
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder (overwritten)")
     p.add_argument("--epochs", type=positive_int, default=DEMO_OPTIONS.epochs, help="training epochs")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     state = DemoState(out=args.out, opts=dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs))
 
     def body() -> int:
         run_demo(state, stages)
         return 0
 
-    return run_cli(body, lambda: "rerun the same command (a demo starts afresh)")
+    return run_cli(body, hint="rerun the same command (a demo starts afresh)")
 
 
 if __name__ == "__main__":
