@@ -143,9 +143,9 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
-def add_artifact(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--artifact", type=Path, required=required, metavar="DIR",
-                   help="artefact folder written by `python -m export.build_engine`")
+def add_artifact(p: argparse.ArgumentParser, *, required: bool = True,
+                 help: str = "artefact folder written by `python -m export.build_engine`") -> None:
+    p.add_argument("--artifact", type=Path, required=required, metavar="DIR", help=help)
 
 
 def add_checkpoint(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
