@@ -28,6 +28,7 @@ from .errors import DataError, InputError
 from .images import load_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
 UNKNOWN = -1
 # Images decoded per step: bounds host memory on any folder size.

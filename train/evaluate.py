@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
-from engine.cli import HelpFormatter, positive_int, run_cli, set_threads
+from engine.cli import HelpFormatter, add_no_progress, positive_int, run_cli, set_threads
 from engine.errors import CheckpointError
 
 from .cli import parse_key_value
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
+    add_no_progress(p)
     return p
 
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     ck = load_checkpoint(args.checkpoint)
     choice = data_for(ck, args.dataset, args.split_seed, dict(args.data_option) if args.data_option else None,
                       args.data_root, args.allow_mismatch)
-    data = choice.load(ck.config)
+    data = choice.load(ck.config, progress=not args.no_progress)
     print(data.describe())
     model = ck.model.to(place(Runtime(device=args.device)).device)
     rows, embedding_diff = compare_backends(model, data, args.artifact, args.rerank, backend=args.backend,
