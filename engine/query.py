@@ -73,7 +73,8 @@ def resolve_rows(query: np.ndarray, distances: np.ndarray, ids: np.ndarray, gall
 def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query embeddings, distances, ids) through the server (``--url``) or in-process."""
     def work(embed, shape):
-        pixels, loaded = load_images(paths, int(shape[0]), int(shape[1]), on_error="raise")
+        pixels, loaded = load_images(paths, int(shape[0]), int(shape[1]), on_error="raise",
+                                     progress=False if args.no_progress else None)
         queries = embed(pixels)
         if args.url is not None:
             from .client import TritonClient
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, help="also draw the ranked lists into this PNG")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
     add_backend_device(p)
+    cli.add_no_progress(p)
     return p
 
 

@@ -20,7 +20,7 @@ CLIS = {
     "benchmarks.ray_embed": ["--artifact DIR", "--out DIR"],
     "serve.__main__": ["--gallery"],
     "engine.embed": ["--artifact DIR", "--no-progress"],
-    "engine.query": ["--artifact DIR", "--gallery"],
+    "engine.query": ["--artifact DIR", "--gallery", "--no-progress"],
 }
 
 
