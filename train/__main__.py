@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import HelpFormatter, add_no_progress, non_negative_int, positive_int, run_cli, set_threads
+from engine.cli import add_no_progress, non_negative_int, parser, positive_int, run_cli, set_threads
 
 from . import distributed
 from .cli import ints, parse_key_value
@@ -107,7 +107,7 @@ def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """The parser, its defaults those of ``recipe`` where it sets them."""
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=HelpFormatter)
+    p = parser("python -m train", __doc__)
     _add_data(p, recipe)
     _add_optimisation(p, TrainOptions(**recipe.options) if recipe else TrainOptions())
     _add_run(p)

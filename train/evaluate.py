@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
-from engine.cli import HelpFormatter, add_no_progress, positive_int, run_cli, set_threads
+from engine.cli import add_no_progress, parser, positive_int, run_cli, set_threads
 from engine.errors import CheckpointError
 
 from .cli import parse_key_value
@@ -112,7 +112,7 @@ def worst_difference(rows: dict[str, dict[str, float]]) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
 
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p = parser("python -m train.evaluate", __doc__)
     p.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by python -m train")
     p.add_argument("--artifact", type=Path, help="folder written by python -m export.build_engine")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
