@@ -38,6 +38,9 @@ from pathlib import Path
 
 from .errors import ArtifactError, JLMLError
 
+# What the add_* helpers add flags to: a parser or one of its argument groups.
+Flags = argparse._ActionsContainer
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
@@ -143,31 +146,31 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
-def add_artifact(p: argparse.ArgumentParser, *, required: bool = True,
+def add_artifact(p: Flags, *, required: bool = True,
                  help: str = "artefact folder written by `python -m export.build_engine`") -> None:
     p.add_argument("--artifact", type=Path, required=required, metavar="DIR", help=help)
 
 
-def add_checkpoint(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+def add_checkpoint(p: Flags, help: str, *, required: bool = False) -> None:
     p.add_argument("--checkpoint", type=Path, required=required, metavar="CKPT", help=help)
 
 
-def add_out(p: argparse.ArgumentParser, default: str | None, help: str = "output folder") -> None:
+def add_out(p: Flags, default: str | None, help: str = "output folder") -> None:
     p.add_argument("--out", type=Path, default=None if default is None else Path(default), metavar="DIR",
                    required=default is None, help=help)
 
 
-def add_device(p: argparse.ArgumentParser, default: str = "auto", help: str = "") -> None:
+def add_device(p: Flags, default: str = "auto", help: str = "") -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
                    help=help or "auto: CUDA when PyTorch sees a GPU, else the CPU")
 
 
-def add_threads(p: argparse.ArgumentParser) -> None:
+def add_threads(p: Flags) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="PyTorch CPU threads (default: PyTorch's choice; ONNX Runtime keeps its own)")
 
 
-def add_no_progress(p: argparse.ArgumentParser) -> None:
+def add_no_progress(p: Flags) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
