@@ -15,9 +15,9 @@ the handler is installed in the main thread only and the previous one is restore
 that returns an int sets the exit code; any other return (None, a result) means success, so a library
 function can be the body as it is. Nothing else is caught: a bug still shows its traceback.
 
-Adopting it in a CLI that still has its own ``try: ... except JLMLError: print; return 2``: move the
-lines after the try block into a ``body()`` (they run only on success anyway) and return
-``run_cli(body, ...)``; ``failed=(ParityError,)`` keeps export's exit code 1.
+Every command of the project ends in ``run_cli`` (export passes ``failed=(ParityError,)`` to keep its
+exit code 1); the argparse pieces live here too, once: ``parser``/``HelpFormatter`` (defaults shown
+in --help), ``positive_int`` and ``non_negative_int``. Types only training needs stay in train/cli.py.
 
 The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
 training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
