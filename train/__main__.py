@@ -23,7 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import add_no_progress, non_negative_int, parser, positive_int, run_cli, set_threads
+from engine.cli import (
+    add_no_progress,
+    add_threads,
+    non_negative_int,
+    parser,
+    positive_int,
+    run_cli,
+    set_threads,
+)
 
 from . import distributed
 from .cli import ints, parse_key_value
@@ -86,7 +94,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout (default: on for CUDA)")
     r.add_argument("--workers", type=non_negative_int, help="data loader processes (default: 4 on CUDA, 0 on CPU)")
-    r.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_threads(r)
     add_no_progress(r)
 
 

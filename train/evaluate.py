@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
-from engine.cli import add_no_progress, parser, positive_int, run_cli, set_threads
+from engine.cli import add_no_progress, add_threads, parser, run_cli, set_threads
 from engine.errors import CheckpointError
 
 from .cli import parse_key_value
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed metric difference between PyTorch and the engine")
     p.add_argument("--rerank", action="store_true",
                    help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_threads(p)
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
     add_no_progress(p)
     return p
