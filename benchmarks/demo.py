@@ -14,40 +14,41 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine import Embedder, ParityError, cli
-from engine.atomic import read_json_object
 from engine.gallery import Gallery
 from engine.metrics import evaluate
-from engine.spec import PARITY_FILE
+from engine.spec import PLAN_FILE
 from train import demo as train_demo
 from train.demo import DEMO_OPTIONS, DemoState, Stage
+
+if TYPE_CHECKING:
+    from export.build_engine import BuildResult
 
 ENGINE_ROW = "trained (engine: {backend} {precision})"
 
 
-def export_artifact(checkpoint: Path, out: Path) -> dict[str, Any]:
-    """Export ``checkpoint`` into the artefact folder ``out``; return its parity record.
+def export_artifact(checkpoint: Path, out: Path) -> BuildResult:
+    """Export ``checkpoint`` into the artefact folder ``out`` with the exporter's library call.
 
-    The one place the demo reaches into export: it runs the exporter's entry point and reads back
-    the parity.json it wrote (export's typed build API replaces both calls where it exists).
+    Raises ParityError when an artefact misses its parity threshold (nothing is published then).
     """
-    from export import build_engine
+    from export.build_engine import BuildOptions, build
 
-    code = build_engine.main([str(checkpoint), "--out", str(out)])
-    if code != 0:
-        raise ParityError(f"export.build_engine exited {code}; see the lines above")
-    return read_json_object(out / PARITY_FILE, "parity record", "re-run the export")
+    built = build(checkpoint, out, BuildOptions())
+    skipped = f"; no {PLAN_FILE}: {built.plan_skipped}" if built.plan_skipped else ""
+    print(f"exported {', '.join(built.files)} to {built.out}{skipped}")
+    return built
 
 
 def stage_export(state: DemoState) -> DemoState:
     """Checkpoint -> artefact folder ``OUT/artifact``."""
     assert state.checkpoint is not None  # stage_train ran: a programming error otherwise
     artifact = state.out / "artifact"
-    state.extra["parity"] = export_artifact(state.checkpoint, artifact)
+    state.extra["parity"] = export_artifact(state.checkpoint, artifact).parity
     state.extra["artifact"] = artifact
     return state
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         train_demo.run_demo(DemoState(out=out, opts=opts), STAGES)
         print(f"wrote {out}/demo.json, {out}/train, {out}/artifact, {out}/bench")
 
-    return cli.run_cli(body, interrupted=f"interrupted; partial outputs in {args.out}")
+    return cli.run_cli(body, hint=f"partial outputs in {args.out}")
 
 
 if __name__ == "__main__":

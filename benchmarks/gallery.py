@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import environment, markdown_table, plot_loglog, summarize, time_calls, write_json
+from engine import cli
 from engine.atomic import write_text
 from engine.gallery import Gallery
 from engine.twopass import Counts
@@ -144,7 +145,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gallery", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/bench"), help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, dim 64: a smoke run in seconds")
@@ -163,6 +164,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(lambda: _main(argv))  # the shared CLI tail (engine.cli)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     cfg.update({key: getattr(args, key) for key in ("sizes", "batches", "dim", "queries") if getattr(args, key)})

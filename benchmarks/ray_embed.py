@@ -1,4 +1,4 @@
-"""Gallery embedding on Ray vs in-process: ``python -m benchmarks.ray_embed ARTIFACT_DIR --out DIR``.
+"""Gallery embedding on Ray vs in-process: ``python -m benchmarks.ray_embed --artifact DIR --out DIR``.
 
 Generates ``--images`` PNG crops of the artefact's input size in a temporary folder (removed after),
 then, in rounds with the order interleaved, times ``engine.embed.embed_paths`` with one in-process
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import environment, markdown_table, write_json
-from engine import Embedder, JLMLError, ModelSpec
+from engine import Embedder, ModelSpec, cli
 from engine.atomic import write_text
 from engine.embed import embed_paths, list_images
 from engine.ray_embed import RayOptions, embed_with_ray
@@ -86,34 +86,31 @@ def run(args: argparse.Namespace, paths: list[Path], work: Path) -> list[dict[st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ray_embed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
-    p.add_argument("--out", type=Path, required=True, help="folder for ray_embed.json and ray_embed.md")
-    p.add_argument("--images", type=int, default=2000, help="generated crops (default: %(default)s)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="default: %(default)s")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="default: %(default)s")
-    p.add_argument("--cluster-cpus", type=int, default=2, help="CPUs of the local cluster (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=256, help="default: %(default)s")
-    p.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
-    p.add_argument("--backend", default="ort", help="default: %(default)s")
+    p = cli.parser("python -m benchmarks.ray_embed", __doc__)
+    cli.add_artifact(p)
+    cli.add_out(p, None, help="folder for ray_embed.json and ray_embed.md")
+    p.add_argument("--images", type=cli.positive_int, default=2000, help="generated crops")
+    p.add_argument("--workers", type=cli.positive_int, nargs="+", default=[1, 2], help="Ray worker counts")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cluster-cpus", type=cli.positive_int, default=2, help="CPUs of the local cluster")
+    p.add_argument("--shard-size", type=cli.positive_int, default=256, help="images per shard")
+    p.add_argument("--rounds", type=cli.positive_int, default=3, help="timed rounds, order interleaved")
+    p.add_argument("--backend", default="ort", help="engine backend")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.images < 1 or args.rounds < 1 or min(args.workers) < 1:
-        print("error: --images, --rounds and --workers must be positive", file=sys.stderr)
-        return 2
-    try:
-        spec = ModelSpec.load(args.artifact)
-        with tempfile.TemporaryDirectory(prefix="ray-embed-") as tmp:
-            folder = Path(tmp) / "crops"
-            folder.mkdir()
-            rows = run(args, make_folder(folder, args.images, spec), Path(tmp))
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run_cli(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    cli.check_out_dir(args.out)
+    spec = ModelSpec.load(args.artifact)
+    with tempfile.TemporaryDirectory(prefix="ray-embed-") as tmp:
+        folder = Path(tmp) / "crops"
+        folder.mkdir()
+        rows = run(args, make_folder(folder, args.images, spec), Path(tmp))
     report: dict[str, Any] = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
                                                               for k, v in vars(args).items()}, "results": rows}
     write_json(args.out / "ray_embed.json", report)
@@ -121,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(args.out / "ray_embed.md", f"{args.images} images {spec.height}x{spec.width}, median of "
                f"{args.rounds} rounds, {report['environment']['cpu']}:\n\n{table}")
     print(table, end="")
+    print(f"wrote {args.out / 'ray_embed.json'}, {args.out / 'ray_embed.md'}")
     return 0 if all(r["equal"] for r in rows) else 1
 
 

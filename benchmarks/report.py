@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import markdown_table
+from engine import cli
 from engine.atomic import write_text
 
 KEYS = ("backend", "method", "device", "size", "batch")
@@ -52,8 +53,12 @@ def median_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(lambda: _main(argv))  # the shared CLI tail (engine.cli)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="latency.json, e2e.json or gallery.json of repeated runs")
     p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Load test of the Triton server: ``python -m benchmarks.serve ARTIFACT_DIR --out DIR``.
+"""Load test of the Triton server: ``python -m benchmarks.serve --artifact DIR --out DIR``.
 
 Starts ``python -m serve ARTIFACT_DIR`` on free loopback ports (serve.process; nothing listens
 beyond 127.0.0.1), then for each protocol (gRPC, HTTP) and each client count N runs N concurrent
@@ -35,7 +35,7 @@ from benchmarks.common import (
     time_calls,
     write_json,
 )
-from engine import Embedder, JLMLError, ModelSpec
+from engine import Embedder, InputError, JLMLError, ModelSpec, cli
 from engine.atomic import write_text
 from engine.client import TritonClient
 from serve.process import ServerProcess
@@ -166,37 +166,35 @@ def nothing_lost(report: dict[str, Any]) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
-    p.add_argument("--out", type=Path, required=True, help="folder for serve.json, serve.md, serve.png")
-    p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"],
-                   help="default: %(default)s")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="default: %(default)s")
-    p.add_argument("--batch", type=int, default=8, help="images per request (default: %(default)s)")
-    p.add_argument("--requests", type=int, default=50, help="requests per client (default: %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=60.0,
-                   help="stop sending after this long per cell (default: %(default)s)")
-    p.add_argument("--pairs", type=int, default=30,
-                   help="in-process/server call pairs for the overhead (default: %(default)s)")
-    p.add_argument("--backend", default="ort", help="default: %(default)s")
-    p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p = cli.parser("python -m benchmarks.serve", __doc__)
+    cli.add_artifact(p)
+    cli.add_out(p, None, help="folder for serve.json, serve.md, serve.png and server.log")
+    p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
+    p.add_argument("--clients", type=cli.positive_int, nargs="+", default=[1, 2, 4, 8],
+                   help="concurrent client counts, one cell each")
+    p.add_argument("--batch", type=int, default=8, help="images per request (within the artefact's batch range)")
+    p.add_argument("--requests", type=cli.positive_int, default=50, help="requests per client")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long per cell")
+    p.add_argument("--pairs", type=cli.positive_int, default=30,
+                   help="in-process/server call pairs for the overhead")
+    p.add_argument("--backend", default="ort", help="engine backend of the server and the in-process reference")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.clients) < 1 or args.requests < 1 or args.max_seconds <= 0:
-        print("error: --clients, --requests and --max-seconds must be positive", file=sys.stderr)
-        return 2
-    try:
+
+    def body() -> int:
+        if args.max_seconds <= 0:
+            raise InputError(f"--max-seconds {args.max_seconds}: expected a positive number of seconds")
+        cli.check_out_dir(args.out)
         report = run(args)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    write_report(report, args.out)
-    print(f"wrote serve.json, serve.md, serve.png to {args.out}")
-    return 0 if nothing_lost(report) and report["server_exit_code"] == 0 else 1
+        write_report(report, args.out)
+        print(f"wrote serve.json, serve.md, serve.png and server.log to {args.out}")
+        return 0 if nothing_lost(report) and report["server_exit_code"] == 0 else 1
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,20 @@ A CLI is ``main(argv=None) -> int`` that parses its flags and hands its work to 
 
     def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
-        return run_cli(lambda: run(args), interrupted=f"interrupted; rerun with --resume ({args.out})")
+        return run_cli(lambda: run(args), hint=f"continue with --resume --out {args.out}")
 
 ``run_cli`` turns the project's own errors (engine.errors.JLMLError) into one ``error: ...`` line and
 exit code 2, the errors passed as ``failed`` (e.g. ParityError: the work ran, its result failed a
-check) into exit code 1, and Ctrl-C into exit code 130 with the ``interrupted`` hint. A body that
-returns an int sets the exit code; any other return (None, a result) means success, so a library
+check) into exit code 1, Ctrl-C into exit code 130 and SIGTERM into exit code 143, both printing
+``interrupted; HINT`` / ``terminated (SIGTERM); HINT`` (how to continue). SIGTERM is raised as
+``Terminated`` (a KeyboardInterrupt) where the program is, so it unwinds and cleans up like Ctrl-C;
+the handler is installed in the main thread only and the previous one is restored afterwards. A body
+that returns an int sets the exit code; any other return (None, a result) means success, so a library
 function can be the body as it is. Nothing else is caught: a bug still shows its traceback.
 
-Adopting it in a CLI that still has its own ``try: ... except JLMLError: print; return 2``: move the
-lines after the try block into a ``body()`` (they run only on success anyway) and return
-``run_cli(body, ...)``; ``failed=(ParityError,)`` keeps export's exit code 1.
+Every command of the project ends in ``run_cli`` (export passes ``failed=(ParityError,)`` to keep its
+exit code 1); the argparse pieces live here too, once: ``parser``/``HelpFormatter`` (defaults shown
+in --help), ``positive_int`` and ``non_negative_int``. Types only training needs stay in train/cli.py.
 
 The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
 training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
@@ -23,29 +26,58 @@ writable before any work starts), ``--device``, ``--threads`` and ``--no-progres
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ArtifactError, JLMLError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# What the add_* helpers add flags to: a parser or one of its argument groups.
+Flags = argparse._ActionsContainer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
-def run_cli(body: Callable[[], object], *, failed: tuple[type[JLMLError], ...] = (),
-            interrupted: str = "interrupted") -> int:
-    """Run ``body`` and map its outcome to an exit code (see the module docstring)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds (and cleans up) like Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises ``Terminated`` (main thread only: signals are delivered there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = body()
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED if isinstance(exc, failed) else EXIT_USAGE
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_cli(body: Callable[[], object], *, failed: tuple[type[JLMLError], ...] = (), hint: str = "") -> int:
+    """Run ``body`` and map its outcome to an exit code (see the module docstring)."""
+    with sigterm_as_interrupt():
+        try:
+            code = body()
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
+            print(f"{what}; {hint}" if hint else what, file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        except JLMLError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED if isinstance(exc, failed) else EXIT_USAGE
     return code if type(code) is int else EXIT_OK
 
 
@@ -68,15 +100,24 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     return out
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts (threads, batches, k): a clear usage error for 0 or less."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (threads, batches, k): a clear usage error for 0 or less."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for counts where 0 means none (data loader workers)."""
+    return _whole_number(text, 0)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -105,31 +146,31 @@ def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
-def add_artifact(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--artifact", type=Path, required=required, metavar="DIR",
-                   help="artefact folder written by `python -m export.build_engine`")
+def add_artifact(p: Flags, *, required: bool = True,
+                 help: str = "artefact folder written by `python -m export.build_engine`") -> None:
+    p.add_argument("--artifact", type=Path, required=required, metavar="DIR", help=help)
 
 
-def add_checkpoint(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+def add_checkpoint(p: Flags, help: str, *, required: bool = False) -> None:
     p.add_argument("--checkpoint", type=Path, required=required, metavar="CKPT", help=help)
 
 
-def add_out(p: argparse.ArgumentParser, default: str | None, help: str = "output folder") -> None:
+def add_out(p: Flags, default: str | None, help: str = "output folder") -> None:
     p.add_argument("--out", type=Path, default=None if default is None else Path(default), metavar="DIR",
                    required=default is None, help=help)
 
 
-def add_device(p: argparse.ArgumentParser, default: str = "auto", help: str = "") -> None:
+def add_device(p: Flags, default: str = "auto", help: str = "") -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
                    help=help or "auto: CUDA when PyTorch sees a GPU, else the CPU")
 
 
-def add_threads(p: argparse.ArgumentParser) -> None:
+def add_threads(p: Flags) -> None:
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="PyTorch CPU threads (default: PyTorch's choice; ONNX Runtime keeps its own)")
 
 
-def add_no_progress(p: argparse.ArgumentParser) -> None:
+def add_no_progress(p: Flags) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 

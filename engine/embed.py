@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import cli
 from .atomic import write_text
-from .errors import DataError, InputError, JLMLError
+from .errors import DataError, InputError
 from .images import load_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
 UNKNOWN = -1
 # Images decoded per step: bounds host memory on any folder size.
@@ -122,24 +124,29 @@ def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.nd
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.embed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m engine.embed", __doc__)
     p.add_argument("folder", type=Path, help="folder of person crops (searched recursively)")
-    p.add_argument("--artifact", type=Path, help="artefact folder (needed unless --url)")
+    cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
+                     "(needed unless --url)")
     p.add_argument("--out", type=Path, required=True, help="gallery file to write (.npz)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,id[,cam] instead of Market-style names")
     p.add_argument("--index-ids", action="store_true", help="ids are the images' sorted order, cams unknown")
     p.add_argument("--url", help="embed on a running server instead: grpc://HOST:PORT or http://HOST:PORT")
-    p.add_argument("--backend", default="auto", help="in-process backend: auto, trt or ort (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_backend_device(p)
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="embed on a Ray cluster: 'auto' joins a running one, an address (ray://HOST:10001) a "
                    "remote one, no value starts a local one")
-    p.add_argument("--ray-workers", type=int, default=2, help="Ray actors, one Embedder each (default: %(default)s)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="default: %(default)s")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="default: %(default)s")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray-workers", type=cli.positive_int, default=2, help="Ray actors, one Embedder each")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray actor reserves")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    cli.add_no_progress(p)
     return p
+
+
+def add_backend_device(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--device`` of the in-process Embedder (engine.embed and engine.query)."""
+    p.add_argument("--backend", default="auto", help="in-process backend: auto, trt or ort")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
@@ -152,7 +159,7 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
                           cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                           backend=args.backend, device=args.device)
         return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
-    return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.quiet))
+    return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
 
 
 def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[int]], Any]) -> Any:
@@ -172,17 +179,16 @@ def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[in
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         paths = list_images(args.folder)
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         embeddings, kept = _embed_all(args, paths)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-          f"{embeddings.shape[1]}-D) and {paths_file(args.out).name}")
-    return 0
+        print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
+              f"{embeddings.shape[1]}-D) and {paths_file(args.out).name}")
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

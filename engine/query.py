@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .embed import IMAGE_SUFFIXES, UNKNOWN, market_label, paths_file, with_embed_fn
-from .errors import InputError, JLMLError
+from . import cli
+from .embed import IMAGE_SUFFIXES, UNKNOWN, add_backend_device, market_label, paths_file, with_embed_fn
+from .errors import InputError
 from .images import load_image, load_images
 
 MATCH, MISS, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"
@@ -72,7 +73,8 @@ def resolve_rows(query: np.ndarray, distances: np.ndarray, ids: np.ndarray, gall
 def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query embeddings, distances, ids) through the server (``--url``) or in-process."""
     def work(embed, shape):
-        pixels, loaded = load_images(paths, int(shape[0]), int(shape[1]), on_error="raise")
+        pixels, loaded = load_images(paths, int(shape[0]), int(shape[1]), on_error="raise",
+                                     progress=False if args.no_progress else None)
         queries = embed(pixels)
         if args.url is not None:
             from .client import TritonClient
@@ -160,22 +162,23 @@ def _cell(ax, pixels: np.ndarray, title: str, colour: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.query", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m engine.query", __doc__)
     p.add_argument("images", type=Path, nargs="+", help="query image files or folders")
     p.add_argument("--gallery", type=Path, help="gallery file from `python -m engine.embed`")
-    p.add_argument("--artifact", type=Path, help="artefact folder (needed unless --url)")
-    p.add_argument("-k", type=int, default=10, help="results per query (default: %(default)s)")
+    cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
+                     "(needed unless --url)")
+    p.add_argument("-k", type=int, default=10, help="results per query")
     p.add_argument("--png", type=Path, help="also draw the ranked lists into this PNG")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
-    p.add_argument("--backend", default="auto", help="in-process backend: auto, trt or ort (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_backend_device(p)
+    cli.add_no_progress(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         if args.k <= 0:
             raise InputError(f"-k must be positive, got {args.k}")
         results = rank(args)
@@ -187,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "`python -m engine.embed`) to find the images behind the results")
             draw_ranked(results, images, args.png)
             print(f"wrote {args.png}")
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

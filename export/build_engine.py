@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from engine import cli
 from engine.backends.plan_sidecar import PlanSidecar
-from engine.errors import BackendUnavailableError, InputError, JLMLError, ParityError
+from engine.errors import BackendUnavailableError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
     ONNX_FILE,
@@ -200,11 +201,11 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
 
 def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     defaults = ModelSpec()
-    p = argparse.ArgumentParser(
-        prog="python -m export.build_engine",
-        description="Export a JLML checkpoint to ONNX (FP32 and FP16), build a TensorRT plan when TensorRT "
-                    "is importable, measure each through the engine against PyTorch, and write a Triton "
-                    "model repository. Batch range and opset default to the checkpoint's spec.",
+    p = cli.parser(
+        "python -m export.build_engine",
+        "Export a JLML checkpoint to ONNX (FP32 and FP16), build a TensorRT plan when TensorRT "
+        "is importable, measure each through the engine against PyTorch, and write a Triton "
+        "model repository. Batch range and opset default to the checkpoint's spec.",
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint written by `python -m train` (last.pt)")
     p.add_argument("--out", type=Path, required=True,
@@ -229,18 +230,14 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
 
 def main(argv: list[str] | None = None) -> int:
     checkpoint, out, options = parse_args(argv)
-    try:
+
+    def body() -> None:
         built = build(checkpoint, out, options)
-    except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if built.plan_skipped:
-        _say(f"skipped {PLAN_FILE}: {built.plan_skipped}")
-    _say(f"done: {', '.join(built.files)} in {built.out}")
-    return 0
+        if built.plan_skipped:
+            _say(f"skipped {PLAN_FILE}: {built.plan_skipped}")
+        _say(f"done: {', '.join(built.files)} in {built.out}")
+
+    return cli.run_cli(body, failed=(ParityError,), hint=f"nothing was published to {out}; run it again")
 
 
 if __name__ == "__main__":

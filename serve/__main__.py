@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from engine import JLMLError
+from engine import cli
 from engine.backends import BACKEND_NAMES
 
 from .server import ServerOptions, serve
@@ -23,26 +23,23 @@ DEFAULTS = ServerOptions()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m serve", __doc__)
     p.add_argument("artifact", type=Path, help="artefact folder written by `python -m export.build_engine`")
     p.add_argument("--gallery", type=Path, help="gallery .npz (from `python -m engine.embed`) to search "
                    "and add to; without it only `embed` is served")
     p.add_argument("--address", default=DEFAULTS.address,
                    help="interface to listen on (default: %(default)s, loopback; 0.0.0.0 for every one)")
-    p.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help="default: %(default)s")
-    p.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help="default: %(default)s")
-    p.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
-                   help="Prometheus metrics (default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help="KServe v2 HTTP")
+    p.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port, help="KServe v2 gRPC")
+    p.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port, help="Prometheus metrics")
     p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "torch"], default=DEFAULTS.backend,
-                   help="engine backend (default: %(default)s)")
-    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default=DEFAULTS.precision,
-                   help="default: %(default)s")
+                   help="engine backend")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default=DEFAULTS.precision, help="engine precision")
     p.add_argument("--gallery-device", default=DEFAULTS.gallery_device,
-                   help="where the gallery is searched: cpu or cuda[:N] (default: %(default)s)")
+                   help="where the gallery is searched: cpu or cuda[:N]")
     p.add_argument("--queue-delay-us", type=int, default=DEFAULTS.queue_delay_us,
-                   help="dynamic batcher: longest wait to fill a batch, microseconds (default: %(default)s)")
+                   help="dynamic batcher: longest wait to fill a batch, microseconds")
     p.add_argument("--verbose", action="store_true", help="log PyTriton's progress too")
     return p
 
@@ -55,15 +52,14 @@ def main(argv: list[str] | None = None) -> int:
                          metrics_port=args.metrics_port, backend=args.backend, device=args.device,
                          precision=args.precision, gallery_device=args.gallery_device,
                          queue_delay_us=args.queue_delay_us)
-    try:
-        stopped = serve(args.artifact, args.gallery, opts)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not stopped:
-        print("error: tritonserver or a model proxy died; see the log above", file=sys.stderr)
-        return 1
-    return 0
+
+    def body() -> int:
+        if not serve(args.artifact, args.gallery, opts):
+            print("error: tritonserver or a model proxy died; see the log above", file=sys.stderr)
+            return 1
+        return 0
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from engine.cli import (
+    add_no_progress,
+    add_threads,
+    non_negative_int,
+    parser,
+    positive_int,
+    run_cli,
+    set_threads,
+)
 
 from . import distributed
-from .cli import HelpFormatter, ints, non_negative_int, parse_key_value, positive_int, run_cli
+from .cli import ints, parse_key_value
 from .config import BRANCHES, LOSSES, JLMLConfig
 from .loop import CHECKPOINT_FILE, DEFAULT_LR, SCHEDULES, Runtime, TrainOptions
 from .recipes import RECIPES, Recipe
@@ -45,7 +53,7 @@ def _add_data(p: argparse.ArgumentParser, recipe: Recipe | None) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=recipe.dataset if recipe else "synthetic",
                    help="data set")
-    g.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
+    g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
     g.add_argument("--split-seed", type=int, default=0, help="which random train/test split of people")
     g.add_argument("--data-option", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="loader option, repeatable (synthetic: num_ids=, num_test=, images_per_cam=; "
@@ -60,8 +68,9 @@ def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
                    "than the run had, the schedule stretches)")
     t.add_argument("--batch-size", type=positive_int, default=o.batch_size,
                    help="images per step (under torchrun: the global batch, split over the processes)")
-    t.add_argument("--lr", type=float, default=o.lr,
-                   help=f"base learning rate (None: {', '.join(f'{k} {v}' for k, v in DEFAULT_LR.items())})")
+    per_optimiser = ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items())
+    t.add_argument("--lr", type=float, default=o.lr, help="base learning rate"
+                   + (f" (default: per optimiser, {per_optimiser})" if o.lr is None else ""))
     t.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default=o.optimizer, help="optimiser")
     t.add_argument("--schedule", choices=SCHEDULES, default=o.schedule,
                    help="cosine decay to 0, or step (x0.1 at 2/3 of the epochs)")
@@ -71,21 +80,22 @@ def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
-    r.add_argument("--recipe", choices=sorted(RECIPES), help="start from this recipe's settings")
-    r.add_argument("--out", type=Path, help="run folder (None: a fresh runs/DATASET-YYYYmmdd-HHMMSS)")
+    r.add_argument("--recipe", choices=sorted(RECIPES), help="start from this recipe's settings (default: none)")
+    r.add_argument("--out", type=Path, help="run folder (default: a fresh runs/DATASET-YYYYmmdd-HHMMSS)")
     r.add_argument("--resume", nargs="?", const="", metavar="PATH",
-                   help="continue the run in --out (or from PATH) with the same flags; None: a fresh run")
+                   help="continue the run in --out (or from PATH) with the same flags (default: a fresh run)")
     r.add_argument("--force", action="store_true", help=f"overwrite the {CHECKPOINT_FILE} already in --out")
     r.add_argument("--init", type=Path, metavar="CKPT",
-                   help="fine-tune from this checkpoint (its classifiers are dropped if the id count differs)")
+                   help="fine-tune from this checkpoint, its classifiers dropped if the id count differs "
+                        "(default: fresh weights)")
     r.add_argument("--no-pretrain", action="store_true", help="skip the recipe's pre-training data set")
     r.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, else fp16 + GradScaler)")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (None: on for CUDA)")
-    r.add_argument("--workers", type=non_negative_int, help="data loader processes (None: 4 on CUDA, 0 on CPU)")
-    r.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+                   help="NHWC memory layout (default: on for CUDA)")
+    r.add_argument("--workers", type=non_negative_int, help="data loader processes (default: 4 on CUDA, 0 on CPU)")
+    add_threads(r)
+    add_no_progress(r)
 
 
 def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
@@ -105,7 +115,7 @@ def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """The parser, its defaults those of ``recipe`` where it sets them."""
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=HelpFormatter)
+    p = parser("python -m train", __doc__)
     _add_data(p, recipe)
     _add_optimisation(p, TrainOptions(**recipe.options) if recipe else TrainOptions())
     _add_run(p)
@@ -151,8 +161,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg, opts = config_from_args(args)
     runtime = Runtime(device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers)
     data, pretrain = data_from_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     main_rank = distributed.is_main()  # under torchrun only rank 0 evaluates and prints
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
                  resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.out = Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        return run_cli(lambda: _train(args), lambda: f"continue with --resume --out {args.out} (same flags)")
+        return run_cli(lambda: _train(args), hint=f"continue with --resume --out {args.out} (same flags)")
     finally:
         distributed.destroy()
 

@@ -2,15 +2,12 @@
 
 ``make demo`` runs ``python -m benchmarks.demo``, which lives in the top layer because it also
 exports, serves and benchmarks. It composes the stages here (render the synthetic set, evaluate the
-untrained model, train, report) with its own export, engine and speed stages, and reuses ``main`` as
-its command line. Stages are functions over a small ``DemoState``: each reads what it needs from the
+untrained model, train, report) with its own export, engine and speed stages. Stages are functions over a small ``DemoState``: each reads what it needs from the
 state (``checkpoint``, ``data``, ``out``) and adds its rows to ``state.results``. This module has no
 command line of its own.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -23,7 +20,6 @@ import torch
 
 from engine.atomic import write_text
 
-from .cli import HelpFormatter, positive_int, run_cli
 from .config import JLMLConfig
 from .loop import TrainOptions, evaluate_model, fit
 from .model import JLML
@@ -101,25 +97,6 @@ def run_demo(state: DemoState, stages: list[Stage] | None = None) -> DemoState:
         state = stage(state)
         state.timings[name] = time.perf_counter() - tic
     return state
-
-
-def main(argv: list[str] | None = None, *, stages: list[Stage] | None = None, prog: str = "python -m benchmarks.demo",
-         description: str | None = __doc__) -> int:
-    """Command line over ``run_demo`` with ``stages``; ``benchmarks.demo`` calls it with the full pipeline."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output folder (overwritten)")
-    p.add_argument("--epochs", type=positive_int, default=DEMO_OPTIONS.epochs, help="training epochs")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    state = DemoState(out=args.out, opts=dataclasses.replace(DEMO_OPTIONS, epochs=args.epochs))
-
-    def body() -> int:
-        run_demo(state, stages)
-        return 0
-
-    return run_cli(body, lambda: "rerun the same command (a demo starts afresh)")
 
 
 if __name__ == "__main__":

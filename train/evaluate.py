@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
+from engine.cli import add_no_progress, add_threads, parser, run_cli, set_threads
 from engine.errors import CheckpointError
 
-from .cli import HelpFormatter, parse_key_value, positive_int, run_cli
+from .cli import parse_key_value
 from .runner import DataChoice
 
 DEFAULT_TOLERANCE = 0.01  # absolute, on Rank-k / mAP fractions: one query in 100 may flip
@@ -111,7 +112,7 @@ def worst_difference(rows: dict[str, dict[str, float]]) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
 
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p = parser("python -m train.evaluate", __doc__)
     p.add_argument("--checkpoint", type=Path, required=True, help="last.pt written by python -m train")
     p.add_argument("--artifact", type=Path, help="folder written by python -m export.build_engine")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="engine precision for --artifact")
     g = p.add_argument_group("data (None: what the checkpoint was trained on)")
     g.add_argument("--dataset", choices=DATASETS, help="data set")
-    g.add_argument("--data-root", help="folder holding the data set (None: $JLML_DATA or ../shared/data)")
+    g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
     g.add_argument("--split-seed", type=int, help="split seed")
     g.add_argument("--data-option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable (see python -m train --help)")
@@ -130,26 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed metric difference between PyTorch and the engine")
     p.add_argument("--rerank", action="store_true",
                    help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (None: torch's choice)")
+    add_threads(p)
     p.add_argument("--json", type=Path, help="also write the table's numbers to this JSON file")
+    add_no_progress(p)
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Load checkpoint and data, evaluate on every asked backend, print (and save) the table."""
-    import torch
 
     from engine.metrics import format_table
 
     from .checkpoint import load_checkpoint
     from .loop import Runtime, place
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     ck = load_checkpoint(args.checkpoint)
     choice = data_for(ck, args.dataset, args.split_seed, dict(args.data_option) if args.data_option else None,
                       args.data_root, args.allow_mismatch)
-    data = choice.load(ck.config)
+    data = choice.load(ck.config, progress=not args.no_progress)
     print(data.describe())
     model = ck.model.to(place(Runtime(device=args.device)).device)
     rows, embedding_diff = compare_backends(model, data, args.artifact, args.rerank, backend=args.backend,
@@ -177,7 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _evaluate(args), lambda: "nothing was written; run it again")
+    return run_cli(lambda: _evaluate(args), hint="nothing was written; run it again")
 
 
 if __name__ == "__main__":

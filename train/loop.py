@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import JLMLConfig
+from .data.reidset import ReidSet
 from .losses import JLMLLoss
 from .model import JLML
 
@@ -53,21 +54,6 @@ SCHEDULES = ("cosine", "step")
 # Builds the epoch's augmentation from a seed (e.g. ``lambda s: Augment(seed=s)``), so resumed epochs
 # see the same perturbations as uninterrupted ones.
 AugmentFactory = Callable[[int], Callable[[torch.Tensor], torch.Tensor]]
-
-
-class ReidData(Protocol):
-    """What ``fit`` needs of a data set (``train.data.ReidSet`` is one)."""
-
-    train_images: np.ndarray
-    train_pids: np.ndarray
-    query_images: np.ndarray
-    query_pids: np.ndarray
-    query_cams: np.ndarray
-    gallery_images: np.ndarray
-    gallery_pids: np.ndarray
-    gallery_cams: np.ndarray
-    protocol: str
-    num_classes: int
 
 
 @dataclass(frozen=True)
@@ -202,7 +188,7 @@ class TrainPixels(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]).long()
 
 
-def make_loader(data: ReidData, sampler: EpochBatches | distributed.ShardedBatches,
+def make_loader(data: ReidSet, sampler: EpochBatches | distributed.ShardedBatches,
                 where: Placement) -> torch.utils.data.DataLoader:
     """Batches gathered by ``where.workers`` persistent processes into pinned memory when on CUDA.
 
@@ -302,7 +288,7 @@ def _check_resumable(saved: dict[str, Any], opts: TrainOptions, done: int, path:
                               f"({'; '.join(diffs)}); rerun with the same flags or start a fresh --out")
 
 
-def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement, resume: Path | None,
+def _start(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, where: Placement, resume: Path | None,
            init: dict[str, torch.Tensor] | None, init_source: str,
            ) -> tuple[JLML, torch.optim.Optimizer, int, list[dict[str, Any]], InitReport | None]:
     """A fresh model and optimiser (from ``init`` weights), or the state saved in ``resume`` after
@@ -329,7 +315,7 @@ def _start(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, where: Placement
     return model, opt, ck.epoch, list(ck.extra.get("history", [])), None
 
 
-def fit(cfg: JLMLConfig, data: ReidData, opts: TrainOptions, out: str | Path, *, resume: str | Path | None = None,
+def fit(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, out: str | Path, *, resume: str | Path | None = None,
         make_augment: AugmentFactory | None = None, init: dict[str, torch.Tensor] | None = None,
         init_source: str | None = None, runtime: Runtime | None = None, overwrite: bool = False,
         record: dict[str, Any] | None = None) -> FitResult:
@@ -382,7 +368,7 @@ def embed(model: JLML, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, model.spec.embedding_dim), np.float32)
 
 
-def evaluate_model(model: JLML, data: ReidData, batch_size: int = 256) -> dict[str, float]:
+def evaluate_model(model: JLML, data: ReidSet, batch_size: int = 256) -> dict[str, float]:
     """Rank-k and mAP of ``model`` on ``data``'s query/gallery split under its protocol."""
     from engine.metrics import evaluate
 

@@ -40,12 +40,12 @@ class DataChoice:
             raise DataError(f"--dataset {self.dataset!r} is unknown; expected one of {', '.join(DATASETS)}")
         object.__setattr__(self, "options", check_options(self.dataset, dict(self.options)))
 
-    def load(self, cfg: JLMLConfig) -> Any:
-        """The ``ReidSet`` at ``cfg``'s input size."""
+    def load(self, cfg: JLMLConfig, progress: bool = True) -> Any:
+        """The ``ReidSet`` at ``cfg``'s input size (``progress=False``: no "loading images" bar)."""
         from .data import load_reid_set
 
         return load_reid_set(self.dataset, self.root, height=cfg.height, width=cfg.width,
-                             split_seed=self.split_seed, **self.options)
+                             split_seed=self.split_seed, progress=None if progress else False, **self.options)
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint stores: data set, split seed, loader options (JSON-able)."""
@@ -85,7 +85,7 @@ def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder
                    augment: bool = True, runtime: Runtime | None = None) -> dict[str, Any]:
     """Weights of ``cfg`` trained on ``data`` in ``folder`` (continuing its ``last.pt`` if a run there
     was interrupted; a finished one is reused as it is)."""
-    reid = data.load(cfg)
+    reid = data.load(cfg, progress=opts.progress)
     print(f"pre-training on {reid.describe()}")
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, reid, opts, folder, resume=resume if resume.is_file() else None, runtime=runtime,
@@ -121,7 +121,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     init_state, source = None, None
     if init is not None:
         init_state, source = load_checkpoint(init).model.state_dict(), str(init)
-    reid = data.load(config)
+    reid = data.load(config, progress=options.progress)
     log(reid.describe())
     if init_state is None and pretrain is not None and resume_path is None:
         pre_opts = dataclasses.replace(options, epochs=pretrain.epochs)

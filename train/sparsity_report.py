@@ -15,7 +15,6 @@ property of the weights, not of the accuracy, so this reads each finished run's 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from engine import cli
 from engine.atomic import write_text
-from engine.errors import InputError, JLMLError
+from engine.errors import InputError
 
 THRESHOLDS = (1e-3, 1e-2, 1e-1)
 
@@ -106,21 +106,20 @@ def sparsity_table(result: dict[str, dict[str, Any]], thresholds: tuple[float, .
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.sparsity_report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m train.sparsity_report", __doc__)
     p.add_argument("study", type=Path, help="study folder written by python -m train.study")
     p.add_argument("--variants", nargs="+", default=["joint"], help="variant folders to read")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
         result = study_sparsity(args.study, args.variants)
-    except JLMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
-    print(sparsity_table(result), end="")
-    return 0
+        print(sparsity_table(result), end="")
+        if args.json:
+            write_text(args.json, json.dumps(result, indent=2) + "\n")
+            print(f"numbers written to {args.json}")
+
+    return cli.run_cli(body)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.atomic import write_text
+from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
 
-from .cli import HelpFormatter, positive_int, run_cli
 from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
 from .runner import DataChoice, augment_factory
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(summary), end="")
         return 0
 
-    return run_cli(body, lambda: f"rerun the same command to continue (runs in {args.out})")
+    return run_cli(body, hint=f"rerun the same command to continue (runs in {args.out})")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from benchmarks.serve import main  # noqa: E402
 @pytest.mark.serve
 def test_load_test_answers_every_request_with_the_in_process_result(tmp_path, bench_artifacts):
     out = tmp_path / "serve"
-    assert main([str(bench_artifacts), "--out", str(out), "--clients", "1", "3", "--requests", "4",
+    assert main(["--artifact", str(bench_artifacts), "--out", str(out), "--clients", "1", "3", "--requests", "4",
                  "--batch", "4", "--pairs", "3"]) == 0
     report = json.loads((out / "serve.json").read_text())
     cells = {(r["protocol"], r["clients"]) for r in report["results"]}
@@ -28,4 +28,4 @@ def test_load_test_answers_every_request_with_the_in_process_result(tmp_path, be
 
 
 def test_batch_outside_the_artefact_range_exits_2(tmp_path, bench_artifacts):
-    assert main([str(bench_artifacts), "--out", str(tmp_path), "--batch", "17"]) == 2
+    assert main(["--artifact", str(bench_artifacts), "--out", str(tmp_path), "--batch", "17"]) == 2

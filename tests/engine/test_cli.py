@@ -24,8 +24,40 @@ def test_run_cli_maps_outcomes_to_exit_codes(capsys) -> None:
     assert capsys.readouterr().err == "error: k must be positive, got 0\n"
     assert cli.run_cli(_raise(ParityError("cosine 0.9")), failed=(ParityError,)) == 1
     assert cli.run_cli(_raise(ParityError("cosine 0.9"))) == 2
-    assert cli.run_cli(_raise(KeyboardInterrupt()), interrupted="interrupted; rerun with --resume") == 130
+    assert cli.run_cli(_raise(KeyboardInterrupt()), hint="rerun with --resume") == 130
     assert capsys.readouterr().err.endswith("interrupted; rerun with --resume\n")
+
+
+def test_sigterm_prints_the_hint_exits_143_and_restores_the_handler(capsys) -> None:
+    import os
+    import signal
+    import time
+
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not turned into an interrupt")
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.run_cli(killed, hint="continue with --resume") == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM); continue with --resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_run_cli_off_the_main_thread_leaves_signals_alone() -> None:
+    import signal
+    import threading
+
+    seen: list[object] = []
+
+    def body() -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=lambda: cli.run_cli(body))
+    thread.start()
+    thread.join()
+    assert seen == [before]
 
 
 def test_run_cli_leaves_bugs_their_traceback() -> None:
@@ -49,6 +81,13 @@ def test_positive_int_is_a_usage_error_for_zero_and_words() -> None:
     for text in ("0", "-2", "two"):
         with pytest.raises(argparse.ArgumentTypeError):
             cli.positive_int(text)
+
+
+def test_non_negative_int_takes_zero_and_refuses_negatives() -> None:
+    assert cli.non_negative_int("0") == 0
+    for text in ("-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a whole number"):
+            cli.non_negative_int(text)
 
 
 def test_help_shows_defaults_except_where_help_already_says_or_none() -> None:

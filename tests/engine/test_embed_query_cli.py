@@ -38,7 +38,7 @@ def test_market_names_give_ids_and_cameras(tmp_path):
 
 def test_embed_writes_the_in_process_gallery_and_row_paths(market_folder, artifact_dir, spec, tmp_path):
     out = tmp_path / "g.npz"
-    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--quiet"]) == 0
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
     paths = list_images(market_folder)
     with Embedder(artifact_dir, backend="ort", device="cpu") as embedder:
         expected = embedder(load_images(paths, spec.height, spec.width)[0])
@@ -75,7 +75,7 @@ def test_other_names_without_labels_exit_2(tmp_path, artifact_dir, make_images, 
 
 def test_query_ranks_itself_first_and_draws(market_folder, artifact_dir, tmp_path, capsys):
     out, png = tmp_path / "g.npz", tmp_path / "ranked.png"
-    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--quiet"]) == 0
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
     query = sorted(market_folder.rglob("0002_c2*"))[0]  # in sub/
     capsys.readouterr()
     assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", "4",

@@ -58,7 +58,7 @@ def test_ray_gives_the_in_process_embeddings_and_the_cli_the_same_gallery(ray_cl
     assert not (tmp_path / "shards").exists()
 
     local, remote = tmp_path / "local.npz", tmp_path / "ray.npz"
-    assert embed_main([str(folder), "--artifact", str(artifact_dir), "--out", str(local), "--quiet"]) == 0
+    assert embed_main([str(folder), "--artifact", str(artifact_dir), "--out", str(local), "--no-progress"]) == 0
     assert embed_main([str(folder), "--artifact", str(artifact_dir), "--out", str(remote), "--ray",
                        "--ray-workers", "2", "--backend", "ort", "--device", "cpu"]) == 0
     (_, want), (_, got) = read_gallery_file(local), read_gallery_file(remote)
@@ -81,7 +81,7 @@ def test_ray_benchmark_reports_equal_results_per_mode(ray_cluster, artifact_dir,
 
     from benchmarks.ray_embed import main as bench_main
 
-    assert bench_main([str(artifact_dir), "--out", str(tmp_path), "--images", "40", "--workers", "1", "2",
+    assert bench_main(["--artifact", str(artifact_dir), "--out", str(tmp_path), "--images", "40", "--workers", "1", "2",
                        "--rounds", "1", "--shard-size", "16"]) == 0
     rows = json.loads((tmp_path / "ray_embed.json").read_text())["results"]
     assert [r["mode"] for r in rows] == ["in-process", "ray-1", "ray-2"] and all(r["equal"] for r in rows)

@@ -154,8 +154,8 @@ def test_embed_cli_against_the_server_equals_in_process(server, serve_artifact, 
     from engine.gallery import read_gallery_file
 
     remote, local = tmp_path / "remote.npz", tmp_path / "local.npz"
-    assert embed_main([str(crops), "--url", server.grpc, "--out", str(remote), "--quiet"]) == 0
-    assert embed_main([str(crops), "--artifact", str(serve_artifact), "--out", str(local), "--quiet"]) == 0
+    assert embed_main([str(crops), "--url", server.grpc, "--out", str(remote), "--no-progress"]) == 0
+    assert embed_main([str(crops), "--artifact", str(serve_artifact), "--out", str(local), "--no-progress"]) == 0
     (_, got), (_, want) = read_gallery_file(remote), read_gallery_file(local)
     np.testing.assert_array_equal(got["ids"], want["ids"])
     np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=ATOL)

@@ -143,3 +143,19 @@ def test_real_prid2011_protocol():
     assert (data.num_classes, len(data.train_images)) == (100, 200)
     assert len(data.query_pids) == 100 and len(data.gallery_pids) == 649
     assert set(data.query_pids) <= set(data.gallery_pids) and max(data.query_pids) <= 200
+
+
+def test_no_progress_reaches_the_loading_images_bar(viper, monkeypatch, capsys):
+    from engine import images
+    from train.__main__ import main
+
+    monkeypatch.setattr(images, "PROGRESS_MIN_IMAGES", 1)  # 16 images would get the automatic bar
+    load_reid_set("viper", viper, num_train=4, num_test=4, **SIZE)
+    assert "loading images" in capsys.readouterr().err
+    load_reid_set("viper", viper, num_train=4, num_test=4, progress=False, **SIZE)
+    assert capsys.readouterr().err == ""
+    argv = ["--dataset", "viper", "--data-root", str(viper), "--data-option", "num_train=4", "--data-option",
+            "num_test=4", "--height", "32", "--width", "16", "--widths", "4,8", "--blocks", "1,1",
+            "--feat-dim", "16", "--batch-size", "8", "--epochs", "1", "--threads", "1", "--no-progress"]
+    assert main([*argv, "--out", str(viper.parent / "run")]) == 0
+    assert "loading images" not in capsys.readouterr().err

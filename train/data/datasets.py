@@ -51,12 +51,13 @@ def resolve_root(name: str, root: str | os.PathLike[str] | None) -> Path:
 
 
 def load_reid_set(name: str, root: str | os.PathLike[str] | None = None, *, height: int = 160,
-                  width: int = 64, split_seed: int = 0, **options: Any) -> ReidSet:
+                  width: int = 64, split_seed: int = 0, progress: bool | None = None, **options: Any) -> ReidSet:
     """Load data set ``name`` (one of ``DATASETS``) resized to height x width, split by ``split_seed``.
 
     ``options`` go to the data set's loader: synthetic takes num_ids, num_test, cams, images_per_cam,
     seed (and ignores ``root``); viper and prid2011 take num_train, num_test (prid2011 also
-    cam_a_only_train); the Market layouts have a fixed split and take none.
+    cam_a_only_train); the Market layouts have a fixed split and take none. ``progress``: the
+    "loading images" bar of the real data sets (None: only for many images; False: never).
     """
     key = name.lower()
     if key not in LOADERS:
@@ -65,13 +66,13 @@ def load_reid_set(name: str, root: str | os.PathLike[str] | None = None, *, heig
     if key == "synthetic":
         return load_synthetic(height=height, width=width, split_seed=split_seed, **options)
     if key in ("market1501", "dukemtmc"):
-        return LOADERS[key](resolve_root(key, root), height=height, width=width)
+        return LOADERS[key](resolve_root(key, root), height=height, width=width, progress=progress)
     return LOADERS[key](resolve_root(key, root), height=height, width=width, split_seed=split_seed,
-                        **options)
+                        progress=progress, **options)
 
 
 # Loader parameters that are not --data-option values: load_reid_set passes them itself.
-_NOT_OPTIONS = {"root", "height", "width", "split_seed", "name"}
+_NOT_OPTIONS = {"root", "height", "width", "split_seed", "name", "progress"}
 
 
 def option_defaults(name: str) -> dict[str, Any]:

@@ -71,10 +71,11 @@ def split_people(pids: Iterable[int], num_train: int, num_test: int, seed: int,
 
 
 def load_records(name: str, protocol: str, parts: dict[str, list[Record]], height: int,
-                 width: int) -> ReidSet:
-    """Decode every part's files in one pass (one progress bar, one skip warning) into a ReidSet."""
+                 width: int, progress: bool | None = None) -> ReidSet:
+    """Decode every part's files in one pass (one progress bar, one skip warning) into a ReidSet;
+    ``progress`` as ``engine.images.load_images`` takes it (False: no bar)."""
     records = [r for part in PARTS for r in parts[part]]
-    images, kept = load_images([r.path for r in records], height, width, on_error="skip")
+    images, kept = load_images([r.path for r in records], height, width, on_error="skip", progress=progress)
     kept_arr = np.asarray(kept, np.int64)
     out, start = {}, 0
     for part in PARTS:

@@ -26,7 +26,7 @@ PRID_NAME = re.compile(r"^person_(\d{4})\.png$", re.IGNORECASE)
 
 
 def load_viper(root: Path, *, height: int, width: int, split_seed: int = 0, num_train: int = 316,
-               num_test: int = 316) -> ReidSet:
+               num_test: int = 316, progress: bool | None = None) -> ReidSet:
     """Load VIPeR from ``root`` (files ``PPPPCCCC.png``, camera 0001 = A, 0002 = B)."""
     files = parse_folder(root, VIPER_NAME, "viper", "files named PPPPCCCC.png, e.g. 00010001.png")
     records = [Record(path, int(m.group(1)), int(m.group(2)) - 1) for path, m in files]
@@ -40,11 +40,12 @@ def load_viper(root: Path, *, height: int, width: int, split_seed: int = 0, num_
         "query": [r for r in records if r.pid in test and r.cam == 0],
         "gallery": [r for r in records if r.pid in test and r.cam == 1],
     }
-    return load_records("viper", "single_shot", parts, height, width)
+    return load_records("viper", "single_shot", parts, height, width, progress)
 
 
 def load_prid2011(root: Path, *, height: int, width: int, split_seed: int = 0, num_train: int = 100,
-                  num_test: int = 100, num_shared: int = 200, cam_a_only_train: bool = False) -> ReidSet:
+                  num_test: int = 100, num_shared: int = 200, cam_a_only_train: bool = False,
+                  progress: bool | None = None) -> ReidSet:
     """Load PRID2011 single-shot from ``root`` (``cam_a/person_NNNN.png``, ``cam_b/person_NNNN.png``)."""
     expected = "files named person_NNNN.png, e.g. person_0001.png"
     cam_a = {int(m.group(1)): p for p, m in parse_folder(root / "cam_a", PRID_NAME, "prid2011", expected)}
@@ -61,4 +62,4 @@ def load_prid2011(root: Path, *, height: int, width: int, split_seed: int = 0, n
         "query": [Record(cam_a[pid], pid, 0) for pid in sorted(test)],
         "gallery": [Record(cam_b[pid], pid, 1) for pid in sorted(test) + b_only],
     }
-    return load_records("prid2011", "single_shot", parts, height, width)
+    return load_records("prid2011", "single_shot", parts, height, width, progress)
