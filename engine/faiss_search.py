@@ -14,6 +14,7 @@ BackendUnavailableError naming the package when it is missing.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -37,12 +38,22 @@ def load() -> Any:
     return faiss
 
 
+@functools.cache
 def available() -> bool:
     try:
         load()
     except BackendUnavailableError:
         return False
     return True
+
+
+def get_threads() -> int:
+    """faiss's OpenMP threads (its own runtime, apart from torch's)."""
+    return int(load().omp_get_max_threads())
+
+
+def set_threads(n: int) -> None:
+    load().omp_set_num_threads(n)
 
 
 def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
@@ -59,9 +70,10 @@ def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
     if want:
         faiss.knn_L2sqr(faiss.swig_ptr(queries), faiss.swig_ptr(rows), rows.shape[1], n_q, n, want,
                         faiss.swig_ptr(dist), faiss.swig_ptr(pos), faiss.swig_ptr(sqnorm))
-    np.maximum(dist, 0, out=dist)  # clamping rounding negatives may tie them: re-sort by (distance, rank)
-    order = np.lexsort((pos if rank is None else rank[pos], dist), axis=1)
-    dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
+    if rank is not None or (dist < 0).any():  # clamping rounding negatives may tie them: re-sort
+        np.maximum(dist, 0, out=dist)
+        order = np.lexsort((pos if rank is None else rank[pos], dist), axis=1)
+        dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
     redo = np.zeros(0, np.int64)
     if rank is not None and k < want < n:  # rows tied with the k-th may lie beyond the candidates
         redo = np.flatnonzero(dist[:, k - 1] == dist[:, -1])

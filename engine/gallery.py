@@ -26,7 +26,9 @@ Duplicate ids are allowed (several images of one person can share an id). Ids mu
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -77,7 +79,7 @@ class Gallery:
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
         self._n, self._ids_sorted, self._has_faiss = 0, True, faiss_search.available()
         self._ranks: tuple[Any, Any] | None = None  # (rank, order), rebuilt after an add
-        self._coarse, self._approx = twopass.CoarseRows(), None
+        self._coarse, self._approx, self._views = twopass.CoarseRows(), None, {}
         dev, i64 = self._device, torch.int64
         self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
@@ -106,15 +108,24 @@ class Gallery:
             return "torch"  # faiss cannot skip same-id-same-camera rows per query
         if self._method != "auto":
             return self._method
-        return search_plan.choose(search_plan.Shape(
-            rows=self._n, batch=batch, device=self._device.type, storage=self._storage, excluding=excluding,
-            has_faiss=self._has_faiss, bf16_fast=twopass.bf16_is_fast()))
+        return search_plan.choose(self._shape(batch, excluding))
+
+    def _shape(self, batch: int, excluding: bool) -> search_plan.Shape:
+        return search_plan.Shape(rows=self._n, batch=batch, dim=self._dim, device=self._device.type,
+                                 storage=self._storage, excluding=excluding, has_faiss=self._has_faiss,
+                                 bf16_fast=twopass.bf16_is_fast())
 
     def __len__(self) -> int:
         return self._n
 
     def _rows(self, name: str) -> Any:
         return self._store[name][:self._n]
+
+    def _host(self, name: str) -> np.ndarray:
+        """Zero-copy numpy view of a CPU gallery's rows (cached until the next add)."""
+        if name not in self._views:
+            self._views[name] = self._rows(name).numpy()
+        return self._views[name]
 
     def add(self, embeddings: Any, ids: Any, cams: Any = None) -> None:
         """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1)."""
@@ -127,7 +138,7 @@ class Gallery:
         n, m = self._n, len(emb)
         last = int(self._store["ids"][n - 1]) if n else -1
         self._ids_sorted &= bool(m == 0 or (new["ids"][0] >= last and np.all(np.diff(new["ids"]) >= 0)))
-        self._ranks, self._approx = None, None
+        self._ranks, self._approx, self._views = None, None, {}
         for name in self._store:
             self._store[name] = with_room(self._store[name], n, m)
         for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
@@ -166,6 +177,8 @@ class Gallery:
             raise InputError(f"k must be a positive int, got {k!r}")
         k = int(k)
         excl = self._exclusion_labels(query_ids, query_cams, len(q))
+        if len(q) <= self._query_batch and self._n:  # one batch: no result buffers to fill
+            return self._search_batch(q, k, excl)
         dists, out = np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         for s in range(0, len(q) if self._n else 0, self._query_batch):
             part = slice(s, s + self._query_batch)
@@ -176,22 +189,25 @@ class Gallery:
     def _search_batch(self, q: np.ndarray, k: int,
                       excl: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         path = self.search_path(len(q), excluding=excl is not None)
-        if path in faiss_search.Approximate.KINDS:
-            if excl is not None:
-                raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
-                                 "query_ids/query_cams or use an exact method")
-            if self._approx is None:
-                self._approx = faiss_search.Approximate(path, self._rows("emb").numpy(), self._nprobe)
-            d, p = self._approx.search(q, k)
-            return d, self._ids_of(p)
-        if path == "faiss":
+        if self._device.type != "cpu":
+            return self._torch_search(q, k, excl, path)
+        with _cpu_threads(self._shape(len(q), excl is not None)):
+            if path in faiss_search.Approximate.KINDS:
+                if excl is not None:
+                    raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
+                                     "query_ids/query_cams or use an exact method")
+                if self._approx is None:
+                    self._approx = faiss_search.Approximate(path, self._host("emb"), self._nprobe)
+                d, p = self._approx.search(q, k)
+                return d, self._ids_of(p)
+            if path != "faiss":
+                return self._torch_search(q, k, excl, path)
             rank = None if self._ids_sorted else self._rank_order()[0].numpy()
-            d, p, redo = faiss_search.exact(q, self._rows("emb").numpy(), self._rows("sqnorm").numpy(), k, rank)
+            d, p, redo = faiss_search.exact(q, self._host("emb"), self._host("sqnorm"), k, rank)
             ids = self._ids_of(p)
             if redo.size:  # ties at the k-th beyond faiss's candidates: the torch pass ranks them by id
                 d[redo], ids[redo] = self._torch_search(q[redo], k, None, "torch")
             return d, ids
-        return self._torch_search(q, k, excl, path)
 
     def _torch_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
                       path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +232,9 @@ class Gallery:
 
     def _ids_of(self, positions: np.ndarray) -> np.ndarray:
         """Ids of faiss's row positions (CPU galleries only), -1 kept."""
-        return np.where(positions >= 0, self._rows("ids").numpy()[positions.clip(min=0)], -1)
+        ids = self._host("ids")[positions]
+        ids[positions < 0] = -1
+        return ids
 
     def _exclusion_labels(self, query_ids: Any, query_cams: Any, n: int) -> tuple[np.ndarray, ...] | None:
         if query_ids is None and query_cams is None:
@@ -241,6 +259,28 @@ class Gallery:
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
         return gallery
+
+
+@contextlib.contextmanager
+def _cpu_threads(shape: search_plan.Shape) -> Iterator[None]:
+    """Run with search_plan.threads torch and faiss CPU threads (fewer for small work), then restore."""
+    import torch
+
+    cap = torch.get_num_threads()
+    n = search_plan.threads(shape, cap)
+    if n == cap:
+        yield
+        return
+    faiss_cap = faiss_search.get_threads() if shape.has_faiss else None
+    torch.set_num_threads(n)
+    if faiss_cap is not None:
+        faiss_search.set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(cap)
+        if faiss_cap is not None:
+            faiss_search.set_threads(faiss_cap)
 
 
 def resolve_device(torch: Any, device: str) -> Any:
