@@ -16,7 +16,7 @@ from typing import Any
 
 from engine import Embedder
 from engine.errors import InputError, JLMLError
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, ModelSpec
+from engine.spec import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, PLAN_FILE, ModelSpec
 
 BASELINE = "torch-fp32"
 CPU_FP16_REASON = ("needs CUDA: the engine's torch backend rejects fp16 on CPU (half convolutions are "
@@ -40,6 +40,7 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (
     Candidate("torch-compile-fp16", "torch", "fp16", compile=True),
     Candidate("ort-fp32", "ort", "fp32"),
     Candidate("ort-fp16", "ort", "fp16"),
+    Candidate("ort-int8", "ort", "int8"),  # model.int8.onnx (export --int8), CPU: VNNI where the CPU has it
     Candidate("trt-fp16", "trt", "fp16"),
 )}
 
@@ -80,7 +81,7 @@ def skip_reason(cand: Candidate, folder: Path, device: str, module: Any) -> str 
             return CPU_FP16_REASON
         return None
     if cand.backend == "ort":
-        graph = ONNX_FILE if cand.precision == "fp32" else ONNX_FP16_FILE
+        graph = {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE, "int8": ONNX_INT8_FILE}[cand.precision]
         return None if (folder / graph).is_file() else f"no {graph} in {folder}"
     if device == "cpu":
         return "TensorRT needs a CUDA device"

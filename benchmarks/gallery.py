@@ -4,8 +4,9 @@
 clustered like real embeddings with ``--data clustered``) for each dim, gallery size and query batch.
 Methods: ``gallery`` (method="auto": the path engine.search_plan picks per batch), ``faiss``
 (IndexFlatL2, the reference), ``torch_naive`` (one un-chunked matmul + topk, skipped where its block
-passes 2 GiB) and, with ``--paths``, the Gallery forced onto each path (``gallery_bf16``,
-``gallery_fp32``, ``gallery_torch``, ``gallery_faiss``) to measure the crossovers. Calls are
+passes 2 GiB), with ``--paths`` the Gallery forced onto each path (``gallery_bf16``, ``gallery_fp32``,
+``gallery_torch``, ``gallery_faiss``) to measure the crossovers, and with ``--approx`` the approximate
+Gallery (``gallery_ivf``, ``gallery_hnsw``; ``recall_at_k`` against faiss's exact ids). Calls are
 interleaved round-robin in one process so load from other users hits all methods alike; medians
 are reported, and ``vs_faiss`` is the ratio of queries/s in the same process. ``agree_faiss`` is the
 share of returned ids equal to faiss's in the timed calls themselves; ``path`` is the path the auto
@@ -39,7 +40,7 @@ FULL = {"sizes": [1_000, 10_000, 100_000, 1_000_000], "dims": [1024], "queries":
 QUICK = {"sizes": [1_000, 4_000], "dims": [64], "queries": 64, "batches": [1, 32]}
 NAIVE_MAX_BYTES = 2 << 30  # the un-chunked baseline is skipped where its (batch x gallery) block is bigger
 COLUMNS = ["data", "dim", "size", "batch", "method", "path", "p50_ms", "p99_ms", "queries_per_s", "vs_faiss",
-           "agree_faiss"]
+           "agree_faiss", "recall_at_k"]
 CLUSTER_SIZE = 20  # rows per cluster ("images of one person")
 CLUSTER_SPREAD = 0.5  # noise norm relative to the (unit) centre, before re-normalising
 SMOKE = "SMOKE RUN (--quick): tiny sizes, not a figure"
@@ -73,7 +74,7 @@ def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gal
     k, device = cfg["k"], cfg["device"]
     out: Searchers = {}
     galleries = {}
-    for path in ["auto", *cfg["paths"]]:
+    for path in ["auto", *cfg["paths"], *cfg["approx"]]:
         galleries[path] = gal = Gallery(gallery.shape[1], device=device, method=path)
         gal.add(gallery, np.arange(len(gallery)))
         out["gallery" if path == "auto" else f"gallery_{path}"] = lambda q, g=gal: g.search(q, k)[1]
@@ -115,7 +116,7 @@ def _bench_cell(kind: str, dim: int, size: int, cfg: dict[str, Any], rng: np.ran
     rows = []
     for batch in cfg["batches"]:
         batches = [queries[s:s + batch] for s in range(0, len(queries) - batch + 1, batch)]
-        times, agree = _interleaved(searchers, batches, cfg)
+        times, agree, recall = _interleaved(searchers, batches, cfg)
         for name in searchers:
             if name == "torch_naive" and batch * size * 4 > NAIVE_MAX_BYTES:
                 continue
@@ -123,7 +124,8 @@ def _bench_cell(kind: str, dim: int, size: int, cfg: dict[str, Any], rng: np.ran
             rows.append({"data": kind, "dim": dim, "size": size, "batch": batch, "method": name,
                          "path": auto.search_path(batch) if name == "gallery" else None,
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
-                         "queries_per_s": batch / (stats["p50_ms"] / 1e3), "agree_faiss": agree.get(name)})
+                         "queries_per_s": batch / (stats["p50_ms"] / 1e3), "agree_faiss": agree.get(name),
+                         "recall_at_k": recall.get(name)})
     faiss_qps = {r["batch"]: r["queries_per_s"] for r in rows if r["method"] == "faiss"}
     for row in rows:
         base = faiss_qps.get(row["batch"])
@@ -132,9 +134,10 @@ def _bench_cell(kind: str, dim: int, size: int, cfg: dict[str, Any], rng: np.ran
 
 
 def _interleaved(searches: Searchers, batches: list[np.ndarray],
-                 cfg: dict[str, Any]) -> tuple[dict[str, list[float]], dict[str, float]]:
+                 cfg: dict[str, Any]) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
     """Seconds per call of every method, one call each per round, so shared-CPU noise hits all alike;
-    and each method's share of ids equal to faiss's over the batches it was timed on."""
+    each method's share of ids equal to faiss's (same place) over the batches it was timed on, and its
+    recall@k (share of faiss's k ids it returned, in any order: the approximate methods' figure)."""
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in searches}
     for name, search in searches.items():
         outputs[name].append(search(batches[0]))  # warm-up, also builds lazily derived rows
@@ -147,11 +150,14 @@ def _interleaved(searches: Searchers, batches: list[np.ndarray],
                                       device=cfg["device"], warmup=0, repeats=1)
             if r < len(batches):
                 outputs[name].append(result[0])
-    agree = {}
+    agree, recall = {}, {}
     if "faiss" in outputs:
         ref = np.concatenate(outputs["faiss"])
-        agree = {name: float(np.mean(np.concatenate(out) == ref)) for name, out in outputs.items()}
-    return times, agree
+        for name, out in outputs.items():
+            got = np.concatenate(out)
+            agree[name] = float(np.mean(got == ref))
+            recall[name] = float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, ref, strict=True)]))
+    return times, agree, recall
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, cfg: dict[str, Any]) -> None:
@@ -192,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="random unit vectors and/or clustered unit vectors (default: %(default)s)")
     p.add_argument("--paths", nargs="*", choices=EXACT, default=[],
                    help="also time the Gallery forced onto these paths (crossover measurement)")
+    p.add_argument("--approx", nargs="*", choices=["ivf", "hnsw"], default=[],
+                   help="also time the approximate Gallery (faiss IVF / HNSW): speed and recall@k vs faiss")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the torch matmul+topk baseline")
     p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
     return p
@@ -203,7 +211,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     cfg.update({key: getattr(args, key) for key in ("sizes", "batches", "dims", "queries")
                 if getattr(args, key) is not None})
     cfg.update(k=args.k, repeats=args.repeats, rounds=args.rounds, device=args.device, seed=args.seed,
-               dtype="float32", data=args.data, paths=args.paths, naive=args.naive, quick=args.quick)
+               dtype="float32", data=args.data, paths=args.paths, approx=args.approx, naive=args.naive,
+               quick=args.quick)
     for flag, values in (("--sizes", cfg["sizes"]), ("--batches", cfg["batches"]), ("--dims", cfg["dims"]),
                          ("--queries", [cfg["queries"]]), ("--k", [cfg["k"]]), ("--repeats", [cfg["repeats"]]),
                          ("--rounds", [cfg["rounds"]])):

@@ -26,6 +26,7 @@ SPEC_VERSION = 1
 SPEC_FILE = "spec.json"
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"  # QDQ INT8 graph (export/int8.py), served by ONNX Runtime
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"

@@ -33,7 +33,7 @@ from engine.spec import (
     file_sha256,
 )
 
-from . import trt_build
+from . import int8, trt_build
 from .fp16 import to_fp16
 from .onnx_export import check_and_simplify, onnx_from_checkpoint
 from .parity import DEFAULT_SAMPLES, check_parity, measure_parity, sample_images, write_parity
@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"folder of images (resized to the spec) for parity; default {DEFAULT_SAMPLES} random ones")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
+                   "export/int8.py), published only if it passes its gate; needs --calib-data")
+    p.add_argument("--calib-data", type=Path, default=None, help="folder of real person crops to calibrate INT8 on")
     return p.parse_args(argv)
 
 
@@ -169,6 +172,7 @@ def build(args: argparse.Namespace) -> Built:
         write_triton_repo(stage / TRITON_DIR, spec, onnx_path=graphs["fp32"],
                           plan_path=stage / PLAN_FILE if plan_files else None)
         files = [*(p.name for p in graphs.values()), *plan_files, PARITY_FILE, TRITON_DIR, SPEC_FILE]
+        files += int8.build(model, spec, graphs["fp32"], stage, args.calib_data) if args.int8 else []
         _publish(stage, args.out, files)
     return Built(spec, files, skipped)
 
@@ -178,7 +182,7 @@ def _publish(stage: Path, out: Path, files: list[str]) -> None:
 
     A plan or FP16 graph left from an earlier build no longer matches the new model.onnx, so it goes.
     """
-    stale = [n for n in (ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE) if n not in files]
+    stale = [n for n in (ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, *int8.FILES) if n not in files]
     for name in [*stale, TRITON_DIR]:
         target = out / name
         if target.is_dir():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
-from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec, file_sha256
+from ..spec import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, ModelSpec, file_sha256
 from .base import BaseBackend, check_precision, parse_device
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -44,7 +44,7 @@ def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str
 
 
 class OrtBackend(BaseBackend):
-    """Runs ``model.onnx`` (fp32) or ``model.fp16.onnx`` (fp16) from an artefact folder."""
+    """Runs ``model.onnx`` (fp32), ``model.fp16.onnx`` (fp16) or ``model.int8.onnx`` (int8) from an artefact folder."""
 
     name = "ort"
 
@@ -55,7 +55,7 @@ class OrtBackend(BaseBackend):
         self.spec = spec if spec is not None else ModelSpec.load(folder)
         self.precision = check_precision(precision)
         self.max_batch = self.spec.max_batch
-        self.path = folder / (ONNX_FILE if precision == "fp32" else ONNX_FP16_FILE)
+        self.path = folder / {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE, "int8": ONNX_INT8_FILE}[precision]
         if not self.path.is_file():
             raise ArtifactError(
                 f"no {self.path.name} in {folder} for precision {precision!r}; export the artefact "
