@@ -17,8 +17,8 @@ Memory (n rows of dim D; "block" = query_batch x chunk scores):
 * ``search``: faiss -- faiss's own fixed blocks (tens of MB), no copy of the rows; torch -- one FP32
   block and its int64 tie keys (12 bytes per score, 96 MB at the CPU default); bf16 -- a bf16 copy
   of the rows ((D + 16) x 2 bytes a row, kept and extended incrementally: built at the first bf16
-  search, then only rows added since are converted), one bf16 block and a bounded FP64 re-rank;
-  fp32 -- one block and the re-rank. Nothing scales with n beyond the bf16 copy. ivf / hnsw: faiss's
+  search, then only rows added since are converted), one bf16 block (64 MB) and a bounded FP64 re-rank;
+  fp32 -- one FP32 block (128 MB) and the re-rank. Nothing scales with n beyond the bf16 copy. ivf / hnsw: faiss's
   own FP32 copy of the rows plus its lists or graph, rebuilt at the first search after an add.
 
 Duplicate ids are allowed (several images of one person can share an id). Ids must lie in [0, 2^63):
@@ -41,7 +41,10 @@ from .gallery_file import STORAGES, check_labels, check_vectors
 from .topk import Exclusion, SearchParams, search_batch
 
 METHODS = ("auto", *search_plan.EXACT, *faiss_search.Approximate.KINDS)
-BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}  # scores per block: cache-sized GEMM on CPU, few launches on CUDA
+# Scores per block: on CPU 8M for the one-pass search (FP32 scores + int64 keys, 96 MB) and 32M for the
+# two-pass shortlist scan (bf16 scores, 64 MB: at 10^5 x 1024 x 1,000 queries 32,768-row chunks ran
+# 1.93x faiss against 1.63x for 8,192, interleaved); on CUDA 64M, few launches.
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cpu-two-pass": 1 << 25, "cuda": 1 << 26}
 MIN_CHUNK = 1024
 NORM_ELEMENTS = 1 << 20  # values whose FP64 norms are computed at once in add: an 8 MB FP64 temporary
 DEFAULT_QUERY_BATCH = 1024
@@ -54,7 +57,8 @@ class Gallery:
     def __init__(self, dim: int, *, device: str = "cpu", storage: str = "float32", chunk: int | None = None,
                  query_batch: int = DEFAULT_QUERY_BATCH, method: str = "auto", nprobe: int | None = None) -> None:
         """``method``: "auto" picks the fastest exact path per batch (engine.search_plan); "faiss",
-        "bf16", "fp32" (CPU) or "torch" forces one; "ivf" / "hnsw" are approximate (faiss), with
+        "bf16", "fp32" (CPU), "fp16" or "torch" forces one ("fp16": FP16 rows searched, FP32 rows kept
+        in host memory for an exact re-rank; the default of a CUDA gallery with storage="float16"); "ivf" / "hnsw" are approximate (faiss), with
         ``nprobe`` lists (IVF) or efSearch (HNSW) per query."""
         import torch
 
@@ -67,9 +71,11 @@ class Gallery:
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         self._device = resolve_device(torch, device)
-        if self._device.type != "cpu" and method not in ("auto", "torch"):
-            raise InputError(f"method={method!r} is a CPU search, got device {device!r}; use method='auto' "
-                             "or 'torch' on CUDA")
+        if self._device.type != "cpu" and method not in ("auto", "torch", "fp16"):
+            raise InputError(f"method={method!r} is a CPU search, got device {device!r}; use method='auto', "
+                             "'fp16' or 'torch' on CUDA")
+        if method == "fp16" and storage != "float16":
+            raise InputError("method='fp16' searches FP16 rows, got storage 'float32'; pass storage='float16'")
         if method in ("faiss", *faiss_search.Approximate.KINDS):
             faiss_search.load()  # fail now, not at the first search
             if storage != "float32":
@@ -85,6 +91,9 @@ class Gallery:
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
                        "sqnorm64": torch.empty(0, dtype=torch.float64, device=dev),
                        "ids": torch.empty(0, dtype=i64, device=dev), "cams": torch.empty(0, dtype=i64, device=dev)}
+        self._fp16_bound = (0.0, 0.0)  # running r, G of the "fp16" path (see twopass.fp16_rows)
+        if self.search_path() == "fp16":  # FP32 rows for the exact re-rank, in host memory
+            self._store["exact"] = torch.empty((0, self._dim), dtype=torch.float32)
 
     @property
     def dim(self) -> int:
@@ -106,6 +115,8 @@ class Gallery:
         """The path a search of ``batch`` queries takes now: one of search_plan.EXACT, "ivf" or "hnsw"."""
         if self._method == "faiss" and excluding:
             return "torch"  # faiss cannot skip same-id-same-camera rows per query
+        if "exact" in self._store:
+            return "fp16"  # FP32 rows are kept: every search re-ranks against them
         if self._method != "auto":
             return self._method
         return search_plan.choose(self._shape(batch, excluding))
@@ -144,11 +155,25 @@ class Gallery:
         for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
             self._store[name][n:n + m].copy_(torch.from_numpy(rows))
         step = max(1, NORM_ELEMENTS // self._dim)
+        if "exact" in self._store:
+            self._store["exact"][n:n + m].copy_(torch.from_numpy(emb))
         for s in range(n, n + m, step):
-            stored = self._store["emb"][s:min(s + step, n + m)]
-            self._store["sqnorm"][s:s + len(stored)] = squared_norms(stored)
-            self._store["sqnorm64"][s:s + len(stored)] = squared_norms(stored.to(torch.float64))
+            self._add_norms(s, min(s + step, n + m))
         self._n = n + m
+
+    def _add_norms(self, start: int, stop: int) -> None:
+        """Norms of rows [start, stop): of the FP32 rows when kept (the "fp16" path), else as stored."""
+        import torch
+
+        stored = self._store["emb"][start:stop]
+        exact = self._store["exact"][start:stop].to(stored.device) if "exact" in self._store else stored
+        self._store["sqnorm"][start:stop] = squared_norms(exact)
+        self._store["sqnorm64"][start:stop] = squared_norms(exact.to(torch.float64))
+        if "exact" in self._store:
+            r, g = self._fp16_bound
+            low = stored.float()
+            self._fp16_bound = (max(r, twopass.upper_max((exact - low).norm(dim=1))),
+                                max(g, twopass.upper_max(low.norm(dim=1))))
 
     def _rank_order(self) -> tuple[Any, Any]:
         """(rank, order): ``rank[row]`` is the row's place in the ids' stable order (the tie key of
@@ -219,13 +244,16 @@ class Gallery:
         exclusion = None if excl is None else Exclusion(
             *(torch.from_numpy(a).to(dev) for a in excl), self._rows("ids"), self._rows("cams"))
         rank, order = self._rank_order()
-        chunk = self._chunk or max(MIN_CHUNK, BLOCK_ELEMENTS[dev.type] // len(qt))
+        block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
+        chunk = self._chunk or max(MIN_CHUNK, block // len(qt))
         params = SearchParams(k, chunk, rank, exclusion)
         if path == "torch":
             d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
         else:
-            exact = twopass.fp32_rows(self._rows("emb"), self._rows("sqnorm"))
-            first = self._coarse.rows(self._rows("emb"), self._rows("sqnorm")) if path == "bf16" else exact
+            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), self._rows("sqnorm"))
+            first = (self._coarse.rows(self._rows("emb"), self._rows("sqnorm")) if path == "bf16" else
+                     twopass.fp16_rows(self._rows("emb"), self._rows("sqnorm"), *self._fp16_bound)
+                     if path == "fp16" else exact)
             d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params, self.counts)
         ids = torch.where(p >= 0, self._rows("ids")[p.clamp(min=0)], p)
         return d.cpu().numpy(), ids.cpu().numpy()

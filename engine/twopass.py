@@ -78,17 +78,29 @@ class Rows:
 
 @dataclass(frozen=True)
 class TwoPass:
-    """The rows a two-pass search reads: shortlist rows, exact rows and their FP64 squared norms."""
+    """The rows a two-pass search reads: shortlist rows, exact rows (possibly in host memory, for a
+    GPU gallery stored as FP16) and their FP64 squared norms (on the queries' device)."""
 
     first: Rows
     exact: Rows
     sqnorm64: torch.Tensor
 
+    @property
+    def retry(self) -> Rows:
+        """Rows of the wider retries: the exact rows where they live with the queries, else ``first``."""
+        return self.exact if self.exact.data.device == self.sqnorm64.device else self.first
+
+
+def fp16_rows(rows16: torch.Tensor, sqnorm: torch.Tensor, row_error: float, norm_max: float) -> Rows:
+    """FP16 rows scanned with an FP32 GEMM against the FP32 rows' norms: r = max ||g - fp16(g)||,
+    G = max ||fp16(g)|| (kept as running maxima by the Gallery), no bf16 terms."""
+    return Rows(rows16, sqnorm, row_error, norm_max, upper_max(sqnorm), 0.0, 0.0)
+
 
 def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
     """The gallery as stored: its own shortlist pass has the FP32 bound only. G comes from the FP32
     norms, rounded up by their own error bound (fl(||g||^2) >= (1 - gamma_n) ||g||^2)."""
-    big_n = _max(sqnorm)
+    big_n = upper_max(sqnorm)
     return Rows(gallery, sqnorm, 0.0, math.sqrt(big_n * (1 + _gamma(gallery.shape[1]))), big_n, 0.0, 0.0)
 
 
@@ -113,7 +125,7 @@ class CoarseRows:
         self._buf = with_room(self._buf, self._n, n - self._n)  # one growth for all new rows
         for start in range(self._n, n, CONVERT_ROWS):
             self._append(gallery[start:start + CONVERT_ROWS], sqnorm[start:start + CONVERT_ROWS])
-        return Rows(self._buf[:n], sqnorm, self._row_error, self._norm_max, _max(sqnorm), self._split,
+        return Rows(self._buf[:n], sqnorm, self._row_error, self._norm_max, upper_max(sqnorm), self._split,
                     U_BF16 / (1 - U_BF16))
 
     def _append(self, gallery: torch.Tensor, sqnorm: torch.Tensor) -> None:
@@ -124,12 +136,12 @@ class CoarseRows:
         self._n += len(data)
         rounded = data[:, :dim].float()
         split = (data[:, dim:dim + 3].to(torch.float64).sum(dim=1) + 0.5 * sqnorm.to(torch.float64)).abs()
-        self._row_error = max(self._row_error, _max((gallery.float() - rounded).norm(dim=1)))
-        self._norm_max = max(self._norm_max, _max(rounded.norm(dim=1)))
-        self._split = max(self._split, _max(split))
+        self._row_error = max(self._row_error, upper_max((gallery.float() - rounded).norm(dim=1)))
+        self._norm_max = max(self._norm_max, upper_max(rounded.norm(dim=1)))
+        self._split = max(self._split, upper_max(split))
 
 
-def _max(x: torch.Tensor) -> float:
+def upper_max(x: torch.Tensor) -> float:
     """Max as a float, rounded up by one part in 2^20 so the bound never rests on a rounded-down max."""
     return float(x.max()) * (1 + 2.0**-20) if x.numel() else 0.0
 
@@ -167,7 +179,8 @@ def _rerank(queries: torch.Tensor, rows: TwoPass, rank: torch.Tensor, positions:
     dist = torch.empty(positions.shape, dtype=torch.float32, device=queries.device)
     for s in range(0, len(queries), RERANK_BLOCK):
         idx = safe[s:s + RERANK_BLOCK]
-        gathered = rows.exact.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        flat = idx.reshape(-1).to(rows.exact.data.device)  # host rows of a GPU gallery: gather there
+        gathered = rows.exact.data.index_select(0, flat).to(queries.device).view(*idx.shape, -1)
         dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], gathered, rows.sqnorm64[idx],
                                                    q_sq[s:s + RERANK_BLOCK])
     dist.masked_fill_(positions < 0, float("inf"))
@@ -209,14 +222,15 @@ class Counts:
 
 def search(queries: torch.Tensor, rows: TwoPass, params: SearchParams,
            counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then FP32 ones.
+    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then ``retry`` ones.
 
     ``params.rank`` orders tied rows (engine.topk.by_value_then_rank).
     """
     c, n = shortlist_size(params.k), rows.exact.data.shape[0]
     d, p, ok = _pass(queries, rows.first, rows, params, c)
     counts.queries += len(queries)
-    widths = [] if rows.first is rows.exact else [c]
+    retry = rows.retry
+    widths = [] if rows.first is retry else [c]
     widths += [c * WIDEN**i for i in range(1, 64) if c * WIDEN**(i - 1) < n]
     for width in widths:
         todo = (~ok).nonzero().squeeze(1)
@@ -226,5 +240,5 @@ def search(queries: torch.Tensor, rows: TwoPass, params: SearchParams,
             counts.fp32 += len(todo)
         else:
             counts.wide += len(todo)
-        d[todo], p[todo], ok[todo] = _pass(queries[todo], rows.exact, rows, params.subset(todo), min(width, n))
+        d[todo], p[todo], ok[todo] = _pass(queries[todo], retry, rows, params.subset(todo), min(width, n))
     return d, p

@@ -107,3 +107,25 @@ def test_modes_and_auto_choice() -> None:
     assert Gallery(4, method="torch").search_path() == "torch"
     with pytest.raises(InputError, match="method must be one of"):
         Gallery(4, method="int8")
+
+
+def test_fp16_rows_with_fp32_rerank_equal_the_fp32_exact_search() -> None:
+    """The GPU "fp16" path (FP16 rows searched, FP32 host rows re-ranked), run on CPU: bit-identical to
+    the FP32 two-pass, i.e. exact for the FP32 vectors although the searched rows are FP16."""
+    rng = np.random.default_rng(7)
+    g = _unit(rng, 3000, 48)
+    g[100:130] = g[7]  # ties the FP16 shortlist cannot separate: retries must resolve them by id
+    ids = rng.permutation(3000)
+    q = np.concatenate([g[:5], _unit(rng, 35, 48)])
+    half = Gallery(48, storage="float16", method="fp16", chunk=500, query_batch=16)
+    full = Gallery(48, method="fp32", chunk=500, query_batch=16)
+    for gal in (half, full):
+        gal.add(g[:1000], ids[:1000])
+        gal.add(g[1000:], ids[1000:])
+    assert half.search_path(40) == "fp16"
+    for a, b in zip(half.search(q, 10), full.search(q, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ref_d, ref_i = _reference(g, ids, q, 10)
+    assert (half.search(q, 10)[1] == ref_i).mean() > 0.999
+    with pytest.raises(InputError, match="pass storage='float16'"):
+        Gallery(4, method="fp16")
