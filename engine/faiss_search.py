@@ -23,7 +23,7 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError
 
 TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
-IVF_TRAIN_PER_LIST = 64  # training rows per inverted list (faiss warns below ~39)
+IVF_TRAIN_PER_LIST = 40  # training rows per inverted list (faiss warns below 39)
 HNSW_M = 32  # graph degree
 
 
@@ -87,7 +87,7 @@ def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
 class Approximate:
     """An approximate faiss index over a snapshot of the gallery rows (rebuilt after adds).
 
-    ``kind`` "ivf": IndexIVFFlat with 4 sqrt(n) lists, trained on IVF_TRAIN_PER_LIST rows per list,
+    ``kind`` "ivf": IndexIVFFlat with sqrt(n) lists, trained on IVF_TRAIN_PER_LIST rows per list,
     ``nprobe`` lists searched (default nlist / 16); "hnsw": IndexHNSWFlat with HNSW_M links,
     ``efSearch`` = ``nprobe`` (default 64). Either keeps its own FP32 copy of the rows.
     """
@@ -100,7 +100,7 @@ class Approximate:
         faiss = load()
         n, dim = rows.shape
         if kind == "ivf":
-            nlist = max(1, min(int(4 * math.sqrt(n)), n // IVF_TRAIN_PER_LIST or 1))
+            nlist = max(1, min(int(math.sqrt(n)), n // IVF_TRAIN_PER_LIST or 1))
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             sample = np.random.default_rng(seed).choice(n, min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
             self.index.train(np.ascontiguousarray(rows[np.sort(sample)]))

@@ -245,7 +245,7 @@ class Gallery:
             *(torch.from_numpy(a).to(dev) for a in excl), self._rows("ids"), self._rows("cams"))
         rank, order = self._rank_order()
         block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
-        chunk = self._chunk or max(MIN_CHUNK, block // len(qt))
+        chunk = self._chunk or max(MIN_CHUNK, block // max(1, len(qt)))
         params = SearchParams(k, chunk, rank, exclusion)
         if path == "torch":
             d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)

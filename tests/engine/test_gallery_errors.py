@@ -84,3 +84,12 @@ def test_stale_temp_files_of_a_killed_save_are_removed_with_a_log_line(tmp_path,
         _gallery().save(tmp_path / "g.npz")
     assert not stale.exists() and fresh.exists() and other.exists()  # only this file's, only old ones
     assert "removed" in caplog.text and stale.name in caplog.text
+
+
+@pytest.mark.parametrize("method", ["auto", "torch", "fp32", "bf16", "faiss"])
+def test_no_queries_give_empty_results_on_every_path(method: str) -> None:
+    gal = Gallery(8, method=method)
+    gal.add(np.random.default_rng(2).random((50, 8), np.float32), np.arange(50))
+    for kw in ({}, {"query_ids": np.zeros(0, int), "query_cams": np.zeros(0, int)}):
+        d, i = gal.search(np.zeros((0, 8), np.float32), 5, **kw)
+        assert d.shape == i.shape == (0, 5) and d.dtype == np.float32 and i.dtype == np.int64
