@@ -23,6 +23,7 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError
 
 TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
+_NONE = np.zeros(0, np.int64)
 IVF_TRAIN_PER_LIST = 40  # training rows per inverted list (faiss warns below 39)
 HNSW_M = 32  # graph degree
 
@@ -74,11 +75,12 @@ def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
         np.maximum(dist, 0, out=dist)
         order = np.lexsort((pos if rank is None else rank[pos], dist), axis=1)
         dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
-    redo = np.zeros(0, np.int64)
+    redo = _NONE
     if rank is not None and k < want < n:  # rows tied with the k-th may lie beyond the candidates
         redo = np.flatnonzero(dist[:, k - 1] == dist[:, -1])
-    dist, pos = dist[:, :k], pos[:, :k]
-    if dist.shape[1] < k:
+    if want > k:
+        dist, pos = dist[:, :k], pos[:, :k]
+    elif want < k:
         dist = np.pad(dist, ((0, 0), (0, k - dist.shape[1])), constant_values=np.inf)
         pos = np.pad(pos, ((0, 0), (0, k - pos.shape[1])), constant_values=-1)
     return dist, pos, redo

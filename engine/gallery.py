@@ -83,9 +83,10 @@ class Gallery:
                                  "storage='float32' or method='auto'")
         self._method, self._nprobe, self.counts = method, nprobe, twopass.Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
-        self._n, self._ids_sorted, self._has_faiss = 0, True, faiss_search.available()
+        self._n, self._ids_sorted, self._ids_are_rows, self._has_faiss = 0, True, True, faiss_search.available()
         self._ranks: tuple[Any, Any] | None = None  # (rank, order), rebuilt after an add
         self._coarse, self._approx, self._views = twopass.CoarseRows(), None, {}
+        self._shapes: dict[tuple[int, bool], search_plan.Shape] = {}
         dev, i64 = self._device, torch.int64
         self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
@@ -113,18 +114,26 @@ class Gallery:
 
     def search_path(self, batch: int = 1, *, excluding: bool = False) -> str:
         """The path a search of ``batch`` queries takes now: one of search_plan.EXACT, "ivf" or "hnsw"."""
-        if self._method == "faiss" and excluding:
+        return self._path(self._shape(batch, excluding))
+
+    def _path(self, shape: search_plan.Shape) -> str:
+        if self._method == "faiss" and shape.excluding:
             return "torch"  # faiss cannot skip same-id-same-camera rows per query
         if "exact" in self._store:
             return "fp16"  # FP32 rows are kept: every search re-ranks against them
         if self._method != "auto":
             return self._method
-        return search_plan.choose(self._shape(batch, excluding))
+        return search_plan.choose(shape)
 
     def _shape(self, batch: int, excluding: bool) -> search_plan.Shape:
-        return search_plan.Shape(rows=self._n, batch=batch, dim=self._dim, device=self._device.type,
-                                 storage=self._storage, excluding=excluding, has_faiss=self._has_faiss,
-                                 bf16_fast=twopass.bf16_is_fast())
+        """The batch's Shape (cached per batch size until the next add: a search of one query at 10^3
+        rows takes tens of microseconds, so its bookkeeping must not)."""
+        key = (batch, excluding)
+        if key not in self._shapes:
+            self._shapes[key] = search_plan.Shape(
+                rows=self._n, batch=batch, dim=self._dim, device=self._device.type, storage=self._storage,
+                excluding=excluding, has_faiss=self._has_faiss, bf16_fast=twopass.bf16_is_fast())
+        return self._shapes[key]
 
     def __len__(self) -> int:
         return self._n
@@ -149,7 +158,8 @@ class Gallery:
         n, m = self._n, len(emb)
         last = int(self._store["ids"][n - 1]) if n else -1
         self._ids_sorted &= bool(m == 0 or (new["ids"][0] >= last and np.all(np.diff(new["ids"]) >= 0)))
-        self._ranks, self._approx, self._views = None, None, {}
+        self._ids_are_rows &= bool(self._ids_sorted and np.array_equal(new["ids"], np.arange(n, n + m)))
+        self._ranks, self._approx, self._views, self._shapes = None, None, {}, {}
         for name in self._store:
             self._store[name] = with_room(self._store[name], n, m)
         for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
@@ -213,10 +223,11 @@ class Gallery:
 
     def _search_batch(self, q: np.ndarray, k: int,
                       excl: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        path = self.search_path(len(q), excluding=excl is not None)
+        shape = self._shape(len(q), excl is not None)
+        path = self._path(shape)
         if self._device.type != "cpu":
             return self._torch_search(q, k, excl, path)
-        with _cpu_threads(self._shape(len(q), excl is not None)):
+        with _cpu_threads(shape):
             if path in faiss_search.Approximate.KINDS:
                 if excl is not None:
                     raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
@@ -260,6 +271,8 @@ class Gallery:
 
     def _ids_of(self, positions: np.ndarray) -> np.ndarray:
         """Ids of faiss's row positions (CPU galleries only), -1 kept."""
+        if self._ids_are_rows:  # ids 0..n-1 in insertion order (the common case): positions are the ids
+            return positions
         ids = self._host("ids")[positions]
         ids[positions < 0] = -1
         return ids

@@ -76,5 +76,9 @@ def choose(shape: Shape) -> str:
 
 
 def threads(shape: Shape, available: int) -> int:
-    """CPU threads for this batch: one per THREAD_GRAIN multiply-adds, at most ``available``."""
+    """CPU threads for this batch: one per THREAD_GRAIN multiply-adds, at most ``available``. One query
+    keeps ``available``: faiss parallelises over queries (one runs on one thread anyway) and torch's
+    GEMV has its own grain size, so switching would only cost time."""
+    if shape.batch == 1:
+        return available
     return max(1, min(available, shape.rows * shape.batch * shape.dim // THREAD_GRAIN))
