@@ -227,23 +227,33 @@ class Gallery:
         path = self._path(shape)
         if self._device.type != "cpu":
             return self._torch_search(q, k, excl, path)
-        with _cpu_threads(shape):
-            if path in faiss_search.Approximate.KINDS:
-                if excl is not None:
-                    raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
-                                     "query_ids/query_cams or use an exact method")
-                if self._approx is None:
-                    self._approx = faiss_search.Approximate(path, self._host("emb"), self._nprobe)
-                d, p = self._approx.search(q, k)
-                return d, self._ids_of(p)
-            if path != "faiss":
-                return self._torch_search(q, k, excl, path)
-            rank = None if self._ids_sorted else self._rank_order()[0].numpy()
-            d, p, redo = faiss_search.exact(q, self._host("emb"), self._host("sqnorm"), k, rank)
-            ids = self._ids_of(p)
-            if redo.size:  # ties at the k-th beyond faiss's candidates: the torch pass ranks them by id
-                d[redo], ids[redo] = self._torch_search(q[redo], k, None, "torch")
-            return d, ids
+        import torch
+
+        cap = torch.get_num_threads()
+        n = search_plan.threads(shape, cap)
+        if n == cap:  # no switch: a one-query search takes tens of microseconds, keep it lean
+            return self._cpu_search(q, k, excl, path)
+        with _cpu_threads(n, cap, shape.has_faiss):
+            return self._cpu_search(q, k, excl, path)
+
+    def _cpu_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
+                    path: str) -> tuple[np.ndarray, np.ndarray]:
+        if path in faiss_search.Approximate.KINDS:
+            if excl is not None:
+                raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
+                                 "query_ids/query_cams or use an exact method")
+            if self._approx is None:
+                self._approx = faiss_search.Approximate(path, self._host("emb"), self._nprobe)
+            d, p = self._approx.search(q, k)
+            return d, self._ids_of(p)
+        if path != "faiss":
+            return self._torch_search(q, k, excl, path)
+        rank = None if self._ids_sorted else self._rank_order()[0].numpy()
+        d, p, redo = faiss_search.exact(q, self._host("emb"), self._host("sqnorm"), k, rank)
+        ids = self._ids_of(p)
+        if redo.size:  # ties at the k-th beyond faiss's candidates: the torch pass ranks them by id
+            d[redo], ids[redo] = self._torch_search(q[redo], k, None, "torch")
+        return d, ids
 
     def _torch_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
                       path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -303,16 +313,12 @@ class Gallery:
 
 
 @contextlib.contextmanager
-def _cpu_threads(shape: search_plan.Shape) -> Iterator[None]:
-    """Run with search_plan.threads torch and faiss CPU threads (fewer for small work), then restore."""
+def _cpu_threads(n: int, cap: int, has_faiss: bool) -> Iterator[None]:
+    """Run with ``n`` torch and faiss CPU threads (search_plan.threads), then restore torch's ``cap``
+    and faiss's own count."""
     import torch
 
-    cap = torch.get_num_threads()
-    n = search_plan.threads(shape, cap)
-    if n == cap:
-        yield
-        return
-    faiss_cap = faiss_search.get_threads() if shape.has_faiss else None
+    faiss_cap = faiss_search.get_threads() if has_faiss else None
     torch.set_num_threads(n)
     if faiss_cap is not None:
         faiss_search.set_threads(n)
