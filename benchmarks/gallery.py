@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import (
+    Panel,
     environment,
     markdown_table,
     plot_loglog_panels,
@@ -36,8 +37,8 @@ from engine.errors import JLMLError
 from engine.gallery import Gallery
 from engine.search_plan import EXACT
 
-FULL = {"sizes": [1_000, 10_000, 100_000, 1_000_000], "dims": [1024], "queries": 1000, "batches": [1, 10, 100, 1000]}
-QUICK = {"sizes": [1_000, 4_000], "dims": [64], "queries": 64, "batches": [1, 32]}
+FULL: dict[str, Any] = {"sizes": [1_000, 10_000, 100_000, 1_000_000], "dims": [1024], "queries": 1000, "batches": [1, 10, 100, 1000]}
+QUICK: dict[str, Any] = {"sizes": [1_000, 4_000], "dims": [64], "queries": 64, "batches": [1, 32]}
 NAIVE_MAX_BYTES = 2 << 30  # the un-chunked baseline is skipped where its (batch x gallery) block is bigger
 COLUMNS = ["data", "dim", "size", "batch", "method", "path", "p50_ms", "p99_ms", "queries_per_s", "vs_faiss",
            "agree_faiss", "recall_at_k"]
@@ -79,7 +80,7 @@ def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gal
     for path in ["auto", *cfg["paths"], *cfg["approx"]]:
         galleries[path] = gal = Gallery(gallery.shape[1], device=device, method=path)
         gal.add(gallery, np.arange(len(gallery)))
-        out["gallery" if path == "auto" else f"gallery_{path}"] = lambda q, g=gal: g.search(q, k)[1]
+        out["gallery" if path == "auto" else f"gallery_{path}"] = _ids(gal, k)
     if not cfg["naive"]:
         return out | _faiss(gallery, k, device), galleries["auto"]
     dev_gallery = torch.from_numpy(gallery).to(device)
@@ -94,12 +95,16 @@ def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gal
     return out | {"torch_naive": naive} | _faiss(gallery, k, device), galleries["auto"]
 
 
+def _ids(gallery: Gallery, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda q: gallery.search(q, k)[1]
+
+
 def _faiss(gallery: np.ndarray, k: int, device: str) -> Searchers:
     try:
         import faiss
     except ImportError:
         return {}
-    index = faiss.IndexFlatL2(gallery.shape[1])
+    index: Any = faiss.IndexFlatL2(gallery.shape[1])
     if device.startswith("cuda"):
         if not hasattr(faiss, "StandardGpuResources"):
             return {}  # faiss-gpu absent: a CPU index is no comparison for a GPU search (said on the plot)
@@ -148,8 +153,7 @@ def _interleaved(searches: Searchers, batches: list[np.ndarray],
         batch = batches[r % len(batches)]
         for name, search in searches.items():
             result: list[np.ndarray] = []
-            times[name] += time_calls(lambda s=search, b=batch, out=result: out.append(s(b)),
-                                      device=cfg["device"], warmup=0, repeats=1)
+            times[name] += time_calls(_call(search, batch, result), device=cfg["device"], warmup=0, repeats=1)
             if r < len(batches):
                 outputs[name].append(result[0])
     agree, recall = {}, {}
@@ -162,15 +166,20 @@ def _interleaved(searches: Searchers, batches: list[np.ndarray],
     return times, agree, recall
 
 
+def _call(search: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+          out: list[np.ndarray]) -> Callable[[], None]:
+    return lambda: out.append(search(batch))
+
+
 def _plot(rows: list[dict[str, Any]], path: Path, cfg: dict[str, Any]) -> None:
     """One log-log panel per batch size (queries/s against gallery rows), for the first data kind and dim."""
     first = rows[0]
     note = " [SMOKE RUN]" if cfg["quick"] else ""
     if cfg["device"].startswith("cuda") and not any(r["method"] == "faiss" for r in rows):
         note += " [faiss-gpu absent: no faiss line]"
-    panels = []
+    panels: list[Panel] = []
     for batch in cfg["batches"]:
-        series = {}
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = [(r["size"], r["queries_per_s"]) for r in rows if r["method"] == method and r["batch"] == batch
                    and r["data"] == first["data"] and r["dim"] == first["dim"]]

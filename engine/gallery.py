@@ -85,7 +85,9 @@ class Gallery:
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
         self._n, self._ids_sorted, self._ids_are_rows, self._has_faiss = 0, True, True, faiss_search.available()
         self._ranks: tuple[Any, Any] | None = None  # (rank, order), rebuilt after an add
-        self._coarse, self._approx, self._views = twopass.CoarseRows(), None, {}
+        self._coarse = twopass.CoarseRows()
+        self._approx: faiss_search.Approximate | None = None
+        self._views: dict[str, np.ndarray] = {}
         self._shapes: dict[tuple[int, bool], search_plan.Shape] = {}
         dev, i64 = self._device, torch.int64
         self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
@@ -263,7 +265,8 @@ class Gallery:
         dev = self._device
         qt = torch.from_numpy(q).to(dev)
         exclusion = None if excl is None else Exclusion(
-            *(torch.from_numpy(a).to(dev) for a in excl), self._rows("ids"), self._rows("cams"))
+            torch.from_numpy(excl[0]).to(dev), torch.from_numpy(excl[1]).to(dev), self._rows("ids"),
+            self._rows("cams"))
         rank, order = self._rank_order()
         block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
         chunk = self._chunk or max(MIN_CHUNK, block // max(1, len(qt)))
@@ -287,7 +290,8 @@ class Gallery:
         ids[positions < 0] = -1
         return ids
 
-    def _exclusion_labels(self, query_ids: Any, query_cams: Any, n: int) -> tuple[np.ndarray, ...] | None:
+    def _exclusion_labels(self, query_ids: Any, query_cams: Any,
+                          n: int) -> tuple[np.ndarray, np.ndarray] | None:
         if query_ids is None and query_cams is None:
             return None
         if query_ids is None or query_cams is None:
