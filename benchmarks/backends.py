@@ -34,6 +34,7 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (
     Candidate("torch-compile-fp16", "torch", "fp16", compile=True),
     Candidate("ort-fp32", "ort", "fp32"),
     Candidate("ort-fp16", "ort", "fp16"),
+    Candidate("ort-int8", "ort", "int8"),  # model.int8.onnx (export --int8), CPU: VNNI where the CPU has it
     Candidate("trt-fp16", "trt", "fp16"),
 )}
 

@@ -115,6 +115,7 @@ def plot_loglog_panels(path: str | os.PathLike[str], panels: Sequence[Panel]) ->
     """Save side-by-side log-log panels, each ``(series, xlabel, ylabel, title)``, as one PNG, so
     related views (throughput and tail latency) share one file and one legend per panel."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,6 +125,12 @@ def plot_loglog_panels(path: str | os.PathLike[str], panels: Sequence[Panel]) ->
         for name, (xs, ys) in series.items():
             ax.plot(xs, ys, marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        ticks = sorted({x for xs, _ in series.values() for x in xs})
+        if ticks:  # the measured x values (batch sizes, gallery rows) as plain numbers, not powers of 10
+            ax.set_xticks(ticks, [f"{x:,.0f}" for x in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()

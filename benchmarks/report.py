@@ -3,7 +3,10 @@
 On a shared or noisy machine one run is not a figure: this reads several latency.json, e2e.json or
 gallery.json files of the same benchmark, takes the median of every numeric field per row (rows
 matched by backend/method, size and batch) and prints one markdown table, the one benchmarks/README.md
-quotes. Exit codes: 0 ok, 2 unreadable or mixed inputs.
+quotes. Runs are merged only when they measured the same thing: their settings (sizes, dims, model,
+batches, quick vs full, ...; timing effort such as repeats aside) and their device must be equal,
+else it exits 2 naming the first difference instead of taking medians across different runs.
+Exit codes: 0 ok, 2 unreadable, mixed or differently-set inputs.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from benchmarks.common import markdown_table
 from engine import cli
 from engine.atomic import write_text
 
-KEYS = ("backend", "method", "device", "size", "batch")
+KEYS = ("backend", "method", "device", "data", "dim", "size", "batch")
+EFFORT = frozenset({"repeats", "rounds", "warmup", "min_seconds", "seed"})  # may differ between merged runs
 COLUMNS = {
     "latency": ["backend", "device", "batch", "p50_ms", "p99_ms", "images_per_s", "vs_torch_fp32", "min_cosine"],
     "e2e": ["backend", "batch", "p50_ms", "p99_ms", "queries_per_s", "vs_torch_fp32", "gallery_images_per_s"],
@@ -31,6 +35,22 @@ def _kind(path: Path) -> str:
     if kind not in COLUMNS:
         raise ValueError(f"{path}: expected one of {[k + '.json' for k in COLUMNS]}")
     return kind
+
+
+def check_same_settings(paths: list[Path], reports: list[dict[str, Any]]) -> None:
+    """ValueError naming the first setting (or device) on which a run differs from the first run."""
+    def key(report: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in report.get("settings", {}).items() if k not in EFFORT}
+        env = report.get("environment", {})
+        return {**settings, "device": env.get("device"), "device_name": env.get("device_name")}
+
+    first = key(reports[0])
+    for path, report in zip(paths[1:], reports[1:], strict=True):
+        other = key(report)
+        for name in sorted(set(first) | set(other)):
+            if first.get(name) != other.get(name):
+                raise ValueError(f"{path} was run with {name}={other.get(name)!r}, {paths[0]} with "
+                                 f"{first.get(name)!r}; merge only repeated runs of one setting")
 
 
 def median_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,6 +87,7 @@ def _main(argv: list[str] | None) -> int:
         if len(kinds) != 1:
             raise ValueError(f"mixed benchmarks {sorted(kinds)}; pass runs of one benchmark")
         reports = [json.loads(path.read_text()) for path in args.runs]
+        check_same_settings(args.runs, reports)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

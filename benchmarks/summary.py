@@ -34,10 +34,10 @@ def embedding_speed(artifact_dir: str | os.PathLike[str], checkpoint: str | os.P
 def search_speed(dim: int = 1024, device: str = "cpu", seed: int = 0) -> list[dict[str, Any]]:
     """Queries/s of every search method on a ``GALLERY_SIZE`` x ``dim`` gallery of random unit vectors,
     batch ``QUERY_BATCH``, with the ratio to faiss (``benchmarks.gallery``'s measurement)."""
-    cfg = {"sizes": [GALLERY_SIZE], "batches": [QUERY_BATCH], "dim": dim, "queries": QUERIES, "k": 10,
-           "repeats": REPEATS, "rounds": REPEATS, "device": device, "seed": seed, "dtype": "float32",
-           "data": ["unit"]}
-    return gallery._bench_size(GALLERY_SIZE, "unit", cfg, np.random.default_rng(seed))
+    flags = {"--device": device, "--sizes": GALLERY_SIZE, "--batches": QUERY_BATCH, "--dims": dim,
+             "--queries": QUERIES, "--repeats": REPEATS, "--rounds": REPEATS, "--seed": seed}
+    cfg = gallery._settings(gallery._parser().parse_args([str(x) for item in flags.items() for x in item]))
+    return gallery._bench_cell("unit", dim, GALLERY_SIZE, cfg, np.random.default_rng(seed))
 
 
 def run(artifact_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str],

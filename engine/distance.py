@@ -46,13 +46,18 @@ def bf16_rows(gallery: torch.Tensor, gallery_sqnorm: torch.Tensor) -> torch.Tens
     import torch
 
     n, dim = gallery.shape
-    out = torch.zeros((n, -(-(dim + 3) // 16) * 16), dtype=torch.bfloat16)
+    out = torch.zeros((n, bf16_width(dim)), dtype=torch.bfloat16)
     out[:, :dim] = gallery
     rest = -0.5 * gallery_sqnorm.float()
     for col in range(dim, dim + 3):
         out[:, col] = rest
         rest = rest - out[:, col].float()
     return out
+
+
+def bf16_width(dim: int) -> int:
+    """Columns of ``bf16_rows``: dim + 3 norm pieces, padded to a multiple of 16."""
+    return -(-(dim + 3) // 16) * 16
 
 
 def bf16_queries(queries: torch.Tensor, width: int) -> torch.Tensor:

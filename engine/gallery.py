@@ -1,74 +1,67 @@
-"""Exact squared-L2 gallery search that stays resident on the device it searches on (CPU or CUDA).
+"""Squared-L2 gallery search that stays resident on the device it searches on (CPU or CUDA).
 
-Why these choices (measured on the 2-core AMD EPYC dev box, 100,000 x 1024 gallery, 1,000 queries,
-k=10; see benchmarks/gallery.py and the report for the figures):
+Exact by default, with the fastest path chosen per query batch from its shape (engine.search_plan,
+the one place the measured crossovers live): faiss's ``knn_L2sqr`` on the Gallery's own rows where
+faiss is installed and wins (small galleries, single queries), a provably exact bf16 two-pass search
+(engine.twopass) on CPUs with native bf16 once a batch is big enough, an FP32 two-pass or one
+chunked FP32 GEMM pass (engine.topk) otherwise and on CUDA. Every exact path returns faiss's
+neighbours (same rows; ties broken by id, equal ids in insertion order); distances are FP32 squared
+L2 as the path rounds them (FP64-exact then rounded on the two-pass paths). ``method="ivf"`` or
+``"hnsw"`` trades exactness for speed on 10^7+ rows (faiss indexes, engine.faiss_search).
 
-* torch GEMM (MKL / cuBLAS) through the ``||g||^2 - 2 q.g`` expansion (engine.distance) with gallery
-  norms computed once at ``add``. The per-query ``||q||^2`` is added only to the k results.
-* The gallery is scanned in chunks with a running top-k (engine.topk), queries in batches of
-  ``query_batch``: memory is bounded by one (batch x chunk) block, not by gallery size. By default
-  the chunk is sized so a block holds BLOCK_ELEMENTS[device type] floats: 8M (32 MB) keeps the CPU
-  GEMM cache-friendly; on CUDA every chunk costs a host sync (tie check), so blocks are 64M (256 MB)
-  and a small query batch scans a big gallery in few chunks (H200, 1M x 1024: batch 1 went from
-  32.7 to 1.8 ms, batch 100 from 47.7 to 8.8 ms against 8192-row chunks).
-* Rows stay in insertion order in buffers with amortised capacity growth (GROWTH), so ``add`` copies
-  only its new rows and computes only their norms: its peak extra memory is the new rows, plus, when
-  the capacity runs out, one buffer GROWTH times the gallery (the old one is freed right after). The
-  old sort-by-id-on-add held old + new + concatenated + reordered copies and ran out of memory for a
-  10^7 x 1024 FP32 gallery on a 140 GB H200. Ties are broken at search time by a per-row rank (the
-  row's place in the ids' stable order: smaller id first, equal ids in insertion order), derived from
-  the ids alone, with the two-pass rows below, at the first search after an add.
-* On CPU the default search is two-pass (engine.twopass): a shortlist from a bf16 GEMM (~2x the FP32
-  GEMM rate on AVX512_BF16 CPUs; this is what beats faiss-cpu) or an FP32 one, re-ranked in FP64, with
-  a per-query error bound that proves the shortlist holds the exact top k (else the query is redone
-  with FP32 / wider shortlists). Distances are then FP64 squared L2 rounded to FP32, independent of
-  batching, so both shortlists give bit-identical answers. Costs a bf16 copy (half the FP32 gallery),
-  rebuilt at the first search after an add (many adds, then searches, pay it once).
-  ``coarse="off"`` (the default on CUDA) is the single FP32 GEMM pass with GEMM-rounded distances.
-* FP32 storage is exact (same neighbours as faiss.IndexFlatL2, tie-aware); FP16 storage halves the
-  memory and accumulates in FP32 (exact with respect to the FP16-rounded vectors).
+Memory (n rows of dim D; "block" = query_batch x chunk scores):
+* resident: the rows (4 or 2 bytes x D each), FP32 and FP64 squared norms, int64 ids and cameras
+  (28 bytes a row); a rank per row (8 bytes) once ids are not in insertion order.
+* ``add``: the new rows, plus, when the capacity runs out, one buffer GROWTH times the gallery (the
+  old one is freed right after): amortised O(1) copies per row, never a sort of all rows.
+* ``search``: faiss -- faiss's own fixed blocks (tens of MB), no copy of the rows; torch -- one FP32
+  block and its int64 tie keys (12 bytes per score, 96 MB at the CPU default); bf16 -- a bf16 copy
+  of the rows ((D + 16) x 2 bytes a row, kept and extended incrementally: built at the first bf16
+  search, then only rows added since are converted), one bf16 block (64 MB) and a bounded FP64 re-rank;
+  fp32 -- one FP32 block (128 MB) and the re-rank. Nothing scales with n beyond the bf16 copy. ivf / hnsw: faiss's
+  own FP32 copy of the rows plus its lists or graph, rebuilt at the first search after an add.
 
-Duplicate ids are allowed (several images of one person can share an id); equal ids keep insertion
-order. torch is imported when a Gallery is created, never by ``import engine``.
+Duplicate ids are allowed (several images of one person can share an id). Ids must lie in [0, 2^63):
+-1 is the padding of results. torch is imported when a Gallery is created, never by ``import engine``.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from . import faiss_search, gallery_file, search_plan, twopass
+from .buffers import with_room
 from .device import torch_device
 from .distance import squared_norms
-from .errors import ArtifactError, InputError
-from .topk import Exclusion, search_batch
-from .twopass import Counts, bf16_is_fast, coarse_rows, fp32_rows
-from .twopass import search as two_pass_search
+from .errors import InputError
+from .gallery_file import STORAGES, check_labels, check_vectors
+from .gallery_file import read as read_gallery_file  # for tools that need a file's rows
+from .topk import Exclusion, SearchParams, search_batch
 
-FORMAT_NAME = "jlml-gallery"
-FORMAT_VERSION = 1
-STORAGES = ("float32", "float16")
-COARSE = ("auto", "bf16", "fp32", "off")
-BF16_MIN_ROWS = 16_384  # below this the bf16 pass saves less than its shortlist re-rank costs
-BLOCK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
-GROWTH = 1.5  # capacity factor when an add overflows the buffers: amortised O(1) copies per added row
+METHODS = ("auto", *search_plan.EXACT, *faiss_search.Approximate.KINDS)
+# Scores per block: on CPU 8M for the one-pass search (FP32 scores + int64 keys, 96 MB) and 32M for the
+# two-pass shortlist scan (bf16 scores, 64 MB: at 10^5 x 1024 x 1,000 queries 32,768-row chunks ran
+# 1.93x faiss against 1.63x for 8,192, interleaved); on CUDA 64M, few launches.
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cpu-two-pass": 1 << 25, "cuda": 1 << 26}
 MIN_CHUNK = 1024
+NORM_ELEMENTS = 1 << 20  # values whose FP64 norms are computed at once in add: an 8 MB FP64 temporary
 DEFAULT_QUERY_BATCH = 1024
 UNKNOWN_CAM = -1
 
 
 class Gallery:
-    """Embeddings with int64 ids (and optional cameras) searched by exact squared L2."""
+    """Embeddings with int64 ids (and optional cameras) searched by squared L2."""
 
-    def __init__(self, dim: int, *, device: str = "cpu", storage: str = "float32",
-                 chunk: int | None = None, query_batch: int = DEFAULT_QUERY_BATCH,
-                 coarse: str = "auto") -> None:
-        """``coarse`` picks the search: "bf16" / "fp32" shortlist + exact FP64 re-rank (CPU only;
-        identical results), "off" one FP32 GEMM pass (GEMM-rounded distances), "auto" bf16 on CPUs
-        with native bf16 for float32 galleries of >= BF16_MIN_ROWS rows, fp32 on other CPUs, off on CUDA.
-        """
+    def __init__(self, dim: int, *, device: str = "cpu", storage: str = "float32", chunk: int | None = None,
+                 query_batch: int = DEFAULT_QUERY_BATCH, method: str = "auto", nprobe: int | None = None) -> None:
+        """``method``: "auto" picks the fastest exact path per batch (engine.search_plan); "faiss",
+        "bf16", "fp32" (CPU), "fp16" or "torch" forces one ("fp16": FP16 rows searched, FP32 rows kept
+        in host memory for an exact re-rank; the default of a CUDA gallery with storage="float16"); "ivf" / "hnsw" are approximate (faiss), with
+        ``nprobe`` lists (IVF) or efSearch (HNSW) per query."""
         import torch
 
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
@@ -77,19 +70,35 @@ class Gallery:
             raise InputError(f"storage must be one of {STORAGES}, got {storage!r}")
         if (chunk is not None and chunk <= 0) or query_batch <= 0:
             raise InputError(f"chunk and query_batch must be positive, got {chunk} and {query_batch}")
-        if coarse not in COARSE:
-            raise InputError(f"coarse must be one of {COARSE}, got {coarse!r}")
+        if method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
         self._device = torch_device(device, torch)
-        if self._device.type != "cpu" and coarse in ("bf16", "fp32"):
-            raise InputError(f"coarse={coarse!r} is a CPU search, got device {device!r}; use coarse='off' "
-                             "or 'auto' on CUDA")
-        self._coarse, self.counts = coarse, Counts()
+        if self._device.type != "cpu" and method not in ("auto", "torch", "fp16"):
+            raise InputError(f"method={method!r} is a CPU search, got device {device!r}; use method='auto', "
+                             "'fp16' or 'torch' on CUDA")
+        if method == "fp16" and storage != "float16":
+            raise InputError("method='fp16' searches FP16 rows, got storage 'float32'; pass storage='float16'")
+        if method in ("faiss", *faiss_search.Approximate.KINDS):
+            faiss_search.load()  # fail now, not at the first search
+            if storage != "float32":
+                raise InputError(f"method={method!r} searches FP32 rows, got storage {storage!r}; use "
+                                 "storage='float32' or method='auto'")
+        self._method, self._nprobe, self.counts = method, nprobe, twopass.Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
-        self._n, self._derived = 0, None  # _derived: (rank, two-pass rows or None), see _prepared
+        self._n, self._ids_sorted, self._ids_are_rows, self._has_faiss = 0, True, True, faiss_search.available()
+        self._ranks: tuple[Any, Any] | None = None  # (rank, order), rebuilt after an add
+        self._coarse = twopass.CoarseRows()
+        self._approx: faiss_search.Approximate | None = None
+        self._views: dict[str, np.ndarray] = {}
+        self._shapes: dict[tuple[int, bool], search_plan.Shape] = {}
         dev, i64 = self._device, torch.int64
         self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
+                       "sqnorm64": torch.empty(0, dtype=torch.float64, device=dev),
                        "ids": torch.empty(0, dtype=i64, device=dev), "cams": torch.empty(0, dtype=i64, device=dev)}
+        self._fp16_bound = (0.0, 0.0)  # running r, G of the "fp16" path (see twopass.fp16_rows)
+        if self.search_path() == "fp16":  # FP32 rows for the exact re-rank, in host memory
+            self._store["exact"] = torch.empty((0, self._dim), dtype=torch.float32)
 
     @property
     def dim(self) -> int:
@@ -104,74 +113,96 @@ class Gallery:
         return self._storage
 
     @property
-    def search_mode(self) -> str:
-        """The search ``coarse`` resolves to for the current rows: "bf16", "fp32" or "off"."""
-        if self._coarse != "auto":
-            return self._coarse
-        if self._device.type != "cpu":
-            return "off"
-        big = len(self) >= BF16_MIN_ROWS and self._storage == "float32" and bf16_is_fast()
-        return "bf16" if big else "fp32"
+    def method(self) -> str:
+        return self._method
+
+    def search_path(self, batch: int = 1, *, excluding: bool = False) -> str:
+        """The path a search of ``batch`` queries takes now: one of search_plan.EXACT, "ivf" or "hnsw"."""
+        return self._path(self._shape(batch, excluding))
+
+    def _path(self, shape: search_plan.Shape) -> str:
+        if self._method == "faiss" and shape.excluding:
+            return "torch"  # faiss cannot skip same-id-same-camera rows per query
+        if "exact" in self._store:
+            return "fp16"  # FP32 rows are kept: every search re-ranks against them
+        if self._method != "auto":
+            return self._method
+        return search_plan.choose(shape)
+
+    def _shape(self, batch: int, excluding: bool) -> search_plan.Shape:
+        """The batch's Shape (cached per batch size until the next add: a search of one query at 10^3
+        rows takes tens of microseconds, so its bookkeeping must not)."""
+        key = (batch, excluding)
+        if key not in self._shapes:
+            self._shapes[key] = search_plan.Shape(
+                rows=self._n, batch=batch, dim=self._dim, device=self._device.type, storage=self._storage,
+                excluding=excluding, has_faiss=self._has_faiss, bf16_fast=twopass.bf16_is_fast())
+        return self._shapes[key]
 
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def _emb(self) -> Any:
-        return self._store["emb"][:self._n]
+    def _rows(self, name: str) -> Any:
+        return self._store[name][:self._n]
 
-    @property
-    def _sqnorm(self) -> Any:
-        return self._store["sqnorm"][:self._n]
-
-    @property
-    def _ids(self) -> Any:
-        return self._store["ids"][:self._n]
-
-    @property
-    def _cams(self) -> Any:
-        return self._store["cams"][:self._n]
+    def _host(self, name: str) -> np.ndarray:
+        """Zero-copy numpy view of a CPU gallery's rows (cached until the next add)."""
+        if name not in self._views:
+            self._views[name] = self._rows(name).numpy()
+        return self._views[name]
 
     def add(self, embeddings: Any, ids: Any, cams: Any = None) -> None:
         """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1)."""
         import torch
 
-        emb = _check_vectors(embeddings, self._dim, "embeddings")
-        new = {"emb": emb, "ids": _check_labels(ids, len(emb), "ids"),
+        emb = check_vectors(embeddings, self._dim, "embeddings")
+        new = {"emb": emb, "ids": check_labels(ids, len(emb), "ids", ids=True),
                "cams": (np.full(len(emb), UNKNOWN_CAM, np.int64) if cams is None
-                        else _check_labels(cams, len(emb), "cams"))}
-        self._derived = None  # it holds views of the buffers: drop it so a grown buffer frees the old one
+                        else check_labels(cams, len(emb), "cams"))}
         n, m = self._n, len(emb)
+        last = int(self._store["ids"][n - 1]) if n else -1
+        self._ids_sorted &= bool(m == 0 or (new["ids"][0] >= last and np.all(np.diff(new["ids"]) >= 0)))
+        self._ids_are_rows &= bool(self._ids_sorted and np.array_equal(new["ids"], np.arange(n, n + m)))
+        self._ranks, self._approx, self._views, self._shapes = None, None, {}, {}
+        for name in self._store:
+            self._store[name] = with_room(self._store[name], n, m)
         for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
-            self._store[name] = _with_room(self._store[name], n, m)
             self._store[name][n:n + m].copy_(torch.from_numpy(rows))
-        self._store["sqnorm"] = _with_room(self._store["sqnorm"], n, m)
-        self._store["sqnorm"][n:n + m] = squared_norms(self._store["emb"][n:n + m])
+        step = max(1, NORM_ELEMENTS // self._dim)
+        if "exact" in self._store:
+            self._store["exact"][n:n + m].copy_(torch.from_numpy(emb))
+        for s in range(n, n + m, step):
+            self._add_norms(s, min(s + step, n + m))
         self._n = n + m
 
-    def _prepared(self) -> tuple[Any, Any]:
-        """(rank, two-pass rows or None), built once at the first search after an add.
-
-        ``rank[row]`` is the row's place in the ids' stable order, the tie key of engine.topk. Both
-        depend on all rows, so they are derived lazily: a run of adds pays for them once.
-        """
+    def _add_norms(self, start: int, stop: int) -> None:
+        """Norms of rows [start, stop): of the FP32 rows when kept (the "fp16" path), else as stored."""
         import torch
 
-        if self._derived is None:
-            ids = self._ids
-            rank = torch.empty_like(ids)
-            rank[torch.sort(ids, stable=True).indices] = torch.arange(self._n, device=ids.device)
-            two_pass = self.search_mode != "off" and self._n > 0  # an empty gallery only pads
-            self._derived = rank, self._two_pass_rows() if two_pass else None
-        return self._derived
+        stored = self._store["emb"][start:stop]
+        exact = self._store["exact"][start:stop].to(stored.device) if "exact" in self._store else stored
+        self._store["sqnorm"][start:stop] = squared_norms(exact)
+        self._store["sqnorm64"][start:stop] = squared_norms(exact.to(torch.float64))
+        if "exact" in self._store:
+            r, g = self._fp16_bound
+            low = stored.float()
+            self._fp16_bound = (max(r, twopass.upper_max((exact - low).norm(dim=1))),
+                                max(g, twopass.upper_max(low.norm(dim=1))))
 
-    def _two_pass_rows(self) -> tuple[Any, Any, Any]:
-        """(first-pass rows, exact rows, FP64 squared norms) for the two-pass search."""
+    def _rank_order(self) -> tuple[Any, Any]:
+        """(rank, order): ``rank[row]`` is the row's place in the ids' stable order (the tie key of
+        every path), ``order`` its inverse. Identity while ids arrive in order (no sort at all)."""
         import torch
 
-        exact = fp32_rows(self._emb, self._sqnorm)
-        first = coarse_rows(self._emb, self._sqnorm) if self.search_mode == "bf16" else exact
-        return first, exact, squared_norms(self._emb.to(torch.float64))
+        if self._ranks is None:
+            ids = self._rows("ids")
+            order = (torch.arange(self._n, device=ids.device) if self._ids_sorted
+                     else torch.sort(ids, stable=True).indices)
+            rank = order if self._ids_sorted else torch.empty_like(order)
+            if not self._ids_sorted:
+                rank[order] = torch.arange(self._n, device=ids.device)
+            self._ranks = rank, order
+        return self._ranks
 
     def search(self, queries: Any, k: int, *, query_ids: Any = None,
                query_cams: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -180,111 +211,126 @@ class Gallery:
         Padded with ``inf`` / ``-1`` when fewer than k rows qualify. With ``query_ids`` and
         ``query_cams`` (re-id evaluation), rows with the query's id *and* camera are skipped.
         """
-        import torch
-
-        q = _check_vectors(queries, self._dim, "queries").astype(np.float32, copy=False)
+        q = check_vectors(queries, self._dim, "queries").astype(np.float32, copy=False)
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise InputError(f"k must be a positive int, got {k!r}")
+        k = int(k)
         excl = self._exclusion_labels(query_ids, query_cams, len(q))
-        dists, pos = [], []
-        for s in range(0, len(q), self._query_batch):
-            qt = torch.from_numpy(q[s:s + self._query_batch]).to(self._device)
-            exclusion = None if excl is None else Exclusion(
-                *(torch.from_numpy(a[s:s + self._query_batch]).to(self._device) for a in excl),
-                self._ids, self._cams)
-            chunk = self._chunk or max(MIN_CHUNK, BLOCK_ELEMENTS[self._device.type] // len(qt))
-            rank, rows = self._prepared()
-            if rows is None:
-                d, p = search_batch(qt, self._emb, self._sqnorm, rank, int(k), chunk, exclusion)
-            else:
-                d, p = two_pass_search(qt, *rows, rank, int(k), chunk, exclusion, self.counts)
-            dists.append(d.cpu())
-            pos.append((p if len(self) == 0 else torch.where(p >= 0, self._ids[p.clamp(min=0)], p)).cpu())
-        if not dists:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return torch.cat(dists).numpy(), torch.cat(pos).numpy()
+        if len(q) <= self._query_batch and self._n:  # one batch: no result buffers to fill
+            return self._search_batch(q, k, excl)
+        dists, out = np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        for s in range(0, len(q) if self._n else 0, self._query_batch):
+            part = slice(s, s + self._query_batch)
+            dists[part], out[part] = self._search_batch(q[part], k, None if excl is None else
+                                                        (excl[0][part], excl[1][part]))
+        return dists, out
 
-    def _exclusion_labels(self, query_ids: Any, query_cams: Any, n: int) -> tuple[np.ndarray, ...] | None:
+    def _search_batch(self, q: np.ndarray, k: int,
+                      excl: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        shape = self._shape(len(q), excl is not None)
+        path = self._path(shape)
+        if self._device.type != "cpu":
+            return self._torch_search(q, k, excl, path)
+        import torch
+
+        cap = torch.get_num_threads()
+        n = search_plan.threads(shape, cap)
+        if n == cap:  # no switch: a one-query search takes tens of microseconds, keep it lean
+            return self._cpu_search(q, k, excl, path)
+        with _cpu_threads(n, cap, shape.has_faiss):
+            return self._cpu_search(q, k, excl, path)
+
+    def _cpu_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
+                    path: str) -> tuple[np.ndarray, np.ndarray]:
+        if path in faiss_search.Approximate.KINDS:
+            if excl is not None:
+                raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
+                                 "query_ids/query_cams or use an exact method")
+            if self._approx is None:
+                self._approx = faiss_search.Approximate(path, self._host("emb"), self._nprobe)
+            d, p = self._approx.search(q, k)
+            return d, self._ids_of(p)
+        if path != "faiss":
+            return self._torch_search(q, k, excl, path)
+        rank = None if self._ids_sorted else self._rank_order()[0].numpy()
+        d, p, redo = faiss_search.exact(q, self._host("emb"), self._host("sqnorm"), k, rank)
+        ids = self._ids_of(p)
+        if redo.size:  # ties at the k-th beyond faiss's candidates: the torch pass ranks them by id
+            d[redo], ids[redo] = self._torch_search(q[redo], k, None, "torch")
+        return d, ids
+
+    def _torch_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
+                      path: str) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) from the torch paths (topk / twopass); positions become ids on the device."""
+        import torch
+
+        dev = self._device
+        qt = torch.from_numpy(q).to(dev)
+        exclusion = None if excl is None else Exclusion(
+            torch.from_numpy(excl[0]).to(dev), torch.from_numpy(excl[1]).to(dev), self._rows("ids"),
+            self._rows("cams"))
+        rank, order = self._rank_order()
+        block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
+        chunk = self._chunk or max(MIN_CHUNK, block // max(1, len(qt)))
+        params = SearchParams(k, chunk, rank, exclusion)
+        if path == "torch":
+            d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
+        else:
+            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), self._rows("sqnorm"))
+            first = (self._coarse.rows(self._rows("emb"), self._rows("sqnorm")) if path == "bf16" else
+                     twopass.fp16_rows(self._rows("emb"), self._rows("sqnorm"), *self._fp16_bound)
+                     if path == "fp16" else exact)
+            d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params, self.counts)
+        ids = torch.where(p >= 0, self._rows("ids")[p.clamp(min=0)], p)
+        return d.cpu().numpy(), ids.cpu().numpy()
+
+    def _ids_of(self, positions: np.ndarray) -> np.ndarray:
+        """Ids of faiss's row positions (CPU galleries only), -1 kept."""
+        if self._ids_are_rows:  # ids 0..n-1 in insertion order (the common case): positions are the ids
+            return positions
+        ids = self._host("ids")[positions]
+        ids[positions < 0] = -1
+        return ids
+
+    def _exclusion_labels(self, query_ids: Any, query_cams: Any,
+                          n: int) -> tuple[np.ndarray, np.ndarray] | None:
         if query_ids is None and query_cams is None:
             return None
         if query_ids is None or query_cams is None:
             raise InputError("pass both query_ids and query_cams to exclude same-id-same-camera rows, "
                              f"got only {'query_ids' if query_cams is None else 'query_cams'}")
-        return _check_labels(query_ids, n, "query_ids"), _check_labels(query_cams, n, "query_cams")
+        return check_labels(query_ids, n, "query_ids"), check_labels(query_cams, n, "query_cams")
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an .npz with a JSON header (format, version, dim, count, storage), atomically."""
-        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dim": self._dim,
+        header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage}
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, header=np.array(json.dumps(header)), embeddings=self._emb.cpu().numpy(),
-                     ids=self._ids.cpu().numpy(), cams=self._cams.cpu().numpy())
+        gallery_file.save(path, header, {name: self._rows(name).cpu().numpy() for name in ("ids", "cams")}
+                          | {"embeddings": self._rows("emb").cpu().numpy()})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> Gallery:
+    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:
         """Read a file written by ``save``; raise ArtifactError if it is missing, corrupt or too new."""
         header, arrays = read_gallery_file(path)
-        gallery = cls(header["dim"], device=device, storage=header["storage"])
+        gallery = cls(header["dim"], device=device, storage=header["storage"], method=method)
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
         return gallery
 
 
-def _with_room(buf: Any, used: int, extra: int) -> Any:
-    """``buf`` when it holds ``used + extra`` rows, else its first ``used`` rows copied into a buffer
-    GROWTH times larger (exactly ``used + extra`` when that is more, e.g. the first add)."""
-    need = used + extra
-    if need <= buf.shape[0]:
-        return buf
-    grown = buf.new_empty((max(need, int(buf.shape[0] * GROWTH)), *buf.shape[1:]))
-    grown[:used] = buf[:used]
-    return grown
+@contextlib.contextmanager
+def _cpu_threads(n: int, cap: int, has_faiss: bool) -> Iterator[None]:
+    """Run with ``n`` torch and faiss CPU threads (search_plan.threads), then restore torch's ``cap``
+    and faiss's own count."""
+    import torch
 
-
-def _check_vectors(x: Any, dim: int, name: str) -> np.ndarray:
-    arr = np.asarray(x) if not hasattr(x, "detach") else x.detach().cpu().numpy()
-    if arr.dtype not in (np.float16, np.float32, np.float64):
-        raise InputError(f"{name} must be float16/float32/float64, got {arr.dtype}; cast with "
-                         ".astype(np.float32)")
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise InputError(f"{name} must have shape (N, {dim}), got {arr.shape}; the gallery was made "
-                         f"for {dim}-D embeddings")
-    if not np.isfinite(arr).all():
-        raise InputError(f"{name} contain NaN or inf (got {int((~np.isfinite(arr)).sum())} values); "
-                         "check the model output")
-    return arr
-
-
-def _check_labels(x: Any, n: int, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.shape != (n,) or arr.dtype.kind not in "iu":
-        raise InputError(f"{name} must be an integer array of shape ({n},), got {arr.dtype} {arr.shape}; "
-                         "give one label per row")
-    return arr.astype(np.int64)
-
-
-def read_gallery_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The header and the ``embeddings``, ``ids`` and ``cams`` arrays of a file written by
-    ``Gallery.save``, checked; for tools that need rows (e.g. to show the images behind results)."""
+    faiss_cap = faiss_search.get_threads() if has_faiss else None
+    torch.set_num_threads(n)
+    if faiss_cap is not None:
+        faiss_search.set_threads(n)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in ("header", "embeddings", "ids", "cams")}
-        header = json.loads(str(arrays.pop("header")))
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"no gallery file at {path}; write one with Gallery.save") from exc
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ArtifactError(f"gallery file {path} is corrupt or not a gallery ({exc}); rebuild it") from exc
-    if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"gallery file {path} has format {header.get('format')!r} version {header.get('version')!r}, "
-            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}; rebuild it with this jlml-engine"
-        )
-    n, dim = header.get("count"), header.get("dim")
-    emb = arrays["embeddings"]
-    if emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
-            or header.get("storage") not in STORAGES:
-        raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "
-                            f"{emb.shape}, ids {arrays['ids'].shape}; rebuild it")
-    return header, arrays
+        yield
+    finally:
+        torch.set_num_threads(cap)
+        if faiss_cap is not None:
+            faiss_search.set_threads(faiss_cap)

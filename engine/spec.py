@@ -26,6 +26,7 @@ SPEC_VERSION = 1
 SPEC_FILE = "spec.json"
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"  # QDQ INT8 graph (export/int8.py), served by ONNX Runtime
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"
@@ -57,6 +58,7 @@ class ModelSpec:
     ir_version: int = 10
     onnx_sha256: str = ""
     onnx_fp16_sha256: str = ""  # of model.fp16.onnx, when export wrote one
+    onnx_int8_sha256: str = ""  # of model.int8.onnx, when export wrote one (--int8 and its gate passed)
     plan_sha256: str = ""  # of model.plan, when export built one
     spec_version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)

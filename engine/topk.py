@@ -1,22 +1,24 @@
-"""Exact brute-force k-NN over a device-resident gallery with a running top-k (the Gallery's kernel).
+"""Chunked brute-force k-NN with a running top-k: the one scan every torch search path shares.
 
-The gallery is scanned in row chunks; each chunk gives one (queries x chunk) distance block from
-engine.distance, its best candidates are taken with ``torch.topk`` and merged into a running
-(queries x k) result. Memory is therefore bounded by ``query_batch x chunk`` whatever the gallery
-size, and only k results per query ever leave the device. The same code runs on CPU and CUDA tensors.
-A gallery that fits one chunk (the common case below ~100k rows on CUDA) costs one GEMM, one topk,
-one small check and four small sorts: no merge, no pass over the block beyond the topk.
+The gallery is scanned in row chunks (``score_blocks``, the one chunk iterator); each chunk gives a
+(queries x chunk) block of ranking scores from engine.distance. Memory is bounded by one block
+whatever the gallery size, and only k results per query ever leave the device. The same code runs
+on CPU and CUDA tensors.
 
-Determinism: rows are stored in insertion order, and every row carries a ``rank`` (its place in the
-rows stably sorted by id), so "ties broken by id, equal ids in insertion order" is "ties broken by
-rank". ``torch.topk`` does not promise which of several tied values it returns, so each block keeps
-TIE_MARGIN extra candidates: when the k-th value is strictly below the last kept one, every row tied
-with the k-th is among them and sorting them by (value, rank) is exact; otherwise (rare outside
-duplicated vectors) that query's block row is sorted in full.
+Determinism without a host sync (``search_batch``): rows carry a ``rank`` (their place in the rows
+stably sorted by id), and "ties broken by id, equal ids in insertion order" is "ties broken by rank".
+Each FP32 score and its row's rank are packed into one int64 key (the score's order-preserving int32
+bits above, the rank below), so a plain ``torch.topk`` over keys is already the exact
+(score, rank) order: no tie margin, no "is the k-th tied?" check, no data-dependent branch. On CUDA
+that removes the per-chunk sync and the ~100 small kernels of the old tie handling.
+
+``smallest`` is the shortlist scan of the two-pass search (engine.twopass): it needs only "no row
+outside has a smaller score than the c-th", which any tie choice meets, so it skips the keys.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .distance import bf16_queries, finish_distances, ranking_distances, squared_norms
@@ -24,10 +26,7 @@ from .distance import bf16_queries, finish_distances, ranking_distances, squared
 if TYPE_CHECKING:
     import torch
 
-# Extra candidates per block row, so a tie group at the k-th value (e.g. a duplicated image) resolves
-# without a full sort. Small on purpose: CPU torch.topk switches from a partial to a full sort once
-# 64 * (k + margin) exceeds the row (1,000 rows: k=10 takes 3.3 ms, 14 takes 4.0 ms, 16 takes 8.8 ms).
-TIE_MARGIN = 4
+RANK_BITS = 32  # rows per gallery < 2^32
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,39 @@ class Exclusion:
     gallery_cams: torch.Tensor
 
 
-def _masked(block: torch.Tensor, exclusion: Exclusion | None, start: int, stop: int) -> torch.Tensor:
-    """Set the block's excluded (same id and camera as the query) entries to ``inf``, in place."""
-    if exclusion is not None:
-        same = (exclusion.gallery_ids[start:stop][None, :] == exclusion.query_ids[:, None]) & (
-            exclusion.gallery_cams[start:stop][None, :] == exclusion.query_cams[:, None])
-        block.masked_fill_(same, float("inf"))
-    return block
+@dataclass(frozen=True)
+class SearchParams:
+    """What one batch's search needs besides the rows (after faiss's SearchParameters)."""
+
+    k: int
+    chunk: int
+    rank: torch.Tensor  # int64 per row: its place in the stable order of the ids
+    exclusion: Exclusion | None = None
+
+    def subset(self, queries: torch.Tensor) -> SearchParams:
+        """The same search for a subset of the batch's queries (index tensor)."""
+        if self.exclusion is None:
+            return self
+        ex = self.exclusion
+        return replace(self, exclusion=replace(ex, query_ids=ex.query_ids[queries],
+                                               query_cams=ex.query_cams[queries]))
+
+
+def score_blocks(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor, chunk: int,
+                 exclusion: Exclusion | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, ranking-score block) per gallery chunk, excluded entries set to ``inf``."""
+    import torch
+
+    if gallery.dtype == torch.bfloat16:  # convert the queries once, not per chunk
+        queries = bf16_queries(queries, gallery.shape[1])
+    for start in range(0, gallery.shape[0], chunk):
+        stop = min(start + chunk, gallery.shape[0])
+        block = ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop])
+        if exclusion is not None:
+            same = (exclusion.gallery_ids[start:stop][None, :] == exclusion.query_ids[:, None]) & (
+                exclusion.gallery_cams[start:stop][None, :] == exclusion.query_cams[:, None])
+            block.masked_fill_(same, float("inf"))
+        yield start, block
 
 
 def by_value_then_rank(values: torch.Tensor, positions: torch.Tensor,
@@ -64,55 +89,47 @@ def by_value_then_rank(values: torch.Tensor, positions: torch.Tensor,
     return values, positions.gather(1, perm)
 
 
-def _block_candidates(block: torch.Tensor, k: int, offset: int,
-                      rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to k + TIE_MARGIN (value, absolute position) per block row, holding its k best by (value, rank)."""
+def _keys(block: torch.Tensor, block_rank: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as (FP32 value, rank): the value's bits made monotone, the rank below."""
     import torch
 
-    width = block.shape[1]
-    m = min(k + TIE_MARGIN, width)
-    values, cols = torch.topk(block, m, dim=1, largest=False, sorted=True)
-    if m < width:  # then k < m: rows tied with the k-th value may lie beyond the m kept
-        kth = values[:, k - 1]
-        ambiguous = (kth == values[:, m - 1]) & torch.isfinite(kth)
-        if bool(ambiguous.any()):  # the one host sync per block
-            rows = ambiguous.nonzero().squeeze(1)
-            full = block[rows]
-            cols_all = torch.arange(offset, offset + width, device=block.device).expand_as(full)
-            full_vals, full_pos = by_value_then_rank(full, cols_all, rank)
-            values[rows], cols[rows] = full_vals[:, :m], full_pos[:, :m] - offset
-    return values, cols + offset
+    bits = block.float().contiguous().view(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their magnitude order
+    return (bits.to(torch.int64) << RANK_BITS) | block_rank[None, :]
+
+
+def _unkey(keys: torch.Tensor) -> torch.Tensor:
+    """The FP32 values of ``_keys``."""
+    import torch
+
+    bits = (keys >> RANK_BITS).to(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).view(torch.float32)
 
 
 def search_batch(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch.Tensor,
-                 rank: torch.Tensor, k: int, chunk: int,
-                 exclusion: Exclusion | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 params: SearchParams, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared-L2 k-NN of one query batch: (distances (Q, k) ascending, row positions (Q, k), -1 pad).
 
-    Ties are ordered by ``rank`` (one int64 per gallery row). Padding (gallery smaller than k, or
-    everything excluded) has distance ``inf``.
+    ``order`` is the inverse of ``params.rank`` (row position of each rank). Ties are ordered by
+    rank; padding (gallery smaller than k, or everything excluded) has distance ``inf``.
     """
     import torch
 
-    best: tuple[torch.Tensor, torch.Tensor] | None = None
-    for start in range(0, gallery.shape[0], chunk):
-        stop = min(start + chunk, gallery.shape[0])
-        block = _masked(ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop]),
-                        exclusion, start, stop)
-        cand_d, cand_p = _block_candidates(block, k, start, rank)
+    best: torch.Tensor | None = None
+    for start, block in score_blocks(queries, gallery, gallery_sqnorm, params.chunk, params.exclusion):
+        keys = _keys(block, params.rank[start:start + block.shape[1]])
         if best is not None:  # a gallery of one chunk skips the merge
-            cand_d, cand_p = torch.cat([best[0], cand_d], dim=1), torch.cat([best[1], cand_p], dim=1)
-        best_d, best_p = by_value_then_rank(cand_d, cand_p, rank)
-        best = best_d[:, :k], best_p[:, :k]
+            keys = torch.cat([best, keys], dim=1)
+        best = torch.topk(keys, min(params.k, keys.shape[1]), dim=1, largest=False, sorted=True).values
     if best is None:  # empty gallery: nothing to rank
-        return _padding(queries, k)
-    best_d, best_p = best
-    if best_d.shape[1] < k:  # gallery smaller than k
-        pad_d, pad_p = _padding(queries, k - best_d.shape[1])
-        best_d, best_p = torch.cat([best_d, pad_d], dim=1), torch.cat([best_p, pad_p], dim=1)
-    best_p = best_p.masked_fill(torch.isinf(best_d), -1)
-    final = finish_distances(best_d, squared_norms(queries))
-    return by_value_then_rank(final, best_p, rank)  # adding ||q||^2 may round distinct values into ties
+        return _padding(queries, params.k)
+    values, positions = _unkey(best), order[best & ((1 << RANK_BITS) - 1)]
+    if values.shape[1] < params.k:  # gallery smaller than k
+        pad_d, pad_p = _padding(queries, params.k - values.shape[1])
+        values, positions = torch.cat([values, pad_d], dim=1), torch.cat([positions, pad_p], dim=1)
+    positions = positions.masked_fill(torch.isinf(values), -1)
+    final = finish_distances(values, squared_norms(queries))
+    return by_value_then_rank(final, positions, params.rank)  # adding ||q||^2 may round values into ties
 
 
 def _padding(queries: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +137,7 @@ def _padding(queries: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Ten
     import torch
 
     n_q = queries.shape[0]
-    return (torch.full((n_q, width), float("inf"), dtype=queries.dtype, device=queries.device),
+    return (torch.full((n_q, width), float("inf"), dtype=torch.float32, device=queries.device),
             torch.full((n_q, width), -1, dtype=torch.int64, device=queries.device))
 
 
@@ -129,22 +146,14 @@ def smallest(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch
     """Running c smallest ranking scores per query (any order among ties): FP32 (Q, c) ascending and
     row positions, padded with ``inf`` / -1 when fewer than c rows qualify.
 
-    The shortlist of a two-pass search (engine.twopass) needs only "no row outside has a smaller
-    score than the c-th", which any tie choice meets, so no tie resolution is spent here. The score
-    block keeps the gallery's GEMM dtype (bf16 for coarse rows): topk runs on it without a cast pass.
+    The score block keeps the gallery's GEMM dtype (bf16 for coarse rows): topk runs on it without a
+    cast pass.
     """
     import torch
 
-    n_q = queries.shape[0]
-    if gallery.dtype == torch.bfloat16:
-        queries = bf16_queries(queries, gallery.shape[1])
-    best_s = torch.full((n_q, c), float("inf"), dtype=torch.float32, device=queries.device)
-    best_p = torch.full((n_q, c), -1, dtype=torch.int64, device=queries.device)
-    for start in range(0, gallery.shape[0], chunk):
-        stop = min(start + chunk, gallery.shape[0])
-        block = _masked(ranking_distances(queries, gallery[start:stop], gallery_sqnorm[start:stop]),
-                        exclusion, start, stop)
-        values, cols = torch.topk(block, min(c, stop - start), dim=1, largest=False, sorted=False)
-        best_s, order = torch.topk(torch.cat([best_s, values.float()], dim=1), c, dim=1, largest=False)
-        best_p = torch.cat([best_p, cols + start], dim=1).gather(1, order)
+    best_s, best_p = _padding(queries, c)
+    for start, block in score_blocks(queries, gallery, gallery_sqnorm, chunk, exclusion):
+        values, cols = torch.topk(block, min(c, block.shape[1]), dim=1, largest=False, sorted=False)
+        best_s, pick = torch.topk(torch.cat([best_s, values.float()], dim=1), c, dim=1, largest=False)
+        best_p = torch.cat([best_p, cols + start], dim=1).gather(1, pick)
     return best_s, best_p.masked_fill(torch.isinf(best_s), -1)

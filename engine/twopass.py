@@ -29,11 +29,13 @@ the same test with r = s_q = u' = 0 (its one output rounding is in the last term
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .distance import bf16_rows, exact_distances
-from .topk import Exclusion, by_value_then_rank, smallest
+from .buffers import with_room
+from .distance import bf16_rows, bf16_width, exact_distances
+from .topk import SearchParams, by_value_then_rank, smallest
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +44,7 @@ U32 = 2.0**-24
 U_BF16 = 2.0**-8
 WIDEN = 8  # a failed shortlist is retried this many times wider
 RERANK_BLOCK = 32  # queries re-ranked at once: their gathered rows stay cache-sized
+CONVERT_ROWS = 1 << 16  # rows converted to bf16 at once: the FP32 temporaries stay a few hundred MB
 
 
 def shortlist_size(k: int) -> int:
@@ -73,27 +76,72 @@ class Rows:
     out_rounding: float  # u' of the GEMM's output dtype (0 when covered by eps)
 
 
+@dataclass(frozen=True)
+class TwoPass:
+    """The rows a two-pass search reads: shortlist rows, exact rows (possibly in host memory, for a
+    GPU gallery stored as FP16) and their FP64 squared norms (on the queries' device)."""
+
+    first: Rows
+    exact: Rows
+    sqnorm64: torch.Tensor
+
+    @property
+    def retry(self) -> Rows:
+        """Rows of the wider retries: the exact rows where they live with the queries, else ``first``."""
+        return self.exact if self.exact.data.device == self.sqnorm64.device else self.first
+
+
+def fp16_rows(rows16: torch.Tensor, sqnorm: torch.Tensor, row_error: float, norm_max: float) -> Rows:
+    """FP16 rows scanned with an FP32 GEMM against the FP32 rows' norms: r = max ||g - fp16(g)||,
+    G = max ||fp16(g)|| (kept as running maxima by the Gallery), no bf16 terms."""
+    return Rows(rows16, sqnorm, row_error, norm_max, upper_max(sqnorm), 0.0, 0.0)
+
+
 def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
-    """The gallery as stored: its own shortlist pass has the FP32 bound only."""
-    norms = gallery.float().norm(dim=1)
-    return Rows(gallery, sqnorm, 0.0, _max(norms), _max(sqnorm), 0.0, 0.0)
+    """The gallery as stored: its own shortlist pass has the FP32 bound only. G comes from the FP32
+    norms, rounded up by their own error bound (fl(||g||^2) >= (1 - gamma_n) ||g||^2)."""
+    big_n = upper_max(sqnorm)
+    return Rows(gallery, sqnorm, 0.0, math.sqrt(big_n * (1 + _gamma(gallery.shape[1]))), big_n, 0.0, 0.0)
 
 
-def coarse_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
-    """bf16 copy (made at the first search after an ``add``) and its measured rounding constants r, G,
-    split residual."""
-    import torch
+class CoarseRows:
+    """The bf16 copy of the gallery, extended at each search by the rows added since the last one.
 
-    data = bf16_rows(gallery, sqnorm)
-    dim = gallery.shape[1]
-    rounded = data[:, :dim].float()
-    pieces = data[:, dim:dim + 3].to(torch.float64).sum(dim=1)
-    split = (pieces + 0.5 * sqnorm.to(torch.float64)).abs()
-    return Rows(data, sqnorm, _max((gallery.float() - rounded).norm(dim=1)), _max(rounded.norm(dim=1)),
-                _max(sqnorm), _max(split), U_BF16 / (1 - U_BF16))
+    Why incremental: a full conversion of 10^5 x 1024 rows costs more than a small search, so only
+    new rows are converted (in CONVERT_ROWS blocks, bounding the FP32 temporaries), and the bound's
+    constants r, G and the split residual are running maxima.
+    """
+
+    def __init__(self) -> None:
+        self._buf: Any = None
+        self._n, self._row_error, self._norm_max, self._split = 0, 0.0, 0.0, 0.0
+
+    def rows(self, gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
+        import torch
+
+        n = gallery.shape[0]
+        if self._buf is None:
+            self._buf = torch.empty((0, bf16_width(gallery.shape[1])), dtype=torch.bfloat16)
+        self._buf = with_room(self._buf, self._n, n - self._n)  # one growth for all new rows
+        for start in range(self._n, n, CONVERT_ROWS):
+            self._append(gallery[start:start + CONVERT_ROWS], sqnorm[start:start + CONVERT_ROWS])
+        return Rows(self._buf[:n], sqnorm, self._row_error, self._norm_max, upper_max(sqnorm), self._split,
+                    U_BF16 / (1 - U_BF16))
+
+    def _append(self, gallery: torch.Tensor, sqnorm: torch.Tensor) -> None:
+        import torch
+
+        data, dim = bf16_rows(gallery, sqnorm), gallery.shape[1]
+        self._buf[self._n:self._n + len(data)] = data
+        self._n += len(data)
+        rounded = data[:, :dim].float()
+        split = (data[:, dim:dim + 3].to(torch.float64).sum(dim=1) + 0.5 * sqnorm.to(torch.float64)).abs()
+        self._row_error = max(self._row_error, upper_max((gallery.float() - rounded).norm(dim=1)))
+        self._norm_max = max(self._norm_max, upper_max(rounded.norm(dim=1)))
+        self._split = max(self._split, upper_max(split))
 
 
-def _max(x: torch.Tensor) -> float:
+def upper_max(x: torch.Tensor) -> float:
     """Max as a float, rounded up by one part in 2^20 so the bound never rests on a rounded-down max."""
     return float(x.max()) * (1 + 2.0**-20) if x.numel() else 0.0
 
@@ -120,19 +168,20 @@ def _error(queries: torch.Tensor, rows: Rows) -> torch.Tensor:
             + 2 * U32 * (big_n + 2 * q_norm * g)) * (1 + 2.0**-20)
 
 
-def _rerank(queries: torch.Tensor, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
-            positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rerank(queries: torch.Tensor, rows: TwoPass, rank: torch.Tensor, positions: torch.Tensor,
+            k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact distances of each query's shortlist rows; the k best by (distance, rank)."""
     import torch
 
     q64 = queries.to(torch.float64)
     q_sq = (q64 * q64).sum(dim=1)
     safe = positions.clamp(min=0)
-    dist = torch.empty(positions.shape, dtype=torch.float32)
+    dist = torch.empty(positions.shape, dtype=torch.float32, device=queries.device)
     for s in range(0, len(queries), RERANK_BLOCK):
         idx = safe[s:s + RERANK_BLOCK]
-        rows = exact.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
-        dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], rows, exact_sqnorm64[idx],
+        flat = idx.reshape(-1).to(rows.exact.data.device)  # host rows of a GPU gallery: gather there
+        gathered = rows.exact.data.index_select(0, flat).to(queries.device).view(*idx.shape, -1)
+        dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], gathered, rows.sqnorm64[idx],
                                                    q_sq[s:s + RERANK_BLOCK])
     dist.masked_fill_(positions < 0, float("inf"))
     d, p = by_value_then_rank(dist, positions, rank)
@@ -151,14 +200,13 @@ def _proven(last: torch.Tensor, kth: torch.Tensor, queries: torch.Tensor, rows: 
     return torch.isinf(last64) | (lower > kth64 + slack)
 
 
-def _pass(queries: torch.Tensor, rows: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
-          k: int, c: int, chunk: int,
-          exclusion: Exclusion | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pass(queries: torch.Tensor, first: Rows, rows: TwoPass, params: SearchParams,
+          c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One shortlist + re-rank: (distances, positions, proven mask)."""
-    scores, positions = smallest(queries, rows.data, rows.sqnorm, c, chunk, exclusion)
-    d, p = _rerank(queries, exact, exact_sqnorm64, rank, positions, k)
-    ok = _proven(scores[:, -1], d[:, -1], queries, rows)
-    if c >= rows.data.shape[0]:  # every row was re-ranked
+    scores, positions = smallest(queries, first.data, first.sqnorm, c, params.chunk, params.exclusion)
+    d, p = _rerank(queries, rows, params.rank, positions, params.k)
+    ok = _proven(scores[:, -1], d[:, -1], queries, first)
+    if c >= first.data.shape[0]:  # every row was re-ranked
         ok[:] = True
     return d, p, ok
 
@@ -172,19 +220,19 @@ class Counts:
     wide: int = 0
 
 
-def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torch.Tensor, rank: torch.Tensor,
-           k: int, chunk: int, exclusion: Exclusion | None, counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then FP32 ones.
+def search(queries: torch.Tensor, rows: TwoPass, params: SearchParams,
+           counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then ``retry`` ones.
 
-    ``rank`` orders tied rows (engine.topk.by_value_then_rank).
+    ``params.rank`` orders tied rows (engine.topk.by_value_then_rank).
     """
-
-    c = shortlist_size(k)
-    d, p, ok = _pass(queries, first, exact, exact_sqnorm64, rank, k, c, chunk, exclusion)
+    c, n = shortlist_size(params.k), rows.exact.data.shape[0]
+    d, p, ok = _pass(queries, rows.first, rows, params, c)
     counts.queries += len(queries)
-    passes = [] if first is exact else [c]
-    passes += [c * WIDEN**i for i in range(1, 64) if c * WIDEN**(i - 1) < exact.data.shape[0]]
-    for width in passes:
+    retry = rows.retry
+    widths = [] if rows.first is retry else [c]
+    widths += [c * WIDEN**i for i in range(1, 64) if c * WIDEN**(i - 1) < n]
+    for width in widths:
         todo = (~ok).nonzero().squeeze(1)
         if len(todo) == 0:
             break
@@ -192,8 +240,5 @@ def search(queries: torch.Tensor, first: Rows, exact: Rows, exact_sqnorm64: torc
             counts.fp32 += len(todo)
         else:
             counts.wide += len(todo)
-        sub = None if exclusion is None else replace(
-            exclusion, query_ids=exclusion.query_ids[todo], query_cams=exclusion.query_cams[todo])
-        d[todo], p[todo], ok[todo] = _pass(queries[todo], exact, exact, exact_sqnorm64, rank, k,
-                                           min(width, exact.data.shape[0]), chunk, sub)
+        d[todo], p[todo], ok[todo] = _pass(queries[todo], retry, rows, params.subset(todo), min(width, n))
     return d, p

@@ -1,10 +1,11 @@
-"""``python -m export.build_engine CHECKPOINT --out DIR``: checkpoint -> ONNX -> FP16 ONNX -> TensorRT.
+"""``python -m export.build_engine CHECKPOINT --out DIR``: checkpoint -> ONNX -> FP16 ONNX -> TensorRT
+(and, with ``--int8 --calib-data DIR``, a gated INT8 ONNX graph, ``export.int8``).
 
 ``build(checkpoint, out, BuildOptions(...)) -> BuildResult`` is the library call; the CLI only parses
 flags into ``BuildOptions``. Everything is built in a staging folder beside ``--out``, measured there
 through the engine (``Embedder``, as it will be served), and published by swapping the folders, so a
 reader sees the old artefact set or the new one, never a mix, and a failed or killed build publishes
-nothing (``export.publish``). Exit codes: 0 ok, 1 parity below threshold, 2 usage or input errors
+nothing (``export.publish``). Exit codes: 0 ok, 1 parity (or the INT8 gate) below threshold, 2 usage or input errors
 (corrupt checkpoint, spec mismatch, unwritable folder, ``--require-trt`` without TensorRT).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from engine.spec import (
     file_sha256,
 )
 
-from . import trt_build
+from . import int8, trt_build
 from .fp16 import to_fp16
 from .onnx_export import check_and_simplify, onnx_from_checkpoint
 from .parity import (
@@ -64,6 +65,8 @@ class BuildOptions:
     simplify: bool = True
     sample_images: Path | None = None
     fp16: bool = True
+    int8: bool = False  # also model.int8.onnx, published only if it passes export.int8's gate
+    calib_data: Path | None = None  # real person crops INT8 calibrates on (needed with int8)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,13 @@ def _triton(staged: _Staged) -> None:
                       tensorrt_version=version)
 
 
+def _int8(model: Any, staged: _Staged, options: BuildOptions) -> None:
+    """model.int8.onnx + int8_gate.json (fingerprinted in the spec) when asked; ParityError below its gate."""
+    if options.int8 and options.calib_data is not None:
+        staged.spec = int8.build(model, staged.spec, staged.graphs["fp32"], staged.stage, options.calib_data,
+                                 say=_say)
+
+
 def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> BuildResult:
     """Export ``checkpoint`` into ``out``: every step staged, measured through the engine, then published.
 
@@ -178,6 +188,8 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
     options = options or BuildOptions()
     if options.require_trt:
         trt_build.load_tensorrt()  # fail before minutes of export work, not after
+    if options.int8:
+        int8.check_calib_data(options.calib_data)
     check_out(out)
     clean_stale(out, _say)
     model, spec = _load(checkpoint, options)
@@ -193,6 +205,7 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
             results += _measure(reference, staged, {"plan": ("trt", plan_precision)}, samples)
         source = str(options.sample_images) if options.sample_images else "random uint8"
         write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": source})
+        _int8(model, staged, options)
         _triton(staged)
         files = tuple(sorted(p.name for p in stage.iterdir()))
         publish(stage, out)
@@ -224,6 +237,9 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
                    help=f"folder of images (resized to the spec) for parity; default {DEFAULT_SAMPLES} random ones")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
+                   "export/int8.py), published only if it passes its gate; needs --calib-data")
+    p.add_argument("--calib-data", type=Path, default=None, help="folder of real person crops to calibrate INT8 on")
     args = vars(p.parse_args(argv))
     return args.pop("checkpoint"), args.pop("out"), BuildOptions(**args)
 

@@ -24,9 +24,11 @@ from pathlib import Path
 from engine.errors import ArtifactError, InputError
 from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PARITY_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
 
+from .int8 import FILES as INT8_FILES
+
 TRITON_DIR = "triton"
 ARTEFACT_NAMES = frozenset({ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, PARITY_FILE, SPEC_FILE,
-                            TRITON_DIR})
+                            TRITON_DIR, *INT8_FILES})
 TIMING_CACHES = "timing-*.cache"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 

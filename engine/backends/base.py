@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError, SpecMismatchError
 from ..spec import ModelSpec
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: ONNX Runtime only (model.int8.onnx)
 
 
 @runtime_checkable
@@ -40,7 +40,7 @@ class Backend(Protocol):
 def check_precision(precision: str) -> str:
     """Return ``precision`` if it is one every backend understands, else raise InputError."""
     if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} is not one of {PRECISIONS}; pass 'fp32' or 'fp16'")
+        raise InputError(f"precision {precision!r} is not one of {PRECISIONS}; pass 'fp32', 'fp16' or 'int8'")
     return precision
 
 

@@ -14,10 +14,12 @@ import numpy as np
 
 from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
-from ..spec import ONNX_FILE, ONNX_FP16_FILE, ModelSpec
+from ..spec import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, ModelSpec
 from .base import BaseBackend, check_precision
 from .optional import optional_import
 
+GRAPH_FILES = {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE, "int8": ONNX_INT8_FILE}
+FINGERPRINTS = {"fp32": "onnx_sha256", "fp16": "onnx_fp16_sha256", "int8": "onnx_int8_sha256"}  # spec fields
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 _log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def available(device: str = "auto") -> tuple[bool, str]:
 
 
 class OrtBackend(BaseBackend):
-    """Runs ``model.onnx`` (fp32) or ``model.fp16.onnx`` (fp16) from an artefact folder."""
+    """Runs ``model.onnx`` (fp32), ``model.fp16.onnx`` (fp16) or ``model.int8.onnx`` (int8) from an artefact folder."""
 
     name = "ort"
 
@@ -62,15 +64,14 @@ class OrtBackend(BaseBackend):
         self.spec = spec if spec is not None else ModelSpec.load(folder)
         self.precision = check_precision(precision)
         self.max_batch = self.spec.max_batch
-        self.path = Path(graph) if graph is not None else folder / (ONNX_FILE if precision == "fp32"
-                                                                    else ONNX_FP16_FILE)
+        self.path = Path(graph) if graph is not None else folder / GRAPH_FILES[precision]
         if not self.path.is_file():
             raise ArtifactError(
                 f"no {self.path.name} in {self.path.parent} for precision {precision!r}; export the "
                 "artefact with `python -m export.build_engine` or ask for the other precision"
             )
         if graph is None:
-            self.spec.check_fingerprint(self.path, "onnx_sha256" if precision == "fp32" else "onnx_fp16_sha256")
+            self.spec.check_fingerprint(self.path, FINGERPRINTS[precision])
         chosen = providers_for(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -53,6 +53,9 @@ class TorchBackend(BaseBackend):
         self.precision = check_precision(precision)
         self.max_batch = spec.max_batch
         self.device = torch_device(device, torch)
+        if precision == "int8":
+            raise InputError("precision 'int8' is served by the 'ort' backend (model.int8.onnx); pass "
+                             "backend='ort' or precision='fp32'")
         if precision == "fp16" and self.device.type != "cuda":
             raise InputError(
                 "precision 'fp16' with the 'torch' backend needs a CUDA device (CPU half convolutions "

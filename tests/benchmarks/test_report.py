@@ -36,3 +36,21 @@ def test_mixed_or_unknown_inputs_exit_2(tmp_path: Path) -> None:
     other.write_text(latency.read_text())
     assert main([str(latency), str(other)]) == 2
     assert main([str(tmp_path / "nope.json")]) == 2
+
+
+def test_runs_with_different_settings_are_not_merged(tmp_path: Path, capsys) -> None:
+    paths = []
+    for name, settings in (("a", {"sizes": [1000], "dim": 512, "quick": False, "repeats": 5}),
+                           ("b", {"sizes": [1000], "dim": 512, "quick": False, "repeats": 9}),
+                           ("c", {"sizes": [1000], "dim": 1024, "quick": False, "repeats": 5})):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"method": "faiss", "size": 1000, "batch": 1, "queries_per_s": 10.0, "p50_ms": 1.0}]
+        (folder / "gallery.json").write_text(json.dumps({
+            "environment": {"device_name": "cpu X", "device": "cpu", "torch": "2"}, "settings": settings,
+            "results": rows}))
+        paths.append(str(folder / "gallery.json"))
+    assert main(paths[:2]) == 0  # only the timing effort differs
+    capsys.readouterr()
+    assert main(paths) == 2
+    assert "dim=1024" in capsys.readouterr().err

@@ -117,8 +117,10 @@ def test_ort_missing_fp16_graph_and_unknown_precision(artifact_dir, tmp_path):
     (folder / ONNX_FP16_FILE).unlink()
     with pytest.raises(ArtifactError, match="no model.fp16.onnx .* precision 'fp16'"):
         OrtBackend(folder, precision="fp16")
-    with pytest.raises(InputError, match="precision 'int8' is not one of"):
-        OrtBackend(folder, precision="int8")
+    with pytest.raises(ArtifactError, match="no model.int8.onnx .* precision 'int8'"):
+        OrtBackend(folder, precision="int8")  # exported without --int8
+    with pytest.raises(InputError, match="precision 'int4' is not one of"):
+        OrtBackend(folder, precision="int4")
 
 
 def test_ort_device_choice():

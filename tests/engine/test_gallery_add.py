@@ -8,7 +8,7 @@ from _memory import reset_and_read_peak_mb
 from engine.gallery import Gallery
 
 pytest.importorskip("torch")
-MODES = ("off", "fp32", "bf16")
+MODES = ("torch", "fp32", "bf16", "faiss")
 
 
 def _tied_data(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def test_ties_at_the_cut_match_brute_force_by_id(mode: str, chunk: int | None, k
     g, ids, cams = _tied_data(300, 6, seed=0)
     q = np.random.default_rng(1).integers(-1, 2, (9, 6)).astype(np.float32)
     excl = (ids[:9], cams[:9]) if exclude else None
-    gal = Gallery(6, chunk=chunk, query_batch=4, coarse=mode)
+    gal = Gallery(6, chunk=chunk, query_batch=4, method=mode)
     gal.add(g, ids, cams)
     d, i = gal.search(q, k, query_ids=None if excl is None else excl[0],
                       query_cams=None if excl is None else excl[1])
@@ -58,7 +58,7 @@ def test_many_small_adds_equal_one_big_add(mode: str) -> None:
     g[100:140] = g[5]  # exact ties across add boundaries
     ids, cams = rng.permutation(2000)[:700] % 350, rng.integers(0, 4, 700)
     q = np.concatenate([g[:3], rng.standard_normal((12, 16)).astype(np.float32)])
-    one, many = Gallery(16, coarse=mode, chunk=50), Gallery(16, coarse=mode, chunk=50)
+    one, many = Gallery(16, method=mode, chunk=50), Gallery(16, method=mode, chunk=50)
     one.add(g, ids, cams)
     for start, stop in zip([0, 1, 2, 60, 61, 300], [1, 2, 60, 61, 300, 700], strict=True):
         many.add(g[start:stop], ids[start:stop], cams[start:stop])
@@ -87,10 +87,10 @@ def test_add_peak_memory_is_about_the_new_rows() -> None:
     gal = Gallery(64)  # the two-pass rows are derived at the first search, not during the adds
     first_mb = first.nbytes / 2**20
     assert _add_peak_mb(gal, first, np.arange(200_000)) < 1.5 * first_mb + 8
-    gal.add(first[:1], np.array([-1]))  # overflows: capacity grows to GROWTH x 200k rows
+    gal.add(first[:1], np.array([5]))  # overflows: capacity grows to GROWTH x 200k rows
     more = first[:50_000][::-1].copy()  # 12 MB, fits the grown capacity
     grown = _add_peak_mb(gal, more, np.arange(200_000, 250_000))
     assert grown < 2 * more.nbytes / 2**20 + 8, f"add of 12 MB grew the peak RSS by {grown:.0f} MB"
     d, i = gal.search(first[:2], 2)
-    assert i.tolist() == [[-1, 0], [1, 249_998]]  # ties by id across adds: -1 < 0, 1 < 249,998
+    assert i.tolist() == [[0, 5], [1, 249_998]]  # ties by id across adds: 0 < 5, 1 < 249,998
     assert (d[:, 0] == d[:, 1]).all() and (d < 1e-6).all()

@@ -1,4 +1,4 @@
-"""engine.twopass via Gallery(coarse=...): bf16 and fp32 shortlists give bit-identical exact answers."""
+"""engine.twopass via Gallery(method=...): bf16 and fp32 shortlists give bit-identical exact answers."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +18,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def _search_all(g: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, **kw) -> dict[str, tuple]:
     out = {}
     for mode in ("bf16", "fp32"):
-        gal = Gallery(g.shape[1], coarse=mode, chunk=700, query_batch=40)
+        gal = Gallery(g.shape[1], method=mode, chunk=700, query_batch=40)
         gal.add(g, ids, kw.get("cams"))
         out[mode] = gal.search(q, k, query_ids=kw.get("query_ids"), query_cams=kw.get("query_cams"))
         out[mode + "_counts"] = gal.counts
@@ -85,13 +85,13 @@ def test_exclusion_and_k_larger_than_gallery() -> None:
 
 def test_bound_covers_the_coarse_error() -> None:
     """Every coarse score lies within u'|S~| + eps_q of the exact ranking score (the proof's premise)."""
-    from engine.twopass import _error, coarse_rows
+    from engine.twopass import CoarseRows, _error
 
     rng = np.random.default_rng(4)
     g = torch.from_numpy(rng.standard_normal((4000, 96)).astype(np.float32) * 3)
     q = torch.from_numpy(rng.standard_normal((20, 96)).astype(np.float32))
     sqnorm = (g * g).sum(1)
-    rows = coarse_rows(g, sqnorm)
+    rows = CoarseRows().rows(g, sqnorm)
     from engine.distance import ranking_distances
 
     coarse = ranking_distances(q, rows.data, sqnorm).double()
@@ -104,7 +104,28 @@ def test_bound_covers_the_coarse_error() -> None:
 
 
 def test_modes_and_auto_choice() -> None:
-    assert Gallery(4).search_mode == "fp32"  # small gallery: FP32 shortlist
-    assert Gallery(4, coarse="off").search_mode == "off"
-    with pytest.raises(InputError, match="coarse must be one of"):
-        Gallery(4, coarse="int8")
+    assert Gallery(4, method="torch").search_path() == "torch"
+    with pytest.raises(InputError, match="method must be one of"):
+        Gallery(4, method="int8")
+
+
+def test_fp16_rows_with_fp32_rerank_equal_the_fp32_exact_search() -> None:
+    """The GPU "fp16" path (FP16 rows searched, FP32 host rows re-ranked), run on CPU: bit-identical to
+    the FP32 two-pass, i.e. exact for the FP32 vectors although the searched rows are FP16."""
+    rng = np.random.default_rng(7)
+    g = _unit(rng, 3000, 48)
+    g[100:130] = g[7]  # ties the FP16 shortlist cannot separate: retries must resolve them by id
+    ids = rng.permutation(3000)
+    q = np.concatenate([g[:5], _unit(rng, 35, 48)])
+    half = Gallery(48, storage="float16", method="fp16", chunk=500, query_batch=16)
+    full = Gallery(48, method="fp32", chunk=500, query_batch=16)
+    for gal in (half, full):
+        gal.add(g[:1000], ids[:1000])
+        gal.add(g[1000:], ids[1000:])
+    assert half.search_path(40) == "fp16"
+    for a, b in zip(half.search(q, 10), full.search(q, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ref_d, ref_i = _reference(g, ids, q, 10)
+    assert (half.search(q, 10)[1] == ref_i).mean() > 0.999
+    with pytest.raises(InputError, match="pass storage='float16'"):
+        Gallery(4, method="fp16")

@@ -1,0 +1,124 @@
+"""faiss as a search engine for the Gallery: exact ``knn_L2sqr`` on its rows, and approximate indexes.
+
+Why call faiss: below ~10^5 rows and at one query, faiss-cpu's hand-tuned scan beats anything torch
+can do per call (its whole search is one C++ call; a torch search is a dozen ops). ``exact`` runs
+``faiss.knn_L2sqr`` straight on the Gallery's own FP32 buffer and FP32 squared norms (zero copy, no
+second copy of the rows as an IndexFlatL2 would keep). faiss ranks ties by row position (its heaps
+compare (distance, position)); the Gallery ranks them by id, so where ids are not in insertion
+order the result is re-sorted by (distance, rank) from TIE_MARGIN extra candidates, and queries
+whose k-th distance ties the last candidate are handed back for the torch search.
+
+``Approximate`` wraps faiss IVF-Flat or HNSW-Flat for galleries of 10^7+ rows (not exact: see
+benchmarks/README for recall@10 per size). faiss is optional: ``load()`` raises
+BackendUnavailableError naming the package when it is missing.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, InputError
+
+TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
+_NONE = np.zeros(0, np.int64)
+IVF_TRAIN_PER_LIST = 40  # training rows per inverted list (faiss warns below 39)
+HNSW_M = 32  # graph degree
+
+
+@functools.cache
+def load() -> Any:
+    """The faiss module, or BackendUnavailableError saying how to install it (the import is cached:
+    a one-query search at 10^3 rows takes ~40 us, so each microsecond of wrapper shows)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "faiss is not installed; pip install faiss-cpu (or jlml-engine[faiss]), or use "
+            "Gallery(method='auto') which falls back to the torch search") from exc
+    return faiss
+
+
+@functools.cache
+def available() -> bool:
+    try:
+        load()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def get_threads() -> int:
+    """faiss's OpenMP threads (its own runtime, apart from torch's)."""
+    return int(load().omp_get_max_threads())
+
+
+def set_threads(n: int) -> None:
+    load().omp_set_num_threads(n)
+
+
+def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
+          rank: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distances (Q, k), row positions (Q, k), -1 / inf padded; queries to redo elsewhere).
+
+    ``rank`` None means the ids are in insertion order (faiss's own tie order is then the Gallery's).
+    """
+    faiss = load()
+    n_q, n = len(queries), len(rows)
+    want = min(k if rank is None else k + TIE_MARGIN, n)
+    dist = np.empty((n_q, want), np.float32)
+    pos = np.empty((n_q, want), np.int64)
+    if want:
+        ptr = faiss.swig_ptr
+        faiss.knn_L2sqr(ptr(queries), ptr(rows), rows.shape[1], n_q, n, want, ptr(dist), ptr(pos), ptr(sqnorm))
+    if rank is None and want == k and (n_q == 0 or dist[:, 0].min() >= 0):
+        return dist, pos, _NONE  # faiss's order is the Gallery's; no rounding negatives (they sort first)
+    if rank is not None or (n_q and want and dist[:, 0].min() < 0):  # clamping rounding negatives may tie them: re-sort
+        np.maximum(dist, 0, out=dist)
+        order = np.lexsort((pos if rank is None else rank[pos], dist), axis=1)
+        dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
+    redo = _NONE
+    if rank is not None and k < want < n:  # rows tied with the k-th may lie beyond the candidates
+        redo = np.flatnonzero(dist[:, k - 1] == dist[:, -1])
+    if want > k:
+        dist, pos = dist[:, :k], pos[:, :k]
+    elif want < k:
+        dist = np.pad(dist, ((0, 0), (0, k - dist.shape[1])), constant_values=np.inf)
+        pos = np.pad(pos, ((0, 0), (0, k - pos.shape[1])), constant_values=-1)
+    return dist, pos, redo
+
+
+class Approximate:
+    """An approximate faiss index over a snapshot of the gallery rows (rebuilt after adds).
+
+    ``kind`` "ivf": IndexIVFFlat with sqrt(n) lists, trained on IVF_TRAIN_PER_LIST rows per list,
+    ``nprobe`` lists searched (default nlist / 16); "hnsw": IndexHNSWFlat with HNSW_M links,
+    ``efSearch`` = ``nprobe`` (default 64). Either keeps its own FP32 copy of the rows.
+    """
+
+    KINDS = ("ivf", "hnsw")
+
+    def __init__(self, kind: str, rows: np.ndarray, nprobe: int | None, seed: int = 0) -> None:
+        if kind not in self.KINDS:
+            raise InputError(f"approximate index must be one of {self.KINDS}, got {kind!r}")
+        faiss = load()
+        n, dim = rows.shape
+        if kind == "ivf":
+            nlist = max(1, min(int(math.sqrt(n)), n // IVF_TRAIN_PER_LIST or 1))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+            sample = np.random.default_rng(seed).choice(n, min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
+            self.index.train(np.ascontiguousarray(rows[np.sort(sample)]))
+            self.index.nprobe = nprobe or max(1, nlist // 16)
+        else:
+            self.index = faiss.IndexHNSWFlat(dim, HNSW_M)
+            self.index.hnsw.efSearch = nprobe or 64
+        self.index.add(rows)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, row positions), padded with inf / -1 like the exact search."""
+        dist, pos = self.index.search(queries, k)
+        missing = pos < 0
+        dist[missing] = np.inf
+        return np.maximum(dist, 0, out=dist), pos

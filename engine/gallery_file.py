@@ -1,0 +1,121 @@
+"""Gallery input checks and its .npz file: validation of vectors and labels, atomic save, careful load."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import ArtifactError, InputError
+
+FORMAT_NAME = "jlml-gallery"
+FORMAT_VERSION = 1
+STORAGES = ("float32", "float16")
+STALE_TMP_SECONDS = 600  # a save's temp file untouched this long belongs to a killed save
+ID_MAX = np.iinfo(np.int64).max
+log = logging.getLogger("engine.gallery")
+
+
+def check_vectors(x: Any, dim: int, name: str) -> np.ndarray:
+    """(N, dim) float array, C-contiguous (a negative-stride view such as ``emb[::-1]`` is copied)."""
+    arr = np.asarray(x) if not hasattr(x, "detach") else x.detach().cpu().numpy()
+    if arr.dtype not in (np.float16, np.float32, np.float64):
+        raise InputError(f"{name} must be float16/float32/float64, got {arr.dtype}; cast with "
+                         ".astype(np.float32)")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InputError(f"{name} must have shape (N, {dim}), got {arr.shape}; the gallery was made "
+                         f"for {dim}-D embeddings")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name} contain NaN or inf (got {int((~np.isfinite(arr)).sum())} values); "
+                         "check the model output")
+    return np.ascontiguousarray(arr)
+
+
+def check_labels(x: Any, n: int, name: str, *, ids: bool = False) -> np.ndarray:
+    """int64 (n,) labels. ``ids``: must be in [0, 2^63) (-1 is the padding marker of search results)."""
+    arr = np.asarray(x)
+    if arr.shape != (n,) or arr.dtype.kind not in "iu":
+        raise InputError(f"{name} must be an integer array of shape ({n},), got {arr.dtype} {arr.shape}; "
+                         "give one label per row")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > ID_MAX:
+        raise InputError(f"{name} must be below 2^63, got {int(arr.max())}; it would wrap to a negative "
+                         "int64 (-1 is the padding marker); use ids in [0, 2^63)")
+    out = arr.astype(np.int64)
+    if ids and out.size and int(out.min()) < 0:
+        raise InputError(f"{name} must be >= 0, got {int(out.min())}; -1 marks padding in search results, "
+                         "so use ids in [0, 2^63)")
+    return out
+
+
+def save(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Atomic .npz write; stale temp files of killed earlier saves of this path are removed first."""
+    final = Path(path)
+    if final.is_dir():
+        raise ArtifactError(f"cannot save the gallery to {final}: it is a folder; pass a file path such "
+                            f"as {final / 'gallery.npz'}")
+    _remove_stale_temps(final)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), **arrays)
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Temp files are ``.<name>.<random>.tmp`` (engine.atomic); a kill mid-save leaves one behind."""
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            age = now - tmp.stat().st_mtime
+            if age > STALE_TMP_SECONDS:
+                size = tmp.stat().st_size
+                tmp.unlink()
+                log.warning("removed %s (%d bytes), left by a save killed %.0f s ago", tmp, size, age)
+        except OSError:  # another process removed it first, or it is not ours to remove
+            continue
+
+
+def _arrays(path: str | os.PathLike[str], fix: str) -> dict[str, np.ndarray]:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{path} holds a single .npy array, expected a gallery .npz; {fix}")
+    with data:
+        return {key: data[key] for key in ("header", "embeddings", "ids", "cams")}
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(header, arrays) of a file written by ``save``; ArtifactError saying what is wrong otherwise."""
+    fix = "rebuild it with Gallery.save"
+    try:
+        arrays = _arrays(path, fix)
+        header = json.loads(str(arrays.pop("header")))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no gallery file at {path}; write one with Gallery.save") from exc
+    except IsADirectoryError as exc:
+        raise ArtifactError(f"{path} is a folder, expected a gallery .npz file; pass the file") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"gallery file {path} is corrupt, truncated or not a gallery ({exc}); {fix}") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"gallery file {path} has a {type(header).__name__} header, expected a JSON "
+                            f"object with format, version, dim, count, storage; {fix}")
+    if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"gallery file {path} has format {header.get('format')!r} version {header.get('version')!r}, "
+            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}; rebuild it with this jlml-engine"
+        )
+    n, dim = header.get("count"), header.get("dim")
+    emb = arrays["embeddings"]
+    if emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
+            or header.get("storage") not in STORAGES:
+        raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "
+                            f"{emb.shape}, ids {arrays['ids'].shape}; {fix}")
+    return header, arrays

@@ -1,0 +1,84 @@
+"""Which exact search path answers a query batch: the measured crossovers, kept in this one place.
+
+Paths (all exact, same neighbours as faiss.IndexFlatL2, ties by id):
+  "faiss" faiss.knn_L2sqr on the Gallery's own FP32 rows (engine.faiss_search); distances as faiss
+          rounds them (FP32 GEMM from 20 queries up, direct sums below).
+  "bf16"  bf16 shortlist + FP64 re-rank, proven exact (engine.twopass); needs native bf16 (AVX512_BF16
+          or AMX) to pay off; distances FP64-exact rounded to FP32, independent of batching.
+  "fp32"  the same two-pass with an FP32 shortlist (any CPU, also without faiss).
+  "fp16"  FP16 rows on the device (half the memory: 10^7 x 1024 is 20 GB) shortlisted with an FP32
+          GEMM, re-ranked exactly against FP32 rows kept in host memory: a GPU gallery with
+          storage="float16" (and method="fp16" anywhere, e.g. to test it on CPU).
+  "torch" one chunked FP32 GEMM pass with a running top-k (engine.topk): the CUDA path, and the CPU
+          fallback without faiss.
+
+Crossovers measured on the 2-core AMD EPYC (AVX-512, AVX512_BF16) dev box with
+``python -m benchmarks.gallery`` (sizes 10^3..10^6, dims 512 and 1024, batches 1..1000, all paths
+interleaved in one process; see benchmarks/README.md): faiss's single C++ call wins at small
+galleries and single queries, where a torch search is dominated by per-op overhead; the bf16
+two-pass wins once a batch has enough rows x queries for its 2x GEMM rate to pay the re-rank. On
+CPUs without native bf16 the bf16 rows are never chosen (emulated bf16 is slower than FP32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXACT = ("faiss", "bf16", "fp32", "fp16", "torch")
+
+# bf16 two-pass from this many gallery rows x queries in the batch and this many rows: below, its
+# fixed costs (query conversion, re-rank, proof) lose to faiss. Measured (interleaved, loaded box):
+# 10^4 x 1024 x 10 queries bf16 2.1x faiss, 10^5 x 10 2.6x, 10^5 x 100 4.9x; at one query faiss's
+# single pass wins (10^5 x 1: faiss path 2.8-3.9x IndexFlatL2 on one thread, bf16 2.7x).
+BF16_MIN_WORK = 100_000
+BF16_MIN_ROWS = 4_096
+# A GEMM (torch, one pass) from this many gallery bytes and 2 queries: below 20 queries faiss scans
+# the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss); a gallery this small stays
+# in cache, where faiss's lean call wins.
+GEMM_MIN_BYTES = 8 << 20
+GEMM_MIN_BATCH = 2
+
+# One CPU thread per this many multiply-adds of the batch's distance GEMM (rows x batch x dim). Below,
+# a thread's share is well under a millisecond and an OpenMP fork/join (and, on a shared machine, a
+# barrier waiting for a descheduled thread) costs more than it saves: measured on the loaded 2-core
+# box, faiss at 1,000 x 512 with 10 queries took 0.4 ms on one thread and 47-58 ms on two.
+THREAD_GRAIN = 1 << 26
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the choice depends on."""
+
+    rows: int
+    batch: int
+    dim: int
+    device: str  # "cpu" or "cuda"
+    storage: str  # "float32" or "float16"
+    excluding: bool  # same-id-same-camera exclusion asked for (faiss cannot)
+    has_faiss: bool
+    bf16_fast: bool
+
+
+def choose(shape: Shape) -> str:
+    """The fastest exact path for this batch (one of EXACT; "fp32" only when asked for: on CPUs
+    without native bf16 the one-pass GEMM beat the FP32 shortlist, 3.5x against 0.54x faiss at
+    10^3 x 1024 x 100 on an AVX2 EPYC)."""
+    if shape.device != "cpu":
+        return "fp16" if shape.storage == "float16" else "torch"
+    fp32 = shape.storage == "float32"
+    work = shape.rows * shape.batch
+    if fp32 and shape.bf16_fast and shape.batch >= GEMM_MIN_BATCH and shape.rows >= BF16_MIN_ROWS \
+            and work >= BF16_MIN_WORK:  # one query: no bf16 copy (nor its build on a first search)
+        return "bf16"
+    gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and shape.batch >= GEMM_MIN_BATCH
+    if fp32 and shape.has_faiss and not shape.excluding and not gemm:
+        return "faiss"
+    return "torch"
+
+
+def threads(shape: Shape, available: int) -> int:
+    """CPU threads for this batch: one per THREAD_GRAIN multiply-adds, at most ``available``. One query
+    keeps ``available``: faiss parallelises over queries (one runs on one thread anyway) and torch's
+    GEMV has its own grain size, so switching would only cost time."""
+    if shape.batch == 1:
+        return available
+    return max(1, min(available, shape.rows * shape.batch * shape.dim // THREAD_GRAIN))

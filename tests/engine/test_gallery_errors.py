@@ -1,0 +1,95 @@
+"""Gallery inputs and files that used to fail badly: id range, negative strides, odd files, stale temps."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+
+from engine.errors import ArtifactError, InputError
+from engine.gallery import Gallery
+
+pytest.importorskip("torch")
+
+
+def _gallery(n: int = 20, dim: int = 4) -> Gallery:
+    gal = Gallery(dim)
+    gal.add(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32), np.arange(n))
+    return gal
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    (np.array([0, -1], np.int64), "ids must be >= 0, got -1"),
+    (np.array([0, 2**64 - 1], np.uint64), "ids must be below 2\\^63"),
+    (np.array([0, 2**63], np.uint64), "ids must be below 2\\^63"),
+])
+def test_ids_outside_0_to_2_63_are_refused(ids: np.ndarray, message: str) -> None:
+    gal = Gallery(2)
+    with pytest.raises(InputError, match=message):
+        gal.add(np.zeros((2, 2), np.float32), ids)
+    assert len(gal) == 0
+
+
+def test_largest_id_round_trips() -> None:
+    gal = Gallery(2)
+    gal.add(np.eye(2, dtype=np.float32), np.array([2**63 - 1, 0], np.uint64))
+    assert gal.search(np.array([[1.0, 0.0]], np.float32), 2)[1].tolist() == [[2**63 - 1, 0]]
+
+
+def test_negative_stride_arrays_are_accepted() -> None:
+    g = np.random.default_rng(1).standard_normal((30, 8)).astype(np.float32)
+    gal, ref = Gallery(8), Gallery(8)
+    gal.add(g[::-1], np.arange(30)[::-1])
+    ref.add(g[::-1].copy(), np.arange(30)[::-1].copy())
+    q = g[::-2]
+    for a, b in zip(gal.search(q, 5), ref.search(q.copy(), 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_of_truncated_npy_and_list_header_says_what_is_wrong(tmp_path) -> None:
+    path = tmp_path / "g.npz"
+    _gallery().save(path)
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ArtifactError, match="corrupt, truncated or not a gallery"):
+        Gallery.load(truncated)
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(ArtifactError, match="single .npy array"):
+        Gallery.load(tmp_path / "a.npy")
+    listed = tmp_path / "list.npz"
+    np.savez(listed, header=np.array("[1, 2]"), embeddings=np.zeros((0, 2)), ids=np.zeros(0, np.int64),
+             cams=np.zeros(0, np.int64))
+    with pytest.raises(ArtifactError, match="list header, expected a JSON object"):
+        Gallery.load(listed)
+    with pytest.raises(ArtifactError, match="is a folder"):
+        Gallery.load(tmp_path)
+
+
+def test_save_to_a_folder_is_refused(tmp_path) -> None:
+    with pytest.raises(ArtifactError, match="it is a folder; pass a file path"):
+        _gallery().save(tmp_path)
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed_with_a_log_line(tmp_path, caplog) -> None:
+    stale, fresh = tmp_path / ".g.npz.abc123.tmp", tmp_path / ".g.npz.def456.tmp"
+    other = tmp_path / ".other.npz.zzz.tmp"
+    for f in (stale, fresh, other):
+        f.write_bytes(b"x" * 100)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    with caplog.at_level(logging.WARNING, logger="engine.gallery"):
+        _gallery().save(tmp_path / "g.npz")
+    assert not stale.exists() and fresh.exists() and other.exists()  # only this file's, only old ones
+    assert "removed" in caplog.text and stale.name in caplog.text
+
+
+@pytest.mark.parametrize("method", ["auto", "torch", "fp32", "bf16", "faiss"])
+def test_no_queries_give_empty_results_on_every_path(method: str) -> None:
+    gal = Gallery(8, method=method)
+    gal.add(np.random.default_rng(2).random((50, 8), np.float32), np.arange(50))
+    for kw in ({}, {"query_ids": np.zeros(0, int), "query_cams": np.zeros(0, int)}):
+        d, i = gal.search(np.zeros((0, 8), np.float32), 5, **kw)
+        assert d.shape == i.shape == (0, 5) and d.dtype == np.float32 and i.dtype == np.int64

@@ -1,0 +1,36 @@
+"""engine.search_plan: the path and thread count chosen from a batch's shape (the measured crossovers)."""
+from __future__ import annotations
+
+import pytest
+
+from engine.search_plan import THREAD_GRAIN, Shape, choose, threads
+
+
+def _shape(rows: int, batch: int, dim: int = 1024, **kw) -> Shape:
+    base = {"device": "cpu", "storage": "float32", "excluding": False, "has_faiss": True, "bf16_fast": True}
+    return Shape(rows=rows, batch=batch, dim=dim, **(base | kw))
+
+
+@pytest.mark.parametrize(("rows", "batch", "kw", "path"), [
+    (1_000, 1, {}, "faiss"),  # tiny: faiss's one C++ call
+    (1_000, 1000, {}, "faiss"),  # 4 MB gallery stays in cache
+    (100_000, 1, {}, "faiss"),  # one query: one pass over the rows either way
+    (10_000, 10, {}, "bf16"),  # enough work for the 2x bf16 GEMM rate
+    (100_000, 1000, {}, "bf16"),
+    (10_000, 10, {"bf16_fast": False}, "torch"),  # AVX2: one GEMM, not faiss's per-query scans
+    (10_000, 1, {"bf16_fast": False}, "faiss"),
+    (1_000, 1, {"has_faiss": False}, "torch"),  # faiss not installed
+    (1_000, 1, {"excluding": True}, "torch"),  # faiss cannot skip same-id-same-camera rows
+    (100_000, 1000, {"storage": "float16"}, "torch"),  # FP16 rows on CPU: no bf16 copy, no faiss
+    (1_000, 1, {"device": "cuda"}, "torch"),
+    (1_000, 1, {"device": "cuda", "storage": "float16"}, "fp16"),  # FP16 rows + FP32 host re-rank
+])
+def test_choose(rows: int, batch: int, kw: dict, path: str) -> None:
+    assert choose(_shape(rows, batch, **kw)) == path
+
+
+def test_threads_grow_with_work_up_to_the_cap() -> None:
+    assert threads(_shape(1_000, 2), 8) == 1
+    assert threads(_shape(1_000, 1), 8) == 8  # one query: no switch
+    assert threads(_shape(THREAD_GRAIN // 1024, 3), 2) == 2
+    assert threads(_shape(THREAD_GRAIN // 1024, 3), 8) == 3
