@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InputError
+from .backends.optional import is_installed, optional_import
+from .errors import InputError
 
 TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
 _NONE = np.zeros(0, np.int64)
@@ -32,22 +33,12 @@ HNSW_M = 32  # graph degree
 def load() -> Any:
     """The faiss module, or BackendUnavailableError saying how to install it (the import is cached:
     a one-query search at 10^3 rows takes ~40 us, so each microsecond of wrapper shows)."""
-    try:
-        import faiss
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "faiss is not installed; pip install faiss-cpu (or jlml-engine[faiss]), or use "
-            "Gallery(method='auto') which falls back to the torch search") from exc
-    return faiss
+    return optional_import("faiss", needed_for="the Gallery's faiss search (method='auto' falls back to torch)")
 
 
 @functools.cache
 def available() -> bool:
-    try:
-        load()
-    except BackendUnavailableError:
-        return False
-    return True
+    return is_installed("faiss")
 
 
 def get_threads() -> int:

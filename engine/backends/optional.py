@@ -18,6 +18,7 @@ EXTRAS = {
     "pycuda.driver": "`pip install 'jlml-engine[trt]'` on a CUDA machine (pycuda builds against its CUDA)",
     "torch": "torch (see the README: the CPU or CUDA build you want, first)",
     "onnxslim": "`pip install 'jlml-engine[simplify]'`",
+    "faiss": "`pip install faiss-cpu` (or faiss-gpu for CUDA galleries)",
 }
 
 

@@ -93,3 +93,22 @@ def test_no_queries_give_empty_results_on_every_path(method: str) -> None:
     for kw in ({}, {"query_ids": np.zeros(0, int), "query_cams": np.zeros(0, int)}):
         d, i = gal.search(np.zeros((0, 8), np.float32), 5, **kw)
         assert d.shape == i.shape == (0, 5) and d.dtype == np.float32 and i.dtype == np.int64
+
+
+def test_missing_faiss_names_the_package_and_auto_still_searches(monkeypatch) -> None:
+    import sys
+
+    from engine import faiss_search
+    from engine.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
+    faiss_search.load.cache_clear()
+    faiss_search.available.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailableError, match="needs faiss .*pip install faiss-cpu"):
+            Gallery(4, method="faiss")
+        gal = _gallery()  # method="auto" falls back to the torch search
+        assert gal.search(np.ones((1, 4), np.float32), 3)[1].shape == (1, 3)
+    finally:
+        faiss_search.load.cache_clear()
+        faiss_search.available.cache_clear()
