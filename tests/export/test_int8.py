@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -10,8 +11,9 @@ from PIL import Image
 
 from engine import Embedder
 from engine.backends.torch_backend import TorchBackend
-from engine.errors import InputError, ParityError
+from engine.errors import InputError, ParityError, SpecMismatchError
 from engine.parity import ParityResult
+from engine.spec import ModelSpec, file_sha256
 from export import build_engine, int8
 
 ARGS = ["--min-batch", "1", "--opt-batch", "8", "--max-batch", "64", "--no-fp16"]
@@ -69,6 +71,13 @@ def test_build_engine_int8_publishes_and_ort_serves_it(checkpoint, calib_dir, tm
         got = embed(images)
     assert embed.precision == "int8" and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)  # normalisation stayed FP32
+    spec = ModelSpec.load(out)
+    assert spec.onnx_int8_sha256 == file_sha256(out / "model.int8.onnx")  # fingerprinted like the others
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.copy(out / "model.onnx", copy / "model.int8.onnx")  # another graph under the INT8 name
+    with pytest.raises(SpecMismatchError, match=r"model.int8.onnx has sha256 .* \(onnx_int8_sha256\)"):
+        Embedder(copy, backend="ort", device="cpu", precision="int8")
     monkeypatch.setattr(int8, "MIN_COSINE", 0.99999999)
     assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS, "--int8", "--calib-data",
                               str(calib_dir)]) == 1  # below the gate: nothing of this build published
