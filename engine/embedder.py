@@ -76,7 +76,7 @@ class Embedder:
     """Embeds any number of uint8 (N, H, W, 3) images with one backend; a context manager.
 
     ``backend``: "auto", "trt", "ort" or "torch" (needs ``module=``, an nn.Module taking uint8 NHWC);
-    ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``precision``: "fp32" or "fp16";
+    ``device``: "auto", "cpu", "cuda" or "cuda:N"; ``precision``: "fp32", "fp16" or "int8" (ort only);
     ``batch_size``: images per backend call, at most the backend's ``max_batch`` (the default);
     ``compile``: torch backend only, run the module through ``torch.compile``.
     """
