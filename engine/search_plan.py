@@ -37,11 +37,12 @@ BF16_MIN_ROWS = 4_096
 # From BIG_BATCH queries faiss's BLAS blocks run at full GEMM efficiency, and the bf16 path's re-rank
 # (~0.2 ms a query whatever the gallery size) needs a bigger gallery to pay off: at 10^4 x 1024 x 1,000
 # queries bf16 ran 0.86x faiss, at 10^5 1.3-1.6x.
-BIG_BATCH = 512
+BIG_BATCH = 512  # also where faiss becomes the GEMM of choice without bf16
 BF16_MIN_ROWS_BIG_BATCH = 32_768
-# A GEMM (torch, one pass) from this many gallery bytes and 2 queries: below 20 queries faiss scans
-# the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss); a gallery this small stays
-# in cache, where faiss's lean call wins.
+# A GEMM (torch, one pass) from this many gallery bytes and 2 up to BIG_BATCH queries: below 20 queries
+# faiss scans the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss), and up to a few
+# hundred its BLAS blocks are small (10^4 x 100: torch 1.9x; 3.5-6x on the AVX2 EPYC); a gallery this
+# small stays in cache, where faiss's lean call wins.
 GEMM_MIN_BYTES = 8 << 20
 GEMM_MIN_BATCH = 2
 
@@ -78,7 +79,7 @@ def choose(shape: Shape) -> str:
     if fp32 and shape.bf16_fast and shape.batch >= GEMM_MIN_BATCH and shape.rows >= min_rows \
             and work >= BF16_MIN_WORK:  # one query: no bf16 copy (nor its build on a first search)
         return "bf16"
-    gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and shape.batch >= GEMM_MIN_BATCH
+    gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and GEMM_MIN_BATCH <= shape.batch < BIG_BATCH
     if fp32 and shape.has_faiss and not shape.excluding and not gemm:
         return "faiss"
     return "torch"
