@@ -41,15 +41,6 @@ def available() -> bool:
     return is_installed("faiss")
 
 
-def get_threads() -> int:
-    """faiss's OpenMP threads (its own runtime, apart from torch's)."""
-    return int(load().omp_get_max_threads())
-
-
-def set_threads(n: int) -> None:
-    load().omp_set_num_threads(n)
-
-
 def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
           rank: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distances (Q, k), row positions (Q, k), -1 / inf padded; queries to redo elsewhere).

@@ -26,9 +26,7 @@ Duplicate ids are allowed (several images of one person can share an id). Ids mu
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -237,7 +235,7 @@ class Gallery:
         n = search_plan.threads(shape, cap)
         if n == cap:  # no switch: a one-query search takes tens of microseconds, keep it lean
             return self._cpu_search(q, k, excl, path)
-        with _cpu_threads(n, cap, shape.has_faiss):
+        with search_plan.cpu_threads(n, faiss_search.load() if shape.has_faiss else None):
             return self._cpu_search(q, k, excl, path)
 
     def _cpu_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
@@ -316,21 +314,3 @@ class Gallery:
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
         return gallery
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int, cap: int, has_faiss: bool) -> Iterator[None]:
-    """Run with ``n`` torch and faiss CPU threads (search_plan.threads), then restore torch's ``cap``
-    and faiss's own count."""
-    import torch
-
-    faiss_cap = faiss_search.get_threads() if has_faiss else None
-    torch.set_num_threads(n)
-    if faiss_cap is not None:
-        faiss_search.set_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(cap)
-        if faiss_cap is not None:
-            faiss_search.set_threads(faiss_cap)

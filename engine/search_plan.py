@@ -21,7 +21,10 @@ CPUs without native bf16 the bf16 rows are never chosen (emulated bf16 is slower
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 EXACT = ("faiss", "bf16", "fp32", "fp16", "torch")
 
@@ -31,9 +34,15 @@ EXACT = ("faiss", "bf16", "fp32", "fp16", "torch")
 # single pass wins (10^5 x 1: faiss path 2.8-3.9x IndexFlatL2 on one thread, bf16 2.7x).
 BF16_MIN_WORK = 100_000
 BF16_MIN_ROWS = 4_096
-# A GEMM (torch, one pass) from this many gallery bytes and 2 queries: below 20 queries faiss scans
-# the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss); a gallery this small stays
-# in cache, where faiss's lean call wins.
+# From BIG_BATCH queries faiss's BLAS blocks run at full GEMM efficiency, and the bf16 path's re-rank
+# (~0.2 ms a query whatever the gallery size) needs a bigger gallery to pay off: at 10^4 x 1024 x 1,000
+# queries bf16 ran 0.86x faiss, at 10^5 1.3-1.6x.
+BIG_BATCH = 512  # also where faiss becomes the GEMM of choice without bf16
+BF16_MIN_ROWS_BIG_BATCH = 32_768
+# A GEMM (torch, one pass) from this many gallery bytes and 2 up to BIG_BATCH queries: below 20 queries
+# faiss scans the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss), and up to a few
+# hundred its BLAS blocks are small (10^4 x 100: torch 1.9x; 3.5-6x on the AVX2 EPYC); a gallery this
+# small stays in cache, where faiss's lean call wins.
 GEMM_MIN_BYTES = 8 << 20
 GEMM_MIN_BATCH = 2
 
@@ -66,10 +75,11 @@ def choose(shape: Shape) -> str:
         return "fp16" if shape.storage == "float16" else "torch"
     fp32 = shape.storage == "float32"
     work = shape.rows * shape.batch
-    if fp32 and shape.bf16_fast and shape.batch >= GEMM_MIN_BATCH and shape.rows >= BF16_MIN_ROWS \
+    min_rows = BF16_MIN_ROWS_BIG_BATCH if shape.batch >= BIG_BATCH else BF16_MIN_ROWS
+    if fp32 and shape.bf16_fast and shape.batch >= GEMM_MIN_BATCH and shape.rows >= min_rows \
             and work >= BF16_MIN_WORK:  # one query: no bf16 copy (nor its build on a first search)
         return "bf16"
-    gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and shape.batch >= GEMM_MIN_BATCH
+    gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and GEMM_MIN_BATCH <= shape.batch < BIG_BATCH
     if fp32 and shape.has_faiss and not shape.excluding and not gemm:
         return "faiss"
     return "torch"
@@ -82,3 +92,22 @@ def threads(shape: Shape, available: int) -> int:
     if shape.batch == 1:
         return available
     return max(1, min(available, shape.rows * shape.batch * shape.dim // THREAD_GRAIN))
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int, faiss: Any = None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (and ``n`` OpenMP threads in ``faiss``, its own runtime, when
+    given), then restore both counts."""
+    import torch
+
+    cap = torch.get_num_threads()
+    faiss_cap = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(cap)
+        if faiss is not None:
+            faiss.omp_set_num_threads(faiss_cap)
