@@ -96,7 +96,8 @@ def _fit(recipe: Recipe, cfg: Any, opts: Any, data: Any, folder: Path, init: Any
                make_augment=augment_factory(recipe.augment, recipe.augment_options), record=record)
 
 
-def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None) -> Any:
+def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str | None = None,
+                       progress: bool = True) -> Any:
     """State dict of ``variant`` pre-trained on ``recipe.pretrain`` (trained once, in
     ``OUT/pretrain/<variant>/``, resumable like any run); None when the recipe has no pre-training."""
     if recipe.pretrain is None:
@@ -105,7 +106,7 @@ def pretrained_weights(recipe: Recipe, variant: str, out: Path, data_root: str |
 
     cfg, opts = recipe.build_pretrain(variant)
     sources = {recipe.pretrain: recipe.pretrain_options, **recipe.pretrain_also}
-    data = combine_train_sets([DataChoice(name, options=options, root=data_root).load(cfg)
+    data = combine_train_sets([DataChoice(name, options=options, root=data_root).load(cfg, progress=progress)
                                for name, options in sources.items()])
     return _fit(recipe, cfg, opts, data, out / "pretrain" / variant,
                 record={"pretrain": sources}).model.state_dict()
@@ -248,9 +249,9 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
                 cfg, _ = recipe.build(key.variant, key.split_seed)
                 loaded = {key.split_seed: load_reid_set(recipe.dataset, data_root, height=cfg.height,
                                                         width=cfg.width, split_seed=key.split_seed,
-                                                        **recipe.data_options)}
+                                                        progress=progress, **recipe.data_options)}
             if key.variant not in weights:
-                weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root)
+                weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root, progress)
             record = train_and_evaluate(recipe, key, loaded[key.split_seed], out, weights[key.variant])
         records.append(record)
     extras = extra_records(records)
@@ -304,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_study(get_recipe(args.recipe), plan_runs(args.splits, variants, args.first_split), args.out,
                             args.data_root, progress=not args.no_progress)
         print(summary_table(summary), end="")
+        print(f"study folder: {args.out} ({SUMMARY_MD}, {SUMMARY_JSON}, one folder per variant and split)")
         return 0
 
     return run_cli(body, hint=f"rerun the same command to continue (runs in {args.out})")
+
 
 if __name__ == "__main__":
     sys.exit(main())

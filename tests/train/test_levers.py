@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.errors import DataError, InputError
 from train import study
@@ -86,10 +87,15 @@ def test_pretraining_pools_every_named_set(tmp_path, monkeypatch):
         return original(name, *args, **kwargs)
 
     monkeypatch.setattr(data_pkg, "load_reid_set", spy)
+    root = tmp_path / "data"  # a generated VIPeR layout (6 people x 2 cameras), not the real set
+    for pid in range(1, 7):
+        for cam in (1, 2):
+            (root / "viper").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((12, 6, 3), 20 * pid + cam, np.uint8)).save(root / "viper" / f"{pid:04d}{cam:04d}.png")
     recipe = _smoke_recipe(dataset="prid2011", pretrain="synthetic", pretrain_epochs=1,
                            pretrain_options={"num_ids": 6, "num_test": 1},
                            pretrain_also={"viper": {"num_train": 5, "num_test": 1}}, extra_metrics=())
-    weights = study.pretrained_weights(recipe, "joint", tmp_path)
+    weights = study.pretrained_weights(recipe, "joint", tmp_path, data_root=str(root))
     assert seen == ["synthetic", "viper"]
     log = (tmp_path / "pretrain" / "joint" / "log.jsonl").read_text().splitlines()
     assert len(log) == 1 and weights["classifiers.global.weight"].shape[0] == 5 + 5
