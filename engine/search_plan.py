@@ -46,11 +46,13 @@ BF16_MIN_ROWS_BIG_BATCH = 32_768
 GEMM_MIN_BYTES = 8 << 20
 GEMM_MIN_BATCH = 2
 
-# One CPU thread per this many multiply-adds of the batch's distance GEMM (rows x batch x dim). Below,
-# a thread's share is well under a millisecond and an OpenMP fork/join (and, on a shared machine, a
-# barrier waiting for a descheduled thread) costs more than it saves: measured on the loaded 2-core
-# box, faiss at 1,000 x 512 with 10 queries took 0.4 ms on one thread and 47-58 ms on two.
-THREAD_GRAIN = 1 << 26
+# One CPU thread per this many multiply-adds of the batch's distance GEMM (rows x batch x dim): below,
+# a thread's share is ~50 us and an OpenMP fork/join costs about as much as it saves. Measured both
+# ways on the 2-core box: with 2^26 here (one thread up to ~5 ms of work) the loaded machine (load
+# 17) gained up to 20x on sub-millisecond searches (faiss's two threads stalled on barriers), but the
+# quiet machine (load 1-3) lost 2x on them (10^3 x 512-1024 x 10-100 queries: 0.50-0.58x faiss);
+# a library should be tuned for the quiet case, so the grain is small.
+THREAD_GRAIN = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def test_choose(rows: int, batch: int, kw: dict, path: str) -> None:
 
 
 def test_threads_grow_with_work_up_to_the_cap() -> None:
-    assert threads(_shape(1_000, 2), 8) == 1
+    assert threads(_shape(100, 2, dim=512), 8) == 1
     assert threads(_shape(1_000, 1), 8) == 8  # one query: no switch
     assert threads(_shape(THREAD_GRAIN // 1024, 3), 2) == 2
     assert threads(_shape(THREAD_GRAIN // 1024, 3), 8) == 3
