@@ -2,7 +2,7 @@
 
 A benchmark times a callable with ``time_calls`` (warm-up, device synchronisation before each clock
 read), summarises with ``summarize``, records where it ran with ``environment`` and writes JSON,
-markdown and a log-log plot with ``write_json``, ``markdown_table`` and ``plot_loglog``. Outputs go
+markdown and log-log plots with ``write_json``, ``markdown_table`` and ``plot_loglog_panels``. Outputs go
 through engine.atomic so an interrupted run never leaves half a report.
 """
 from __future__ import annotations
@@ -100,12 +100,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def plot_loglog(path: str | os.PathLike[str], series: dict[str, tuple[Sequence[float], Sequence[float]]],
-                *, xlabel: str, ylabel: str, title: str) -> Path:
-    """Save a log-log line plot of named (x, y) series as PNG (headless backend)."""
-    return plot_loglog_panels(path, [(series, xlabel, ylabel, title)])
 
 
 Panel = tuple[dict[str, tuple[Sequence[float], Sequence[float]]], str, str, str]
