@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=Path, help="gallery file from `python -m engine.embed`")
     cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
                      "(needed unless --url)")
-    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("-k", type=cli.positive_int, default=10, help="results per query")
     p.add_argument("--png", type=Path, help="also draw the ranked lists into this PNG")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
     add_backend_device(p)
@@ -179,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        if args.k <= 0:
-            raise InputError(f"-k must be positive, got {args.k}")
         results = rank(args)
         images = gallery_images(args.gallery)
         print_ranked(results, images)

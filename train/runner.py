@@ -17,6 +17,7 @@ from typing import Any
 from engine.atomic import write_text
 from engine.errors import DataError, InputError
 
+from . import distributed
 from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
 from .config import JLMLConfig
 from .loop import AugmentFactory, Runtime, TrainOptions, evaluate_model, fit, place
@@ -86,7 +87,8 @@ def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder
     """Weights of ``cfg`` trained on ``data`` in ``folder`` (continuing its ``last.pt`` if a run there
     was interrupted; a finished one is reused as it is)."""
     reid = data.load(cfg, progress=opts.progress)
-    print(f"pre-training on {reid.describe()}")
+    if distributed.is_main():
+        print(f"pre-training on {reid.describe()}")
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, reid, opts, folder, resume=resume if resume.is_file() else None, runtime=runtime,
                make_augment=augment_factory(augment), record={"data": data.record()}).model.state_dict()

@@ -92,8 +92,10 @@ def test_query_ranks_itself_first_and_draws(market_folder, artifact_dir, tmp_pat
 def test_query_without_gallery_or_with_bad_k_exits_2(market_folder, artifact_dir, capsys):
     image = str(next(market_folder.glob("*.png")))
     assert query_main([image, "--artifact", str(artifact_dir)]) == 2
-    assert query_main([image, "--artifact", str(artifact_dir), "--gallery", "g.npz", "-k", "0"]) == 2
-    assert "-k must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        query_main([image, "--artifact", str(artifact_dir), "--gallery", "g.npz", "-k", "0"])
+    assert stop.value.code == 2
+    assert "argument -k: expected a whole number of at least 1, got 0" in capsys.readouterr().err
 
 
 def test_resolve_rows_tells_rows_of_one_id_apart():
