@@ -155,17 +155,25 @@ def data_from_args(args: argparse.Namespace) -> tuple[DataChoice, Pretrain | Non
                           recipe.pretrain_epochs)
 
 
+def joined_sets(args: argparse.Namespace) -> tuple[DataChoice, ...]:
+    """The recipe's ``train_also`` data sets (every person of them joins the training ids)."""
+    recipe = RECIPES.get(args.recipe) if args.recipe else None
+    return tuple(DataChoice(name, options=options, root=args.data_root)
+                 for name, options in (recipe.train_also.items() if recipe else ()))
+
+
 def _train(args: argparse.Namespace) -> int:
     from engine.metrics import format_table
 
     cfg, opts = config_from_args(args)
     runtime = Runtime(device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers)
     data, pretrain = data_from_args(args)
+    train_also = joined_sets(args)
     set_threads(args.threads)
     main_rank = distributed.is_main()  # under torchrun only rank 0 evaluates and prints
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
                  resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
-                 evaluate=main_rank, log=print if main_rank else (lambda _: None))
+                 evaluate=main_rank, log=print if main_rank else (lambda _: None), train_also=train_also)
     distributed.barrier()  # rank 0 evaluates; the others wait, so no rank tears the group down under it
     if not main_rank:
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,14 @@ def augment_factory(augment: bool, options: dict[str, Any] | None = None) -> Aug
     return (lambda seed: Augment(seed=seed, **(options or {}))) if augment else None
 
 
+def join_training(data: Any, others: Sequence[Any]) -> Any:
+    """``data`` whose training set also holds every person of the ``others`` sets (joint training);
+    its query and gallery, the people evaluated, stay its own. ``data`` itself when there are none."""
+    from .data.combine import combine_train_sets, everyone
+
+    return combine_train_sets([data, *map(everyone, others)]) if others else data
+
+
 def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder: Path, *,
                    augment: bool = True, runtime: Runtime | None = None) -> dict[str, Any]:
     """Weights of ``cfg`` trained on ``data`` in ``folder`` (continuing its ``last.pt`` if a run there
@@ -103,12 +111,14 @@ def _resume_path(resume: bool | str | Path | None, out: Path) -> Path | None:
 def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | Path, *,
         runtime: Runtime | None = None, augment: bool = True, resume: bool | str | Path | None = None,
         init: str | Path | None = None, pretrain: Pretrain | None = None, force: bool = False,
-        evaluate: bool = True, log: Callable[[str], object] = print) -> TrainResult:
+        evaluate: bool = True, log: Callable[[str], object] = print,
+        train_also: Sequence[DataChoice] = ()) -> TrainResult:
     """Train ``config`` with ``options`` on ``data`` into ``out`` and evaluate it.
 
     ``resume``: True (``out/last.pt``) or a checkpoint path to continue; ``init``: a checkpoint to
     fine-tune from (classifiers of another id count are dropped, anything else must match);
     ``pretrain``: train on another data set first (skipped when resuming or with ``init``);
+    ``train_also``: other data sets whose every person joins the training ids (joint training);
     ``force``: overwrite a checkpoint already in ``out``.
     """
     out = Path(out)
@@ -118,12 +128,16 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     if pretrain is not None and pretrain.data.dataset == data.dataset:
         raise InputError(f"pre-training on {data.dataset}, the data set evaluated, could show the model its "
                          "test people; pre-train on another data set")
+    if any(other.dataset == data.dataset for other in train_also):
+        raise InputError(f"training also on all of {data.dataset}, the data set evaluated, would train on its "
+                         "test people; join other data sets only")
     prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)
     place(runtime or Runtime())
     init_state, source = None, None
     if init is not None:
         init_state, source = load_checkpoint(init).model.state_dict(), str(init)
-    reid = data.load(config, progress=options.progress)
+    reid = join_training(data.load(config, progress=options.progress),
+                         [other.load(config, progress=options.progress) for other in train_also])
     log(reid.describe())
     if init_state is None and pretrain is not None and resume_path is None:
         pre_opts = dataclasses.replace(options, epochs=pretrain.epochs)
@@ -132,7 +146,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
     result = fit(config, reid, options, out, resume=resume_path, make_augment=augment_factory(augment),
                  init=init_state, init_source=source, runtime=runtime, overwrite=force,
-                 record={"data": data.record(), "init": source})
+                 record={"data": data.record(), "init": source,
+                         **({"train_also": [o.record() for o in train_also]} if train_also else {})})
     metrics = evaluate_model(result.model, reid) if evaluate else None
     if metrics is not None:
         write_text(out / METRICS_FILE, json.dumps(

@@ -30,7 +30,7 @@ from engine.errors import CheckpointError
 
 from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
-from .runner import DataChoice, augment_factory
+from .runner import DataChoice, augment_factory, join_training
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -65,6 +65,8 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
                               "options": recipe.pretrain_options}
         if recipe.pretrain_also:
             record["pretrain"]["also"] = recipe.pretrain_also
+    if recipe.train_also:
+        record["train_also"] = recipe.train_also
     if recipe.augment_options:
         record["augment_options"] = recipe.augment_options
     return record
@@ -242,14 +244,18 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
     records: list[dict[str, Any]] = []
     loaded: dict[int, Any] = {}
     weights: dict[str, Any] = {}
+    joined: list[Any] | None = None  # recipe.train_also's sets, loaded once
     for key in tqdm(keys, desc=f"study {recipe.name}", unit="run", disable=not progress):
         record = finished_record(recipe, key, out)
         if record is None:
             if key.split_seed not in loaded:
                 cfg, _ = recipe.build(key.variant, key.split_seed)
-                loaded = {key.split_seed: load_reid_set(recipe.dataset, data_root, height=cfg.height,
-                                                        width=cfg.width, split_seed=key.split_seed,
-                                                        progress=progress, **recipe.data_options)}
+                if joined is None:
+                    joined = [DataChoice(name, options=options, root=data_root).load(cfg, progress=progress)
+                              for name, options in recipe.train_also.items()]
+                split = load_reid_set(recipe.dataset, data_root, height=cfg.height, width=cfg.width,
+                                      split_seed=key.split_seed, progress=progress, **recipe.data_options)
+                loaded = {key.split_seed: join_training(split, joined)}
             if key.variant not in weights:
                 weights[key.variant] = pretrained_weights(recipe, key.variant, out, data_root, progress)
             record = train_and_evaluate(recipe, key, loaded[key.split_seed], out, weights[key.variant])

@@ -9,7 +9,8 @@ from PIL import Image
 from engine.errors import DataError, InputError
 from train import study
 from train.data import Augment, load_reid_set
-from train.data.combine import combine_train_sets
+from train.data.combine import combine_train_sets, everyone
+from train.data.reidset import make_reid_set
 from train.recipes import RECIPES, Recipe
 
 SYN = dict(height=32, width=16, num_test=2, cams=2, images_per_cam=1)
@@ -26,6 +27,55 @@ def test_combined_sets_keep_every_identity_apart():
     assert np.array_equal(both.query_pids, a.query_pids) and both.name == "synthetic+synthetic"
     with pytest.raises(DataError, match="image sizes"):
         combine_train_sets([a, load_reid_set("synthetic", num_ids=5, **{**SYN, "height": 64})])
+
+
+def test_everyone_makes_every_person_a_training_id_once():
+    a = load_reid_set("synthetic", num_ids=6, seed=1, **SYN)  # 4 train people, 2 test people
+    every = everyone(a)
+    n, q = len(a.train_images), len(a.query_images)
+    assert every.num_classes == 6 and len(every.train_images) == n + q + len(a.gallery_images)
+    assert np.array_equal(every.train_images[n:], np.concatenate([a.query_images, a.gallery_images]))
+    new_q, new_g = every.train_pids[n:n + q], every.train_pids[n + q:]
+    assert sorted(set(new_q.tolist())) == [4, 5]  # after the training ids
+    pairs = [dict(zip(part.tolist(), new.tolist(), strict=True)) for part, new in ((a.query_pids, new_q), (a.gallery_pids, new_g))]
+    assert pairs[0] == pairs[1]
+    assert np.array_equal(every.query_pids, a.query_pids) and np.array_equal(every.gallery_images, a.gallery_images)
+    images = np.zeros((3, 32, 16, 3), np.uint8)
+    part = (images, np.array([1, 1, 2]), np.zeros(3, np.int64))
+    market = make_reid_set("m", "market", {"train": part, "query": (images[:1], np.array([7]), np.zeros(1)),
+                                          "gallery": (images, np.array([-1, 0, 7]), np.ones(3))})
+    assert everyone(market).train_pids.tolist() == [0, 0, 1, 2, 2]  # junk and distractor left out
+
+
+def test_recipe_refuses_joining_its_own_data_set_to_training():
+    with pytest.raises(InputError, match="test people must never train"):
+        Recipe("bad", "viper", train_also={"viper": {}})
+
+
+def test_study_trains_on_the_joined_sets_and_evaluates_the_split_only(tmp_path, monkeypatch):
+    import train.data
+    from train.checkpoint import load_checkpoint
+
+    smoke = RECIPES["smoke"]
+    recipe = Recipe("smoke_joint", "synthetic", config=smoke.config, options=smoke.options,
+                    data_options=smoke.data_options, train_also={"prid2011": {"num_train": 9, "num_test": 1}})
+    real_load = train.data.load_reid_set
+
+    def fake_prid(name, root=None, **kwargs):  # another synthetic population stands in for PRID2011
+        if name != "prid2011":
+            return real_load(name, root, **kwargs)
+        assert kwargs.pop("num_train") == 9 and kwargs.pop("num_test") == 1
+        return real_load("synthetic", num_ids=10, num_test=2, seed=99, **kwargs)
+
+    monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
+    study.run_study(recipe, study.plan_runs(1), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "joint" / "split0" / "last.pt").num_classes == 8 + 10
+    record = json.loads((tmp_path / "joint" / "split0" / "metrics.json").read_text())
+    assert record["train_also"] == {"prid2011": {"num_train": 9, "num_test": 1}}
+    split = real_load("synthetic", height=32, width=16, **smoke.data_options)
+    assert study.join_training(split, []) is split
+    joined = study.join_training(split, [fake_prid("prid2011", height=32, width=16, num_train=9, num_test=1)])
+    assert np.array_equal(joined.query_images, split.query_images) and joined.num_classes == 18
 
 
 def test_colour_jitter_changes_colours_within_bounds_and_is_seeded():

@@ -67,7 +67,7 @@ def test_defaults_train_with_adam():
 
 
 def test_recipe_sets_defaults_and_explicit_flags_override_it(tmp_path):
-    from train.__main__ import config_from_args, data_from_args, parse_args
+    from train.__main__ import config_from_args, data_from_args, joined_sets, parse_args
 
     args = parse_args(["--recipe", "smoke", "--feat-dim", "8", "--out", str(tmp_path)])
     cfg, opts = config_from_args(args)
@@ -80,6 +80,10 @@ def test_recipe_sets_defaults_and_explicit_flags_override_it(tmp_path):
     _, pre = data_from_args(parse_args(["--recipe", "viper_long"]))
     assert pre.data.dataset == "prid2011" and pre.epochs == 30
     assert data_from_args(parse_args(["--recipe", "viper_long", "--no-pretrain"]))[1] is None
+    joined = joined_sets(parse_args(["--recipe", "prid2011_joint", "--data-root", str(tmp_path)]))
+    assert [(d.dataset, dict(d.options), d.root) for d in joined] == [
+        ("viper", {"num_train": 631, "num_test": 1}, str(tmp_path))]
+    assert joined_sets(parse_args(["--recipe", "viper_long"])) == ()
 
 
 def test_cli_runs_a_recipe_on_cpu_with_a_loader_worker(tmp_path, capsys):

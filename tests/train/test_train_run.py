@@ -42,6 +42,9 @@ def test_run_is_a_typed_entry_point(tmp_path, tiny_cfg):
         run(tiny_cfg, OPTS, SMALL, tmp_path / "x", resume=True, init=result.checkpoint)
     with pytest.raises(InputError, match="could show the model its test people"):
         run(tiny_cfg, OPTS, SMALL, tmp_path / "y", pretrain=Pretrain(SMALL, 1))
+    with pytest.raises(InputError, match="would train on its test people"):
+        run(tiny_cfg, OPTS, SMALL, tmp_path / "z", train_also=[SMALL])
+    assert not (tmp_path / "z" / "last.pt").exists()
 
 
 def test_run_pretrains_on_another_set_then_fine_tunes(tmp_path, tiny_cfg, monkeypatch, capsys):
@@ -66,6 +69,22 @@ def test_run_pretrains_on_another_set_then_fine_tunes(tmp_path, tiny_cfg, monkey
     assert "initialised from pre-training on prid2011" in capsys.readouterr().out
     longer = run(tiny_cfg, dataclasses.replace(OPTS, epochs=2), SMALL, tmp_path, pretrain=pretrain, resume=True)
     assert longer.init is None and [h["epoch"] for h in longer.history] == [1, 2]   # no second pre-training
+
+
+def test_run_trains_jointly_on_every_person_of_the_joined_sets(tmp_path, tiny_cfg, monkeypatch):
+    import train.data
+
+    real_load = train.data.load_reid_set
+
+    def fake_viper(name, root=None, **kwargs):  # another synthetic population stands in for VIPeR
+        return real_load("synthetic", num_ids=7, num_test=2, seed=3, **kwargs) if name == "viper" \
+            else real_load(name, root, **kwargs)
+
+    monkeypatch.setattr(train.data, "load_reid_set", fake_viper)
+    joint = run(tiny_cfg, OPTS, SMALL, tmp_path, train_also=[DataChoice("viper")])
+    assert joint.data.num_classes == 8 + 7 and len(joint.data.query_pids) == len(SMALL.load(tiny_cfg).query_pids)
+    assert load_checkpoint(joint.checkpoint).extra["train_also"] == [DataChoice("viper").record()]
+    assert 0.0 <= joint.metrics["rank1"] <= 1.0
 
 
 def test_resume_extends_a_finished_run_on_the_stretched_schedule(tmp_path, tiny_cfg, stand_in):

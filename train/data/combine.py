@@ -32,3 +32,20 @@ def combine_train_sets(sets: Sequence[ReidSet]) -> ReidSet:
              "gallery": (first.gallery_images, first.gallery_pids, first.gallery_cams)}
     name = "+".join(s.name for s in sets)
     return make_reid_set(name, first.protocol, parts, skipped=sum(s.skipped for s in sets))
+
+
+def everyone(data: ReidSet) -> ReidSet:
+    """``data`` with its query and gallery people added to its training ids: every person of the set
+    trains (a set joined to another one's training, never evaluated itself). The test people get ids
+    after the training ones (one id per person, whatever the camera); Market junk (-1) and distractor
+    (0) images are left out, being no one's."""
+    pids = np.concatenate([data.query_pids, data.gallery_pids])
+    keep = pids > 0 if data.protocol == "market" else np.ones(len(pids), bool)
+    images = np.concatenate([data.query_images, data.gallery_images])[keep]
+    cams = np.concatenate([data.query_cams, data.gallery_cams])[keep]
+    ids = np.unique(pids[keep], return_inverse=True)[1].reshape(-1) + data.num_classes
+    train = (np.concatenate([data.train_images, images]), np.concatenate([data.train_pids, ids]),
+             np.concatenate([data.train_cams, cams]))
+    parts = {"train": train, "query": (data.query_images, data.query_pids, data.query_cams),
+             "gallery": (data.gallery_images, data.gallery_pids, data.gallery_cams)}
+    return make_reid_set(f"{data.name}(everyone)", data.protocol, parts, skipped=data.skipped)
