@@ -193,7 +193,13 @@ class JLML(nn.Module):
 
         With shared layers the trunk runs once and its map feeds both branches.
         """
-        x = self.preprocess(images, self.branches[self.cfg.branch_names[0]].feature.weight.dtype)
+        return self._branch_features(self._pixels(images))
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        """uint8 NHWC -> normalised NCHW in the parameters' dtype (the graph's first op is the Cast)."""
+        return self.preprocess(images, self.branches[self.cfg.branch_names[0]].feature.weight.dtype)
+
+    def _branch_features(self, x: Tensor) -> dict[str, Tensor]:
         maps = {key: trunk(x) for key, trunk in self.trunks.items()}
         return {n: self.branches[n](maps[self._trunk_key(n)]) for n in self.cfg.branch_names}
 
@@ -215,10 +221,12 @@ class JLML(nn.Module):
 
     def forward_embedding(self, images: Tensor) -> Tensor:
         """The served embedding; with ``cfg.flip_test`` the branch features of the image and of its
-        mirror image (NHWC: width is dim 2) are averaged first, inside the graph."""
-        features = self.forward_features(images)
+        mirror image are averaged first, inside the graph. The mirror is taken after preprocessing
+        (NCHW: width is dim 3), so the uint8 input feeds only the Cast that TensorRT needs first."""
+        x = self._pixels(images)
+        features = self._branch_features(x)
         if self.cfg.flip_test:
-            mirrored = self.forward_features(images.flip(2))
+            mirrored = self._branch_features(x.flip(3))
             features = {n: (f + mirrored[n]) * 0.5 for n, f in features.items()}
         return self.embed_features(features)
 

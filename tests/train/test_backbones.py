@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import InputError
-from export.onnx_export import onnx_from_checkpoint
+from export.onnx_export import check_input_cast_first, onnx_from_checkpoint
 from train import backbones
 from train.config import JLMLConfig
 from train.model import JLML
@@ -104,6 +104,7 @@ def test_mobilenet_jlml_with_flip_exports_to_onnx_and_matches(tmp_path):
     path = onnx_from_checkpoint(model, spec, tmp_path / "m.onnx")  # the project's export step
     import onnx
 
+    check_input_cast_first(onnx.load(str(path)), spec)  # the mirror is taken after the Cast (TensorRT)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ops <= {"Cast", "Mul", "Add", "Transpose", "Conv", "Clip", "Slice", "ReduceMean", "Concat",
                    "Gemm", "MatMul", "BatchNormalization", "ReduceL2", "Div", "Max", "Expand", "Shape",
