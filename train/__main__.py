@@ -111,6 +111,10 @@ def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
     for name, kind in _CONFIG_FLAGS.items():
         m.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
                        help=name.replace("_", " "))
+    m.add_argument("--bnneck", action=argparse.BooleanOptionalAction, default=d.bnneck,
+                   help="BatchNorm1d after each branch feature (feeds the classifier and the embedding)")
+    m.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=d.flip_test,
+                   help="embedding = mean of the image's and its mirror's features, inside the graph")
 
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
@@ -135,7 +139,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[JLMLConfig, TrainOptions
     recipe = RECIPES.get(args.recipe) if args.recipe else None
     cfg = JLMLConfig(**{**(recipe.config if recipe else {}), "branches": args.branches, "loss": args.loss,
                         "sparsity": not args.no_sparsity, "shared_layers": not args.no_shared,
-                        "widths": args.widths, "blocks": args.blocks,
+                        "widths": args.widths, "blocks": args.blocks, "bnneck": args.bnneck,
+                        "flip_test": args.flip_test,
                         **{name: getattr(args, name) for name in _CONFIG_FLAGS}})
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                         schedule=args.schedule, weight_decay=args.weight_decay, seed=args.seed,

@@ -84,6 +84,10 @@ def test_recipe_sets_defaults_and_explicit_flags_override_it(tmp_path):
     assert [(d.dataset, dict(d.options), d.root) for d in joined] == [
         ("viper", {"num_train": 631, "num_test": 1}, str(tmp_path))]
     assert joined_sets(parse_args(["--recipe", "viper_long"])) == ()
+    neck, _ = config_from_args(parse_args(["--recipe", "viper_bnneck_long", "--no-flip-test"]))
+    assert neck.bnneck and not neck.flip_test                                  # recipe, flag
+    plain, _ = config_from_args(parse_args(["--bnneck", "--flip-test"]))
+    assert plain.bnneck and plain.flip_test
 
 
 def test_cli_runs_a_recipe_on_cpu_with_a_loader_worker(tmp_path, capsys):
