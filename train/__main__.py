@@ -112,9 +112,11 @@ def _add_model(p: argparse.ArgumentParser, d: JLMLConfig) -> None:
         m.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
                        help=name.replace("_", " "))
     m.add_argument("--bnneck", action=argparse.BooleanOptionalAction, default=d.bnneck,
-                   help="BatchNorm1d after each branch feature (feeds the classifier and the embedding)")
+                   help="BatchNorm1d after each branch feature, feeding the classifier and the embedding "
+                        "(default: %(default)s)")
     m.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=d.flip_test,
-                   help="embedding = mean of the image's and its mirror's features, inside the graph")
+                   help="embedding = mean of the image's and its mirror's features, inside the graph "
+                        "(default: %(default)s)")
 
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
