@@ -6,9 +6,10 @@ Methods: ``gallery`` (method="auto": the path engine.search_plan picks per batch
 (IndexFlatL2, the reference), ``torch_naive`` (one un-chunked matmul + topk, skipped where its block
 passes 2 GiB), with ``--paths`` the Gallery forced onto each path (``gallery_bf16``, ``gallery_fp32``,
 ``gallery_torch``, ``gallery_faiss``) to measure the crossovers, and with ``--approx`` the approximate
-Gallery (``gallery_ivf``, ``gallery_hnsw``; ``recall_at_k`` against faiss's exact ids). Calls are
-interleaved round-robin in one process so load from other users hits all methods alike; medians
-are reported, and ``vs_faiss`` is the ratio of queries/s in the same process. ``agree_faiss`` is the
+Gallery (``gallery_ivf``, ``gallery_hnsw``; ``recall_at_k`` against faiss's exact ids, ``build_s`` the
+first search after the add: index build plus one query). Calls are interleaved round-robin in one
+process so load from other users hits all methods alike; medians are reported, and ``vs_faiss`` /
+``vs_gallery`` are the ratios of queries/s to faiss's and to the exact auto Gallery's in the same process. ``agree_faiss`` is the
 share of returned ids equal to faiss's in the timed calls themselves; ``path`` is the path the auto
 Gallery took. Writes gallery.json (environment, settings, results), gallery.md and gallery.png (one
 panel per batch size). ``--quick`` is a smoke run in seconds, marked as such everywhere; not a figure.
@@ -43,7 +44,7 @@ FULL: dict[str, Any] = {"sizes": [1_000, 10_000, 100_000, 1_000_000], "dims": [1
 QUICK: dict[str, Any] = {"sizes": [1_000, 4_000], "dims": [64], "queries": 64, "batches": [1, 32]}
 NAIVE_MAX_BYTES = 2 << 30  # the un-chunked baseline is skipped where its (batch x gallery) block is bigger
 COLUMNS = ["data", "dim", "size", "batch", "method", "path", "p50_ms", "p99_ms", "queries_per_s", "vs_faiss",
-           "agree_faiss", "recall_at_k"]
+           "vs_gallery", "agree_faiss", "recall_at_k", "build_s"]
 CLUSTER_SIZE = 20  # rows per cluster ("images of one person")
 CLUSTER_SPREAD = 0.5  # noise norm relative to the (unit) centre, before re-normalising
 SMOKE = "SMOKE RUN (--quick): tiny sizes, not a figure"
@@ -72,19 +73,24 @@ def _make_data(kind: str, rng: np.random.Generator, size: int, dim: int, n_q: in
 Searchers = dict[str, Callable[[np.ndarray], np.ndarray]]
 
 
-def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gallery]:
-    """(name -> search(queries) -> ids for every method asked for and available, the auto Gallery)."""
+def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gallery, dict[str, float]]:
+    """(name -> search(queries) -> ids for every method asked for and available, the auto Gallery,
+    name -> seconds of the first one-query search after the add for the approximate methods: the
+    index build, which ``method="ivf"`` / ``"hnsw"`` does lazily)."""
     import torch
 
     k, device = cfg["k"], cfg["device"]
     out: Searchers = {}
-    galleries = {}
+    galleries, build_s = {}, {}
     for path in ["auto", *cfg["paths"], *cfg["approx"]]:
         galleries[path] = gal = Gallery(gallery.shape[1], device=device, method=path)
         gal.add(gallery, np.arange(len(gallery)))
-        out["gallery" if path == "auto" else f"gallery_{path}"] = _ids(gal, k)
+        name = "gallery" if path == "auto" else f"gallery_{path}"
+        out[name] = _ids(gal, k)
+        if path in cfg["approx"]:
+            build_s[name] = sum(time_calls(_call(out[name], gallery[:1], []), device=device, warmup=0, repeats=1))
     if not cfg["naive"]:
-        return out | _faiss(gallery, k, device), galleries["auto"]
+        return out | _faiss(gallery, k, device), galleries["auto"], build_s
     dev_gallery = torch.from_numpy(gallery).to(device)
 
     def naive(q: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ def _searchers(gallery: np.ndarray, cfg: dict[str, Any]) -> tuple[Searchers, Gal
         d = (qt * qt).sum(1, keepdim=True) - 2 * qt @ dev_gallery.T + (dev_gallery * dev_gallery).sum(1)
         return torch.topk(d, k, dim=1, largest=False).indices.cpu().numpy()
 
-    return out | {"torch_naive": naive} | _faiss(gallery, k, device), galleries["auto"]
+    return out | {"torch_naive": naive} | _faiss(gallery, k, device), galleries["auto"], build_s
 
 
 def _ids(gallery: Gallery, k: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -120,7 +126,7 @@ def _faiss(gallery: np.ndarray, k: int, device: str) -> Searchers:
 def _bench_cell(kind: str, dim: int, size: int, cfg: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
     """Every batch size of one (data, dim, size): interleaved timings, agreement with faiss, ratios."""
     gallery, queries = _make_data(kind, rng, size, dim, cfg["queries"])
-    searchers, auto = _searchers(gallery, cfg)
+    searchers, auto, build_s = _searchers(gallery, cfg)
     del gallery  # each method holds its own copy now
     rows = []
     for batch in cfg["batches"]:
@@ -134,11 +140,12 @@ def _bench_cell(kind: str, dim: int, size: int, cfg: dict[str, Any], rng: np.ran
                          "path": auto.search_path(batch) if name == "gallery" else None,
                          "p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "p99_ms": stats["p99_ms"],
                          "queries_per_s": batch / (stats["p50_ms"] / 1e3), "agree_faiss": agree.get(name),
-                         "recall_at_k": recall.get(name)})
-    faiss_qps = {r["batch"]: r["queries_per_s"] for r in rows if r["method"] == "faiss"}
-    for row in rows:
-        base = faiss_qps.get(row["batch"])
-        row["vs_faiss"] = None if base is None else row["queries_per_s"] / base
+                         "recall_at_k": recall.get(name), "build_s": build_s.get(name)})
+    for ref, column in (("faiss", "vs_faiss"), ("gallery", "vs_gallery")):
+        qps = {r["batch"]: r["queries_per_s"] for r in rows if r["method"] == ref}
+        for row in rows:
+            base = qps.get(row["batch"])
+            row[column] = None if base is None else row["queries_per_s"] / base
     return rows
 
 
@@ -148,8 +155,8 @@ def _interleaved(searches: Searchers, batches: list[np.ndarray],
     each method's share of ids equal to faiss's (same place) over the batches it was timed on, and its
     recall@k (share of faiss's k ids it returned, in any order: the approximate methods' figure)."""
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in searches}
-    for name, search in searches.items():
-        outputs[name].append(search(batches[0]))  # warm-up, also builds lazily derived rows
+    for search in searches.values():
+        search(batches[0])  # warm-up, also builds lazily derived rows (not scored: batch 0 is timed below)
     times: dict[str, list[float]] = {name: [] for name in searches}
     for r in range(min(cfg["repeats"], max(len(batches), cfg["rounds"]))):
         batch = batches[r % len(batches)]

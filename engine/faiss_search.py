@@ -55,9 +55,10 @@ def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
     if want:
         ptr = faiss.swig_ptr
         faiss.knn_L2sqr(ptr(queries), ptr(rows), rows.shape[1], n_q, n, want, ptr(dist), ptr(pos), ptr(sqnorm))
-    if rank is None and want == k and (n_q == 0 or dist[:, 0].min() >= 0):
-        return dist, pos, _NONE  # faiss's order is the Gallery's; no rounding negatives (they sort first)
-    if rank is not None or (n_q and want and dist[:, 0].min() < 0):  # clamping rounding negatives may tie them: re-sort
+    negatives = bool(n_q and want and _smallest(dist) < 0)  # rounding negatives (they sort first)
+    if rank is None and want == k and not negatives:
+        return dist, pos, _NONE  # faiss's order is the Gallery's
+    if rank is not None or negatives:  # clamping rounding negatives may tie them: re-sort
         np.maximum(dist, 0, out=dist)
         order = np.lexsort((pos if rank is None else rank[pos], dist), axis=1)
         dist, pos = np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
@@ -70,6 +71,12 @@ def exact(queries: np.ndarray, rows: np.ndarray, sqnorm: np.ndarray, k: int,
         dist = np.pad(dist, ((0, 0), (0, k - dist.shape[1])), constant_values=np.inf)
         pos = np.pad(pos, ((0, 0), (0, k - pos.shape[1])), constant_values=-1)
     return dist, pos, redo
+
+
+def _smallest(dist: np.ndarray) -> float:
+    """The smallest of the queries' first (smallest) distances; one query reads one float (a numpy
+    reduction costs several microseconds, a tenth of a one-query search at 10^3 rows)."""
+    return dist.item(0) if len(dist) == 1 else float(dist[:, 0].min())
 
 
 class Approximate:

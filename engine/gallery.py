@@ -88,7 +88,7 @@ class Gallery:
         self._coarse = twopass.CoarseRows()
         self._approx: faiss_search.Approximate | None = None
         self._views: dict[str, np.ndarray] = {}
-        self._shapes: dict[tuple[int, bool], search_plan.Shape] = {}
+        self._plans: dict[tuple[int, bool], tuple[search_plan.Shape, str]] = {}
         dev, i64 = self._device, torch.int64
         self._store = {"emb": torch.empty((0, self._dim), dtype=getattr(torch, storage), device=dev),
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
@@ -116,7 +116,7 @@ class Gallery:
 
     def search_path(self, batch: int = 1, *, excluding: bool = False) -> str:
         """The path a search of ``batch`` queries takes now: one of search_plan.EXACT, "ivf" or "hnsw"."""
-        return self._path(self._shape(batch, excluding))
+        return self._plan(batch, excluding)[1]
 
     def _path(self, shape: search_plan.Shape) -> str:
         if self._method == "faiss" and shape.excluding:
@@ -127,15 +127,17 @@ class Gallery:
             return self._method
         return search_plan.choose(shape)
 
-    def _shape(self, batch: int, excluding: bool) -> search_plan.Shape:
-        """The batch's Shape (cached per batch size until the next add: a search of one query at 10^3
-        rows takes tens of microseconds, so its bookkeeping must not)."""
+    def _plan(self, batch: int, excluding: bool) -> tuple[search_plan.Shape, str]:
+        """The batch's Shape and path, chosen once per batch size until the next add: a search of one
+        query at 10^3 rows takes tens of microseconds, so its bookkeeping must not."""
         key = (batch, excluding)
-        if key not in self._shapes:
-            self._shapes[key] = search_plan.Shape(
+        plan = self._plans.get(key)
+        if plan is None:
+            shape = search_plan.Shape(
                 rows=self._n, batch=batch, dim=self._dim, device=self._device.type, storage=self._storage,
                 excluding=excluding, has_faiss=self._has_faiss, bf16_fast=twopass.bf16_is_fast())
-        return self._shapes[key]
+            plan = self._plans[key] = (shape, self._path(shape))
+        return plan
 
     def __len__(self) -> int:
         return self._n
@@ -161,7 +163,7 @@ class Gallery:
         last = int(self._store["ids"][n - 1]) if n else -1
         self._ids_sorted &= bool(m == 0 or (new["ids"][0] >= last and np.all(np.diff(new["ids"]) >= 0)))
         self._ids_are_rows &= bool(self._ids_sorted and np.array_equal(new["ids"], np.arange(n, n + m)))
-        self._ranks, self._approx, self._views, self._shapes = None, None, {}, {}
+        self._ranks, self._approx, self._views, self._plans = None, None, {}, {}
         for name in self._store:
             self._store[name] = with_room(self._store[name], n, m)
         for name, rows in new.items():  # copy_ converts dtype and device without a staging copy
@@ -209,7 +211,9 @@ class Gallery:
         Padded with ``inf`` / ``-1`` when fewer than k rows qualify. With ``query_ids`` and
         ``query_cams`` (re-id evaluation), rows with the query's id *and* camera are skipped.
         """
-        q = check_vectors(queries, self._dim, "queries").astype(np.float32, copy=False)
+        q = check_vectors(queries, self._dim, "queries")
+        if q.dtype != np.float32:
+            q = q.astype(np.float32)
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise InputError(f"k must be a positive int, got {k!r}")
         k = int(k)
@@ -225,21 +229,24 @@ class Gallery:
 
     def _search_batch(self, q: np.ndarray, k: int,
                       excl: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-        shape = self._shape(len(q), excl is not None)
-        path = self._path(shape)
+        shape, path = self._plan(len(q), excl is not None)
         if self._device.type != "cpu":
             return self._torch_search(q, k, excl, path)
+        if search_plan.keeps_threads(shape):  # one query: not even a look at the thread count
+            return self._cpu_search(q, k, excl, path)
         import torch
 
         cap = torch.get_num_threads()
         n = search_plan.threads(shape, cap)
-        if n == cap:  # no switch: a one-query search takes tens of microseconds, keep it lean
+        if n == cap:  # no switch: a small search takes tens of microseconds, keep it lean
             return self._cpu_search(q, k, excl, path)
         with search_plan.cpu_threads(n, faiss_search.load() if shape.has_faiss else None):
             return self._cpu_search(q, k, excl, path)
 
     def _cpu_search(self, q: np.ndarray, k: int, excl: tuple[np.ndarray, np.ndarray] | None,
                     path: str) -> tuple[np.ndarray, np.ndarray]:
+        if path == "faiss":
+            return self._faiss_search(q, k)
         if path in faiss_search.Approximate.KINDS:
             if excl is not None:
                 raise InputError(f"method={path!r} cannot skip same-id-same-camera rows; search without "
@@ -248,8 +255,10 @@ class Gallery:
                 self._approx = faiss_search.Approximate(path, self._host("emb"), self._nprobe)
             d, p = self._approx.search(q, k)
             return d, self._ids_of(p)
-        if path != "faiss":
-            return self._torch_search(q, k, excl, path)
+        return self._torch_search(q, k, excl, path)
+
+    def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's exact scan on the Gallery's rows; ties faiss cannot rank by id go to the torch pass."""
         rank = None if self._ids_sorted else self._rank_order()[0].numpy()
         d, p, redo = faiss_search.exact(q, self._host("emb"), self._host("sqnorm"), k, rank)
         ids = self._ids_of(p)

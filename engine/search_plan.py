@@ -87,11 +87,17 @@ def choose(shape: Shape) -> str:
     return "torch"
 
 
+def keeps_threads(shape: Shape) -> bool:
+    """Whether this batch runs on the threads it finds (no switch): one query, as faiss parallelises
+    over queries (one runs on one thread anyway) and torch's GEMV has its own grain size, so switching
+    would only cost time."""
+    return shape.batch == 1
+
+
 def threads(shape: Shape, available: int) -> int:
-    """CPU threads for this batch: one per THREAD_GRAIN multiply-adds, at most ``available``. One query
-    keeps ``available``: faiss parallelises over queries (one runs on one thread anyway) and torch's
-    GEMV has its own grain size, so switching would only cost time."""
-    if shape.batch == 1:
+    """CPU threads for this batch: one per THREAD_GRAIN multiply-adds, at most ``available``
+    (``available`` itself where ``keeps_threads``)."""
+    if keeps_threads(shape):
         return available
     return max(1, min(available, shape.rows * shape.batch * shape.dim // THREAD_GRAIN))
 

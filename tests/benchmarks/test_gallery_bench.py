@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
-from benchmarks.gallery import main
+from benchmarks.gallery import _interleaved, main
 
 
 def test_quick_run_writes_json_markdown_and_plot(tmp_path) -> None:
@@ -28,9 +29,11 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path) -> None:
         assert row["queries_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         if "faiss" in methods and row["method"] != "gallery_ivf":
             assert row["agree_faiss"] > 0.9 and row["recall_at_k"] > 0.9 and row["vs_faiss"] > 0
+        assert (row["build_s"] > 0) if row["method"] == "gallery_ivf" else row["build_s"] is None
+        assert row["vs_gallery"] > 0 and (row["method"] != "gallery" or row["vs_gallery"] == 1.0)
     assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "gallery.md").read_text()
-    assert "| size | batch | method |" in md and "SMOKE RUN" in md
+    assert "| size | batch | method |" in md and "| vs_gallery |" in md and "| build_s |" in md and "SMOKE RUN" in md
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -70,3 +73,12 @@ def test_cuda_without_gpu_and_unwritable_out_exit_2_before_work(tmp_path, capsys
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         assert main(["--quick", "--out", str(locked)]) == 2
+
+
+def test_recall_scores_each_batch_once_not_the_warm_up_twice() -> None:
+    """Batch 0 was scored twice (warm-up and timed call), biasing recall towards it."""
+    batches = [np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32)]
+    ref = {"faiss": lambda q: np.array([[0, 1]]) + int(q[0, 0]) * 10,
+           "other": lambda q: np.array([[0, 1]]) if q[0, 0] == 0 else np.array([[98, 99]])}
+    _, agree, recall = _interleaved(ref, batches, {"repeats": 2, "rounds": 2, "device": "cpu"})
+    assert recall["other"] == 0.5 and agree["other"] == 0.5 and recall["faiss"] == 1.0
