@@ -55,3 +55,25 @@ class StandInSet:
 @pytest.fixture
 def stand_in() -> StandInSet:
     return StandInSet()
+
+
+@pytest.fixture
+def stand_in_loader(monkeypatch: pytest.MonkeyPatch):
+    """``stand_in_loader(name, options, **synthetic)`` makes ``train.data.load_reid_set(name, ...)``
+    load another synthetic population (``synthetic``: its loader options) after checking it was asked
+    with ``options``; other names load as ever. Returns the patched loader."""
+    import train.data
+
+    real_load = train.data.load_reid_set
+
+    def patch(name: str, options: dict, **synthetic):
+        def load(asked, root=None, **kwargs):
+            if asked != name:
+                return real_load(asked, root, **kwargs)
+            assert {k: kwargs.pop(k) for k in options} == options
+            return real_load("synthetic", **synthetic, **kwargs)
+
+        monkeypatch.setattr(train.data, "load_reid_set", load)
+        return load
+
+    return patch

@@ -52,27 +52,19 @@ def test_recipe_refuses_joining_its_own_data_set_to_training():
         Recipe("bad", "viper", train_also={"viper": {}})
 
 
-def test_study_trains_on_the_joined_sets_and_evaluates_the_split_only(tmp_path, monkeypatch):
-    import train.data
+def test_study_trains_on_the_joined_sets_and_evaluates_the_split_only(tmp_path, stand_in_loader):
     from train.checkpoint import load_checkpoint
 
     smoke = RECIPES["smoke"]
     recipe = Recipe("smoke_joint", "synthetic", config=smoke.config, options=smoke.options,
                     data_options=smoke.data_options, train_also={"prid2011": {"num_train": 9, "num_test": 1}})
-    real_load = train.data.load_reid_set
-
-    def fake_prid(name, root=None, **kwargs):  # another synthetic population stands in for PRID2011
-        if name != "prid2011":
-            return real_load(name, root, **kwargs)
-        assert kwargs.pop("num_train") == 9 and kwargs.pop("num_test") == 1
-        return real_load("synthetic", num_ids=10, num_test=2, seed=99, **kwargs)
-
-    monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
+    # another synthetic population stands in for PRID2011
+    fake_prid = stand_in_loader("prid2011", {"num_train": 9, "num_test": 1}, num_ids=10, num_test=2, seed=99)
     study.run_study(recipe, study.plan_runs(1), tmp_path, progress=False)
     assert load_checkpoint(tmp_path / "joint" / "split0" / "last.pt").num_classes == 8 + 10
     record = json.loads((tmp_path / "joint" / "split0" / "metrics.json").read_text())
     assert record["train_also"] == {"prid2011": {"num_train": 9, "num_test": 1}}
-    split = real_load("synthetic", height=32, width=16, **smoke.data_options)
+    split = fake_prid("synthetic", height=32, width=16, **smoke.data_options)
     assert study.join_training(split, []) is split
     joined = study.join_training(split, [fake_prid("prid2011", height=32, width=16, num_train=9, num_test=1)])
     assert np.array_equal(joined.query_images, split.query_images) and joined.num_classes == 18

@@ -126,22 +126,15 @@ def test_recipe_refuses_pretraining_on_its_own_data_set():
         Recipe("bad", "viper", pretrain="prid2011")
 
 
-def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, monkeypatch):
-    import train.data
+def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, monkeypatch, stand_in_loader):
     from train.checkpoint import load_checkpoint
 
     smoke = RECIPES["smoke"]
     recipe = Recipe("smoke_pre", "synthetic", config=smoke.config, options=smoke.options,
                     data_options=smoke.data_options, pretrain="prid2011", pretrain_epochs=2,
                     pretrain_options={"num_train": 9, "num_test": 1})
-    real_load = train.data.load_reid_set
-
-    def fake_prid(name, root=None, **kwargs):  # another synthetic population stands in for PRID2011
-        if name != "prid2011":
-            return real_load(name, root, **kwargs)
-        assert kwargs.pop("num_train") == 9 and kwargs.pop("num_test") == 1
-        return real_load("synthetic", num_ids=10, num_test=2, seed=99, **kwargs)
-
+    # another synthetic population stands in for PRID2011
+    stand_in_loader("prid2011", {"num_train": 9, "num_test": 1}, num_ids=10, num_test=2, seed=99)
     inits = []
     real_fit = study.fit
 
@@ -149,7 +142,6 @@ def test_pretraining_runs_once_per_variant_and_seeds_every_fine_tune(tmp_path, m
         inits.append((out.name, kwargs.get("init")))
         return real_fit(cfg, data, opts, out, **kwargs)
 
-    monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
     monkeypatch.setattr(study, "fit", spy)
     monkeypatch.setattr(runner, "fit", spy)  # pre-training goes through train.runner
     study.run_study(recipe, plan_runs(2), tmp_path, progress=False)
