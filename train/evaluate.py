@@ -38,14 +38,6 @@ PYTORCH, DIFF = "pytorch", "max abs diff"
 BACKENDS = ("auto", "trt", "ort", "torch")
 
 
-def _metrics(query: np.ndarray, gallery: np.ndarray, data: Any, rerank: bool = False) -> dict[str, float]:
-    from engine.metrics import evaluate
-    from engine.rerank import RerankParams
-
-    return evaluate(query, data.query_pids, data.query_cams, gallery, data.gallery_pids,
-                    data.gallery_cams, protocol=data.protocol, rerank=RerankParams() if rerank else None)
-
-
 def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = None,
              options: dict[str, Any] | None = None, root: str | None = None,
              allow_mismatch: bool = False) -> DataChoice:
@@ -92,14 +84,14 @@ def compare_backends(model: Any, data: Any, artifact_dir: str | Path | None = No
     """Rows ``{"pytorch": metrics}`` and, with an artefact, its metrics (row "BACKEND PRECISION",
     ``engine`` = backend/device/precision of the Embedder) and the max absolute difference of each
     metric; and the largest element-wise embedding difference (None without an artefact)."""
-    from .loop import embed
+    from .loop import embed_split, score_embeddings
 
-    torch_emb = [embed(model, data.query_images), embed(model, data.gallery_images)]
-    rows = {PYTORCH: _metrics(torch_emb[0], torch_emb[1], data, rerank)}
+    torch_emb = embed_split(model, data)
+    rows = {PYTORCH: score_embeddings(*torch_emb, data, rerank)}
     if artifact_dir is None:
         return rows, None
     name, served = artifact_embeddings(artifact_dir, model, [data.query_images, data.gallery_images], **engine)
-    rows[name] = _metrics(served[0], served[1], data, rerank)
+    rows[name] = score_embeddings(*served, data, rerank)
     rows[DIFF] = {k: abs(rows[PYTORCH][k] - rows[name][k]) for k in rows[PYTORCH] if k != "num_query"}
     return rows, float(max(np.abs(a - b).max(initial=0.0) for a, b in zip(torch_emb, served, strict=True)))
 

@@ -47,7 +47,8 @@ from .losses import JLMLLoss
 from .model import JLML
 
 __all__ = ["CHECKPOINT_FILE", "DEFAULT_LR", "LOG_FILE", "METRICS_FILE", "EpochBatches", "FitResult",
-           "Runtime", "TrainOptions", "embed", "evaluate_model", "fit", "train_step"]
+           "Runtime", "TrainOptions", "embed", "embed_split", "evaluate_model", "fit", "score_embeddings",
+           "train_step"]
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
 SCHEDULES = ("cosine", "step")
@@ -370,9 +371,20 @@ def embed(model: JLML, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 def evaluate_model(model: JLML, data: ReidSet, batch_size: int = 256) -> dict[str, float]:
     """Rank-k and mAP of ``model`` on ``data``'s query/gallery split under its protocol."""
-    from engine.metrics import evaluate
+    return score_embeddings(*embed_split(model, data, batch_size), data)
 
-    query = embed(model, data.query_images, batch_size)
-    gallery = embed(model, data.gallery_images, batch_size)
+
+def embed_split(model: JLML, data: ReidSet, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s embeddings of ``data``'s query and gallery images."""
+    return embed(model, data.query_images, batch_size), embed(model, data.gallery_images, batch_size)
+
+
+def score_embeddings(query: np.ndarray, gallery: np.ndarray, data: ReidSet, rerank: bool = False,
+                     ) -> dict[str, float]:
+    """Rank-k and mAP of ``query`` against ``gallery`` embeddings of ``data``'s split under its protocol;
+    ``rerank``: on k-reciprocal re-ranked distances (engine.rerank's default parameters)."""
+    from engine.metrics import evaluate
+    from engine.rerank import RerankParams
+
     return evaluate(query, data.query_pids, data.query_cams, gallery, data.gallery_pids, data.gallery_cams,
-                    protocol=data.protocol)
+                    protocol=data.protocol, rerank=RerankParams() if rerank else None)

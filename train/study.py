@@ -28,7 +28,7 @@ from engine.atomic import write_text
 from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
 
-from .loop import CHECKPOINT_FILE, METRICS_FILE, evaluate_model, fit
+from .loop import CHECKPOINT_FILE, METRICS_FILE, embed_split, fit, score_embeddings
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
 from .runner import DataChoice, augment_factory, join_training
 
@@ -131,26 +131,16 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
 
 
 def run_metrics(recipe: Recipe, model: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The run's test metrics and those of ``recipe.extra_metrics`` (re-ranked; without flip averaging)."""
-    if not recipe.extra_metrics:
-        return evaluate_model(model, data), {}
-    from engine.metrics import evaluate
-    from engine.rerank import RerankParams
-
-    from .loop import embed
-
-    def score(rerank: bool) -> dict[str, float]:
-        q, g = embed(model, data.query_images), embed(model, data.gallery_images)
-        return evaluate(q, data.query_pids, data.query_cams, g, data.gallery_pids, data.gallery_cams,
-                        protocol=data.protocol, rerank=RerankParams() if rerank else None)
-
-    metrics, extra = score(False), {}
+    """The run's test metrics and those of ``recipe.extra_metrics`` (re-ranked, on the same embeddings;
+    without flip averaging, embedded again)."""
+    query, gallery = embed_split(model, data)
+    metrics, extra = score_embeddings(query, gallery, data), {}
     if "rerank" in recipe.extra_metrics:
-        extra["rerank"] = score(True)
+        extra["rerank"] = score_embeddings(query, gallery, data, rerank=True)
     if "no_flip" in recipe.extra_metrics and model.cfg.flip_test:
         cfg, model.cfg = model.cfg, model.cfg.replace(flip_test=False)
         try:
-            extra["no_flip"] = score(False)
+            extra["no_flip"] = score_embeddings(*embed_split(model, data), data)
         finally:
             model.cfg = cfg
     return metrics, extra
