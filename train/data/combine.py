@@ -27,11 +27,7 @@ def combine_train_sets(sets: Sequence[ReidSet]) -> ReidSet:
     train = (np.concatenate([s.train_images for s in sets]),
              np.concatenate([s.train_pids + off for s, off in zip(sets, offsets, strict=True)]),
              np.concatenate([s.train_cams for s in sets]))
-    first = sets[0]
-    parts = {"train": train, "query": (first.query_images, first.query_pids, first.query_cams),
-             "gallery": (first.gallery_images, first.gallery_pids, first.gallery_cams)}
-    name = "+".join(s.name for s in sets)
-    return make_reid_set(name, first.protocol, parts, skipped=sum(s.skipped for s in sets))
+    return _with_train(sets[0], train, "+".join(s.name for s in sets), sum(s.skipped for s in sets))
 
 
 def everyone(data: ReidSet) -> ReidSet:
@@ -46,6 +42,12 @@ def everyone(data: ReidSet) -> ReidSet:
     ids = np.unique(pids[keep], return_inverse=True)[1].reshape(-1) + data.num_classes
     train = (np.concatenate([data.train_images, images]), np.concatenate([data.train_pids, ids]),
              np.concatenate([data.train_cams, cams]))
+    return _with_train(data, train, f"{data.name}(everyone)", data.skipped)
+
+
+def _with_train(data: ReidSet, train: tuple[np.ndarray, np.ndarray, np.ndarray], name: str,
+                skipped: int) -> ReidSet:
+    """A set named ``name`` with the (images, pids, cams) ``train`` part and ``data``'s query and gallery."""
     parts = {"train": train, "query": (data.query_images, data.query_pids, data.query_cams),
              "gallery": (data.gallery_images, data.gallery_pids, data.gallery_cams)}
-    return make_reid_set(f"{data.name}(everyone)", data.protocol, parts, skipped=data.skipped)
+    return make_reid_set(name, data.protocol, parts, skipped=skipped)
