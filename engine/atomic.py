@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,11 @@ from .errors import ArtifactError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+TMP_SUFFIX = ".tmp"  # temp files are ``.<name>.<random>.tmp`` beside the final file
+
+
+def _tmp_prefix(final: Path) -> str:
+    return f".{final.name}."
 
 
 @contextlib.contextmanager
@@ -27,7 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(final), suffix=TMP_SUFFIX, dir=final.parent)
     except OSError as exc:
         raise ArtifactError(
             f"cannot write {final}: {exc.strerror or exc}; choose a writable output folder"
@@ -49,6 +56,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(path: str | os.PathLike[str], older_than_s: float, log: logging.Logger) -> None:
+    """Delete the temp files of ``path``'s writes untouched for ``older_than_s`` (left by a killed
+    process), one warning each; files another process removes first, or that are not ours, are skipped."""
+    final = Path(path)
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for tmp in final.parent.glob(f"{_tmp_prefix(final)}*{TMP_SUFFIX}"):
+        try:
+            st = tmp.stat()
+            age = now - st.st_mtime
+            if age > older_than_s:
+                tmp.unlink()
+                log.warning("removed %s (%d bytes), left by a save killed %.0f s ago", tmp, st.st_size, age)
+        except OSError:
+            continue
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temps
 from .errors import ArtifactError, InputError
 
 FORMAT_NAME = "jlml-gallery"
@@ -65,25 +64,9 @@ def save(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str,
     if final.is_dir():
         raise ArtifactError(f"cannot save the gallery to {final}: it is a folder; pass a file path such "
                             f"as {final / 'gallery.npz'}")
-    _remove_stale_temps(final)
+    remove_stale_temps(final, STALE_TMP_SECONDS, log)
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, header=np.array(json.dumps(header)), **arrays)
-
-
-def _remove_stale_temps(final: Path) -> None:
-    """Temp files are ``.<name>.<random>.tmp`` (engine.atomic); a kill mid-save leaves one behind."""
-    if not final.parent.is_dir():
-        return
-    now = time.time()
-    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
-        try:
-            age = now - tmp.stat().st_mtime
-            if age > STALE_TMP_SECONDS:
-                size = tmp.stat().st_size
-                tmp.unlink()
-                log.warning("removed %s (%d bytes), left by a save killed %.0f s ago", tmp, size, age)
-        except OSError:  # another process removed it first, or it is not ours to remove
-            continue
 
 
 def _arrays(path: str | os.PathLike[str], fix: str) -> dict[str, np.ndarray]:
