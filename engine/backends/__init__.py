@@ -20,13 +20,12 @@ class BackendEntry:
     name: str
     module: str
     cls: str
-    needs: str  # in words, for the docs and error messages
 
 
 BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
-    BackendEntry("trt", "trt", "TrtBackend", "a TensorRT plan in the folder, tensorrt + pycuda, a CUDA GPU"),
-    BackendEntry("ort", "ort", "OrtBackend", "onnxruntime (onnxruntime-gpu for CUDA)"),
-    BackendEntry("torch", "torch_backend", "TorchBackend", "PyTorch and the nn.Module (module=)"),
+    BackendEntry("trt", "trt", "TrtBackend"),  # a TensorRT plan in the folder, tensorrt + pycuda, a CUDA GPU
+    BackendEntry("ort", "ort", "OrtBackend"),  # onnxruntime (onnxruntime-gpu for CUDA)
+    BackendEntry("torch", "torch_backend", "TorchBackend"),  # PyTorch and the nn.Module (module=)
 )}
 BACKEND_NAMES = ("auto", *BACKENDS)
 

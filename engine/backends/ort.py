@@ -107,8 +107,11 @@ def _device_served(device: str, chosen: list[tuple[str, dict[str, Any]]], actual
     ONNX Runtime only warns and runs on the CPU when the CUDA provider fails to load (missing CUDA or
     cuDNN libraries); asked for CUDA explicitly, that is an error here, never a silent CPU run.
     """
-    if chosen[0][0] != CUDA_EP or (actual and actual[0] == CUDA_EP):
-        return f"cuda:{chosen[0][1]['device_id']}" if chosen[0][0] == CUDA_EP else "cpu"
+    kind, options = chosen[0]
+    if kind != CUDA_EP:
+        return "cpu"
+    if actual and actual[0] == CUDA_EP:
+        return f"cuda:{options['device_id']}"
     why = (f"onnxruntime's CUDA provider did not load (the session runs on {actual}); check that the "
            "CUDA and cuDNN libraries this onnxruntime-gpu was built for are installed (see its warning above)")
     if parse_device(device)[0] == "cuda":
