@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from engine import cli
-from engine.backends.plan_sidecar import PlanSidecar
 from engine.errors import BackendUnavailableError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
@@ -82,11 +81,13 @@ class BuildResult:
 
 @dataclass
 class _Staged:
-    """The build in progress: its folder, spec so far and the graphs written."""
+    """The build in progress: its folder, spec so far, the graphs written, and the TensorRT version
+    that built the plan ("" while there is none)."""
 
     stage: Path
     spec: ModelSpec
     graphs: dict[str, Path] = field(default_factory=dict)
+    trt_version: str = ""
 
 
 def _say(message: str) -> None:
@@ -143,6 +144,7 @@ def _plan(staged: _Staged, options: BuildOptions) -> str:
     trt_build.plan_sidecar(trt.__version__, spec, fp16=fp16, gpu=gpu).save(stage / PLAN_SIDECAR_FILE)
     staged.spec = spec.replace(plan_sha256=file_sha256(stage / PLAN_FILE))
     staged.spec.save(stage / SPEC_FILE)
+    staged.trt_version = trt.__version__
     _say(f"wrote {PLAN_FILE} ({_size(stage / PLAN_FILE)}, TensorRT {trt.__version__}, "
          f"{'fp16' if fp16 else 'fp32'}, batch {spec.min_batch}/{spec.opt_batch}/{spec.max_batch})")
     return ""
@@ -161,8 +163,7 @@ def _measure(reference: np.ndarray, staged: _Staged, targets: dict[str, tuple[st
 def _triton(staged: _Staged) -> None:
     """The Triton repository; the plan joins it only when Triton cannot send batches it rejects."""
     stage, spec = staged.stage, staged.spec
-    plan = stage / PLAN_FILE if (stage / PLAN_FILE).is_file() else None
-    version = PlanSidecar.load(stage / PLAN_SIDECAR_FILE).tensorrt_version if plan else ""
+    plan = stage / PLAN_FILE if staged.trt_version else None
     if plan is not None:
         try:
             check_plan_for_triton(spec)
@@ -170,7 +171,7 @@ def _triton(staged: _Staged) -> None:
             _say(f"{TRITON_DIR}/: no {TRT_MODEL} model: {exc}")
             plan = None
     write_triton_repo(stage / TRITON_DIR, spec, onnx_path=staged.graphs["fp32"], plan_path=plan,
-                      tensorrt_version=version)
+                      tensorrt_version=staged.trt_version)
 
 
 def _int8(model: Any, staged: _Staged, options: BuildOptions) -> None:
