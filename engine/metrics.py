@@ -42,12 +42,11 @@ def evaluate(query_emb: Any, query_pids: Any, query_cams: Any, gallery_emb: Any,
     _check_options(protocol, ranks)
     if not isinstance(chunk, int) or chunk <= 0:
         raise InputError(f"chunk must be a positive int, got {chunk!r}; 1024 is a good default")
-    if rerank is not None:
-        first, ap = _query_stats(k_reciprocal_distances(query_emb, gallery_emb, rerank), qp, qc, gp, gc, protocol)
-        return _summarise(first, ap, ranks)
+    blocks = ([k_reciprocal_distances(query_emb, gallery_emb, rerank)] if rerank is not None
+              else squared_l2_blocks(query_emb, gallery_emb, chunk))
     parts = [
         _query_stats(_check_distmat(block), qp[s:s + len(block)], qc[s:s + len(block)], gp, gc, protocol)
-        for s, block in _offsets(squared_l2_blocks(query_emb, gallery_emb, chunk))
+        for s, block in _offsets(blocks)
     ]
     first = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     ap = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
