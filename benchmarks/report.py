@@ -10,7 +10,6 @@ Exit codes: 0 ok, 2 unreadable, mixed or differently-set inputs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
-                                formatter_class=cli.HelpFormatter)
+    p = cli.parser("python -m benchmarks.report", __doc__)
     p.add_argument("runs", type=Path, nargs="+", help="latency.json, e2e.json or gallery.json of repeated runs")
     p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = p.parse_args(argv)
