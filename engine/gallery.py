@@ -95,6 +95,7 @@ class Gallery:
                        "sqnorm64": torch.empty(0, dtype=torch.float64, device=dev),
                        "ids": torch.empty(0, dtype=i64, device=dev), "cams": torch.empty(0, dtype=i64, device=dev)}
         self._fp16_bound = (0.0, 0.0)  # running r, G of the "fp16" path (see twopass.fp16_rows)
+        self._norm_bound = 0.0  # running twopass.upper_max of the FP32 norms: the bounds' N, kept per add
         if self.search_path() == "fp16":  # FP32 rows for the exact re-rank, in host memory
             self._store["exact"] = torch.empty((0, self._dim), dtype=torch.float32)
 
@@ -182,6 +183,7 @@ class Gallery:
         stored = self._store["emb"][start:stop]
         exact = self._store["exact"][start:stop].to(stored.device) if "exact" in self._store else stored
         self._store["sqnorm"][start:stop] = squared_norms(exact)
+        self._norm_bound = max(self._norm_bound, twopass.upper_max(self._store["sqnorm"][start:stop]))
         self._store["sqnorm64"][start:stop] = squared_norms(exact.to(torch.float64))
         if "exact" in self._store:
             r, g = self._fp16_bound
@@ -283,9 +285,10 @@ class Gallery:
         if path == "torch":
             d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
         else:
-            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), self._rows("sqnorm"))
-            first = (self._coarse.rows(self._rows("emb"), self._rows("sqnorm")) if path == "bf16" else
-                     twopass.fp16_rows(self._rows("emb"), self._rows("sqnorm"), *self._fp16_bound)
+            sqnorm, big_n = self._rows("sqnorm"), self._norm_bound
+            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), sqnorm, big_n)
+            first = (self._coarse.rows(self._rows("emb"), sqnorm, big_n) if path == "bf16" else
+                     twopass.fp16_rows(self._rows("emb"), sqnorm, big_n, *self._fp16_bound)
                      if path == "fp16" else exact)
             d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params, self.counts)
         ids = torch.where(p >= 0, self._rows("ids")[p.clamp(min=0)], p)

@@ -93,16 +93,18 @@ class TwoPass:
         return self.exact if self.exact.data.device == self.sqnorm64.device else self.first
 
 
-def fp16_rows(rows16: torch.Tensor, sqnorm: torch.Tensor, row_error: float, norm_max: float) -> Rows:
+def fp16_rows(rows16: torch.Tensor, sqnorm: torch.Tensor, big_n: float, row_error: float,
+              norm_max: float) -> Rows:
     """FP16 rows scanned with an FP32 GEMM against the FP32 rows' norms: r = max ||g - fp16(g)||,
-    G = max ||fp16(g)|| (kept as running maxima by the Gallery), no bf16 terms."""
-    return Rows(rows16, sqnorm, row_error, norm_max, upper_max(sqnorm), 0.0, 0.0)
+    G = max ||fp16(g)|| (kept as running maxima by the Gallery), no bf16 terms. ``big_n`` is
+    ``upper_max(sqnorm)``, which the Gallery keeps as a running maximum too (so no search rescans n)."""
+    return Rows(rows16, sqnorm, row_error, norm_max, big_n, 0.0, 0.0)
 
 
-def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
+def fp32_rows(gallery: torch.Tensor, sqnorm: torch.Tensor, big_n: float) -> Rows:
     """The gallery as stored: its own shortlist pass has the FP32 bound only. G comes from the FP32
-    norms, rounded up by their own error bound (fl(||g||^2) >= (1 - gamma_n) ||g||^2)."""
-    big_n = upper_max(sqnorm)
+    norms (``big_n`` = ``upper_max(sqnorm)``), rounded up by their own error bound
+    (fl(||g||^2) >= (1 - gamma_n) ||g||^2)."""
     return Rows(gallery, sqnorm, 0.0, math.sqrt(big_n * (1 + _gamma(gallery.shape[1]))), big_n, 0.0, 0.0)
 
 
@@ -118,7 +120,9 @@ class CoarseRows:
         self._buf: Any = None
         self._n, self._row_error, self._norm_max, self._split = 0, 0.0, 0.0, 0.0
 
-    def rows(self, gallery: torch.Tensor, sqnorm: torch.Tensor) -> Rows:
+    def rows(self, gallery: torch.Tensor, sqnorm: torch.Tensor, big_n: float) -> Rows:
+        """The bf16 rows of ``gallery`` (converting only those added since the last call); ``big_n``
+        is ``upper_max(sqnorm)``."""
         import torch
 
         n = gallery.shape[0]
@@ -127,7 +131,7 @@ class CoarseRows:
         self._buf = with_room(self._buf, self._n, n - self._n)  # one growth for all new rows
         for start in range(self._n, n, CONVERT_ROWS):
             self._append(gallery[start:start + CONVERT_ROWS], sqnorm[start:start + CONVERT_ROWS])
-        return Rows(self._buf[:n], sqnorm, self._row_error, self._norm_max, upper_max(sqnorm), self._split,
+        return Rows(self._buf[:n], sqnorm, self._row_error, self._norm_max, big_n, self._split,
                     U_BF16 / (1 - U_BF16))
 
     def _append(self, gallery: torch.Tensor, sqnorm: torch.Tensor) -> None:
