@@ -321,7 +321,12 @@ class Gallery:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:
         """Read a file written by ``save``; raise ArtifactError if it is missing, corrupt or too new."""
-        header, arrays = read_gallery_file(path)
+        return cls.from_file_arrays(*read_gallery_file(path), device=device, method=method)
+
+    @classmethod
+    def from_file_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray], *, device: str = "cpu",
+                         method: str = "auto") -> Gallery:
+        """The gallery of a file already read with ``read_gallery_file`` (header, arrays)."""
         gallery = cls(header["dim"], device=device, storage=header["storage"], method=method)
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])

@@ -14,13 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import cli
-from .embed import IMAGE_SUFFIXES, UNKNOWN, add_backend_device, market_label, paths_file, with_embed_fn
+from .embed import (
+    IMAGE_SUFFIXES,
+    UNKNOWN,
+    EmbedFn,
+    add_backend_device,
+    market_label,
+    paths_file,
+    with_embed_fn,
+)
 from .errors import InputError
 from .images import load_image, load_images
 
@@ -70,33 +80,41 @@ def resolve_rows(query: np.ndarray, distances: np.ndarray, ids: np.ndarray, gall
     return rows
 
 
-def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query embeddings, distances, ids) through the server (``--url``) or in-process."""
-    def work(embed, shape):
-        pixels, loaded = load_images(paths, int(shape[0]), int(shape[1]), on_error="raise",
-                                     progress=False if args.no_progress else None)
-        queries = embed(pixels)
-        if args.url is not None:
-            from .client import TritonClient
+def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query embeddings, distances, ids) through the server (``--url``: one connection embeds and
+    searches) or in-process, on the gallery file ``stored`` (header, arrays) as already read."""
+    def pixels(shape: Sequence[int]) -> np.ndarray:
+        return load_images(paths, int(shape[0]), int(shape[1]), on_error="raise",
+                           progress=False if args.no_progress else None)[0]
 
-            with TritonClient(args.url) as client:
-                return (queries, *client.search(args.k, embeddings=queries))
-        from .gallery import Gallery
+    if args.url is not None:
+        from .client import TritonClient
 
-        return (queries, *Gallery.load(args.gallery).search(queries, args.k))
-    if args.url is None and args.gallery is None:
+        with TritonClient(args.url) as client:
+            queries = client.embed(pixels(client.image_shape))
+            return (queries, *client.search(args.k, embeddings=queries))
+    if stored is None:
         raise InputError("pass --gallery gallery.npz (from `python -m engine.embed`), or --url of a server")
+    from .gallery import Gallery
+
+    def work(embed: EmbedFn, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        queries = embed(pixels(shape))
+        return (queries, *Gallery.from_file_arrays(*stored).search(queries, args.k))
     return with_embed_fn(args, work)
 
 
 def rank(args: argparse.Namespace) -> list[Ranked]:
     paths = query_paths(args.images)
-    queries, distances, ids = _search(args, paths)
-    rows, cams = np.full(ids.shape, -1, np.int64), np.full(ids.shape, UNKNOWN, np.int64)
+    stored = None
     if args.gallery is not None:
         from .gallery import read_gallery_file
 
-        _, arrays = read_gallery_file(args.gallery)
+        stored = read_gallery_file(args.gallery)
+    queries, distances, ids = _search(args, paths, stored)
+    rows, cams = np.full(ids.shape, -1, np.int64), np.full(ids.shape, UNKNOWN, np.int64)
+    if stored is not None:
+        arrays = stored[1]
         rows = np.stack([resolve_rows(q, d, i, arrays["embeddings"], arrays["ids"])
                          for q, d, i in zip(queries, distances, ids, strict=True)])
         cams = np.where(rows >= 0, arrays["cams"][np.maximum(rows, 0)], UNKNOWN)
