@@ -50,7 +50,7 @@ CLUSTER_SPREAD = 0.5  # noise norm relative to the (unit) centre, before re-norm
 SMOKE = "SMOKE RUN (--quick): tiny sizes, not a figure"
 
 
-def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = rng.standard_normal((n, dim), dtype=np.float32)
     for s in range(0, n, 1 << 16):  # in place, by blocks: no second gallery-sized array at 10^6 x 1024
         x[s:s + (1 << 16)] /= np.linalg.norm(x[s:s + (1 << 16)], axis=1, keepdims=True)
@@ -60,14 +60,15 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def _make_data(kind: str, rng: np.random.Generator, size: int, dim: int, n_q: int) -> tuple[np.ndarray, ...]:
     """Random unit vectors, or unit vectors around shared centres (near neighbours close, as re-id)."""
     if kind == "unit":
-        return _unit(rng, size, dim), _unit(rng, n_q, dim)
-    centres = _unit(rng, max(1, size // CLUSTER_SIZE), dim)
+        return unit(rng, size, dim), unit(rng, n_q, dim)
+    centres = unit(rng, max(1, size // CLUSTER_SIZE), dim)
+    return around(rng, centres, size), around(rng, centres, n_q)
 
-    def around(n: int) -> np.ndarray:
-        x = centres[rng.integers(0, len(centres), n)] + CLUSTER_SPREAD * _unit(rng, n, dim)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    return around(size), around(n_q)
+def around(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
+    """``n`` unit vectors, each near a random one of ``centres`` (CLUSTER_SPREAD noise)."""
+    x = centres[rng.integers(0, len(centres), n)] + CLUSTER_SPREAD * unit(rng, n, centres.shape[1])
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 Searchers = dict[str, Callable[[np.ndarray], np.ndarray]]

@@ -8,8 +8,8 @@ compare (distance, position)); the Gallery ranks them by id, so where ids are no
 order the result is re-sorted by (distance, rank) from TIE_MARGIN extra candidates, and queries
 whose k-th distance ties the last candidate are handed back for the torch search.
 
-``Approximate`` wraps faiss IVF-Flat or HNSW-Flat for galleries of 10^7+ rows (not exact: see
-benchmarks/README for recall@10 per size). faiss is optional: ``load()`` raises
+``Approximate`` wraps faiss IVF-Flat, HNSW-Flat or IVF-SQ8 (8-bit codes, exact re-rank) for galleries
+of 10^7+ rows (not exact: see benchmarks/README for recall@10 per size). faiss is optional: ``load()`` raises
 BackendUnavailableError naming the package when it is missing.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
 _NONE = np.zeros(0, np.int64)
 IVF_TRAIN_PER_LIST = 40  # training rows per inverted list (faiss warns below 39)
 HNSW_M = 32  # graph degree
+REFINE = 4  # ivf-sq8: candidates per wanted neighbour, re-ranked exactly
+ADD_ROWS = 1 << 16  # rows handed to faiss at once when building an index (FP32 temporaries)
 
 
 @functools.cache
@@ -84,30 +86,55 @@ class Approximate:
 
     ``kind`` "ivf": IndexIVFFlat with sqrt(n) lists, trained on IVF_TRAIN_PER_LIST rows per list,
     ``nprobe`` lists searched (default nlist / 16); "hnsw": IndexHNSWFlat with HNSW_M links,
-    ``efSearch`` = ``nprobe`` (default 64). Either keeps its own FP32 copy of the rows.
+    ``efSearch`` = ``nprobe`` (default 64). Both keep their own FP32 copy of the rows. "ivf-sq8": the
+    same lists over 8-bit scalar-quantised residuals (1 byte a value: 5 GB at 10^7 x 512, where an FP32
+    copy is 20 GB), shortlisting REFINE x k rows that are re-ranked exactly against ``rows`` (the
+    Gallery's own rows, no copy), so its distances are exact and only the shortlist is approximate.
+    ``rows`` may be FP16 or FP32; they reach faiss as FP32 ADD_ROWS at a time (bounded memory).
     """
 
-    KINDS = ("ivf", "hnsw")
+    KINDS = ("ivf", "hnsw", "ivf-sq8")
 
     def __init__(self, kind: str, rows: np.ndarray, nprobe: int | None, seed: int = 0) -> None:
         if kind not in self.KINDS:
             raise InputError(f"approximate index must be one of {self.KINDS}, got {kind!r}")
         faiss = load()
         n, dim = rows.shape
-        if kind == "ivf":
-            nlist = max(1, min(int(math.sqrt(n)), n // IVF_TRAIN_PER_LIST or 1))
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
-            sample = np.random.default_rng(seed).choice(n, min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
-            self.index.train(np.ascontiguousarray(rows[np.sort(sample)]))
-            self.index.nprobe = nprobe or max(1, nlist // 16)
-        else:
+        self.kind, self._rows = kind, rows if kind == "ivf-sq8" else None
+        if kind == "hnsw":
             self.index = faiss.IndexHNSWFlat(dim, HNSW_M)
+        else:
+            nlist = max(1, min(int(math.sqrt(n)), n // IVF_TRAIN_PER_LIST or 1))
+            self.index = (faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist) if kind == "ivf" else
+                          faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, nlist,
+                                                        faiss.ScalarQuantizer.QT_8bit))
+            sample = np.random.default_rng(seed).choice(n, min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
+            self.index.train(np.asarray(rows[np.sort(sample)], dtype=np.float32))
+        self.set_nprobe(nprobe)
+        for start in range(0, n, ADD_ROWS):
+            self.index.add(np.ascontiguousarray(rows[start:start + ADD_ROWS], dtype=np.float32))
+
+    def set_nprobe(self, nprobe: int | None) -> None:
+        """Lists probed (IVF kinds; default nlist / 16) or efSearch (HNSW; default 64) per query."""
+        if self.kind == "hnsw":
             self.index.hnsw.efSearch = nprobe or 64
-        self.index.add(rows)
+        else:
+            self.index.nprobe = nprobe or max(1, self.index.nlist // 16)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, row positions), padded with inf / -1 like the exact search."""
-        dist, pos = self.index.search(queries, k)
-        missing = pos < 0
-        dist[missing] = np.inf
+        dist, pos = self.index.search(queries, k if self._rows is None else k * REFINE)
+        if self._rows is not None:
+            dist, pos = rerank(queries, self._rows, pos, k)
+        dist[pos < 0] = np.inf
         return np.maximum(dist, 0, out=dist), pos
+
+
+def rerank(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of each query's candidate row positions ``pos`` (-1 = none) by squared L2 to
+    ``rows`` computed in FP32, ties by position: (distances, positions)."""
+    diff = rows[np.maximum(pos, 0)].astype(np.float32) - queries[:, None, :]
+    dist = np.einsum("qcd,qcd->qc", diff, diff)
+    dist[pos < 0] = np.inf
+    order = np.lexsort((pos, dist), axis=1)[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)

@@ -6,8 +6,9 @@ faiss is installed and wins (small galleries, single queries), a provably exact 
 (engine.twopass) on CPUs with native bf16 once a batch is big enough, an FP32 two-pass or one
 chunked FP32 GEMM pass (engine.topk) otherwise and on CUDA. Every exact path returns faiss's
 neighbours (same rows; ties broken by id, equal ids in insertion order); distances are FP32 squared
-L2 as the path rounds them (FP64-exact then rounded on the two-pass paths). ``method="ivf"`` or
-``"hnsw"`` trades exactness for speed on 10^7+ rows (faiss indexes, engine.faiss_search).
+L2 as the path rounds them (FP64-exact then rounded on the two-pass paths). ``method="ivf"``,
+``"hnsw"`` or ``"ivf-sq8"`` trades exactness for speed on 10^7+ rows (faiss indexes,
+engine.faiss_search; "ivf-sq8" with FP16 storage holds 10^7 x 512 in 15 GB).
 
 Memory (n rows of dim D; "block" = query_batch x chunk scores):
 * resident: the rows (4 or 2 bytes x D each), FP32 and FP64 squared norms, int64 ids and cameras
@@ -19,7 +20,8 @@ Memory (n rows of dim D; "block" = query_batch x chunk scores):
   of the rows ((D + 16) x 2 bytes a row, kept and extended incrementally: built at the first bf16
   search, then only rows added since are converted), one bf16 block (64 MB) and a bounded FP64 re-rank;
   fp32 -- one FP32 block (128 MB) and the re-rank. Nothing scales with n beyond the bf16 copy. ivf / hnsw: faiss's
-  own FP32 copy of the rows plus its lists or graph, rebuilt at the first search after an add.
+  own FP32 copy of the rows plus its lists or graph, rebuilt at the first search after an add;
+  ivf-sq8: one byte a value plus the lists (the exact re-rank reads the Gallery's own rows).
 
 Duplicate ids are allowed (several images of one person can share an id). Ids must lie in [0, 2^63):
 -1 is the padding of results. torch is imported when a Gallery is created, never by ``import engine``.
@@ -58,8 +60,9 @@ class Gallery:
                  query_batch: int = DEFAULT_QUERY_BATCH, method: str = "auto", nprobe: int | None = None) -> None:
         """``method``: "auto" picks the fastest exact path per batch (engine.search_plan); "faiss",
         "bf16", "fp32" (CPU), "fp16" or "torch" forces one ("fp16": FP16 rows searched, FP32 rows kept
-        in host memory for an exact re-rank; the default of a CUDA gallery with storage="float16"); "ivf" / "hnsw" are approximate (faiss), with
-        ``nprobe`` lists (IVF) or efSearch (HNSW) per query."""
+        in host memory for an exact re-rank; the default of a CUDA gallery with storage="float16"); "ivf",
+        "hnsw" and "ivf-sq8" are approximate (faiss, either storage), with ``nprobe`` lists (IVF) or
+        efSearch (HNSW) per query (also settable later: ``gallery.nprobe = n``)."""
         import torch
 
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
@@ -78,9 +81,11 @@ class Gallery:
             raise InputError("method='fp16' searches FP16 rows, got storage 'float32'; pass storage='float16'")
         if method in ("faiss", *faiss_search.Approximate.KINDS):
             faiss_search.load()  # fail now, not at the first search
-            if storage != "float32":
+            if method == "faiss" and storage != "float32":
                 raise InputError(f"method={method!r} searches FP32 rows, got storage {storage!r}; use "
                                  "storage='float32' or method='auto'")
+        if nprobe is not None:
+            _check_nprobe(nprobe)
         self._method, self._nprobe, self.counts = method, nprobe, twopass.Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
         self._n, self._ids_sorted, self._ids_are_rows, self._has_faiss = 0, True, True, faiss_search.available()
@@ -115,8 +120,23 @@ class Gallery:
     def method(self) -> str:
         return self._method
 
+    @property
+    def nprobe(self) -> int | None:
+        """Approximate methods: lists probed (IVF) or efSearch (HNSW) per query; None = the default."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int | None) -> None:
+        """Takes effect at the next search, without rebuilding a built index."""
+        if value is not None:
+            _check_nprobe(value)
+        self._nprobe = value
+        if self._approx is not None:
+            self._approx.set_nprobe(value)
+
     def search_path(self, batch: int = 1, *, excluding: bool = False) -> str:
-        """The path a search of ``batch`` queries takes now: one of search_plan.EXACT, "ivf" or "hnsw"."""
+        """The path a search of ``batch`` queries takes now: one of search_plan.EXACT or
+        faiss_search.Approximate.KINDS."""
         return self._plan(batch, excluding)[1]
 
     def _path(self, shape: search_plan.Shape) -> str:
@@ -151,6 +171,15 @@ class Gallery:
         if name not in self._views:
             self._views[name] = self._rows(name).numpy()
         return self._views[name]
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all, so that adds up to there never reallocate: a gallery
+        filled in chunks otherwise peaks at GROWTH + 1 times its final size during its last growth."""
+        if not isinstance(rows, (int, np.integer)) or rows < 0:
+            raise InputError(f"rows must be a non-negative int, got {rows!r}")
+        for name in self._store:
+            self._store[name] = with_room(self._store[name], self._n, max(0, int(rows) - self._n), growth=1)
+        self._views = {}
 
     def add(self, embeddings: Any, ids: Any, cams: Any = None) -> None:
         """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1)."""
@@ -331,3 +360,8 @@ class Gallery:
         if header["count"]:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
         return gallery
+
+
+def _check_nprobe(value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"nprobe must be a positive int (lists probed, or HNSW efSearch), got {value!r}")

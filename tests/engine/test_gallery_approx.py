@@ -1,0 +1,119 @@
+"""Approximate Gallery methods (faiss IVF, HNSW, IVF-SQ8 + exact re-rank), nprobe and reserve."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _memory import reset_and_read_peak_mb
+
+from engine.errors import InputError
+from engine.gallery import Gallery
+
+pytest.importorskip("faiss")
+KINDS = ("ivf", "hnsw", "ivf-sq8")
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around n // 10 centres: neighbours are close, as re-id embeddings are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n // 10, dim))
+    x = centres[rng.integers(0, len(centres), n)] + 0.3 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _brute_ids(q: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
+    d = ((q[:, None, :].astype(np.float64) - g[None].astype(np.float64)) ** 2).sum(-1)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_and_distances_of_each_kind(kind: str, storage: str) -> None:
+    data = _clustered(4100, 32, seed=0)
+    g, q = data[:4000], data[4000:]
+    gal = Gallery(32, method=kind, storage=storage)
+    gal.add(g, np.arange(4000) + 7)  # ids are not row positions
+    d, ids = gal.search(q, 10)
+    stored = g.astype(storage).astype(np.float64)  # what the gallery holds
+    truth = _brute_ids(q, stored, 10) + 7
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), truth.tolist(), strict=True)])
+    assert recall >= 0.9, f"{kind}: recall@10 {recall:.3f}"
+    assert d.dtype == np.float32 and np.all(np.diff(d, axis=1) >= 0)
+    exact = ((q[:, None, :].astype(np.float64) - stored[ids - 7]) ** 2).sum(-1)
+    np.testing.assert_allclose(d, exact, atol=2e-3 if kind != "ivf-sq8" or storage == "float16" else 1e-5)
+
+
+def test_ivf_sq8_distances_are_exact_for_its_shortlist() -> None:
+    """The 8-bit codes only pick candidates: the returned distances are FP32 L2 to the stored rows."""
+    data = _clustered(3050, 48, seed=1)
+    gal = Gallery(48, method="ivf-sq8")
+    gal.add(data[:3000], np.arange(3000))
+    d, ids = gal.search(data[3000:], 5)
+    exact = ((data[3000:, None, :] - data[ids]) ** 2).sum(-1)
+    np.testing.assert_allclose(d, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_nprobe_setter_retunes_the_built_index_without_a_rebuild() -> None:
+    data = _clustered(2600, 16, seed=2)
+    g, q = data[:2500], data[2500:]
+    gal = Gallery(16, method="ivf", nprobe=1)
+    gal.add(g, np.arange(2500))
+    coarse = gal.search(q, 10)[1]
+    index = gal._approx
+    gal.nprobe = 10_000  # every list: IVF-Flat is then exhaustive
+    exhaustive = gal.search(q, 10)[1]
+    assert gal._approx is index and gal.nprobe == 10_000
+    np.testing.assert_array_equal(exhaustive, _brute_ids(q, g, 10))
+    assert (coarse != exhaustive).any(), "one list of ~50 should miss some neighbours"
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_nprobe_raises(bad: object) -> None:
+    with pytest.raises(InputError, match="nprobe must be a positive int"):
+        Gallery(8, method="ivf", nprobe=bad)  # type: ignore[arg-type]
+    gal = Gallery(8, method="hnsw")
+    with pytest.raises(InputError, match="nprobe must be a positive int"):
+        gal.nprobe = bad  # type: ignore[assignment]
+
+
+def test_index_is_rebuilt_after_an_add_and_refuses_exclusion() -> None:
+    data = _clustered(1200, 16, seed=3)
+    gal = Gallery(16, method="ivf-sq8")
+    gal.add(data[:1000], np.arange(1000))
+    gal.search(data[:1], 1)
+    gal.add(data[1000:], np.arange(1000, 1200))
+    assert gal.search(data[1100:1110], 1)[1].ravel().tolist() == list(range(1100, 1110))
+    with pytest.raises(InputError, match="cannot skip same-id-same-camera"):
+        gal.search(data[:2], 1, query_ids=np.zeros(2, np.int64), query_cams=np.zeros(2, np.int64))
+
+
+def test_faiss_exact_still_needs_float32() -> None:
+    with pytest.raises(InputError, match="searches FP32 rows"):
+        Gallery(8, method="faiss", storage="float16")
+
+
+def _chunked_fill_peak_mb(chunks: list[np.ndarray], reserve: bool) -> tuple[float, Gallery]:
+    gal = Gallery(chunks[0].shape[1], method="torch")
+    base = reset_and_read_peak_mb(reset=True)
+    if reserve:
+        gal.reserve(sum(map(len, chunks)))
+    for i, chunk in enumerate(chunks):
+        gal.add(chunk, np.arange(i * len(chunk), (i + 1) * len(chunk)))
+    return reset_and_read_peak_mb(reset=False) - base, gal
+
+
+def test_reserve_bounds_a_chunked_fill_to_about_its_final_size() -> None:
+    """Without reserve the last growth holds the old and the grown buffer at once (~1.5x the rows)."""
+    try:
+        reset_and_read_peak_mb(reset=True)
+    except OSError as exc:
+        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+    rng = np.random.default_rng(4)
+    chunks = [rng.standard_normal((32_768, 64), dtype=np.float32) for _ in range(7)]
+    final_mb = sum(c.nbytes for c in chunks) / 2**20
+    grown_mb, grown = _chunked_fill_peak_mb(chunks, reserve=False)
+    reserved_mb, reserved = _chunked_fill_peak_mb(chunks, reserve=True)
+    assert reserved_mb < 1.15 * final_mb + 8 < grown_mb, (reserved_mb, final_mb, grown_mb)
+    q = chunks[3][:5]
+    np.testing.assert_array_equal(reserved.search(q, 3)[1], grown.search(q, 3)[1])
+    with pytest.raises(InputError, match="rows must be a non-negative int"):
+        reserved.reserve(-1)
