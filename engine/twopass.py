@@ -31,11 +31,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .buffers import with_room
 from .distance import bf16_rows, bf16_width, exact_distances
+from .errors import InputError
 from .search_plan import cpu_threads
 from .topk import SearchParams, by_value_then_rank, smallest
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 U32 = 2.0**-24
 U_BF16 = 2.0**-8
+NATIVE_BF16_ENV = "JLML_NATIVE_BF16"
 WIDEN = 8  # a failed shortlist is retried this many times wider
 RERANK_BLOCK = 32  # queries re-ranked at once: their gathered rows stay cache-sized
 CONVERT_ROWS = 1 << 16  # rows converted to bf16 at once: the FP32 temporaries stay a few hundred MB
@@ -56,7 +59,14 @@ def shortlist_size(k: int) -> int:
 
 @functools.cache
 def bf16_is_fast() -> bool:
-    """True where the CPU has native bf16 dot products (AVX512_BF16 or AMX); else bf16 is emulated."""
+    """True where the CPU has native bf16 dot products (AVX512_BF16 or AMX); else bf16 is emulated.
+    NATIVE_BF16_ENV=0/1 overrides the detection (a VM whose /proc/cpuinfo is wrong, or measuring the
+    plan of a CPU without native bf16 on one that has it)."""
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise InputError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {forced!r}; unset it to detect the CPU")
+        return forced == "1"
     try:
         with open("/proc/cpuinfo") as fh:
             flags = fh.read()

@@ -1,6 +1,7 @@
 """engine.search_plan: the path and thread count chosen from a batch's shape (the measured crossovers)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from engine.search_plan import THREAD_GRAIN, Shape, choose, threads
@@ -35,3 +36,37 @@ def test_threads_grow_with_work_up_to_the_cap() -> None:
     assert threads(_shape(1_000, 1), 8) == 8  # one query: no switch
     assert threads(_shape(THREAD_GRAIN // 1024, 3), 2) == 2
     assert threads(_shape(THREAD_GRAIN // 1024, 3), 8) == 3
+
+
+@pytest.fixture
+def fresh_bf16_detection():
+    """bf16_is_fast reads the CPU (and the environment) once per process: clear it around the test."""
+    from engine import twopass
+
+    twopass.bf16_is_fast.cache_clear()
+    yield
+    twopass.bf16_is_fast.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_bf16_detection")
+@pytest.mark.parametrize(("value", "fast", "path"), [("0", False, "torch"), ("1", True, "bf16")])
+def test_native_bf16_env_overrides_detection_and_so_the_plan(monkeypatch, value: str, fast: bool, path: str) -> None:
+    """JLML_NATIVE_BF16 measures a CPU without native bf16 on one that has it (and the reverse)."""
+    from engine import twopass
+    from engine.gallery import Gallery
+
+    monkeypatch.setenv(twopass.NATIVE_BF16_ENV, value)
+    assert twopass.bf16_is_fast() is fast
+    gal = Gallery(1024)
+    gal.add(np.zeros((10_000, 1024), np.float32), np.arange(10_000))
+    assert gal.search_path(100) == path
+
+
+@pytest.mark.usefixtures("fresh_bf16_detection")
+def test_native_bf16_env_rejects_other_values(monkeypatch) -> None:
+    from engine import twopass
+    from engine.errors import InputError
+
+    monkeypatch.setenv(twopass.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(InputError, match="JLML_NATIVE_BF16 must be 0 or 1, got 'yes'"):
+        twopass.bf16_is_fast()
