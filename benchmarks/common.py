@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import twopass
 from engine.atomic import write_text, write_with
 
 
@@ -79,12 +80,16 @@ def environment(device: str) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
     else:
         env["device_name"] = env["cpu"]
+    env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # AVX512, AVX2 (ATEN_CPU_CAPABILITY)
+    env["native_bf16"] = twopass.bf16_is_fast()  # the plan's view (JLML_NATIVE_BF16 overrides)
     try:
         import faiss
 
         env["faiss"] = faiss.__version__
+        config = getattr(faiss, "SIMDConfig", None)  # faiss >= 1.12 dispatches at run time (FAISS_SIMD_LEVEL)
+        env["faiss_simd"] = config.get_level_name() if config is not None else None
     except ImportError:
-        env["faiss"] = None
+        env["faiss"] = env["faiss_simd"] = None
     return env
 
 

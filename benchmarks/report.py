@@ -21,6 +21,9 @@ from engine import cli
 from engine.atomic import write_text
 
 KEYS = ("backend", "method", "device", "data", "dim", "size", "batch")
+# what makes two machines (or one machine run as another: ATEN_CPU_CAPABILITY, FAISS_SIMD_LEVEL,
+# JLML_NATIVE_BF16) different; a key absent from both runs (older reports) matches
+MACHINE = ("device", "device_name", "torch_cpu_capability", "faiss_simd", "native_bf16")
 EFFORT = frozenset({"repeats", "rounds", "warmup", "min_seconds", "seed"})  # may differ between merged runs
 COLUMNS = {
     "latency": ["backend", "device", "batch", "p50_ms", "p99_ms", "images_per_s", "vs_torch_fp32", "min_cosine"],
@@ -41,7 +44,7 @@ def check_same_settings(paths: list[Path], reports: list[dict[str, Any]]) -> Non
     def key(report: dict[str, Any]) -> dict[str, Any]:
         settings = {k: v for k, v in report.get("settings", {}).items() if k not in EFFORT}
         env = report.get("environment", {})
-        return {**settings, "device": env.get("device"), "device_name": env.get("device_name")}
+        return {**settings, **{name: env.get(name) for name in MACHINE}}
 
     first = key(reports[0])
     for path, report in zip(paths[1:], reports[1:], strict=True):

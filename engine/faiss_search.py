@@ -15,7 +15,9 @@ BackendUnavailableError naming the package when it is missing.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import numpy as np
 from .backends.optional import is_installed, optional_import
 from .errors import InputError
 
+log = logging.getLogger("engine.gallery")
 TIE_MARGIN = 4  # extra candidates per query when ids are not in insertion order
 _NONE = np.zeros(0, np.int64)
 IVF_TRAIN_PER_LIST = 40  # training rows per inverted list (faiss warns below 39)
@@ -100,6 +103,8 @@ class Approximate:
             raise InputError(f"approximate index must be one of {self.KINDS}, got {kind!r}")
         faiss = load()
         n, dim = rows.shape
+        log.info("building the %s index of %d rows (the first search after an add)", kind, n)
+        started = time.perf_counter()
         self.kind, self._rows = kind, rows if kind == "ivf-sq8" else None
         if kind == "hnsw":
             self.index = faiss.IndexHNSWFlat(dim, HNSW_M)
@@ -113,6 +118,7 @@ class Approximate:
         self.set_nprobe(nprobe)
         for start in range(0, n, ADD_ROWS):
             self.index.add(np.ascontiguousarray(rows[start:start + ADD_ROWS], dtype=np.float32))
+        log.info("%s index built in %.1f s", kind, time.perf_counter() - started)
 
     def set_nprobe(self, nprobe: int | None) -> None:
         """Lists probed (IVF kinds; default nlist / 16) or efSearch (HNSW; default 64) per query."""

@@ -54,3 +54,18 @@ def test_runs_with_different_settings_are_not_merged(tmp_path: Path, capsys) -> 
     capsys.readouterr()
     assert main(paths) == 2
     assert "dim=1024" in capsys.readouterr().err
+
+
+def test_runs_on_different_simd_levels_are_not_merged(tmp_path: Path, capsys) -> None:
+    """A run with AVX-512 switched off (ATEN_CPU_CAPABILITY=avx2 ...) is another machine."""
+    paths = []
+    for name, capability in (("native", "AVX512"), ("avx2", "AVX2")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "gallery.json").write_text(json.dumps({
+            "environment": {"device_name": "cpu X", "device": "cpu", "torch_cpu_capability": capability},
+            "settings": {"sizes": [1000]},
+            "results": [{"method": "faiss", "size": 1000, "batch": 1, "queries_per_s": 10.0, "p50_ms": 1.0}]}))
+        paths.append(str(folder / "gallery.json"))
+    assert main(paths) == 2
+    assert "torch_cpu_capability" in capsys.readouterr().err
