@@ -39,12 +39,14 @@ BF16_MIN_ROWS = 4_096
 # queries bf16 ran 0.86x faiss, at 10^5 1.3-1.6x.
 BIG_BATCH = 512  # also where faiss becomes the GEMM of choice without bf16
 BF16_MIN_ROWS_BIG_BATCH = 32_768
-# A GEMM (torch, one pass) from this many gallery bytes and 2 up to BIG_BATCH queries: below 20 queries
-# faiss scans the whole gallery once per query (10^4 x 1024 x 10: torch 1.6x faiss), and up to a few
-# hundred its BLAS blocks are small (10^4 x 100: torch 1.9x; 3.5-6x on the AVX2 EPYC); a gallery this
-# small stays in cache, where faiss's lean call wins.
+# A GEMM (torch, one pass) from this many gallery bytes and GEMM_MIN_BATCH up to BIG_BATCH queries (the
+# path of CPUs without native bf16): up to a few hundred queries faiss's BLAS blocks are small
+# (10^4 x 100: torch 1.8-3.4x faiss; 3.5-6x on a real AVX2 EPYC); below ~20 queries faiss's per-query
+# scans win. Measured with AVX-512 and bf16 switched off (ATEN_CPU_CAPABILITY=avx2, FAISS_SIMD_LEVEL=AVX2,
+# JLML_NATIVE_BF16=0), 10^4-10^5 x 512-1024: torch 0.61-1.05x faiss at 10 queries, 0.90-1.58x at 16,
+# 1.17-2.10x at 24, 1.30-2.29x at 32. A gallery under GEMM_MIN_BYTES stays in cache: faiss's lean call wins.
 GEMM_MIN_BYTES = 8 << 20
-GEMM_MIN_BATCH = 2
+GEMM_MIN_BATCH = 24
 
 # One CPU thread per this many multiply-adds of the batch's distance GEMM (rows x batch x dim): below,
 # a thread's share is ~50 us and an OpenMP fork/join costs about as much as it saves. Measured both
@@ -78,7 +80,7 @@ def choose(shape: Shape) -> str:
     fp32 = shape.storage == "float32"
     work = shape.rows * shape.batch
     min_rows = BF16_MIN_ROWS_BIG_BATCH if shape.batch >= BIG_BATCH else BF16_MIN_ROWS
-    if fp32 and shape.bf16_fast and shape.batch >= GEMM_MIN_BATCH and shape.rows >= min_rows \
+    if fp32 and shape.bf16_fast and shape.batch >= 2 and shape.rows >= min_rows \
             and work >= BF16_MIN_WORK:  # one query: no bf16 copy (nor its build on a first search)
         return "bf16"
     gemm = shape.rows * shape.dim * 4 >= GEMM_MIN_BYTES and GEMM_MIN_BATCH <= shape.batch < BIG_BATCH

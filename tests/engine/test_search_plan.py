@@ -19,7 +19,8 @@ def _shape(rows: int, batch: int, dim: int = 1024, **kw) -> Shape:
     (10_000, 10, {}, "bf16"),  # enough work for the 2x bf16 GEMM rate
     (100_000, 1000, {}, "bf16"),
     (10_000, 1000, {}, "faiss"),  # faiss's big BLAS blocks beat bf16 + re-rank on a small gallery
-    (10_000, 10, {"bf16_fast": False}, "torch"),  # AVX2: one GEMM, not faiss's per-query scans
+    (10_000, 24, {"bf16_fast": False}, "torch"),  # AVX2: one GEMM, not faiss's small BLAS blocks
+    (10_000, 10, {"bf16_fast": False}, "faiss"),  # AVX2, few queries: faiss's per-query scans win
     (10_000, 1, {"bf16_fast": False}, "faiss"),
     (1_000, 1, {"has_faiss": False}, "torch"),  # faiss not installed
     (1_000, 1, {"excluding": True}, "torch"),  # faiss cannot skip same-id-same-camera rows
