@@ -6,7 +6,7 @@ Methods: ``gallery`` (method="auto": the path engine.search_plan picks per batch
 (IndexFlatL2, the reference), ``torch_naive`` (one un-chunked matmul + topk, skipped where its block
 passes 2 GiB), with ``--paths`` the Gallery forced onto each path (``gallery_bf16``, ``gallery_fp32``,
 ``gallery_torch``, ``gallery_faiss``) to measure the crossovers, and with ``--approx`` the approximate
-Gallery (``gallery_ivf``, ``gallery_hnsw``; ``recall_at_k`` against faiss's exact ids, ``build_s`` the
+Gallery (``gallery_ivf``, ``gallery_hnsw``, ``gallery_ivf-sq8``; ``recall_at_k`` against faiss's exact ids, ``build_s`` the
 first search after the add: index build plus one query). Calls are interleaved round-robin in one
 process so load from other users hits all methods alike; medians are reported, and ``vs_faiss`` /
 ``vs_gallery`` are the ratios of queries/s to faiss's and to the exact auto Gallery's in the same process. ``agree_faiss`` is the
@@ -37,6 +37,7 @@ from engine import cli
 from engine.atomic import write_text
 from engine.device import torch_device
 from engine.errors import InputError
+from engine.faiss_search import Approximate
 from engine.gallery import Gallery
 from engine.search_plan import EXACT
 
@@ -216,8 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="random unit vectors and/or clustered unit vectors")
     p.add_argument("--paths", nargs="*", choices=EXACT, default=[],
                    help="also time the Gallery forced onto these paths (crossover measurement)")
-    p.add_argument("--approx", nargs="*", choices=["ivf", "hnsw"], default=[],
-                   help="also time the approximate Gallery (faiss IVF / HNSW): speed and recall@k vs faiss")
+    p.add_argument("--approx", nargs="*", choices=Approximate.KINDS, default=[],
+                   help="also time the approximate Gallery (faiss IVF, HNSW, IVF-SQ8): speed and recall@k vs faiss")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the torch matmul+topk baseline")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     return p

@@ -117,3 +117,15 @@ def test_reserve_bounds_a_chunked_fill_to_about_its_final_size() -> None:
     np.testing.assert_array_equal(reserved.search(q, 3)[1], grown.search(q, 3)[1])
     with pytest.raises(InputError, match="rows must be a non-negative int"):
         reserved.reserve(-1)
+
+
+def test_saved_float16_gallery_loads_as_ivf_sq8(tmp_path) -> None:
+    """A gallery saved with FP16 rows is searched approximately after load(method=...)."""
+    data = _clustered(2010, 16, seed=5)
+    exact = Gallery(16, storage="float16")
+    exact.add(data[:2000], np.arange(2000) * 2)
+    exact.save(tmp_path / "g.npz")
+    gal = Gallery.load(tmp_path / "g.npz", method="ivf-sq8")
+    assert (gal.storage, gal.method, len(gal)) == ("float16", "ivf-sq8", 2000)
+    got, want = gal.search(data[2000:], 5)[1], exact.search(data[2000:], 5)[1]
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got.tolist(), want.tolist(), strict=True)]) >= 0.9
