@@ -90,9 +90,9 @@ class Approximate:
     """An approximate faiss index over a snapshot of the gallery rows (rebuilt after adds).
 
     ``kind`` "ivf": IndexIVFFlat with sqrt(n) lists, trained on IVF_TRAIN_PER_LIST rows per list,
-    ``nprobe`` lists searched (default nlist / 16); "hnsw": IndexHNSWFlat with HNSW_M links (built with
-    efConstruction HNSW_EF_CONSTRUCTION),
-    ``efSearch`` = ``nprobe`` (default 64). Both keep their own FP32 copy of the rows. "ivf-sq8": the
+    ``nprobe`` lists searched (default nlist / 16); "hnsw": IndexHNSWFlat with HNSW_M links, built with
+    efConstruction HNSW_EF_CONSTRUCTION, ``efSearch`` = ``nprobe`` (default 64). Both keep their own
+    FP32 copy of the rows. "ivf-sq8": the
     same lists over 8-bit scalar-quantised residuals (1 byte a value: 5 GB at 10^7 x 512, where an FP32
     copy is 20 GB), shortlisting REFINE x k rows that are re-ranked exactly against ``rows`` (the
     Gallery's own rows, no copy), so its distances are exact and only the shortlist is approximate.
