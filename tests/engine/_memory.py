@@ -1,6 +1,13 @@
 """Peak resident memory of one call, for the bounded-memory Gallery tests (Linux /proc only)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
 
 def reset_and_read_peak_mb(reset: bool) -> float:
     """Writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM), so one call's own peak is seen."""
@@ -10,3 +17,18 @@ def reset_and_read_peak_mb(reset: bool) -> float:
     with open("/proc/self/status") as fh:
         line = next(row for row in fh if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
+
+
+def require_peak_reset() -> None:
+    """Skip the calling test where the peak RSS cannot be reset (not Linux, or /proc read-only)."""
+    try:
+        reset_and_read_peak_mb(reset=True)
+    except OSError as exc:
+        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+
+
+def peak_growth_mb(call: Callable[[], T]) -> tuple[float, T]:
+    """(how far ``call`` raised the peak RSS above the RSS before it, in MiB; what it returned)."""
+    base = reset_and_read_peak_mb(reset=True)
+    result = call()
+    return reset_and_read_peak_mb(reset=False) - base, result

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _memory import reset_and_read_peak_mb
+from _memory import peak_growth_mb, require_peak_reset
 
 from engine.gallery import Gallery
 
@@ -71,17 +71,12 @@ def test_many_small_adds_equal_one_big_add(mode: str) -> None:
 
 
 def _add_peak_mb(gal: Gallery, rows: np.ndarray, ids: np.ndarray) -> float:
-    base = reset_and_read_peak_mb(reset=True)
-    gal.add(rows, ids)
-    return reset_and_read_peak_mb(reset=False) - base
+    return peak_growth_mb(lambda: gal.add(rows, ids))[0]
 
 
 def test_add_peak_memory_is_about_the_new_rows() -> None:
     """The old sort-on-add held old + new + concatenated + reordered rows: > 2x the whole gallery."""
-    try:
-        reset_and_read_peak_mb(reset=True)
-    except OSError as exc:
-        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+    require_peak_reset()
     rng = np.random.default_rng(3)
     first = rng.standard_normal((200_000, 64), dtype=np.float32)  # 49 MB
     gal = Gallery(64)  # the two-pass rows are derived at the first search, not during the adds

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _memory import reset_and_read_peak_mb
+from _memory import peak_growth_mb, require_peak_reset
 
 from engine.errors import InputError
 from engine.gallery import Gallery
@@ -93,20 +93,19 @@ def test_faiss_exact_still_needs_float32() -> None:
 
 def _chunked_fill_peak_mb(chunks: list[np.ndarray], reserve: bool) -> tuple[float, Gallery]:
     gal = Gallery(chunks[0].shape[1], method="torch")
-    base = reset_and_read_peak_mb(reset=True)
-    if reserve:
-        gal.reserve(sum(map(len, chunks)))
-    for i, chunk in enumerate(chunks):
-        gal.add(chunk, np.arange(i * len(chunk), (i + 1) * len(chunk)))
-    return reset_and_read_peak_mb(reset=False) - base, gal
+
+    def fill() -> None:
+        if reserve:
+            gal.reserve(sum(map(len, chunks)))
+        for i, chunk in enumerate(chunks):
+            gal.add(chunk, np.arange(i * len(chunk), (i + 1) * len(chunk)))
+
+    return peak_growth_mb(fill)[0], gal
 
 
 def test_reserve_bounds_a_chunked_fill_to_about_its_final_size() -> None:
     """Without reserve the last growth holds the old and the grown buffer at once (~1.5x the rows)."""
-    try:
-        reset_and_read_peak_mb(reset=True)
-    except OSError as exc:
-        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+    require_peak_reset()
     rng = np.random.default_rng(4)
     chunks = [rng.standard_normal((32_768, 64), dtype=np.float32) for _ in range(7)]
     final_mb = sum(c.nbytes for c in chunks) / 2**20

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _memory import reset_and_read_peak_mb
+from _memory import peak_growth_mb, require_peak_reset
 
 from engine.gallery import Gallery
 
@@ -85,10 +85,7 @@ def test_cuda_add_peak_memory_is_about_the_new_rows() -> None:
 
 @pytest.mark.slow
 def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
-    try:
-        reset_and_read_peak_mb(reset=True)
-    except OSError as exc:
-        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+    require_peak_reset()
     n, dim, chunk, n_q = 1_000_000, 64, 16_384, 64
     gal = Gallery(dim, chunk=chunk, query_batch=n_q)
     rng = np.random.default_rng(0)
@@ -99,13 +96,9 @@ def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
     # The first big search builds the bf16 copy (80 x 2 bytes a row here, kept): its peak must be that
     # copy plus blocks, not the full FP64 (512 MB) and FP32 temporaries of the old code.
     coarse_mb = n * 80 * 2 / 2**20 if gal.search_path(n_q) == "bf16" else 0.0
-    base = reset_and_read_peak_mb(reset=True)
-    gal.search(q, 5)
-    first = reset_and_read_peak_mb(reset=False) - base
+    first, _ = peak_growth_mb(lambda: gal.search(q, 5))
     assert first < coarse_mb + 8 * block_mb + 64, f"first search grew the peak RSS by {first:.0f} MB"
-    base = reset_and_read_peak_mb(reset=True)
-    d, i = gal.search(q, 5)
-    grown = reset_and_read_peak_mb(reset=False) - base
+    grown, (d, i) = peak_growth_mb(lambda: gal.search(q, 5))
     # A (queries x gallery) block would be 64 x 1M x 4 B = 256 MB; one chunk block is 4 MB. The peak
     # may grow by a few chunk blocks, never by a gallery-sized buffer.
     assert grown < 8 * block_mb + 32, f"peak RSS grew {grown:.0f} MB during search"
@@ -117,16 +110,11 @@ def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
 def test_first_single_query_after_add_builds_no_gallery_sized_copy() -> None:
     """The old first search built a bf16 copy and an FP64 copy of every row (1.4 s and 3x the memory
     for one query at 100k x 1024); one query now reads the rows as they are."""
-    try:
-        reset_and_read_peak_mb(reset=True)
-    except OSError as exc:
-        pytest.skip(f"cannot reset peak RSS here ({exc}); needs Linux /proc/self/clear_refs")
+    require_peak_reset()
     rows = np.random.default_rng(0).standard_normal((100_000, 256), np.float32)  # 98 MB
     gal = Gallery(256)
     ids = np.random.default_rng(1).permutation(100_000)  # ids out of order: a rank is needed
     gal.add(rows, ids)
-    base = reset_and_read_peak_mb(reset=True)
-    d, i = gal.search(rows[5], 3)
-    grown = reset_and_read_peak_mb(reset=False) - base
+    grown, (d, i) = peak_growth_mb(lambda: gal.search(rows[5], 3))
     assert grown < 0.1 * rows.nbytes / 2**20 + 16, f"first search grew the peak RSS by {grown:.0f} MB"
     assert i[0, 0] == ids[5] and d[0, 0] < 1e-3 * float(rows[5] @ rows[5])
