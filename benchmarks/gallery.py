@@ -171,8 +171,14 @@ def _interleaved(searches: Searchers, batches: list[np.ndarray],
         for name, out in outputs.items():
             got = np.concatenate(out)
             agree[name] = float(np.mean(got == ref))
-            recall[name] = float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, ref, strict=True)]))
+            recall[name] = recall_at_k(got, ref)
     return times, agree, recall
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's reference ids (a row of ``truth``) found in its row of ``found``,
+    in any order."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), truth.tolist(), strict=True)]))
 
 
 def _call(search: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,

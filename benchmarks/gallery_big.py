@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.common import environment, host_memory_mb, markdown_table, summarize, write_json
-from benchmarks.gallery import CLUSTER_SIZE, SMOKE, around, unit
+from benchmarks.gallery import CLUSTER_SIZE, SMOKE, around, recall_at_k, unit
 from engine import cli, faiss_search
 from engine.atomic import write_text
 from engine.errors import InputError
@@ -112,7 +112,7 @@ def _time_approx(gallery: Gallery, queries: np.ndarray, truth: np.ndarray, exact
     for nprobe in cfg["nprobe"]:
         gallery.nprobe = nprobe
         found = gallery.search(queries, k)[1]  # recall over every query (a search's ids do not depend on batching)
-        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist(), strict=True)]))
+        recall = recall_at_k(found, truth)
         for b in cfg["batches"]:
             times: list[float] = []
             for s in range(0, len(queries) - b + 1, b):

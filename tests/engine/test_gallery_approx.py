@@ -25,6 +25,11 @@ def _brute_ids(q: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1, kind="stable")[:, :k]
 
 
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` found in the same row of ``found``."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), truth.tolist(), strict=True)]))
+
+
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_recall_and_distances_of_each_kind(kind: str, storage: str) -> None:
@@ -35,7 +40,7 @@ def test_recall_and_distances_of_each_kind(kind: str, storage: str) -> None:
     d, ids = gal.search(q, 10)
     stored = g.astype(storage).astype(np.float64)  # what the gallery holds
     truth = _brute_ids(q, stored, 10) + 7
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), truth.tolist(), strict=True)])
+    recall = _recall(ids, truth)
     assert recall >= 0.9, f"{kind}: recall@10 {recall:.3f}"
     assert d.dtype == np.float32 and np.all(np.diff(d, axis=1) >= 0)
     exact = ((q[:, None, :].astype(np.float64) - stored[ids - 7]) ** 2).sum(-1)
@@ -127,4 +132,4 @@ def test_saved_float16_gallery_loads_as_ivf_sq8(tmp_path) -> None:
     gal = Gallery.load(tmp_path / "g.npz", method="ivf-sq8")
     assert (gal.storage, gal.method, len(gal)) == ("float16", "ivf-sq8", 2000)
     got, want = gal.search(data[2000:], 5)[1], exact.search(data[2000:], 5)[1]
-    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got.tolist(), want.tolist(), strict=True)]) >= 0.9
+    assert _recall(got, want) >= 0.9
