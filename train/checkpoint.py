@@ -35,10 +35,13 @@ _KEYS = ("format", "version", "state_dict", "config", "spec", "epoch", "num_clas
 
 @dataclass
 class Checkpoint:
-    """What ``load_checkpoint`` returns; ``model`` is rebuilt from ``config`` and in eval mode."""
+    """What ``load_checkpoint`` returns, in eval mode: ``network`` is the JLML rebuilt from ``config``
+    (None for a LOMO + XQDA matcher, which trains none); ``model`` is what is served: the network, or
+    the ``train.hybrid.HybridMatcher`` the checkpoint records around it."""
 
     path: Path
-    model: JLML
+    model: Any
+    network: JLML | None
     config: JLMLConfig
     spec: ModelSpec
     epoch: int
@@ -47,18 +50,51 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def trained_network(self) -> JLML:
+        """The JLML network, for what continues or inspects training (resume, --init, sparsity)."""
+        if self.network is None:
+            raise CheckpointError(f"checkpoint {self.path} holds a LOMO + XQDA matcher and no JLML network "
+                                  "(nothing was trained); pass a checkpoint of a jlml or fused run")
+        return self.network
+
 
 def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, *, epoch: int,
                     num_classes: int, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, extra: dict[str, Any] | None = None) -> Path:
     """Atomically write ``model``'s weights with everything needed to rebuild and resume it."""
+    return _write(path, _payload(model, cfg, epoch=epoch, num_classes=num_classes, optimizer=optimizer,
+                                 scheduler=scheduler, extra=extra))
+
+
+def _write(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    return write_with(path, lambda tmp: torch.save(payload, tmp))  # a refused write names the path
+
+
+def save_matcher(path: str | os.PathLike[str], matcher: Any, cfg: JLMLConfig, *,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Record a fitted ``train.hybrid.HybridMatcher`` in a checkpoint: added to the JLML checkpoint at
+    ``path`` (which keeps its weights, optimiser state and record), or a new checkpoint holding only the
+    matcher when it has no JLML part (``cfg`` then gives the input size)."""
+    if matcher.jlml is not None:
+        payload = _read_payload(Path(path), "cpu")
+        payload["extra"] = {**payload["extra"], **(extra or {})}
+    else:
+        payload = {"format": FORMAT, "version": FORMAT_VERSION, "state_dict": {}, "config": cfg.to_dict(),
+                   "epoch": 0, "num_classes": 0, "optimizer": None, "scheduler": None, "extra": dict(extra or {})}
+    payload.update(spec=matcher.spec.to_dict(), matcher=matcher.record())
+    return _write(path, payload)
+
+
+def _payload(model: JLML, cfg: JLMLConfig, *, epoch: int, num_classes: int,
+             optimizer: torch.optim.Optimizer | None, scheduler: Any, extra: dict[str, Any] | None,
+             ) -> dict[str, Any]:
     if model.cfg != cfg or model.num_classes != num_classes:
         raise InputError(
             f"model was built for {model.num_classes} classes with another config "
             f"(differs in {sorted(model.cfg.diff(cfg))}) than the cfg/num_classes={num_classes} given; "
             "pass the config the model was built from"
         )
-    payload = {
+    return {
         "format": FORMAT, "version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(), "spec": model.spec.to_dict(), "epoch": int(epoch),
@@ -67,7 +103,6 @@ def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, 
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "extra": dict(extra or {}),
     }
-    return write_with(path, lambda tmp: torch.save(payload, tmp))  # a refused write names the path
 
 
 def _to_cpu(value: Any) -> Any:
@@ -106,17 +141,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     """Rebuild the model a checkpoint describes and load its weights (model in eval mode)."""
     path = Path(path)
     payload = _read_payload(path, map_location)
+    matcher = payload.get("matcher")
     try:
         cfg = JLMLConfig.from_dict(payload["config"])
         spec = ModelSpec.from_dict(payload["spec"])
-        model = JLML(cfg, payload["num_classes"])
-        model.load_state_dict(payload["state_dict"])
+        network = None
+        if matcher is None or matcher.get("kind") != "lomo_xqda":
+            network = JLML(cfg, payload["num_classes"])
+            network.load_state_dict(payload["state_dict"])
+            network.eval()
     except (InputError, RuntimeError, TypeError) as exc:
         raise CheckpointError(
             f"checkpoint {path} does not rebuild a model ({exc}); it was written by an incompatible "
             "jlml-engine version, retrain or use that version"
         ) from exc
-    return Checkpoint(path=path, model=model.eval(), config=cfg, spec=spec, epoch=payload["epoch"],
+    model = network
+    if matcher is not None:
+        from .hybrid import HybridMatcher
+
+        model = HybridMatcher.from_record(matcher, network).eval()
+    return Checkpoint(path=path, model=model, network=network, config=cfg, spec=spec, epoch=payload["epoch"],
                       num_classes=payload["num_classes"], optimizer_state=payload["optimizer"],
                       scheduler_state=payload["scheduler"], extra=payload["extra"])
 

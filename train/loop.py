@@ -12,6 +12,7 @@ changes what a run means, so a run may resume on another device.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -301,7 +302,7 @@ def _start(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, where: Placement,
     if ck is not None:
         check_same_config(ck, cfg, data.num_classes)
         _check_resumable(ck.extra.get("options", {}), opts, ck.epoch, ck.path)
-        model.load_state_dict(ck.model.state_dict())
+        model.load_state_dict(ck.trained_network().state_dict())
     elif init is not None:
         report = load_init(model, init, init_source)
     layout = torch.channels_last if where.channels_last else torch.preserve_format
@@ -357,7 +358,7 @@ def embed(model: JLML, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Float32 (N, D) unit embeddings of uint8 (N, H, W, 3) ``images``, in eval mode, no autograd,
     on whatever device the model is."""
     images = model.spec.check_images(images)
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     was_training = model.training
     model.eval()
     try:

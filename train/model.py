@@ -20,6 +20,11 @@ from . import backbones
 from .config import STEM_STRIDE, JLMLConfig
 
 
+def config_spec(cfg: JLMLConfig) -> ModelSpec:
+    """The contract a JLML network of ``cfg`` serves."""
+    return ModelSpec(height=cfg.height, width=cfg.width, mean=cfg.mean, std=cfg.std, embedding_dim=cfg.embedding_dim)
+
+
 class Preprocess(nn.Module):
     """uint8 NHWC -> float32 /255 -> (x - mean) / std -> NCHW -> the parameters' dtype.
 
@@ -185,8 +190,7 @@ class JLML(nn.Module):
 
     @property
     def spec(self) -> ModelSpec:
-        c = self.cfg
-        return ModelSpec(height=c.height, width=c.width, mean=c.mean, std=c.std, embedding_dim=c.embedding_dim)
+        return config_spec(self.cfg)
 
     def forward_features(self, images: Tensor) -> dict[str, Tensor]:
         """uint8 (N, H, W, 3) -> ``{branch: (N, feat_dim)}`` features before normalisation.

@@ -135,7 +135,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     place(runtime or Runtime())
     init_state, source = None, None
     if init is not None:
-        init_state, source = load_checkpoint(init).model.state_dict(), str(init)
+        init_state, source = load_checkpoint(init).trained_network().state_dict(), str(init)
     reid = join_training(data.load(config, progress=options.progress),
                          [other.load(config, progress=options.progress) for other in train_also])
     log(reid.describe())

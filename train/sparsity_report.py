@@ -62,7 +62,7 @@ def checkpoint_sparsity(path: Path, thresholds: tuple[float, ...] = THRESHOLDS) 
     from .checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
-    weights = {b: w.detach().cpu().numpy() for b, w in ck.model.feature_weights().items()}
+    weights = {b: w.detach().cpu().numpy() for b, w in ck.trained_network().feature_weights().items()}
     return weight_sparsity(weights, ck.config.stripes, thresholds)
 
 

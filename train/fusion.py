@@ -1,0 +1,138 @@
+"""Fit a ``train.hybrid.HybridMatcher`` on a training split, choosing the fusion weight on held-out people.
+
+For ``fused``: a third of the training people (seeded) are held out; JLML trains on the rest (through
+the ``train_jlml`` callable the caller gives: the study's or ``train.run``'s own training), XQDA is fitted
+on the same people, and the share ``t`` of the metric part (``train.hybrid``) that ranks the held-out
+people best (Rank-1, then mAP) is kept. XQDA is then refitted on every training person: it is closed
+form and seconds, while JLML is trained once, on two thirds of the people (a second training on all of
+them would double the cost of a run; the JLML part of a fused model is therefore weaker than a JLML
+model of its own, which ``fused`` is compared against in RESULTS.md). ``lomo_xqda`` trains nothing.
+The test split is never seen before the final model is built.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.errors import InputError
+from engine.metrics import evaluate
+from engine.spec import ModelSpec
+
+from .data.reidset import ReidSet, make_reid_set
+from .hybrid import MATCHERS, HybridMatcher
+from .lomo import LOMO, LOMOConfig
+from .model import JLML
+from .xqda import XQDAMap, fit_xqda
+
+# The metric part's share t (its RMS norm against JLML's norm of 1); 0 is JLML alone, inf the metric alone.
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, math.inf)
+HOLDOUT = 1.0 / 3.0
+
+
+@dataclass
+class FusionReport:
+    """How the matcher was fitted: the held-out people and, per share, their Rank-1 and mAP."""
+
+    kind: str
+    share: float = math.inf
+    held_out_ids: int = 0
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    xqda_dims: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "share": None if math.isinf(self.share) else self.share,
+                "held_out_ids": self.held_out_ids, "xqda_dims": self.xqda_dims, "scores": self.scores}
+
+
+def lomo_descriptors(lomo: LOMO, images: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """(N, D) float64 LOMO descriptors of uint8 (N, H, W, 3) images."""
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch_size), desc="LOMO", unit="batch", disable=not progress):
+            out.append(lomo(torch.from_numpy(images[start:start + batch_size])).double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, lomo.dim))
+
+
+def holdout_split(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> ReidSet:
+    """``data``'s training people split in two: ``train`` keeps 1 - fraction of them; the others become
+    ``query`` (each one's images from its first camera) and ``gallery`` (its images from the others).
+    People seen by one camera only stay in ``train``: they cannot be searched across cameras."""
+    pids, cams = data.train_pids, data.train_cams
+    crossing = [p for p in np.unique(pids) if len(np.unique(cams[pids == p])) > 1]
+    held = int(round(fraction * len(crossing)))
+    if held < 2 or len(np.unique(pids)) - held < 2:
+        raise InputError(f"choosing the fusion weight needs >= 2 held-out people seen by two cameras and >= 2 "
+                         f"left to train on; {data.name} has {len(crossing)} such of {len(np.unique(pids))}")
+    chosen = np.random.default_rng(seed).choice(crossing, size=held, replace=False)
+    out = np.isin(pids, chosen)
+    first_cam = np.full(len(pids), -1)
+    for person in chosen:
+        first_cam[pids == person] = cams[pids == person].min()
+    query, gallery = out & (cams == first_cam), out & (cams != first_cam)
+    part = {k: (data.train_images[m], pids[m], cams[m]) for k, m in
+            (("train", ~out), ("query", query), ("gallery", gallery))}
+    return make_reid_set(f"{data.name}(held-out {held})", "single_shot", part)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def weights_for(share: float, scale: float) -> tuple[float, float]:
+    """(a, b) of ``train.hybrid`` for the metric part's ``share`` (inf: the metric alone)."""
+    return (0.0, 1.0 / scale) if math.isinf(share) else (1.0, share / scale)
+
+
+def rms_norm(metric: XQDAMap, descriptors: np.ndarray) -> float:
+    return float(np.sqrt((metric.embed(descriptors) ** 2).sum(1).mean()))
+
+
+def choose_share(jlml: tuple[np.ndarray, np.ndarray], metric: tuple[np.ndarray, np.ndarray], scale: float,
+                 fold: ReidSet) -> tuple[float, dict[str, dict[str, float]]]:
+    """The share of ``SHARES`` whose fused embedding ranks ``fold``'s query against its gallery best; share
+    0 (JLML alone) is scored for the record but not chosen: a fused model keeps its metric part."""
+    scores = {}
+    for share in SHARES:
+        a, b = weights_for(share, scale)
+        q, g = (_unit(np.concatenate([a * u, b * z], axis=1)) for u, z in zip(jlml, metric, strict=True))
+        m = evaluate(q.astype(np.float32), fold.query_pids, fold.query_cams, g.astype(np.float32),
+                     fold.gallery_pids, fold.gallery_cams, protocol="single_shot")
+        scores[str(share)] = {"rank1": m["rank1"], "mAP": m["mAP"]}
+    best = max(SHARES[1:], key=lambda s: (scores[str(s)]["rank1"], scores[str(s)]["mAP"], -s))
+    return best, scores
+
+
+def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
+                train_jlml: Callable[[ReidSet], JLML] | None = None, *, seed: int = 0,
+                progress: bool = False) -> tuple[HybridMatcher, FusionReport]:
+    """Fit the ``kind`` matcher ("lomo_xqda" or "fused") on ``data``'s training part (module docstring)."""
+    if kind not in MATCHERS[1:]:
+        raise InputError(f"matcher {kind!r} is not fitted here; expected one of {MATCHERS[1:]}")
+    lomo = LOMO(lomo_cfg, spec.height, spec.width)
+    descriptors = lomo_descriptors(lomo, data.train_images, progress=progress)
+    report, jlml, share = FusionReport(kind), None, math.inf
+    if kind == "fused":
+        if train_jlml is None:
+            raise InputError("a fused matcher needs train_jlml, the JLML training of the run")
+        fold = holdout_split(data, seed=seed)
+        kept = ~np.isin(data.train_pids, np.concatenate([fold.query_pids, fold.gallery_pids]))
+        jlml = train_jlml(fold).eval()
+        metric = fit_xqda(descriptors[kept], data.train_pids[kept], data.train_cams[kept])
+        fold_metric = tuple(metric.embed(lomo_descriptors(lomo, part)) for part in
+                            (fold.query_images, fold.gallery_images))
+        from .loop import embed_split
+
+        share, report.scores = choose_share(embed_split(jlml, fold), fold_metric,  # type: ignore[arg-type]
+                                            rms_norm(metric, descriptors[kept]), fold)
+        report.held_out_ids = len(np.unique(fold.query_pids))
+    metric = fit_xqda(descriptors, data.train_pids, data.train_cams)
+    report.share, report.xqda_dims = share, metric.dims
+    matcher = HybridMatcher(None if math.isinf(share) else jlml, lomo_cfg, spec, metric,
+                            weights_for(share, rms_norm(metric, descriptors)))
+    return matcher.eval(), report
