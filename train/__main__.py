@@ -36,6 +36,8 @@ from engine.cli import (
 from . import distributed
 from .cli import ints, parse_key_value
 from .config import BRANCHES, LOSSES, JLMLConfig
+from .hybrid import MATCHERS
+from .lomo import LOMOConfig
 from .loop import CHECKPOINT_FILE, DEFAULT_LR, SCHEDULES, Runtime, TrainOptions
 from .recipes import RECIPES, Recipe
 from .runner import DataChoice, Pretrain, run
@@ -78,7 +80,7 @@ def _add_optimisation(p: argparse.ArgumentParser, o: TrainOptions) -> None:
     t.add_argument("--seed", type=int, default=o.seed, help="weight initialisation and batch order seed")
 
 
-def _add_run(p: argparse.ArgumentParser) -> None:
+def _add_run(p: argparse.ArgumentParser, recipe: Recipe | None) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--recipe", choices=sorted(RECIPES), help="start from this recipe's settings (default: none)")
     r.add_argument("--out", type=Path, help="run folder (default: a fresh runs/DATASET-YYYYmmdd-HHMMSS)")
@@ -89,6 +91,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="fine-tune from this checkpoint, its classifiers dropped if the id count differs "
                         "(default: fresh weights)")
     r.add_argument("--no-pretrain", action="store_true", help="skip the recipe's pre-training data set")
+    r.add_argument("--matcher", choices=MATCHERS, default=recipe.matcher if recipe else "jlml",
+                   help="what the checkpoint serves: jlml; lomo_xqda (LOMO + XQDA, trains nothing); fused "
+                        "(both in one embedding, the weight chosen on a held-out third of the training "
+                        "people, on whom JLML then does not train)")
     r.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, else fp16 + GradScaler)")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -124,7 +130,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     p = parser("python -m train", __doc__)
     _add_data(p, recipe)
     _add_optimisation(p, TrainOptions(**recipe.options) if recipe else TrainOptions())
-    _add_run(p)
+    _add_run(p, recipe)
     _add_model(p, JLMLConfig(**recipe.config) if recipe else JLMLConfig())
     return p
 
@@ -173,6 +179,7 @@ def _train(args: argparse.Namespace) -> int:
     from engine.metrics import format_table
 
     cfg, opts = config_from_args(args)
+    recipe = RECIPES.get(args.recipe) if args.recipe else None
     runtime = Runtime(device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers)
     data, pretrain = data_from_args(args)
     train_also = joined_sets(args)
@@ -180,7 +187,8 @@ def _train(args: argparse.Namespace) -> int:
     main_rank = distributed.is_main()  # under torchrun only rank 0 evaluates and prints
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
                  resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
-                 evaluate=main_rank, log=print if main_rank else (lambda _: None), train_also=train_also)
+                 evaluate=main_rank, log=print if main_rank else (lambda _: None), train_also=train_also,
+                 matcher=args.matcher, lomo=LOMOConfig(**recipe.lomo) if recipe else None)
     distributed.barrier()  # rank 0 evaluates; the others wait, so no rank tears the group down under it
     if not main_rank:
         return 0

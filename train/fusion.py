@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,19 @@ def choose_share(jlml: tuple[np.ndarray, np.ndarray], metric: tuple[np.ndarray, 
         scores[str(share)] = {"rank1": m["rank1"], "mAP": m["mAP"]}
     best = max(SHARES[1:], key=lambda s: (scores[str(s)]["rank1"], scores[str(s)]["mAP"], -s))
     return best, scores
+
+
+def fit_and_save(kind: str, data: ReidSet, cfg: Any, lomo_cfg: LOMOConfig,
+                 train_jlml: Callable[[ReidSet], JLML] | None, folder: Path, *, seed: int = 0,
+                 extra: dict[str, Any] | None = None, progress: bool = False) -> tuple[HybridMatcher, FusionReport]:
+    """``fit_matcher`` for a run in ``folder``, the matcher and its fusion report recorded in its checkpoint."""
+    from .checkpoint import CHECKPOINT_FILE, save_matcher
+    from .model import config_spec
+
+    matcher, report = fit_matcher(kind, data, config_spec(cfg), lomo_cfg, train_jlml, seed=seed, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_matcher(folder / CHECKPOINT_FILE, matcher, cfg, extra={**(extra or {}), "fusion": report.to_dict()})
+    return matcher, report
 
 
 def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,

@@ -118,7 +118,6 @@ _CPU_OPTIONS = {"batch_size": 32, "optimizer": "adam", "lr": 2e-3}
 # BNNeck on both branch features (measured on VIPeR split 0, no pre-training, 20 epochs: Rank-1 18.7
 # against 12.3 without; training accuracy 78 % against 58 %) and flip averaging inside the graph.
 _NECK = {"bnneck": True, "flip_test": True}
-_LOMO = {"retinex": False}
 
 RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "viper": Recipe("viper", "viper", config={**_SMALL_NET, "width": 48},
@@ -180,17 +179,17 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
                              train_also={"viper": {"num_train": 631, "num_test": 1}}, extra_metrics=EXTRA_METRICS),
     # LOMO + XQDA (train.lomo, train.xqda) alone, and fused with JLML into one served embedding
     # (train.fusion chooses the weight on a held-out third of the training people; JLML trains on the
-    # other two thirds). Retinex off: over VIPeR's 10 splits MSRCP gave Rank-1 37.6 ± 2.8 against 38.3 ± 2.2
-    # without (-0.7 ± 2.5 paired, noise), so the cheaper one is used (RESULTS.md, "Hybrid matcher").
+    # other two thirds). LOMO without Retinex (LOMOConfig's default): over VIPeR's 10 splits MSRCP gave
+    # Rank-1 37.6 ± 2.8 against 38.3 ± 2.2 without (-0.7 ± 2.5 paired: noise, so the cheaper one).
     # The JLML part is viper_bnneck_long's network at 30 epochs (prid2011: 60).
     "viper_lomo_xqda": Recipe("viper_lomo_xqda", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
-                              matcher="lomo_xqda", lomo=_LOMO),
+                              matcher="lomo_xqda"),
     "viper_fused": Recipe("viper_fused", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
-                          options={**_CPU_OPTIONS, "epochs": 30}, matcher="fused", lomo=_LOMO),
+                          options={**_CPU_OPTIONS, "epochs": 30}, matcher="fused"),
     "prid2011_lomo_xqda": Recipe("prid2011_lomo_xqda", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
-                                 matcher="lomo_xqda", lomo=_LOMO),
+                                 matcher="lomo_xqda"),
     "prid2011_fused": Recipe("prid2011_fused", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
-                             options={**_CPU_OPTIONS, "epochs": 60}, matcher="fused", lomo=_LOMO),
+                             options={**_CPU_OPTIONS, "epochs": 60}, matcher="fused"),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
     "smoke": Recipe("smoke", "synthetic",
                     config={"height": 32, "width": 16, "widths": (4, 8), "blocks": (1, 1), "feat_dim": 16},

@@ -20,6 +20,9 @@ from engine.errors import DataError, InputError
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
 from .config import JLMLConfig
+from .fusion import fit_and_save
+from .hybrid import MATCHERS
+from .lomo import LOMOConfig
 from .loop import AugmentFactory, Runtime, TrainOptions, evaluate_model, fit, place
 from .model import JLML
 
@@ -68,7 +71,7 @@ class TrainResult:
 
     out: Path
     checkpoint: Path
-    model: JLML
+    model: Any  # the JLML network, or the train.hybrid.HybridMatcher served around it
     metrics: dict[str, float] | None
     history: list[dict[str, Any]]
     data: Any
@@ -112,15 +115,20 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         runtime: Runtime | None = None, augment: bool = True, resume: bool | str | Path | None = None,
         init: str | Path | None = None, pretrain: Pretrain | None = None, force: bool = False,
         evaluate: bool = True, log: Callable[[str], object] = print,
-        train_also: Sequence[DataChoice] = ()) -> TrainResult:
+        train_also: Sequence[DataChoice] = (), matcher: str = "jlml", lomo: LOMOConfig | None = None,
+        ) -> TrainResult:
     """Train ``config`` with ``options`` on ``data`` into ``out`` and evaluate it.
 
     ``resume``: True (``out/last.pt``) or a checkpoint path to continue; ``init``: a checkpoint to
     fine-tune from (classifiers of another id count are dropped, anything else must match);
     ``pretrain``: train on another data set first (skipped when resuming or with ``init``);
     ``train_also``: other data sets whose every person joins the training ids (joint training);
-    ``force``: overwrite a checkpoint already in ``out``.
+    ``force``: overwrite a checkpoint already in ``out``; ``matcher``: what is served, "jlml", or a
+    LOMO + XQDA matcher alone ("lomo_xqda") or fused with JLML ("fused", ``train.fusion``: JLML then
+    trains on two thirds of the people, the fusion weight is chosen on the others).
     """
+    if matcher not in MATCHERS:
+        raise InputError(f"matcher {matcher!r}; expected one of {MATCHERS}")
     out = Path(out)
     resume_path = _resume_path(resume, out)
     if init is not None and resume_path is not None:
@@ -144,14 +152,27 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
                                     runtime=runtime)
         source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
-    result = fit(config, reid, options, out, resume=resume_path, make_augment=augment_factory(augment),
-                 init=init_state, init_source=source, runtime=runtime, overwrite=force,
-                 record={"data": data.record(), "init": source,
-                         **({"train_also": [o.record() for o in train_also]} if train_also else {})})
-    metrics = evaluate_model(result.model, reid) if evaluate else None
+    record = {"data": data.record(), "init": source,
+              **({"train_also": [o.record() for o in train_also]} if train_also else {})}
+    fits: list[Any] = []
+
+    def train_jlml(train_set: Any) -> JLML:
+        fits.append(fit(config, train_set, options, out, resume=resume_path, make_augment=augment_factory(augment),
+                        init=init_state, init_source=source, runtime=runtime, overwrite=force, record=record))
+        return fits[-1].model
+
+    if matcher == "jlml":
+        model = train_jlml(reid)
+    else:
+        model, report = fit_and_save(matcher, reid, config, lomo or LOMOConfig(), train_jlml, out,
+                                     seed=data.split_seed, extra=record, progress=options.progress)
+        log(f"{matcher}: XQDA {report.xqda_dims} dims, metric share {report.share} (chosen on "
+            f"{report.held_out_ids} held-out training people)")
+    metrics = evaluate_model(model, reid) if evaluate else None
     if metrics is not None:
         write_text(out / METRICS_FILE, json.dumps(
             {"dataset": data.dataset, "split_seed": data.split_seed, "data": data.record(), "init": source,
              "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
-    return TrainResult(out=out, checkpoint=result.checkpoint, model=result.model, metrics=metrics,
-                       history=result.history, data=reid, init=result.init)
+    result = fits[-1] if fits else None
+    return TrainResult(out=out, checkpoint=out / CHECKPOINT_FILE, model=model, metrics=metrics,
+                       history=result.history if result else [], data=reid, init=result.init if result else None)

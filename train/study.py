@@ -28,11 +28,9 @@ from engine.atomic import write_text
 from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
 
-from .checkpoint import save_matcher
-from .fusion import fit_matcher
+from .fusion import fit_and_save
 from .lomo import LOMOConfig
 from .loop import CHECKPOINT_FILE, METRICS_FILE, embed_split, fit, score_embeddings
-from .model import config_spec
 from .recipes import ABLATIONS, JOINT, RECIPES, Recipe, get_recipe
 from .runner import DataChoice, augment_factory, join_training
 
@@ -74,7 +72,7 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
     if recipe.augment_options:
         record["augment_options"] = recipe.augment_options
     if recipe.matcher != "jlml":
-        record["matcher"], record["lomo"] = recipe.matcher, recipe.lomo
+        record["matcher"], record["lomo"] = recipe.matcher, LOMOConfig(**recipe.lomo).to_dict()
     return record
 
 
@@ -137,10 +135,8 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     if recipe.matcher == "jlml":
         metrics, extra = run_metrics(recipe, train_jlml(data), data)
     else:
-        matcher, report = fit_matcher(recipe.matcher, data, config_spec(cfg), LOMOConfig(**recipe.lomo),
-                                      train_jlml, seed=key.split_seed)
-        key.folder(out).mkdir(parents=True, exist_ok=True)
-        save_matcher(key.folder(out) / CHECKPOINT_FILE, matcher, cfg, extra={**trained_on, "fusion": report.to_dict()})
+        matcher, report = fit_and_save(recipe.matcher, data, cfg, LOMOConfig(**recipe.lomo), train_jlml,
+                                       key.folder(out), seed=key.split_seed, extra=trained_on)
         metrics, extra = matcher_metrics(matcher, data)
         extra_record["fusion"] = report.to_dict()
     record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),

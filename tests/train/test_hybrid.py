@@ -128,3 +128,16 @@ def test_fused_artefact_exports_with_parity_and_serves(tmp_path, tiny_cfg, peopl
         with torch.no_grad():
             want = matcher(torch.from_numpy(images)).numpy()
         assert ((got * want).sum(1)).min() >= floor
+
+
+def test_train_cli_matcher_lomo_xqda_writes_a_served_matcher(tmp_path, capsys):
+    from train.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["--recipe", "smoke", "--matcher", "lomo_xqda", "--out", str(out), "--no-progress"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.network is None and ckpt.model.kind == "lomo_xqda"
+    assert ckpt.spec.extra["matcher"]["parts"] == {"lomo_xqda": ckpt.spec.embedding_dim}
+    assert ckpt.extra["data"]["dataset"] == "synthetic" and ckpt.extra["fusion"]["kind"] == "lomo_xqda"
+    assert "lomo_xqda: XQDA" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file()
