@@ -43,10 +43,17 @@ _PRIMARY: dict[tuple[int, int], Any] = {}  # (id of the pycuda.driver module, de
 _PRIMARY_LOCK = threading.Lock()
 
 
+def import_runtime(needed_for: str = "the 'trt' backend") -> tuple[Any, Any]:
+    """(tensorrt, pycuda.driver), both or BackendUnavailableError: a TensorRT container without pycuda
+    can build a plan but never run it, so whatever needs the plan to run (this backend, export's parity
+    gate) probes both here. tensorrt must be a real one (it has ``Builder``); pycuda is not initialised."""
+    trt = optional_import("tensorrt", needed_for=needed_for, attribute="Builder")
+    return trt, optional_import("pycuda.driver", needed_for=needed_for)
+
+
 def _import_trt() -> Any:
-    """Check tensorrt (a real one: it has ``Builder``) and return pycuda.driver (not yet initialised)."""
-    optional_import("tensorrt", needed_for="the 'trt' backend", attribute="Builder")
-    return optional_import("pycuda.driver", needed_for="the 'trt' backend")
+    """pycuda.driver, once tensorrt and pycuda both import (``import_runtime``)."""
+    return import_runtime()[1]
 
 
 def _device_index(device: str) -> int:
