@@ -10,9 +10,11 @@ Real TensorRT runs in the conformance test.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import types
+import weakref
 from itertools import count
 
 import numpy as np
@@ -32,10 +34,15 @@ class _Stream:
     """A CUDA stream: work is queued in order and runs only when the host waits for it."""
 
     def __init__(self, cuda: types.ModuleType) -> None:
+        cuda.require_context("Stream()")
         self.queue: list = []
         self.log = cuda.log
         self.handle = id(self)
+        self.released = cuda.released
         cuda.streams[self.handle] = self
+
+    def __del__(self) -> None:
+        self.released("Stream")
 
     def enqueue(self, entry: tuple, op) -> None:
         self.log.append(entry)
@@ -51,19 +58,39 @@ class _Stream:
 
 
 def _fake_cuda() -> types.ModuleType:
+    """pycuda.driver as the backend uses it. Like the real one, it refuses to create streams, events and
+    buffers with no current context, and it records every one released (freed or garbage-collected)
+    while no context is current: pycuda warns "cannot activate out-of-thread context" and leaks it."""
     cuda = types.ModuleType("pycuda.driver")
     memory: dict[int, bytearray] = {}
     copies_in, copies_out, records = count(), count(), count()
 
+    def require_context(what: str) -> None:
+        if not getattr(cuda.current, "stack", []):
+            raise RuntimeError(f"{what} failed: no CUDA context is current on this thread")
+
+    def released(what: str) -> None:
+        if not getattr(cuda.current, "stack", []):
+            cuda.out_of_context.append(what)
+
+    def pagelocked_empty(shape, dtype):
+        require_context("pagelocked_empty")
+        return np.empty(shape, dtype)
+
     class Allocation:
         def __init__(self, nbytes: int) -> None:
+            require_context("mem_alloc")
             self.buf = memory.setdefault(id(self), bytearray(nbytes))
 
         def __int__(self) -> int:
             return id(self)
 
         def free(self) -> None:
-            memory.pop(id(self))
+            if memory.pop(id(self), None) is not None:
+                released("mem_alloc")
+
+        def __del__(self) -> None:
+            self.free()
 
     def htod(dst, src, stream):
         queued = src.tobytes()
@@ -81,6 +108,12 @@ def _fake_cuda() -> types.ModuleType:
 
     class Event:
         stream = marker = tag = None
+
+        def __init__(self) -> None:
+            require_context("Event()")
+
+        def __del__(self) -> None:
+            released("Event")
 
         def record(self, stream):
             self.stream, self.marker, self.tag = stream, lambda: None, next(records)
@@ -130,9 +163,10 @@ def _fake_cuda() -> types.ModuleType:
             return Context()
 
     cuda.__dict__.update(
-        current=threading.local(), retained=[], detached=[],
-        init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
-        streams={}, pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod,
+        current=threading.local(), retained=[], detached=[], out_of_context=[], require_context=require_context,
+        released=released, init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
+        streams=weakref.WeakValueDictionary(), pagelocked_empty=pagelocked_empty, mem_alloc=Allocation,
+        memcpy_htod_async=htod,
         memcpy_dtoh_async=dtoh, Event=Event, Stream=lambda: _Stream(cuda),
     )
     return cuda
@@ -423,6 +457,27 @@ def _embed_in_threads(emb: Embedder, inputs: list[np.ndarray], repeats: int = 1)
     for thread in threads:
         thread.join()
     return results
+
+
+def test_close_releases_every_worker_in_the_context_and_ended_threads_give_theirs_back(fake_plan_folder,
+                                                                                       make_images):
+    """Workers of threads that ended are freed when the next one is made (a thread-pool server does not
+    grow until close), and close() frees the last worker's stream, events and buffers while the context
+    is still current, so nothing is left for pycuda to release outside it."""
+    folder = fake_plan_folder()
+    cuda = _fakes()[0]
+    backend = TrtBackend(folder)  # the opening thread's worker: 2 slots x 2 device buffers
+    per_worker = len(cuda.memory)
+    for seed in range(3):  # three short-lived threads, one after the other
+        thread = threading.Thread(target=backend, args=(make_images(3, seed=seed),))
+        thread.start()
+        thread.join()
+    assert len(cuda.memory) == 2 * per_worker  # the opening thread's and the last thread's
+    assert cuda.out_of_context == []
+    backend.close()
+    gc.collect()
+    assert cuda.memory == {} and len(cuda.streams) == 0
+    assert cuda.out_of_context == [], f"released with no current context: {cuda.out_of_context}"
 
 
 def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, reference):
