@@ -217,9 +217,9 @@ class TrtBackend(BaseBackend):
     def _worker(self) -> _Worker:
         """This thread's worker, created on its first batch (with this backend's context current); the
         workers of threads that have ended are freed then, so a thread pool's churn does not pile up."""
-        thread = threading.current_thread()
+        thread, key = threading.current_thread(), threading.get_ident()
         with self._lock:
-            worker = self._workers.get(thread.ident)
+            worker = self._workers.get(key)
         if worker is None or worker.thread is not thread:  # none yet, or a dead thread's ident reused
             with self._current():
                 with self._lock:
@@ -232,7 +232,7 @@ class TrtBackend(BaseBackend):
                     raise ArtifactError(f"TensorRT could not create an execution context for {self._plan_path}")
                 worker = _Worker(context, self._cuda.Stream(), (self._new_slot(), self._new_slot()), thread)
             with self._lock:
-                self._workers[thread.ident] = worker
+                self._workers[key] = worker
         return worker
 
     def _new_slot(self) -> _Slot:
