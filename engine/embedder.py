@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backends import BACKEND_NAMES, Backend, backend_class, check_precision
-from .errors import ArtifactError, InputError, SpecMismatchError
+from .errors import ArtifactError, InputError
 from .spec import PLAN_FILE, PLAN_SIDECAR_FILE, ModelSpec
 
 _log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def offered(folder: str | os.PathLike[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _check_offered(folder: Path, backend: str, precision: str | None) -> None:
-    """An explicit precision that ``backend`` cannot serve from the folder: an error listing what it has."""
+    """An explicit precision that ``backend`` cannot serve from the folder: ArtifactError (the file of
+    that precision is missing; benchmarks skip such a candidate) listing what the artefact has."""
     if precision is None or backend not in ("ort", "trt"):
         return
     have = offered(folder)
@@ -60,7 +61,7 @@ def _check_offered(folder: Path, backend: str, precision: str | None) -> None:
         return  # a plan without a readable sidecar: the trt backend says what is wrong with it
     if precision not in have[backend]:
         listed = "; ".join(f"{b}: {', '.join(p) or 'nothing'}" for b, p in have.items())
-        raise SpecMismatchError(
+        raise ArtifactError(
             f"precision {precision!r} is not in {folder} for backend {backend!r}; the artefact has {listed}; "
             "leave precision out (None: the best the artefact has for the device) or pass one it has"
         )

@@ -423,9 +423,9 @@ def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_pl
 
 def test_an_explicit_precision_the_artefact_lacks_lists_what_it_has(fake_plan_folder):
     folder = fake_plan_folder(precision="fp16")
-    with pytest.raises(SpecMismatchError, match=r"precision 'fp32' .* backend 'trt'.*has ort: fp32, fp16; trt: fp16"):
+    with pytest.raises(ArtifactError, match=r"precision 'fp32' .* backend 'trt'.*has ort: fp32, fp16; trt: fp16"):
         Embedder(folder, backend="trt", precision="fp32")
-    with pytest.raises(SpecMismatchError, match=r"precision 'int8' .* backend 'ort'.*has ort: fp32, fp16; trt: fp16"):
+    with pytest.raises(ArtifactError, match=r"precision 'int8' .* backend 'ort'.*has ort: fp32, fp16; trt: fp16"):
         Embedder(folder, precision="int8")
 
 
