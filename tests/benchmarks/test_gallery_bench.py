@@ -82,3 +82,18 @@ def test_recall_scores_each_batch_once_not_the_warm_up_twice() -> None:
            "other": lambda q: np.array([[0, 1]]) if q[0, 0] == 0 else np.array([[98, 99]])}
     _, agree, recall = _interleaved(ref, batches, {"repeats": 2, "rounds": 2, "device": "cpu"})
     assert recall["other"] == 0.5 and agree["other"] == 0.5 and recall["faiss"] == 1.0
+
+
+def test_the_clock_waits_for_the_measured_gpu_not_the_current_one(monkeypatch):
+    """A benchmark of cuda:1 from a process whose current device is 0 must wait for cuda:1's queue."""
+    import torch
+
+    from benchmarks.common import time_calls
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    time_calls(lambda: None, device="cuda:1", warmup=1, repeats=2)
+    assert waited and all(d is not None and torch.device(d) == torch.device("cuda", 1) for d in waited)
+    waited.clear()
+    time_calls(lambda: None, device="cpu", warmup=1, repeats=2)
+    assert waited == []
