@@ -35,7 +35,7 @@ import numpy as np
 
 from . import faiss_search, gallery_file, search_plan, twopass
 from .buffers import with_room
-from .device import torch_device
+from .device import ieee_fp32, torch_device
 from .distance import squared_norms
 from .errors import InputError
 from .gallery_file import STORAGES, check_labels, check_vectors
@@ -311,15 +311,17 @@ class Gallery:
         block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
         chunk = self._chunk or max(MIN_CHUNK, block // max(1, len(qt)))
         params = SearchParams(k, chunk, rank, exclusion)
-        if path == "torch":
-            d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
-        else:
-            sqnorm, big_n = self._rows("sqnorm"), self._norm_bound
-            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), sqnorm, big_n)
-            first = (self._coarse.rows(self._rows("emb"), sqnorm, big_n) if path == "bf16" else
-                     twopass.fp16_rows(self._rows("emb"), sqnorm, big_n, *self._fp16_bound)
-                     if path == "fp16" else exact)
-            d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params, self.counts)
+        with ieee_fp32(torch):  # the bounds assume FP32 GEMMs: no TF32 (CUDA) or bf16 (oneDNN) however set
+            if path == "torch":
+                d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
+            else:
+                sqnorm, big_n = self._rows("sqnorm"), self._norm_bound
+                exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), sqnorm, big_n)
+                first = (self._coarse.rows(self._rows("emb"), sqnorm, big_n) if path == "bf16" else
+                         twopass.fp16_rows(self._rows("emb"), sqnorm, big_n, *self._fp16_bound)
+                         if path == "fp16" else exact)
+                d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params,
+                                      self.counts)
         ids = torch.where(p >= 0, self._rows("ids")[p.clamp(min=0)], p)
         return d.cpu().numpy(), ids.cpu().numpy()
 
