@@ -343,11 +343,16 @@ class Gallery:
         return check_labels(query_ids, n, "query_ids"), check_labels(query_cams, n, "query_cams")
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz with a JSON header (format, version, dim, count, storage), atomically."""
+        """Write an .npz with a JSON header (format, version, dim, count, storage), atomically.
+
+        A gallery that keeps exact FP32 rows beside its FP16 ones (the "fp16" path) writes the FP32
+        rows: the FP16 ones are their rounding, remade on load, so a reloaded gallery stays exact.
+        """
         header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage}
+        rows = self._rows("exact" if "exact" in self._store else "emb")
         gallery_file.save(path, header, {name: self._rows(name).cpu().numpy() for name in ("ids", "cams")}
-                          | {"embeddings": self._rows("emb").cpu().numpy()})
+                          | {"embeddings": rows.cpu().numpy()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:
