@@ -151,3 +151,55 @@ def test_first_single_query_after_add_builds_no_gallery_sized_copy() -> None:
     grown, (d, i) = peak_growth_mb(lambda: gal.search(rows[5], 3))
     assert grown < 0.1 * rows.nbytes / 2**20 + 16, f"first search grew the peak RSS by {grown:.0f} MB"
     assert i[0, 0] == ids[5] and d[0, 0] < 1e-3 * float(rows[5] @ rows[5])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_add_reads_its_bounds_back_once_not_once_a_block(device: str, storage: str, monkeypatch) -> None:
+    """Each read of a bound is a host sync on CUDA; an add of many norm blocks reads each bound once,
+    and the bounds are the maxima over all rows, as computed in one block."""
+    from engine import gallery as gallery_module
+
+    rows = np.random.default_rng(3).standard_normal((6000, 32), np.float32)
+    method = "fp16" if storage == "float16" else "auto"
+    whole = Gallery(32, device=device, storage=storage, method=method)
+    whole.add(rows, np.arange(6000))
+    reads = []
+    upper_max = gallery_module.twopass.upper_max
+    monkeypatch.setattr(gallery_module.twopass, "upper_max", lambda x: reads.append(1) or upper_max(x))
+    monkeypatch.setattr(gallery_module, "NORM_ELEMENTS", 32 * 250)  # 24 blocks of 250 rows
+    blocks = Gallery(32, device=device, storage=storage, method=method)
+    blocks.add(rows, np.arange(6000))
+    assert len(reads) == (3 if storage == "float16" else 1)
+    assert (blocks._norm_bound, blocks._fp16_bound) == (whole._norm_bound, whole._fp16_bound)
+
+
+def _syncs(call) -> int:
+    """Host syncs of ``call`` on CUDA, as PyTorch's sync debug mode reports them."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_fp16_rerank_syncs_once_a_batch_not_once_a_block(device: str) -> None:
+    """FP16 rows on the device, FP32 rows on the host: the re-rank gathers host rows for 32 queries at a
+    time; the positions come over once a batch and the rows through pinned buffers, so 16 times more
+    blocks cost no more syncs (on the CPU: the same path is exact)."""
+    rng = np.random.default_rng(4)
+    g, q = rng.standard_normal((4000, 64), np.float32), rng.standard_normal((512, 64), np.float32)
+    gal = Gallery(64, device=device, storage="float16", method="fp16", query_batch=512)
+    gal.add(g, np.arange(4000))
+    exact = ((q[:, None, :].astype(np.float64) - g[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(gal.search(q, 10)[1], np.argsort(exact, axis=1, kind="stable")[:, :10])
+    if device == "cuda":
+        # a few more for retry passes that more queries may need; one a block would be 15 more
+        assert _syncs(lambda: gal.search(q, 10)) <= _syncs(lambda: gal.search(q[:32], 10)) + 4
