@@ -57,8 +57,8 @@ def _check_offered(folder: Path, backend: str, precision: str | None) -> None:
     if precision is None or backend not in ("ort", "trt"):
         return
     have = offered(folder)
-    if backend == "trt" and not have["trt"] and (folder / PLAN_FILE).is_file():
-        return  # a plan without a readable sidecar: the trt backend says what is wrong with it
+    if backend == "trt" and not have["trt"]:
+        return  # no plan, or no readable sidecar: the trt backend says what is missing (tensorrt first)
     if precision not in have[backend]:
         listed = "; ".join(f"{b}: {', '.join(p) or 'nothing'}" for b, p in have.items())
         raise ArtifactError(
