@@ -201,29 +201,33 @@ class Gallery:
         step = max(1, NORM_ELEMENTS // self._dim)
         if "exact" in self._store:
             self._store["exact"][n:n + m].copy_(torch.from_numpy(emb))
-        maxima = [self._add_norms(s, min(s + step, n + m)) for s in range(n, n + m, step)]
-        if maxima:  # the bounds' running maxima are read once per add: on CUDA one host sync, not one a block
-            top = torch.stack(maxima)
+        starts = range(n, n + m, step)
+        # Each block's maxima land in one buffer made before the blocks' temporaries (small tensors kept
+        # between them would pin the allocator's heap, and the peak with it); read once per add: on
+        # CUDA one host sync, not one per block.
+        top = torch.zeros((len(starts), 3), dtype=torch.float32, device=self._device)
+        for j, s in enumerate(starts):
+            self._add_norms(s, min(s + step, n + m), top[j])
+        if len(starts):
             self._norm_bound = max(self._norm_bound, twopass.upper_max(top[:, 0]))
             if "exact" in self._store:
                 r, g = self._fp16_bound
                 self._fp16_bound = (max(r, twopass.upper_max(top[:, 1])), max(g, twopass.upper_max(top[:, 2])))
         self._n = n + m
 
-    def _add_norms(self, start: int, stop: int) -> Any:
+    def _add_norms(self, start: int, stop: int, top: Any) -> None:
         """Norms of rows [start, stop): of the FP32 rows when kept (the "fp16" path), else as stored.
-        Returns the block's (max squared norm, max FP16 rounding error r, max FP16 norm G) on the device."""
+        ``top`` gets the block's (max squared norm, max FP16 rounding error r, max FP16 norm G)."""
         import torch
 
         stored = self._store["emb"][start:stop]
         exact = self._store["exact"][start:stop].to(stored.device) if "exact" in self._store else stored
         self._store["sqnorm"][start:stop] = squared_norms(exact)
         self._store["sqnorm64"][start:stop] = squared_norms(exact.to(torch.float64))
-        top = self._store["sqnorm"][start:stop].max()
-        if "exact" not in self._store:
-            return torch.stack([top, torch.zeros_like(top), torch.zeros_like(top)])
-        low = stored.float()
-        return torch.stack([top, (exact - low).norm(dim=1).max(), low.norm(dim=1).max()])
+        top[0] = self._store["sqnorm"][start:stop].max()
+        if "exact" in self._store:
+            low = stored.float()
+            top[1], top[2] = (exact - low).norm(dim=1).max(), low.norm(dim=1).max()
 
     def _rank_order(self) -> tuple[Any, Any]:
         """(rank, order): ``rank[row]`` is the row's place in the ids' stable order (the tie key of
