@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,ort,serve,ray
 OUT    ?= artifacts/demo
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean gpu-pylib
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: venv
 lint: venv
 	$(PY) -m ruff check engine export train benchmarks tests tools serve
 	$(PY) tools/typecheck_trt.py --build-dir build
+
+# pytest for benchmarks/gpu_run.sh on a GPU machine without it and without network (carry .gpu/pylib).
+gpu-pylib:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_pylib.sh .gpu/pylib
 
 clean:
 	rm -rf $(VENV) artifacts runs

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import Embedder
+from engine.backends import available
 from engine.device import torch_device
 from engine.errors import InputError
 
@@ -57,9 +58,9 @@ def backend_device(cand: Candidate, device: str) -> str:
     when its build has no CUDA provider (the reference the GPU script records)."""
     if cand.backend != "ort" or device == "cpu":
         return device
-    import onnxruntime
-
-    return device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    # available() never raises: without onnxruntime at all the candidate then fails to open with
+    # BackendUnavailableError, one of the "cannot serve here" errors, and its rows are skipped.
+    return device if available("ort", device)[0] else "cpu"
 
 
 def open_embedder(cand: Candidate, folder: str | os.PathLike[str], device: str, module: Any) -> Embedder:

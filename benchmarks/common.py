@@ -22,11 +22,12 @@ from engine.atomic import write_text, write_with
 
 
 def synchronize(device: str) -> None:
-    """Wait for queued GPU work, so the clock measures the work and not the launch."""
+    """Wait for queued GPU work on ``device`` (the measured ``cuda:N``, not the current device), so
+    the clock measures the work and not the launch."""
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
 def time_calls(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 2, repeats: int = 10,

@@ -42,6 +42,7 @@ from benchmarks.common import (
 )
 from benchmarks.harness import Report
 from engine import cli
+from engine.backends.ort import CUDA_OPTIONS
 from engine.errors import InputError
 from engine.parity import cosine_rows
 from engine.spec import ModelSpec
@@ -160,7 +161,8 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
     settings = {**dataclasses.asdict(options), "device": device, "batches": batches,
                 "backends": [c.name for c in candidates], "input": "random uint8 NHWC",
                 "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D",
-                "artifact_dir": str(artifact), "checkpoint": str(checkpoint), "versions": _versions()}
+                "artifact_dir": str(artifact), "checkpoint": str(checkpoint), "versions": _versions(),
+                "ort_cuda_options": CUDA_OPTIONS}
     images = np.random.default_rng(options.seed).integers(0, 256, (max(batches), *spec.image_shape),
                                                           dtype=np.uint8)
     ctx = {"folder": Path(artifact), "device": device, "images": images, "probe": images[:1], "reference": {},

@@ -58,13 +58,13 @@ def run(args: argparse.Namespace, paths: list[Path], work: Path) -> list[dict[st
     equal: dict[str, bool] = {}
     try:
         for _ in range(args.rounds):
-            with Embedder(args.artifact, backend=args.backend, device="cpu") as embedder:
+            with Embedder(args.artifact, backend=args.backend, device="cpu", precision=args.precision) as embedder:
                 seconds, (want, _) = _timed(lambda e=embedder: embed_paths(paths, e, e.spec.image_shape,
                                                                            progress=False))
             times.setdefault("in-process", []).append(seconds)
             for workers in args.workers:
                 opts = RayOptions(workers=workers, cpus_per_worker=args.cpus_per_worker, backend=args.backend,
-                                  device="cpu", shard_size=args.shard_size)
+                                  device="cpu", precision=args.precision, shard_size=args.shard_size)
                 seconds, (got, _) = _timed(lambda o=opts: embed_with_ray(paths, args.artifact, work / "shards", o))
                 times.setdefault(f"ray-{workers}", []).append(seconds)
                 equal[f"ray-{workers}"] = equal.get(f"ray-{workers}", True) and np.array_equal(got, want)
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=cli.positive_int, default=256, help="images per shard")
     p.add_argument("--rounds", type=cli.positive_int, default=3, help="timed rounds, order interleaved")
     p.add_argument("--backend", default="ort", help="engine backend")
+    cli.add_precision(p)
     return p
 
 

@@ -124,10 +124,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = [rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with Embedder(args.artifact, backend=args.backend, device=args.device) as embedder:
+    with Embedder(args.artifact, backend=args.backend, device=args.device, precision=args.precision) as embedder:
         expected = [embedder(b) for b in batches]
         server = ServerProcess.start(args.artifact, args.out / "server.log",
-                                     extra=("--backend", args.backend, "--device", args.device))
+                                     extra=("--backend", args.backend, "--device", args.device,
+                                            "--precision", embedder.precision))
         try:
             for protocol in args.protocols:
                 url = getattr(server, protocol)
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-process/server call pairs for the overhead")
     p.add_argument("--backend", default="ort", help="engine backend of the server and the in-process reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    cli.add_precision(p)
     return p
 
 

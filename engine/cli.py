@@ -21,7 +21,7 @@ in --help), ``positive_int`` and ``non_negative_int``. Types only training needs
 
 The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
 training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
-writable before any work starts), ``--device``, ``--threads`` and ``--no-progress``.
+writable before any work starts), ``--device``, ``--precision``, ``--threads`` and ``--no-progress``.
 """
 from __future__ import annotations
 
@@ -163,6 +163,15 @@ def add_out(p: Flags, default: str | None, help: str = "output folder") -> None:
 def add_device(p: Flags, default: str = "auto", help: str = "") -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
                    help=help or "auto: CUDA when PyTorch sees a GPU, else the CPU")
+
+
+def add_precision(p: Flags) -> None:
+    """``--precision`` of every command with ``--backend``: None lets the artefact decide (Embedder)."""
+    from .backends.base import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="engine precision (default: the best the artefact has for the device: the TensorRT "
+                   "plan's own where it serves, else FP32; one the artefact lacks is an error listing what it has)")
 
 
 def add_threads(p: Flags) -> None:

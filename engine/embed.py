@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_backend_device(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--device`` of the in-process Embedder (engine.embed and engine.query)."""
+    """``--backend``, ``--device`` and ``--precision`` of the in-process Embedder (engine.embed and engine.query)."""
     p.add_argument("--backend", default="auto", help="in-process backend: auto, trt or ort")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cli.add_precision(p)
 
 
 def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
@@ -157,7 +158,7 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
             raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
         opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                           cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                          backend=args.backend, device=args.device)
+                          backend=args.backend, device=args.device, precision=args.precision)
         return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
     return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
 
@@ -173,7 +174,7 @@ def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[in
         raise InputError("pass --artifact DIR (an exported artefact folder) or --url of a running server")
     from .embedder import Embedder
 
-    with Embedder(args.artifact, backend=args.backend, device=args.device) as embedder:
+    with Embedder(args.artifact, backend=args.backend, device=args.device, precision=args.precision) as embedder:
         return work(embedder, embedder.spec.image_shape)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import faiss_search, gallery_file, search_plan, twopass
 from .buffers import with_room
-from .device import torch_device
+from .device import ieee_fp32, torch_device
 from .distance import squared_norms
 from .errors import InputError
 from .gallery_file import STORAGES, check_labels, check_vectors
@@ -201,24 +201,33 @@ class Gallery:
         step = max(1, NORM_ELEMENTS // self._dim)
         if "exact" in self._store:
             self._store["exact"][n:n + m].copy_(torch.from_numpy(emb))
-        for s in range(n, n + m, step):
-            self._add_norms(s, min(s + step, n + m))
+        starts = range(n, n + m, step)
+        # Each block's maxima land in one buffer made before the blocks' temporaries (small tensors kept
+        # between them would pin the allocator's heap, and the peak with it); read once per add: on
+        # CUDA one host sync, not one per block.
+        top = torch.zeros((len(starts), 3), dtype=torch.float32, device=self._device)
+        for j, s in enumerate(starts):
+            self._add_norms(s, min(s + step, n + m), top[j])
+        if len(starts):
+            self._norm_bound = max(self._norm_bound, twopass.upper_max(top[:, 0]))
+            if "exact" in self._store:
+                r, g = self._fp16_bound
+                self._fp16_bound = (max(r, twopass.upper_max(top[:, 1])), max(g, twopass.upper_max(top[:, 2])))
         self._n = n + m
 
-    def _add_norms(self, start: int, stop: int) -> None:
-        """Norms of rows [start, stop): of the FP32 rows when kept (the "fp16" path), else as stored."""
+    def _add_norms(self, start: int, stop: int, top: Any) -> None:
+        """Norms of rows [start, stop): of the FP32 rows when kept (the "fp16" path), else as stored.
+        ``top`` gets the block's (max squared norm, max FP16 rounding error r, max FP16 norm G)."""
         import torch
 
         stored = self._store["emb"][start:stop]
         exact = self._store["exact"][start:stop].to(stored.device) if "exact" in self._store else stored
         self._store["sqnorm"][start:stop] = squared_norms(exact)
-        self._norm_bound = max(self._norm_bound, twopass.upper_max(self._store["sqnorm"][start:stop]))
         self._store["sqnorm64"][start:stop] = squared_norms(exact.to(torch.float64))
+        top[0] = self._store["sqnorm"][start:stop].max()
         if "exact" in self._store:
-            r, g = self._fp16_bound
             low = stored.float()
-            self._fp16_bound = (max(r, twopass.upper_max((exact - low).norm(dim=1))),
-                                max(g, twopass.upper_max(low.norm(dim=1))))
+            top[1], top[2] = (exact - low).norm(dim=1).max(), low.norm(dim=1).max()
 
     def _rank_order(self) -> tuple[Any, Any]:
         """(rank, order): ``rank[row]`` is the row's place in the ids' stable order (the tie key of
@@ -311,15 +320,17 @@ class Gallery:
         block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and dev.type == "cpu" else dev.type]
         chunk = self._chunk or max(MIN_CHUNK, block // max(1, len(qt)))
         params = SearchParams(k, chunk, rank, exclusion)
-        if path == "torch":
-            d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
-        else:
-            sqnorm, big_n = self._rows("sqnorm"), self._norm_bound
-            exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), sqnorm, big_n)
-            first = (self._coarse.rows(self._rows("emb"), sqnorm, big_n) if path == "bf16" else
-                     twopass.fp16_rows(self._rows("emb"), sqnorm, big_n, *self._fp16_bound)
-                     if path == "fp16" else exact)
-            d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params, self.counts)
+        with ieee_fp32(torch):  # the bounds assume FP32 GEMMs: no TF32 (CUDA) or bf16 (oneDNN) however set
+            if path == "torch":
+                d, p = search_batch(qt, self._rows("emb"), self._rows("sqnorm"), params, order)
+            else:
+                sqnorm, big_n = self._rows("sqnorm"), self._norm_bound
+                exact = twopass.fp32_rows(self._rows("exact" if path == "fp16" else "emb"), sqnorm, big_n)
+                first = (self._coarse.rows(self._rows("emb"), sqnorm, big_n) if path == "bf16" else
+                         twopass.fp16_rows(self._rows("emb"), sqnorm, big_n, *self._fp16_bound)
+                         if path == "fp16" else exact)
+                d, p = twopass.search(qt, twopass.TwoPass(first, exact, self._rows("sqnorm64")), params,
+                                      self.counts)
         ids = torch.where(p >= 0, self._rows("ids")[p.clamp(min=0)], p)
         return d.cpu().numpy(), ids.cpu().numpy()
 
@@ -341,11 +352,16 @@ class Gallery:
         return check_labels(query_ids, n, "query_ids"), check_labels(query_cams, n, "query_cams")
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz with a JSON header (format, version, dim, count, storage), atomically."""
+        """Write an .npz with a JSON header (format, version, dim, count, storage), atomically.
+
+        A gallery that keeps exact FP32 rows beside its FP16 ones (the "fp16" path) writes the FP32
+        rows: the FP16 ones are their rounding, remade on load, so a reloaded gallery stays exact.
+        """
         header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage}
+        rows = self._rows("exact" if "exact" in self._store else "emb")
         gallery_file.save(path, header, {name: self._rows(name).cpu().numpy() for name in ("ids", "cams")}
-                          | {"embeddings": self._rows("emb").cpu().numpy()})
+                          | {"embeddings": rows.cpu().numpy()})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:

@@ -44,6 +44,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     backend: str = "auto"
     device: str = "auto"
+    precision: str | None = None  # None: the best the artefact has for the device (Embedder)
     shard_size: int = 256
     local_cpus: int | None = None
 
@@ -59,10 +60,10 @@ def shard_path(folder: Path, start: int, stop: int) -> Path:
 class EmbedShard:
     """A Ray Data actor: opens one Embedder, then embeds and writes one shard per row it is given."""
 
-    def __init__(self, artifact: str, shard_dir: str, backend: str, device: str) -> None:
+    def __init__(self, artifact: str, shard_dir: str, backend: str, device: str, precision: str | None) -> None:
         from .embedder import Embedder
 
-        self.embedder = Embedder(artifact, backend=backend, device=device)
+        self.embedder = Embedder(artifact, backend=backend, device=device, precision=precision)
         self.shard_dir = Path(shard_dir)
         # Read from the shard folder, not passed as an argument: a restarted actor needs its constructor
         # arguments again, and a large list would live in Ray's object store only as long as the job.
@@ -161,7 +162,7 @@ def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shar
                 worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=opts.workers),
                 num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
                 fn_constructor_kwargs=dict(artifact=str(artifact.resolve()), shard_dir=str(folder.resolve()),
-                                           backend=opts.backend, device=opts.device),
+                                           backend=opts.backend, device=opts.device, precision=opts.precision),
             ).materialize()
     finally:
         if started:

@@ -193,15 +193,51 @@ def _rerank(queries: torch.Tensor, rows: TwoPass, rank: torch.Tensor, positions:
     q_sq = (q64 * q64).sum(dim=1)
     safe = positions.clamp(min=0)
     dist = torch.empty(positions.shape, dtype=torch.float32, device=queries.device)
+    gather = _Gather(rows.exact.data, safe, queries.device, RERANK_BLOCK)
     for s in range(0, len(queries), RERANK_BLOCK):
         idx = safe[s:s + RERANK_BLOCK]
-        flat = idx.reshape(-1).to(rows.exact.data.device)  # host rows of a GPU gallery: gather there
-        gathered = rows.exact.data.index_select(0, flat).to(queries.device).view(*idx.shape, -1)
+        gathered = gather(s).view(*idx.shape, -1)
         dist[s:s + RERANK_BLOCK] = exact_distances(q64[s:s + RERANK_BLOCK], gathered, rows.sqnorm64[idx],
                                                    q_sq[s:s + RERANK_BLOCK])
     dist.masked_fill_(positions < 0, float("inf"))
     d, p = by_value_then_rank(dist, positions, rank)
     return d[:, :k], p[:, :k]
+
+
+class _Gather:
+    """The exact rows of each block of queries' shortlists, on the queries' device.
+
+    Rows on the queries' device are gathered there. Host rows of a GPU gallery (FP16 storage) are
+    gathered on the host: the positions come over once per batch (one sync, not one per block), and
+    each block's rows go through one of two pinned buffers with an asynchronous copy; a buffer is
+    refilled only after the CUDA event recorded behind its last copy, so the host prepares block i+1
+    while block i is still being copied.
+    """
+
+    def __init__(self, rows: torch.Tensor, positions: torch.Tensor, device: torch.device, block: int) -> None:
+        import torch
+
+        self._rows, self._device, self._block, self._torch = rows, device, block, torch
+        self._host = rows.device != device
+        self._where = positions.to(rows.device) if self._host else positions
+        width = positions.shape[1] if positions.dim() == 2 else 0
+        self._buffers = ([torch.empty((block * width, rows.shape[1]), dtype=rows.dtype, pin_memory=True)
+                          for _ in range(2)] if self._host else [])
+        self._copied: list[Any] = [None, None]
+
+    def __call__(self, start: int) -> torch.Tensor:
+        flat = self._where[start:start + self._block].reshape(-1)
+        if not self._host:
+            return self._rows.index_select(0, flat)
+        slot = start // self._block % 2
+        if self._copied[slot] is not None:
+            self._copied[slot].synchronize()  # its previous block's copy has left the buffer
+        staged = self._buffers[slot][:len(flat)]
+        self._torch.index_select(self._rows, 0, flat, out=staged)
+        out = staged.to(self._device, non_blocking=True)
+        self._copied[slot] = self._torch.cuda.Event()
+        self._copied[slot].record(self._torch.cuda.current_stream(self._device))  # the copy's stream
+        return out
 
 
 def _proven(last: torch.Tensor, kth: torch.Tensor, queries: torch.Tensor, rows: Rows) -> torch.Tensor:

@@ -6,7 +6,7 @@ flags into ``BuildOptions``. Everything is built in a staging folder beside ``--
 through the engine (``Embedder``, as it will be served), and published by swapping the folders, so a
 reader sees the old artefact set or the new one, never a mix, and a failed or killed build publishes
 nothing (``export.publish``). Exit codes: 0 ok, 1 parity (or the INT8 gate) below threshold, 2 usage or input errors
-(corrupt checkpoint, spec mismatch, unwritable folder, ``--require-trt`` without TensorRT).
+(corrupt checkpoint, spec mismatch, unwritable folder, ``--require-trt`` without TensorRT or pycuda).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine import cli
+from engine.backends.trt import import_runtime
 from engine.errors import BackendUnavailableError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
@@ -127,10 +128,16 @@ def _export(model: Any, staged: _Staged, samples: np.ndarray, options: BuildOpti
     staged.spec.save(stage / SPEC_FILE)
 
 
+def _load_runtime() -> Any:
+    """tensorrt, once it and pycuda both import: a plan is built only where the engine can run it
+    through its parity gate (engine.backends.trt); else BackendUnavailableError naming the missing one."""
+    return import_runtime("building and checking the TensorRT plan (or build without it)")[0]
+
+
 def _plan(staged: _Staged, options: BuildOptions) -> str:
-    """Build model.plan + sidecar (fingerprinted in the spec) when TensorRT imports; else why not."""
+    """Build model.plan + sidecar (fingerprinted in the spec) when TensorRT and pycuda import; else why not."""
     try:
-        trt = trt_build.load_tensorrt()
+        trt = _load_runtime()
     except BackendUnavailableError as exc:
         if options.require_trt:
             raise
@@ -188,7 +195,7 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
     """
     options = options or BuildOptions()
     if options.require_trt:
-        trt_build.load_tensorrt()  # fail before minutes of export work, not after
+        _load_runtime()  # fail before minutes of export work, not after
     if options.int8:
         int8.check_calib_data(options.calib_data)
     check_out(out)
@@ -231,7 +238,7 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     p.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB,
                    help="TensorRT builder workspace limit in MiB (default %(default)s)")
     p.add_argument("--require-trt", action="store_true",
-                   help="fail (exit 2) instead of skipping the plan when TensorRT is not importable")
+                   help="fail (exit 2) instead of skipping the plan when TensorRT or pycuda is not importable")
     p.add_argument("--no-simplify", dest="simplify", action="store_false",
                    help="keep the exported graphs as they are (no onnxslim)")
     p.add_argument("--sample-images", type=Path, default=None,

@@ -1,9 +1,9 @@
 """INT8 ONNX graph: static quantisation with explicit QuantizeLinear/DequantizeLinear (QDQ) pairs.
 
 ``python -m export.build_engine CKPT --out DIR --int8 --calib-data IMAGES`` adds ``model.int8.onnx``:
-ONNX Runtime's ``quantize_static`` in QDQ format (the form TensorRT 10+/11 consumes for INT8 now that
-it dropped calibrators), calibrated on real person crops, weights INT8 per channel, activations
-UINT8. Input (uint8 pixels) and output (FP32 unit vectors) are unchanged, and the preprocessing
+ONNX Runtime's ``quantize_static`` in QDQ format, served by ONNX Runtime only (its activations are
+asymmetric UINT8 with non-zero zero points, which TensorRT's ONNX parser rejects), calibrated on real
+person crops, weights INT8 per channel, activations UINT8. Input (uint8 pixels) and output (FP32 unit vectors) are unchanged, and the preprocessing
 (cast, mean/std, layout) before the first convolution and the final L2 normalisation after the last
 GEMM stay FP32: those nodes are excluded from quantisation by name, and the embedding GEMMs' outputs
 are not quantised (8 bits on the embedding itself would cost cosine for no speed).

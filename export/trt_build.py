@@ -48,32 +48,24 @@ class GpuIdentity:
 
 
 def gpu_identity() -> GpuIdentity:
-    """GPU 0's name, compute capability and CUDA version from pycuda, else CUDA torch; else an error.
+    """GPU 0's name, compute capability and CUDA driver version, from pycuda only; else an error.
 
+    One source: the engine's TensorRT backend names the GPU through pycuda when it checks the sidecar,
+    and a second spelling (CUDA torch's runtime version) would give one machine two timing-cache names.
+    A plan is built only where pycuda imports anyway (it runs through the engine before publishing).
     Never "unknown": a sidecar must name the GPU, or the plan could never be checked and loaded.
     """
-    reasons = []
+    cuda = optional_import("pycuda.driver", needed_for="naming the GPU the plan is built for")
     try:
-        cuda = optional_import("pycuda.driver", needed_for="naming the GPU")
         cuda.init()
         device, version = cuda.Device(0), cuda.get_driver_version()
         return GpuIdentity(str(device.name()), "{}.{}".format(*device.compute_capability()),
                            f"{version // 1000}.{version % 1000 // 10}")
-    except Exception as exc:  # noqa: BLE001 - pycuda missing, no driver or no device: try torch next
-        reasons.append(f"pycuda: {exc}")
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return GpuIdentity(torch.cuda.get_device_name(0),
-                               "{}.{}".format(*torch.cuda.get_device_capability(0)), str(torch.version.cuda))
-        reasons.append(f"torch {torch.__version__} sees no CUDA GPU")
-    except ImportError as exc:
-        reasons.append(f"torch: {exc}")
-    raise BackendUnavailableError(
-        f"cannot name the GPU the plan is built for ({'; '.join(reasons)}); install pycuda with "
-        "`pip install 'jlml-engine[trt]'` (or a CUDA build of torch) on the machine that builds the plan"
-    )
+    except cuda.Error as exc:
+        raise BackendUnavailableError(
+            f"cannot name the GPU the plan is built for: the CUDA driver failed ({exc}); build the plan on "
+            "a machine whose GPU pycuda sees"
+        ) from exc
 
 
 def timing_cache_name(trt_version: str, gpu: GpuIdentity) -> str:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "torch"], default=DEFAULTS.backend,
                    help="engine backend")
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default=DEFAULTS.precision, help="engine precision")
+    cli.add_precision(p)
     p.add_argument("--gallery-device", default=DEFAULTS.gallery_device,
                    help="where the gallery is searched: cpu or cuda[:N]")
     p.add_argument("--queue-delay-us", type=int, default=DEFAULTS.queue_delay_us,

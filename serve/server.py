@@ -35,7 +35,7 @@ class ServerOptions:
     metrics_port: int = 8002
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str | None = None  # the best the artefact has for the device (engine.Embedder)
     gallery_device: str = "cpu"
     queue_delay_us: int = 1000
     exit_timeout_s: int = 10
@@ -102,7 +102,7 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
             for model in bindings(serial, service, queue_delay_us=opts.queue_delay_us):
                 triton.bind(**model)
             triton.run()
-            print(f"serving {artifact_dir} ({embedder}) on http://{opts.address}:{opts.http_port} and "
+            print(f"serving {artifact_dir} ({embedder}: {embedder.choice}) on http://{opts.address}:{opts.http_port} and "
                   f"grpc://{opts.address}:{opts.grpc_port}; stop with Ctrl+C or SIGTERM", flush=True)
             if ready is not None:
                 ready.set()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import write_text
-from engine.cli import add_no_progress, add_threads, parser, run_cli, set_threads
+from engine.cli import add_no_progress, add_precision, add_threads, parser, run_cli, set_threads
 from engine.errors import CheckpointError
 
 from .cli import parse_key_value
@@ -67,7 +67,7 @@ def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = Non
 
 
 def artifact_embeddings(artifact_dir: str | Path, model: Any, images: list[np.ndarray], *, backend: str = "auto",
-                        device: str = "auto", precision: str = "fp32") -> tuple[str, list[np.ndarray]]:
+                        device: str = "auto", precision: str | None = None) -> tuple[str, list[np.ndarray]]:
     """Embed each image array through the artefact with ``engine.Embedder``, checked against the
     model's spec; returns the row name ("BACKEND PRECISION") and the embeddings."""
     from engine import Embedder
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="engine backend for --artifact (auto: TensorRT where it exists, else ONNX Runtime)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (PyTorch and the engine)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="engine precision for --artifact")
+    add_precision(p)
     g = p.add_argument_group("data (None: what the checkpoint was trained on)")
     g.add_argument("--dataset", choices=DATASETS, help="data set")
     g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")

@@ -22,6 +22,11 @@ GRAPH_FILES = {"fp32": ONNX_FILE, "fp16": ONNX_FP16_FILE, "int8": ONNX_INT8_FILE
 FINGERPRINTS = {"fp32": "onnx_sha256", "fp16": "onnx_fp16_sha256", "int8": "onnx_int8_sha256"}  # spec fields
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
+# cuDNN convolution algorithm choice: ONNX Runtime's default, EXHAUSTIVE, benchmarks every algorithm
+# for each new input shape, and under Triton's dynamic batcher every new batch size is a new shape
+# (up to max_batch searches, each seconds long, paid by live requests). HEURISTIC asks cuDNN's
+# heuristics instead (no timing runs); DEFAULT would pin one algorithm whatever the shape.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 _log = logging.getLogger(__name__)
 
 
@@ -39,7 +44,7 @@ def providers_for(device: str, available: list[str]) -> list[tuple[str, dict[str
             f"device {device!r} asked for, but this onnxruntime offers only {available}; install "
             "`pip install 'jlml-engine[ort-gpu]'` (and uninstall plain onnxruntime) or use device='cpu'"
         )
-    return [(CUDA_EP, {"device_id": index}), (CPU_EP, {})]
+    return [(CUDA_EP, {"device_id": index, **CUDA_OPTIONS}), (CPU_EP, {})]
 
 
 def available(device: str = "auto") -> tuple[bool, str]:
@@ -83,6 +88,7 @@ class OrtBackend(BaseBackend):
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt models
             raise ArtifactError(f"onnxruntime cannot load {self.path}: {exc}; re-export it") from exc
         self.providers = self._session.get_providers()
+        self.provider_options = chosen[0][1]  # what the benchmarks record beside their figures
         self.device = _device_served(device, chosen, self.providers)
         self._device_id = chosen[0][1].get("device_id", 0)
         _check_io(self._session, self.spec, self.path)

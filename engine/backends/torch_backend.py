@@ -3,9 +3,10 @@
 The module's forward takes uint8 NHWC tensors and returns unit vectors, exactly like the exported
 graph, so this backend is what every other backend is compared with.
 
-Precision: "fp32" runs the module as is. "fp16" runs it under CUDA autocast, which keeps the
-module's own casts and its final L2 normalisation in float32 the way the FP16 ONNX graph does. fp16
-is rejected on CPU: half-precision convolutions there are missing or far slower than fp32, so it
+Precision: "fp32" runs the module as is, in IEEE FP32: cuDNN's TF32 convolutions (PyTorch's default)
+and TF32/bf16 matrix products are switched off around each call and the caller's settings restored.
+"fp16" runs it under CUDA autocast, which keeps the module's own casts and its final L2
+normalisation in float32 the way the FP16 ONNX graph does. fp16 is rejected on CPU: half-precision convolutions there are missing or far slower than fp32, so it
 would be neither a faithful reference nor a fast one.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..device import torch_device
+from ..device import ieee_fp32, torch_device
 from ..errors import InputError
 from ..spec import ModelSpec
 from .base import BaseBackend, check_precision
@@ -69,7 +70,7 @@ class TorchBackend(BaseBackend):
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp16":
             return self._torch.autocast(device_type="cuda", dtype=self._torch.float16)
-        return contextlib.nullcontext()
+        return ieee_fp32(self._torch, convolutions=True)  # "fp32" is IEEE: no TF32 convolutions or GEMMs
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

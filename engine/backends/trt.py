@@ -43,10 +43,17 @@ _PRIMARY: dict[tuple[int, int], Any] = {}  # (id of the pycuda.driver module, de
 _PRIMARY_LOCK = threading.Lock()
 
 
+def import_runtime(needed_for: str = "the 'trt' backend") -> tuple[Any, Any]:
+    """(tensorrt, pycuda.driver), both or BackendUnavailableError: a TensorRT container without pycuda
+    can build a plan but never run it, so whatever needs the plan to run (this backend, export's parity
+    gate) probes both here. tensorrt must be a real one (it has ``Builder``); pycuda is not initialised."""
+    trt = optional_import("tensorrt", needed_for=needed_for, attribute="Builder")
+    return trt, optional_import("pycuda.driver", needed_for=needed_for)
+
+
 def _import_trt() -> Any:
-    """Check tensorrt (a real one: it has ``Builder``) and return pycuda.driver (not yet initialised)."""
-    optional_import("tensorrt", needed_for="the 'trt' backend", attribute="Builder")
-    return optional_import("pycuda.driver", needed_for="the 'trt' backend")
+    """pycuda.driver, once tensorrt and pycuda both import (``import_runtime``)."""
+    return import_runtime()[1]
 
 
 def _device_index(device: str) -> int:
@@ -130,6 +137,7 @@ class _Worker:
     context: trt.IExecutionContext
     stream: Any
     slots: tuple[_Slot, _Slot]
+    thread: threading.Thread  # its owner: once that thread has ended, the worker is freed
 
 
 class TrtBackend(BaseBackend):
@@ -207,16 +215,22 @@ class TrtBackend(BaseBackend):
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
 
     def _worker(self) -> _Worker:
-        """This thread's worker, created on its first batch (with this backend's context current)."""
-        key = threading.get_ident()
+        """This thread's worker, created on its first batch (with this backend's context current); the
+        workers of threads that have ended are freed then, so a thread pool's churn does not pile up."""
+        thread, key = threading.current_thread(), threading.get_ident()
         with self._lock:
             worker = self._workers.get(key)
-        if worker is None:
+        if worker is None or worker.thread is not thread:  # none yet, or a dead thread's ident reused
             with self._current():
+                with self._lock:
+                    ended = [w for w in self._workers.values() if not w.thread.is_alive()]
+                    self._workers = {k: w for k, w in self._workers.items() if w.thread.is_alive()}
+                _free(ended)
+                del ended  # the last references: released here, inside the context
                 context = self._engine.create_execution_context()
                 if context is None:
                     raise ArtifactError(f"TensorRT could not create an execution context for {self._plan_path}")
-                worker = _Worker(context, self._cuda.Stream(), (self._new_slot(), self._new_slot()))
+                worker = _Worker(context, self._cuda.Stream(), (self._new_slot(), self._new_slot()), thread)
             with self._lock:
                 self._workers[key] = worker
         return worker
@@ -290,14 +304,25 @@ class TrtBackend(BaseBackend):
 
     def _release(self) -> None:
         # TensorRT objects go before the engine and runtime they came from; the primary context stays
-        # retained for the process (other backends on this device share it) and is only popped.
+        # retained for the process (other backends on this device share it) and is only popped. Every
+        # reference to a stream, event or buffer is dropped inside the block: released after the pop,
+        # pycuda cannot activate the context ("out-of-thread context") and leaks them.
         with self._current():
             with self._lock:
                 workers, self._workers = list(self._workers.values()), {}
-            for worker in workers:
-                worker.stream.synchronize()  # nothing may still use the buffers freed below
-                for slot in worker.slots:
-                    slot.dev_in.free()
-                    slot.dev_out.free()
-            workers.clear()
+            _free(workers)
+            del workers
             del self._engine, self._runtime
+
+
+def _free(workers: list[_Worker]) -> None:
+    """Free the workers' device and pinned buffers (call with their context current; drop them after)."""
+    for worker in workers:
+        worker.stream.synchronize()  # nothing may still use the buffers freed below
+        for slot in worker.slots:
+            slot.dev_in.free()
+            slot.dev_out.free()
+            for host in (slot.host_in, slot.host_out):  # pycuda's pagelocked arrays: a HostAllocation base
+                free = getattr(host.base, "free", None)
+                if free is not None:
+                    free()

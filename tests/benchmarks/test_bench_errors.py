@@ -122,3 +122,18 @@ def test_a_spec_mismatch_mid_run_stops_the_run(bench_artifacts, monkeypatch):
     monkeypatch.setattr(latency, "_bench_candidate", broken)
     with pytest.raises(SpecMismatchError, match="shape"):
         latency.run(bench_artifacts, None, latency.LatencyOptions(device="cpu", batches=(2,), backends=("ort-fp32",)))
+
+
+def test_a_machine_without_onnxruntime_skips_the_ort_rows_instead_of_crashing(bench_artifacts, monkeypatch):
+    """ModuleNotFoundError is no "cannot serve here" error: where the device is CUDA the benchmark asked
+    onnxruntime for its providers itself and crashed; now the ort candidates are skipped with the reason."""
+    import sys
+
+    from benchmarks import harness
+    from benchmarks.backends import CANDIDATES, backend_device
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails as if not installed
+    assert backend_device(CANDIDATES["ort-fp32"], "cuda") == "cpu"
+    ctx = {"folder": bench_artifacts, "device": "cuda", "module": None, "probe": None}
+    why = harness._open_and_probe(CANDIDATES["ort-fp16"], ctx)
+    assert why is not None and "needs onnxruntime" in why and "jlml-engine[ort" in why

@@ -82,3 +82,39 @@ def test_recall_scores_each_batch_once_not_the_warm_up_twice() -> None:
            "other": lambda q: np.array([[0, 1]]) if q[0, 0] == 0 else np.array([[98, 99]])}
     _, agree, recall = _interleaved(ref, batches, {"repeats": 2, "rounds": 2, "device": "cpu"})
     assert recall["other"] == 0.5 and agree["other"] == 0.5 and recall["faiss"] == 1.0
+
+
+def test_the_clock_waits_for_the_measured_gpu_not_the_current_one(monkeypatch):
+    """A benchmark of cuda:1 from a process whose current device is 0 must wait for cuda:1's queue."""
+    import torch
+
+    from benchmarks.common import time_calls
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    time_calls(lambda: None, device="cuda:1", warmup=1, repeats=2)
+    assert waited and all(d is not None and torch.device(d) == torch.device("cuda", 1) for d in waited)
+    waited.clear()
+    time_calls(lambda: None, device="cpu", warmup=1, repeats=2)
+    assert waited == []
+
+
+def test_the_plain_baseline_keeps_its_norms_instead_of_recomputing_them_per_call(monkeypatch) -> None:
+    """The torch matmul+topk baseline once built an N x D temporary per call ((g*g).sum(1)); it now
+    reads norms computed at build time, so a one-query call grows memory by its score row, not a gallery."""
+    from pathlib import Path
+
+    from benchmarks.gallery import _searchers
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "engine"))
+    from _memory import peak_growth_mb, require_peak_reset
+
+    require_peak_reset()
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((300_000, 128), np.float32)  # 146 MB
+    cfg = {"k": 5, "device": "cpu", "paths": [], "approx": [], "naive": True}
+    naive = _searchers(gallery, cfg)[0]["torch_naive"]
+    q = gallery[:3] + 1e-3
+    grown, ids = peak_growth_mb(lambda: naive(q))
+    assert grown < 0.2 * gallery.nbytes / 2**20, f"one call grew the peak RSS by {grown:.0f} MB"
+    assert ids[:, 0].tolist() == [0, 1, 2]

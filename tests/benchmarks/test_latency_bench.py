@@ -18,6 +18,7 @@ def test_quick_run_writes_reports_with_baseline_ratios(tmp_path: Path, bench_art
     report = json.loads((tmp_path / "latency.json").read_text())
     assert report["environment"]["device"] == "cpu" and report["settings"]["batches"] == [1, 4]
     assert report["settings"]["versions"]["onnxruntime"]
+    assert report["settings"]["ort_cuda_options"] == {"cudnn_conv_algo_search": "HEURISTIC"}
     rows = {(r["backend"], r["batch"]): r for r in report["results"]}
     assert set(rows) == {(b, n) for b in ("torch-fp32", "ort-fp32", "ort-fp16") for n in (1, 4)}
     for (_, batch), row in rows.items():

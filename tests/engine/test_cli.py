@@ -121,3 +121,25 @@ def test_no_progress_reaches_the_image_loader_bar(tmp_path: Path, monkeypatch, c
     assert "loading images" in capsys.readouterr().err
     images.load_images(paths, 8, 4, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command line with --backend (those that import optional packages load them lazily)."""
+    import benchmarks.ray_embed
+    import benchmarks.serve
+    import engine.embed
+    import engine.query
+    import serve.__main__
+    import train.evaluate
+
+    return {"engine.embed": engine.embed.build_parser(), "engine.query": engine.query.build_parser(),
+            "serve": serve.__main__.build_parser(), "train.evaluate": train.evaluate.build_parser(),
+            "benchmarks.serve": benchmarks.serve.build_parser(), "benchmarks.ray_embed": benchmarks.ray_embed.build_parser()}
+
+
+@pytest.mark.parametrize("name", ["engine.embed", "engine.query", "serve", "train.evaluate", "benchmarks.serve",
+                                  "benchmarks.ray_embed"])
+def test_every_command_with_backend_has_precision_defaulting_to_the_artefacts_choice(name) -> None:
+    actions = {a.dest: a for a in _parsers()[name]._actions}
+    assert "backend" in actions and actions["precision"].default is None
+    assert set(actions["precision"].choices) == {"fp32", "fp16", "int8"}

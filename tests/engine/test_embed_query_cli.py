@@ -107,3 +107,17 @@ def test_resolve_rows_tells_rows_of_one_id_apart():
     dist, got = g.search(query[None].astype(np.float32), 5)
     rows = resolve_rows(query, dist[0], got[0], gallery, ids)
     assert rows.tolist() == [0, 2, 3, 1, -1]
+
+
+def test_embed_takes_a_precision_and_a_missing_one_lists_what_the_artefact_has(market_folder, artifact_dir,
+                                                                                  spec, tmp_path, capsys):
+    out = tmp_path / "g.npz"
+    argv = [str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]
+    assert embed_main([*argv, "--backend", "ort", "--device", "cpu", "--precision", "fp16"]) == 0
+    with Embedder(artifact_dir, backend="ort", device="cpu", precision="fp16") as embedder:
+        expected = embedder(load_images(list_images(market_folder), spec.height, spec.width)[0])
+    np.testing.assert_array_equal(read_gallery_file(out)[1]["embeddings"], expected)
+    capsys.readouterr()
+    assert embed_main([*argv, "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "precision 'int8'" in err and "the artefact has ort: fp32, fp16; trt: nothing" in err

@@ -123,7 +123,8 @@ def test_auto_uses_onnx_runtime_without_tensorrt(artifact_dir, tmp_path, caplog)
     for folder in (artifact_dir, _folder_with_plan(artifact_dir, tmp_path)):
         with Embedder(folder) as emb:
             assert emb.backend_name == "ort"
-    assert "not model.plan: the 'trt' backend needs tensorrt" in caplog.text  # one line for the plan
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]  # one line for the plan
+    assert "with ort fp32 on cpu: model.plan cannot serve here: the 'trt' backend needs tensorrt" in line
 
 
 def test_auto_prefers_tensorrt_when_the_plan_fits(artifact_dir, tmp_path, monkeypatch):

@@ -10,9 +10,11 @@ Real TensorRT runs in the conformance test.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import types
+import weakref
 from itertools import count
 
 import numpy as np
@@ -32,10 +34,15 @@ class _Stream:
     """A CUDA stream: work is queued in order and runs only when the host waits for it."""
 
     def __init__(self, cuda: types.ModuleType) -> None:
+        cuda.require_context("Stream()")
         self.queue: list = []
         self.log = cuda.log
         self.handle = id(self)
+        self.released = cuda.released
         cuda.streams[self.handle] = self
+
+    def __del__(self) -> None:
+        self.released("Stream")
 
     def enqueue(self, entry: tuple, op) -> None:
         self.log.append(entry)
@@ -51,19 +58,39 @@ class _Stream:
 
 
 def _fake_cuda() -> types.ModuleType:
+    """pycuda.driver as the backend uses it. Like the real one, it refuses to create streams, events and
+    buffers with no current context, and it records every one released (freed or garbage-collected)
+    while no context is current: pycuda warns "cannot activate out-of-thread context" and leaks it."""
     cuda = types.ModuleType("pycuda.driver")
     memory: dict[int, bytearray] = {}
     copies_in, copies_out, records = count(), count(), count()
 
+    def require_context(what: str) -> None:
+        if not getattr(cuda.current, "stack", []):
+            raise RuntimeError(f"{what} failed: no CUDA context is current on this thread")
+
+    def released(what: str) -> None:
+        if not getattr(cuda.current, "stack", []):
+            cuda.out_of_context.append(what)
+
+    def pagelocked_empty(shape, dtype):
+        require_context("pagelocked_empty")
+        return np.empty(shape, dtype)
+
     class Allocation:
         def __init__(self, nbytes: int) -> None:
+            require_context("mem_alloc")
             self.buf = memory.setdefault(id(self), bytearray(nbytes))
 
         def __int__(self) -> int:
             return id(self)
 
         def free(self) -> None:
-            memory.pop(id(self))
+            if memory.pop(id(self), None) is not None:
+                released("mem_alloc")
+
+        def __del__(self) -> None:
+            self.free()
 
     def htod(dst, src, stream):
         queued = src.tobytes()
@@ -81,6 +108,12 @@ def _fake_cuda() -> types.ModuleType:
 
     class Event:
         stream = marker = tag = None
+
+        def __init__(self) -> None:
+            require_context("Event()")
+
+        def __del__(self) -> None:
+            released("Event")
 
         def record(self, stream):
             self.stream, self.marker, self.tag = stream, lambda: None, next(records)
@@ -130,9 +163,10 @@ def _fake_cuda() -> types.ModuleType:
             return Context()
 
     cuda.__dict__.update(
-        current=threading.local(), retained=[], detached=[],
-        init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
-        streams={}, pagelocked_empty=np.empty, mem_alloc=Allocation, memcpy_htod_async=htod,
+        current=threading.local(), retained=[], detached=[], out_of_context=[], require_context=require_context,
+        released=released, init=lambda: None, Device=Device, Error=RuntimeError, memory=memory, log=[],
+        streams=weakref.WeakValueDictionary(), pagelocked_empty=pagelocked_empty, mem_alloc=Allocation,
+        memcpy_htod_async=htod,
         memcpy_dtoh_async=dtoh, Event=Event, Stream=lambda: _Stream(cuda),
     )
     return cuda
@@ -329,29 +363,70 @@ def test_available_counts_the_visible_gpus(fake_plan_folder):
 
 def test_auto_serves_a_fitting_plan_with_tensorrt(fake_plan_folder, make_images, reference):
     images = make_images(5)
-    with Embedder(fake_plan_folder()) as emb:  # fp32 plan, default precision fp32
+    with Embedder(fake_plan_folder()) as emb:  # fp32 plan: served in its own precision
         assert (emb.backend_name, emb.precision, emb.device) == ("trt", "fp32", "cuda:0")
         np.testing.assert_allclose(emb(images), reference(images), atol=1e-5)
 
 
-def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_plan_folder, caplog):
+def test_by_default_the_fp16_plan_export_builds_is_what_serves(fake_plan_folder, make_images, reference,
+                                                                caplog):
+    """No backend, device or precision given: the artefact's FP16 plan on CUDA, one line saying why."""
+    caplog.set_level("INFO", logger="engine.embedder")
     folder = fake_plan_folder(precision="fp16")  # what export builds by default
-    with Embedder(folder) as emb:  # precision fp32 (the default): the fp16 plan does not serve it
+    with Embedder(folder) as emb:
+        assert (emb.backend_name, emb.precision, emb.device) == ("trt", "fp16", "cuda:0")
+        np.testing.assert_allclose(emb(make_images(3)), reference(make_images(3)), atol=1e-5)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "engine.embedder"]
+    assert "with trt fp16 on cuda:0: model.plan fits" in line
+    with Embedder(folder, backend="trt") as emb:  # --backend trt on a default artefact serves too
+        assert emb.precision == "fp16"
+    caplog.clear()
+    with Embedder(folder, device="cpu") as emb:  # on the CPU: ONNX Runtime FP32
+        assert (emb.backend_name, emb.precision, emb.device) == ("ort", "fp32", "cpu")
+    assert "with ort fp32 on cpu: device 'cpu' asked for" in caplog.text
+
+
+def test_python_m_serve_serves_the_plan_by_default(fake_plan_folder, monkeypatch, capsys):
+    """`python -m serve ARTIFACT` with no other flag: the FP16 plan (Triton stood in, it only binds)."""
+    import serve.__main__
+    import serve.server
+
+    class Triton:  # PyTriton's Triton as serve() drives it; it "dies" at once so serve() returns
+        def __init__(self, config):
+            pass
+
+        def bind(self, **model):
+            pass
+
+        run = stop = bind
+        is_alive = staticmethod(lambda: False)
+
+    fake = types.SimpleNamespace(Triton=Triton, TritonConfig=lambda **kw: kw)
+    monkeypatch.setattr(serve.server, "_pytriton", lambda: fake)
+    monkeypatch.setattr(serve.server, "bindings", lambda *args, **kwargs: [])
+    assert serve.__main__.main([str(fake_plan_folder(precision="fp16"))]) == 1  # 1: the stand-in "died"
+    assert "(<Embedder trt fp16 batch_size=64>: model.plan fits this GPU and TensorRT)" in capsys.readouterr().out
+
+
+def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_plan_folder, caplog):
+    folder = fake_plan_folder(precision="fp16")
+    with Embedder(folder, precision="fp32") as emb:  # asked for fp32: the fp16 plan does not serve it
         assert (emb.backend_name, emb.precision) == ("ort", "fp32")
-    lines = [r.getMessage() for r in caplog.records if "backend 'auto'" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 1 and "precision: plan has 'fp16', here 'fp32'" in lines[0]
-    with Embedder(folder, precision="fp16") as emb:
-        assert (emb.backend_name, emb.precision) == ("trt", "fp16")
     sys.modules["tensorrt"].__version__ = "11.4.0.106"  # another TensorRT: the plan cannot load
     caplog.clear()
-    with Embedder(folder, precision="fp16") as emb:
-        assert emb.backend_name == "ort"
+    with Embedder(folder) as emb:
+        assert (emb.backend_name, emb.precision) == ("ort", "fp32")
     assert "tensorrt_version: plan has '10.13.3.9', here '11.4.0.106'" in caplog.text
 
 
-def test_an_explicit_trt_backend_that_does_not_fit_stays_an_error(fake_plan_folder):
-    with pytest.raises(SpecMismatchError, match="precision: plan has 'fp16', here 'fp32'"):
-        Embedder(fake_plan_folder(precision="fp16"), backend="trt")
+def test_an_explicit_precision_the_artefact_lacks_lists_what_it_has(fake_plan_folder):
+    folder = fake_plan_folder(precision="fp16")
+    with pytest.raises(ArtifactError, match=r"precision 'fp32' .* backend 'trt'.*has ort: fp32, fp16; trt: fp16"):
+        Embedder(folder, backend="trt", precision="fp32")
+    with pytest.raises(ArtifactError, match=r"precision 'int8' .* backend 'ort'.*has ort: fp32, fp16; trt: fp16"):
+        Embedder(folder, precision="int8")
 
 
 # ---- one retained primary context per device, only pushed and popped (issue 10 #8) -------------------
@@ -382,6 +457,27 @@ def _embed_in_threads(emb: Embedder, inputs: list[np.ndarray], repeats: int = 1)
     for thread in threads:
         thread.join()
     return results
+
+
+def test_close_releases_every_worker_in_the_context_and_ended_threads_give_theirs_back(fake_plan_folder,
+                                                                                       make_images):
+    """Workers of threads that ended are freed when the next one is made (a thread-pool server does not
+    grow until close), and close() frees the last worker's stream, events and buffers while the context
+    is still current, so nothing is left for pycuda to release outside it."""
+    folder = fake_plan_folder()
+    cuda = _fakes()[0]
+    backend = TrtBackend(folder)  # the opening thread's worker: 2 slots x 2 device buffers
+    per_worker = len(cuda.memory)
+    for seed in range(3):  # three short-lived threads, one after the other
+        thread = threading.Thread(target=backend, args=(make_images(3, seed=seed),))
+        thread.start()
+        thread.join()
+    assert len(cuda.memory) == 2 * per_worker  # the opening thread's and the last thread's
+    assert cuda.out_of_context == []
+    backend.close()
+    gc.collect()
+    assert cuda.memory == {} and len(cuda.streams) == 0
+    assert cuda.out_of_context == [], f"released with no current context: {cuda.out_of_context}"
 
 
 def test_concurrent_threads_get_their_own_rows(fake_plan_folder, make_images, reference):

@@ -232,5 +232,6 @@ def make_pycuda(name: str = "Fake GPU", capability: tuple[int, int] = (9, 0), dr
     """A stand-in ``pycuda.driver`` that names one GPU (what export records in the sidecar)."""
     cuda = types.ModuleType("pycuda.driver")
     device = types.SimpleNamespace(name=lambda: name, compute_capability=lambda: capability)
-    cuda.__dict__.update(init=lambda: None, Device=lambda index: device, get_driver_version=lambda: driver)
+    cuda.__dict__.update(init=lambda: None, Device=lambda index: device, get_driver_version=lambda: driver,
+                         Error=type("Error", (Exception,), {}))
     return cuda

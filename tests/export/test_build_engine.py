@@ -147,17 +147,44 @@ def with_tensorrt(monkeypatch):
     return lambda backend: monkeypatch.setattr(trt_backend, "TrtBackend", backend)
 
 
+def test_tensorrt_without_pycuda_publishes_the_onnx_files_and_skips_the_plan(checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+    """A TensorRT container without pycuda: the engine's real TrtBackend could not run the plan through
+    the parity gate, so the plan is skipped with that reason (and --require-trt fails), never the build.
+    The GPU is nameable (CUDA torch would name it), as it is in such a container."""
+    import sys
+
+    from _trt_standin import make_tensorrt
+
+    from export import trt_build
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.13.3.9"))
+    monkeypatch.setitem(sys.modules, "pycuda", None)  # what `import pycuda.driver` meets without pycuda
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    monkeypatch.setattr(trt_build, "gpu_identity", lambda: trt_build.GpuIdentity("Fake GPU", "9.0", "12.8"))
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", *ARGS]) == 0
+    assert (out / "model.onnx").is_file() and (out / "model.fp16.onnx").is_file()
+    assert not (out / "model.plan").exists() and ModelSpec.load(out).plan_sha256 == ""
+    [skipped] = [line for line in capsys.readouterr().out.splitlines() if "skipped model.plan" in line]
+    assert "needs pycuda.driver" in skipped and "jlml-engine[trt]" in skipped
+    assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "b"), "--require-trt"]) == 2
+    assert "needs pycuda.driver" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def _plan_backend(wrong_rows: bool = False):
     """The engine's TensorRT backend as it would serve the staged plan: the graph of the plan's
     precision on ONNX Runtime (``wrong_rows``: a plan that returns its rows in the wrong order)."""
     from engine.backends.ort import OrtBackend
     from engine.backends.plan_sidecar import PlanSidecar
+    from engine.backends.trt import import_runtime
 
     class PlanBackend(OrtBackend):
         name = "trt"
         opened: list = []
 
         def __init__(self, folder, spec=None, *, device="auto", precision=None):
+            import_runtime()  # the real TrtBackend's first step: refuses a missing tensorrt or pycuda
             sidecar = PlanSidecar.load(folder / "model.plan.json")
             assert json.loads((folder / "model.plan").read_text())["strongly_typed"]
             PlanBackend.opened.append((sidecar.precision, precision))

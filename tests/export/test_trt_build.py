@@ -132,10 +132,23 @@ def test_the_gpu_is_named_or_the_build_fails(monkeypatch):
     monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
     assert trt_build.gpu_identity() == trt_build.GpuIdentity("NVIDIA H200", "9.0", "13.0")
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
-    torch = pytest.importorskip("torch")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(BackendUnavailableError, match=r"cannot name the GPU .*jlml-engine\[trt\]"):
+    with pytest.raises(BackendUnavailableError, match=r"naming the GPU .*jlml-engine\[trt\]"):
         trt_build.gpu_identity()
+
+
+def test_the_timing_cache_key_has_one_source_of_the_cuda_version(monkeypatch):
+    """pycuda's driver version only: CUDA torch's runtime version (another spelling of "CUDA") would give
+    one machine two cache names, so without pycuda the GPU is not named at all (no plan is built)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (9, 0))
+    with pytest.raises(BackendUnavailableError, match="pycuda"):
+        trt_build.gpu_identity()
+    cuda = make_pycuda("NVIDIA H200", (9, 0), 12080)  # driver 12.8, whatever torch was built with
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    assert trt_build.gpu_identity().cuda == "12.8"
 
 
 def test_sidecar_records_what_the_engine_checks(tiny_spec, tmp_path):
