@@ -4,15 +4,14 @@ Every image under FOLDER (recursively, sorted) is decoded, resized and embedded,
 an Embedder, against a running server (``--url``, see ``python -m serve``) or on a Ray cluster
 (``--ray``). Person ids and cameras come from Market-1501-style names (``0002_c1s1_000451_03.jpg``:
 id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
-the image's index (``--index-ids``). Beside the gallery, ``<out>.paths.json`` lists each row's image,
-so ``python -m engine.query`` can show the images behind its results. Both files are written atomically.
+the image's index (``--index-ids``). The gallery file also records each row's image (relative to
+FOLDER), so ``python -m engine.query`` can show the images behind its results; it is written atomically.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +22,6 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cli
-from .atomic import write_text
 from .errors import DataError, InputError
 from .images import load_images
 
@@ -107,20 +105,14 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     return np.concatenate(parts), kept
 
 
-def paths_file(gallery: Path) -> Path:
-    """The sidecar listing each gallery row's image: ``gallery.npz`` -> ``gallery.npz.paths.json``."""
-    return gallery.with_name(gallery.name + ".paths.json")
-
-
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
                  paths: Sequence[Path]) -> None:
     from .gallery import Gallery
 
     gallery = Gallery(embeddings.shape[1])
-    gallery.add(embeddings, ids, cams)
+    gallery.images_root = str(root.resolve())
+    gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
     gallery.save(out)
-    rows = [str(p.relative_to(root)) for p in paths]
-    write_text(paths_file(out), json.dumps({"root": str(root.resolve()), "paths": rows}, indent=1) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         embeddings, kept = _embed_all(args, paths)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D) and {paths_file(args.out).name}")
+              f"{embeddings.shape[1]}-D, with each row's image)")
 
     return cli.run_cli(body)
 

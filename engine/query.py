@@ -2,8 +2,8 @@
 
 Embeds each query image (files or folders), searches the gallery and prints its ranked list: rank,
 id, camera, squared-L2 distance, whether the id matches the query's (when the query has a
-Market-style name) and the gallery image (from the ``.paths.json`` that ``python -m engine.embed``
-wrote). ``--png`` draws it as a picture like torchreid's visualize_ranked_results: the query, then the
+Market-style name) and the gallery image (recorded in the gallery file by ``python -m engine.embed``;
+"-" for rows added as pixels, e.g. through the server). ``--png`` draws it as a picture like torchreid's visualize_ranked_results: the query, then the
 top k with their distances, framed green for a match and red for a miss. With ``--url`` the server
 embeds and searches its own resident gallery; ``--gallery`` (the file the server was started with)
 is then only needed to name and draw the rows.
@@ -12,7 +12,6 @@ Exit codes: 0 done, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +27,13 @@ from .embed import (
     EmbedFn,
     add_backend_device,
     market_label,
-    paths_file,
     with_embed_fn,
 )
 from .errors import InputError
 from .images import load_image, load_images
 
 MATCH, MISS, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"
+Images = tuple[Path, list[str]]  # the gallery's images root and each row's path under it ("" for none)
 DISPLAY = (128, 64)  # height, width of each drawn crop (display only; the model's size is in spec.json)
 
 
@@ -104,7 +103,8 @@ def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str,
     return with_embed_fn(args, work)
 
 
-def rank(args: argparse.Namespace) -> list[Ranked]:
+def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None]:
+    """Each query's ranked list, and the gallery's row images (None without --gallery or images)."""
     paths = query_paths(args.images)
     stored = None
     if args.gallery is not None:
@@ -118,18 +118,19 @@ def rank(args: argparse.Namespace) -> list[Ranked]:
         rows = np.stack([resolve_rows(q, d, i, arrays["embeddings"], arrays["ids"])
                          for q, d, i in zip(queries, distances, ids, strict=True)])
         cams = np.where(rows >= 0, arrays["cams"][np.maximum(rows, 0)], UNKNOWN)
-    return [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
+    ranked = [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
+    return ranked, gallery_images(stored)
 
 
-def gallery_images(gallery: Path | None) -> tuple[Path, list[str]] | None:
-    """(root, row paths) from the gallery's ``.paths.json``, None when there is none."""
-    if gallery is None or not paths_file(gallery).is_file():
+def gallery_images(stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> Images | None:
+    """(root, row paths) a gallery file records ("" for a row without an image), None when it has none."""
+    if stored is None or "paths" not in stored[1]:
         return None
-    data = json.loads(paths_file(gallery).read_text())
-    return Path(data["root"]), list(data["paths"])
+    header, arrays = stored
+    return Path(header.get("images_root") or "."), arrays["paths"].tolist()
 
 
-def print_ranked(results: list[Ranked], images: tuple[Path, list[str]] | None) -> None:
+def print_ranked(results: list[Ranked], images: Images | None) -> None:
     for r in results:
         known = f" (id {r.label[0]}, cam {r.label[1]})" if r.label else ""
         print(f"query {r.path}{known}")
@@ -139,11 +140,11 @@ def print_ranked(results: list[Ranked], images: tuple[Path, list[str]] | None) -
                 break
             match = "-" if r.label is None else ("yes" if pid == r.label[0] else "no")
             cam = "-" if cam == UNKNOWN else str(cam)
-            name = images[1][row] if images is not None and row >= 0 else "-"
+            name = (images[1][row] or "-") if images is not None and row >= 0 else "-"
             print(f"  {n:4d}  {pid:8d}  {cam:>3}  {dist:11.6f}  {match:>5}  {name}")
 
 
-def draw_ranked(results: list[Ranked], images: tuple[Path, list[str]], out: Path,
+def draw_ranked(results: list[Ranked], images: Images, out: Path,
                 shape: tuple[int, int] = DISPLAY) -> Path:
     """Save one row per query: the query, then its top k framed green (same id) or red; like torchreid."""
     import matplotlib
@@ -158,7 +159,7 @@ def draw_ranked(results: list[Ranked], images: tuple[Path, list[str]], out: Path
     for ax_row, r in zip(axes, results, strict=True):
         _cell(ax_row[0], load_image(r.path, *shape), "query" + (f"\nid {r.label[0]}" if r.label else ""), "black")
         for ax, dist, pid, row in zip(ax_row[1:], r.distances, r.ids, r.rows, strict=False):
-            if row < 0:
+            if row < 0 or not images[1][row]:  # padding, or a row added without its image
                 ax.axis("off")
                 continue
             colour = NEUTRAL if r.label is None else (MATCH if pid == r.label[0] else MISS)
@@ -197,13 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        results = rank(args)
-        images = gallery_images(args.gallery)
+        results, images = rank(args)
         print_ranked(results, images)
         if args.png is not None:
             if images is None:
-                raise InputError("--png needs --gallery and its image list (GALLERY.paths.json, written by "
-                                 "`python -m engine.embed`) to find the images behind the results")
+                raise InputError("--png needs --gallery with each row's image, as `python -m engine.embed` "
+                                 f"writes it; got {args.gallery or 'no --gallery'}")
             draw_ranked(results, images, args.png)
             print(f"wrote {args.png}")
 

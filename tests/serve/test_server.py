@@ -170,3 +170,18 @@ def test_query_cli_against_the_server_lists_the_served_ranking(server, local_emb
     listed = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:]]
     _, ids = Gallery.load(server.gallery).search(local_embedder(load_image(query, 32, 16)), 3)
     assert listed == ids[0].tolist()
+
+
+def test_query_cli_names_rows_the_server_added(server, crops, capsys):
+    """TritonClient.add, then engine.query --url with the served gallery file: every row is listed
+    (this raised IndexError when the row images lived in a sidecar the server never updated)."""
+    from engine.query import main as query_main
+
+    with TritonClient(server.grpc) as c:
+        count = c.add(pixels(2, seed=40), ids=[950, 951])
+    query = sorted(crops.glob("*.png"))[0]
+    capsys.readouterr()
+    assert query_main([str(query), "--url", server.grpc, "--gallery", str(server.gallery), "-k", str(count)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == count and {r[5] for r in rows if int(r[1]) in (950, 951)} == {"-"}
+    assert {r[5] for r in rows if int(r[1]) < 900} <= {f"row{n:04d}.png" for n in range(count)}
