@@ -23,9 +23,8 @@ from tqdm import tqdm
 
 from . import cli
 from .errors import DataError, InputError
-from .images import load_images
+from .images import list_images, load_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
 UNKNOWN = -1
@@ -33,16 +32,6 @@ UNKNOWN = -1
 CHUNK = 256
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in sorted order (DataError when there are none)."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist; pass a folder of person crops")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise DataError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}; pass a folder of crops")
-    return paths
 
 
 def market_label(path: Path) -> tuple[int, int] | None:

@@ -362,6 +362,10 @@ class Gallery:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an .npz with a JSON header (format, version, dim, count, storage[, images_root]) and
         the rows' image paths if any, atomically: one file, so rows and their images never disagree."""
+        if not len(self):
+            raise InputError(f"refusing to save an empty gallery to {path}: no rows were added; embed and "
+                             "add images first (an image list that matched nothing gives none: list a "
+                             "folder with engine.images.list_images, which says when it holds none)")
         images_header, images = self._images.header_and_arrays()
         header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage, **images_header}

@@ -22,7 +22,6 @@ import numpy as np
 
 from . import cli
 from .embed import (
-    IMAGE_SUFFIXES,
     UNKNOWN,
     EmbedFn,
     add_backend_device,
@@ -30,7 +29,7 @@ from .embed import (
     with_embed_fn,
 )
 from .errors import InputError
-from .images import load_image, load_images
+from .images import IMAGE_SUFFIXES, load_image, load_images
 
 MATCH, MISS, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"
 Images = tuple[Path, list[str]]  # the gallery's images root and each row's path under it ("" for none)

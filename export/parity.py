@@ -18,7 +18,7 @@ import numpy as np
 from engine.atomic import write_text
 from engine.embedder import Embedder
 from engine.errors import InputError, ParityError
-from engine.images import load_images
+from engine.images import IMAGE_SUFFIXES, load_images
 from engine.parity import DEFAULT_K, ParityResult, compare
 from engine.spec import ModelSpec
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # Minimum per-row cosine against the FP32 PyTorch model, per precision.
 COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}
 DEFAULT_SAMPLES = 32
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def sample_images(spec: ModelSpec, image_dir: str | os.PathLike[str] | None = None, *,

@@ -122,3 +122,9 @@ def test_paths_of_another_length_are_refused_and_leave_the_gallery_as_it_was(tmp
     g.add(np.eye(2, dtype=np.float32), [3, 4])  # without images: "" for both
     g.save(tmp_path / "g.npz")
     assert len(g) == 4 and Gallery.load(tmp_path / "g.npz").paths == ["a.png", "b.png", "", ""]
+
+
+def test_an_empty_gallery_is_not_saved(tmp_path) -> None:
+    with pytest.raises(InputError, match="refusing to save an empty gallery to .*g.npz: no rows were added"):
+        Gallery(4).save(tmp_path / "g.npz")
+    assert not list(tmp_path.iterdir())
