@@ -246,6 +246,21 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
     assert "market1501 (market, 128x64): train 6 ids / 24 imgs" in capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["data"]["dataset"] == "market1501" and saved["metrics"]["num_query"] == 3
+    assert load_checkpoint(out / "last.pt").extra["data_root"] == saved["data_root"] == str(root.resolve())
+    # train.evaluate finds the data where the run read it, without --data-root (it looked in the default
+    # data root and exited 2); a moved folder is a note and --data-root names the new place
+    from train.evaluate import main as evaluate
+
+    report = tmp_path / "eval.json"
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
+                     "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["rows"]["pytorch"]["rank1"] == saved["metrics"]["rank1"]
+    moved = root.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress"]) == 2
+    assert f"trained on data in {root.resolve()}, which is not here" in capsys.readouterr().err
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
+                     "--data-root", str(moved)]) == 0
 
 
 def test_demo_module_points_at_the_real_demo():
