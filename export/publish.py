@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engine.atomic import DIR_MODE
 from engine.errors import ArtifactError, InputError
 from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PARITY_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
 
@@ -80,6 +81,7 @@ def staging(out: Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".build-{out.name}-{os.getpid()}-", dir=out.parent))
+        stage.chmod(DIR_MODE)  # mkdtemp's 0700 would be published as the artefact folder's mode
     except OSError as exc:
         raise ArtifactError(f"cannot write output folder {out}: {exc.strerror or exc}; choose a "
                             "writable --out") from exc

@@ -286,3 +286,22 @@ def test_an_out_folder_holding_other_files_is_refused(checkpoint, tmp_path, caps
     assert build_engine.main([str(checkpoint), "--out", str(out)]) == 2
     assert "holds files that are not artefacts (notes.txt)" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_published_folder_has_the_mode_the_umask_gives_a_new_folder(checkpoint, tmp_path):
+    """Not mkdtemp's 0700: a Triton container or a service running as another user reads the folder."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    build = ("import os, sys; os.umask(0o027); from export.build_engine import main; "
+             "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", build, str(checkpoint), "--out", str(out), "--no-fp16",
+                           "--no-simplify"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o750
+    assert modes and all(mode == (0o750 if (out / name).is_dir() else 0o640) for name, mode in modes.items()), modes
