@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from . import cli
 from .errors import DataError, InputError
 from .images import list_images, load_images
+from .progress import progress as progress_bar
 
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
@@ -82,7 +82,7 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     with one warning, like load_images), decoding CHUNK images at a time."""
     height, width = int(image_shape[0]), int(image_shape[1])
     parts, kept = [], []
-    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), CHUNK):
             pixels, loaded = load_images(paths[start:start + CHUNK], height, width)
             if len(pixels):

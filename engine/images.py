@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from .errors import ArtifactError, DataError, InputError
+from .progress import progress as progress_bar
 
 # The image files every command looks for (case-insensitive); the one copy.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -89,7 +89,7 @@ def load_images(
     loaded: list[int] = []
     failed: list[str] = []
     show = len(paths) > PROGRESS_MIN_IMAGES if progress is None else progress
-    bar = tqdm(paths, desc="loading images", unit="img", disable=not show)
+    bar = progress_bar(paths, desc="loading images", unit="img", disable=not show)
     for i, path in enumerate(bar):
         try:
             out[len(loaded)] = load_image(path, height, width)

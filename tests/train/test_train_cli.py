@@ -266,3 +266,12 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
 def test_demo_module_points_at_the_real_demo():
     done = subprocess.run([sys.executable, "-m", "train.demo"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "python -m benchmarks.demo" in done.stderr
+
+
+def test_training_logs_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    args = [a for a in TINY_ARGS if a != "--no-progress"]
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert "\r" not in err and [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("batches (100%)" in line and "loss" in line for line in epochs)
