@@ -39,8 +39,8 @@ from .parity import (
     DEFAULT_SAMPLES,
     check_parity,
     measure_parity,
+    parity_samples,
     reference_embeddings,
-    sample_images,
     write_parity,
 )
 from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
@@ -98,8 +98,8 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1024:.1f} KiB"
 
 
-def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, ModelSpec]:
-    """The checkpoint's FP32 model and the spec of this build (batch range and opset applied)."""
+def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, Any, ModelSpec]:
+    """The checkpoint, its FP32 model and the spec of this build (batch range and opset applied)."""
     from train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -107,7 +107,7 @@ def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, ModelSpec]:
     chosen = {"min_batch": options.min_batch, "opt_batch": options.opt_batch,
               "max_batch": options.max_batch, "opset": options.opset}
     spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
-    return ckpt.model.float().eval(), spec
+    return ckpt, ckpt.model.float().eval(), spec
 
 
 def _export(model: Any, staged: _Staged, samples: np.ndarray, options: BuildOptions) -> None:
@@ -193,8 +193,10 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
         int8.check_calib_data(options.calib_data)
     check_out(out)
     clean_stale(out, _say)
-    model, spec = _load(checkpoint, options)
-    samples = sample_images(spec, options.sample_images)
+    ckpt, model, spec = _load(checkpoint, options)
+    samples, images = parity_samples(spec, options.sample_images, ckpt.extra.get("data_root"))
+    _say(f"parity on {images['count']} {'crops from ' + images['folder'] if images['folder'] else images['kind']}"
+         f" ({images['from']})")
     reference = reference_embeddings(model, samples)
     with staging(out) as stage:
         staged = _Staged(stage, spec)
@@ -204,8 +206,7 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
         if not skipped:  # the plan is published only after it ran through the engine's TensorRT backend
             plan_precision = "fp16" if "fp16" in staged.graphs else "fp32"
             results += _measure(reference, staged, {"plan": ("trt", plan_precision)}, samples)
-        source = str(options.sample_images) if options.sample_images else "random uint8"
-        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": source})
+        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": images})
         _int8(model, staged, options)
         _triton(staged)
         files = tuple(sorted(p.name for p in stage.iterdir()))
@@ -235,7 +236,9 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     p.add_argument("--no-simplify", dest="simplify", action="store_false",
                    help="keep the exported graphs as they are (no onnxslim)")
     p.add_argument("--sample-images", type=Path, default=None,
-                   help=f"folder of images (resized to the spec) for parity; default {DEFAULT_SAMPLES} random ones")
+                   help=f"folder of person crops (resized to the spec) for parity; default: {DEFAULT_SAMPLES} "
+                   "crops of the data the checkpoint was trained on where that folder is here, else random pixels "
+                   "(parity.json's images says which)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
