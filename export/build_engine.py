@@ -43,6 +43,7 @@ from .parity import (
     reference_embeddings,
     write_parity,
 )
+from .provenance import check_unchanged, checkpoint_record, provenance
 from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
 from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
 
@@ -66,6 +67,7 @@ class BuildOptions:
     fp16: bool = True
     int8: bool = False  # also model.int8.onnx, published only if it passes export.int8's gate
     calib_data: Path | None = None  # real person crops INT8 calibrates on (needed with int8)
+    force: bool = False  # replace an --out exported from this checkpoint path before it changed
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,9 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
     check_out(out)
     clean_stale(out, _say)
     ckpt, model, spec = _load(checkpoint, options)
+    identity = checkpoint_record(checkpoint, ckpt)
+    check_unchanged(out, identity, options.force)
+    spec = spec.replace(extra={**spec.extra, "provenance": provenance(checkpoint, ckpt, identity)})
     samples, images = parity_samples(spec, options.sample_images, ckpt.extra.get("data_root"))
     _say(f"parity on {images['count']} {'crops from ' + images['folder'] if images['folder'] else images['kind']}"
          f" ({images['from']})")
@@ -244,6 +249,8 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
                    "export/int8.py), published only if it passes its gate; needs --calib-data")
     p.add_argument("--calib-data", type=Path, default=None, help="folder of real person crops to calibrate INT8 on")
+    p.add_argument("--force", action="store_true", help="replace an --out exported from this checkpoint path "
+                   "although the file changed since (refused otherwise: the served model would change silently)")
     args = vars(p.parse_args(argv))
     return args.pop("checkpoint"), args.pop("out"), BuildOptions(**args)
 

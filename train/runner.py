@@ -16,6 +16,8 @@ from typing import Any
 
 from engine.atomic import write_text
 from engine.errors import DataError, InputError
+from engine.provenance import code_version
+from engine.spec import file_sha256
 
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
@@ -160,12 +162,13 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
     result = fit(config, reid, options, out, resume=resume_path, make_augment=augment_factory(augment),
                  init=init_state, init_source=source, runtime=runtime, overwrite=force,
-                 record={**data.trained_on(), "init": source,
+                 record={**data.trained_on(), "init": source, "code": code_version(),
                          **({"train_also": [o.record() for o in train_also]} if train_also else {})})
     metrics = evaluate_model(result.model, reid) if evaluate else None
     if metrics is not None:
         write_text(out / METRICS_FILE, json.dumps(
             {"dataset": data.dataset, "split_seed": data.split_seed, **data.trained_on(), "init": source,
+             "checkpoint_sha256": file_sha256(result.checkpoint),
              "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
     return TrainResult(out=out, checkpoint=result.checkpoint, model=result.model, metrics=metrics,
                        history=result.history, data=reid, init=result.init)
