@@ -15,7 +15,7 @@ prefixes and comments dropped), and each is checked by what it is:
 
 Commands are parsed by their CLIs, not run to the end (the benchmarks' documented sizes take hours):
 what they do is tested by each CLI's own tests. The python blocks run for real elsewhere:
-tests/benchmarks/test_readme.py (Library use).
+tests/benchmarks/test_readme.py (Library use) and tests/serve/test_readme_client.py (the Python client).
 """
 from __future__ import annotations
 
