@@ -52,3 +52,16 @@ def test_library_use_snippet_without_images_is_an_error_naming_the_folder(tmp_pa
     with pytest.raises(DataError, match=r"no \.jpg/\.jpeg/\.png/\.bmp images under .*gallery_images"):
         exec(compile(library_use_snippet(), "README.md", "exec"), {})
     assert not (tmp_path / "gallery.npz").exists()
+
+
+def test_demo_figures_name_the_cpu_and_the_spread_holds_them() -> None:
+    """The demo's figures are one CPU's: the README names it and states the spread over the machines
+    seen, and the table's trained figures lie inside that spread."""
+    section = README.read_text().split("## What `make demo` shows", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"Measured on a \d+-core .+ with (AVX-512|AVX2)", section)
+    spread = re.search(r"Spread across the machines seen.*?Rank-1 ([\d.]+)-([\d.]+),\s+mAP ([\d.]+)-([\d.]+)",
+                       section, flags=re.S)
+    assert spread, "the demo section should state the Rank-1 and mAP spread across machines"
+    low_r1, high_r1, low_map, high_map = map(float, spread.groups())
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| trained")]
+    assert rows and all(low_r1 <= float(r[1]) <= high_r1 and low_map <= float(r[5]) <= high_map for r in rows)
