@@ -224,6 +224,6 @@ def test_query_cli_names_rows_the_server_added(server, crops, capsys):
     query = sorted(crops.glob("*.png"))[0]
     capsys.readouterr()
     assert query_main([str(query), "--url", server.grpc, "--gallery", str(server.gallery), "-k", str(count)]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("   ")]
     assert len(rows) == count and {r[5] for r in rows if int(r[1]) in (950, 951)} == {"-"}
     assert {r[5] for r in rows if int(r[1]) < 900} <= {f"row{n:04d}.png" for n in range(count)}
