@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from engine import cli
+from engine.atomic import write_text
 from engine.errors import BackendUnavailableError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
+    MODEL_CARD_FILE,
     ONNX_FILE,
     ONNX_FP16_FILE,
     PARITY_FILE,
@@ -43,7 +45,7 @@ from .parity import (
     reference_embeddings,
     write_parity,
 )
-from .provenance import check_unchanged, checkpoint_record, provenance
+from .provenance import check_unchanged, checkpoint_record, model_card, provenance
 from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
 from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
 
@@ -214,6 +216,7 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
         write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": images})
         _int8(model, staged, options)
         _triton(staged)
+        write_text(stage / MODEL_CARD_FILE, model_card(staged.spec, results, images))
         files = tuple(sorted(p.name for p in stage.iterdir()))
         publish(stage, out)
     return BuildResult(out, staged.spec, files, tuple(results), skipped)

@@ -23,13 +23,21 @@ from pathlib import Path
 
 from engine.atomic import DIR_MODE
 from engine.errors import ArtifactError, InputError
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PARITY_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
+from engine.spec import (
+    MODEL_CARD_FILE,
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    PARITY_FILE,
+    PLAN_FILE,
+    PLAN_SIDECAR_FILE,
+    SPEC_FILE,
+)
 
 from .int8 import FILES as INT8_FILES
 
 TRITON_DIR = "triton"
 ARTEFACT_NAMES = frozenset({ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, PARITY_FILE, SPEC_FILE,
-                            TRITON_DIR, *INT8_FILES})
+                            MODEL_CARD_FILE, TRITON_DIR, *INT8_FILES})
 TIMING_CACHES = "timing-*.cache"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 

@@ -40,6 +40,10 @@ def test_spec_records_checkpoint_training_metrics_code_date_and_versions(run, tm
     code = prov["export"]["code"]  # the tests run from a git checkout
     assert re.fullmatch(r"[0-9a-f]{40}", code["commit"]) and isinstance(code["dirty"], bool)
     assert training["code"] == {"commit": code["commit"], "dirty": training["code"]["dirty"]}
+    card = (tmp_path / "art" / "MODEL_CARD.md").read_text()  # data, protocol, metrics, limits
+    assert f"sha256 {file_sha256(ckpt)}" in card and "**Data.** synthetic, split seed 0" in card
+    assert "Protocol: generated people" in card and f"rank1 {100 * prov['metrics']['rank1']:.2f}" in card
+    assert "**Limits.**" in card and "fp32: min cosine" in card and code["commit"] in card
 
 
 def test_a_checkpoint_changed_under_its_name_is_refused_unless_forced(run, tmp_path, capsys):
