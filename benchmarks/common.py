@@ -108,32 +108,76 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-Panel = tuple[dict[str, tuple[Sequence[float], Sequence[float]]], str, str, str]
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]
+# (series, xlabel, ylabel, title) or, with a fifth item, a y value drawn as a dashed reference line
+# (1.0 on a speed-up panel: above it is faster than the baseline).
+Panel = tuple[Any, ...]
+# Every plot gives a series of one name the same colour: backends, search methods, protocols.
+SERIES_ORDER = ("torch-fp32", "torch-fp16", "torch-compile-fp32", "torch-compile-fp16", "ort-fp32", "ort-fp16",
+                "ort-int8", "trt-fp16", "gallery", "faiss", "torch", "torch_naive", "http", "grpc")
 
 
-def plot_loglog_panels(path: str | os.PathLike[str], panels: Sequence[Panel]) -> Path:
-    """Save side-by-side log-log panels, each ``(series, xlabel, ylabel, title)``, as one PNG, so
-    related views (throughput and tail latency) share one file and one legend per panel."""
+def series_colour(name: str) -> str:
+    """The colour of series ``name`` in every plot (a fixed slot for known names, a stable one by hash
+    for others)."""
+    import zlib
+
     import matplotlib
-    import matplotlib.ticker
+
+    palette = matplotlib.colormaps["tab20"].colors
+    slot = SERIES_ORDER.index(name) if name in SERIES_ORDER else len(SERIES_ORDER) + zlib.crc32(name.encode())
+    return str(matplotlib.colors.to_hex(palette[slot % len(palette)]))
+
+
+def loglog_figure(panels: Sequence[Panel], *, columns: int | None = None, title: str | None = None) -> Any:
+    """A matplotlib figure of log-log panels, ``columns`` to a row (default: all in one row): measured x
+    values and 1-2-5 y values as labelled ticks, one colour per series name, ``title`` above all."""
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-    for ax, (series, xlabel, ylabel, title) in zip(axes[0], panels, strict=True):
-        for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", label=name)
-        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
-        ticks = sorted({x for xs, _ in series.values() for x in xs})
-        if ticks:  # the measured x values (batch sizes, gallery rows) as plain numbers, not powers of 10
-            ax.set_xticks(ticks, [f"{x:,.0f}" for x in ticks])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    cols = columns or len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        _loglog_panel(ax, *panel)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def _loglog_panel(ax: Any, series: Series, xlabel: str, ylabel: str, title: str, reference: float | None = None,
+                  ) -> None:
+    import matplotlib.ticker
+
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name, color=series_colour(name))
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ticks = sorted({x for xs, _ in series.values() for x in xs})
+    if ticks:  # the measured x values (batch sizes, gallery rows) as plain numbers, not powers of 10
+        ax.set_xticks(ticks, [f"{x:,.0f}" for x in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend()
+
+
+def plot_loglog_panels(path: str | os.PathLike[str], panels: Sequence[Panel], *, columns: int | None = None,
+                       title: str | None = None) -> Path:
+    """Save ``loglog_figure(panels, columns=, title=)`` as one PNG, so related views (throughput, tail
+    latency, speed-up) share one file and one legend per panel."""
+    import matplotlib.pyplot as plt
+
+    fig = loglog_figure(panels, columns=columns, title=title)
     path = write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from benchmarks.common import environment, host_memory_mb, markdown_table, summarize, write_json
 from benchmarks.gallery import CLUSTER_SIZE, SMOKE, around, recall_at_k, unit
@@ -30,6 +29,7 @@ from engine.atomic import write_text
 from engine.errors import InputError
 from engine.gallery import Gallery
 from engine.gallery_file import STORAGES
+from engine.progress import progress
 
 QUICK = {"size": 20_000, "dim": 32, "queries": 64, "exact_queries": 16, "chunk": 4096, "batches": [1, 16]}
 COLUMNS = ["size", "dim", "storage", "method", "nprobe", "batch", "p50_ms", "queries_per_s", "exact_queries_per_s",
@@ -81,7 +81,7 @@ def _fill(cfg: dict[str, Any], rng: np.random.Generator) -> tuple[Gallery, np.nd
     k, size = cfg["k"], cfg["size"]
     best_d, best_i = np.full((len(queries), k), np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
     exact_s = {b: np.zeros(max(1, cfg["exact_queries"] // b)) for b in cfg["batches"]}
-    for start in tqdm(range(0, size, cfg["chunk"]), desc="fill + exact scan", unit="chunk"):
+    for start in progress(range(0, size, cfg["chunk"]), desc="fill + exact scan", unit="chunk"):
         rows = around(rng, centres, min(cfg["chunk"], size - start))
         gallery.add(rows, np.arange(start, start + len(rows)))
         stored = np.ascontiguousarray(rows.astype(cfg["storage"]), dtype=np.float32)  # as the Gallery holds them

@@ -34,6 +34,8 @@ from benchmarks.backends import (
     resolve_device,
 )
 from benchmarks.common import (
+    Panel,
+    Series,
     host_memory_mb,
     markdown_table,
     plot_loglog_panels,
@@ -107,14 +109,32 @@ def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any
     return [{**row, **memory} for row in rows]
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, device: str) -> None:
-    def series(key: str) -> dict[str, tuple[list[float], list[float]]]:
-        names = dict.fromkeys(r["backend"] for r in rows)
-        return {n: ([r["batch"] for r in rows if r["backend"] == n], [r[key] for r in rows if r["backend"] == n])
-                for n in names}
+def plot_panels(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[list[Panel], str]:
+    """Throughput, p99 latency and the speed-up over PyTorch FP32 against batch size, one row of panels
+    per device the backends ran on (a CUDA run's CPU-side backends get their own, titled cpu), and the
+    figure's title (a --quick run is marked as one)."""
+    panels: list[Panel] = []
+    for device in dict.fromkeys(r["device"] for r in rows):
+        on = [r for r in rows if r["device"] == device]
 
-    plot_loglog_panels(path, [(series("images_per_s"), "batch size", "images / s", f"throughput, {device}"),
-                              (series("p99_ms"), "batch size", "p99 latency (ms)", f"p99 latency, {device}")])
+        def series(key: str, on: list[dict[str, Any]] = on) -> Series:
+            names = dict.fromkeys(r["backend"] for r in on if r.get(key) is not None)
+            return {n: ([r["batch"] for r in on if r["backend"] == n and r.get(key) is not None],
+                        [r[key] for r in on if r["backend"] == n and r.get(key) is not None]) for n in names}
+
+        panels += [(series("images_per_s"), "batch size", "images / s", f"throughput, {device}"),
+                   (series("p99_ms"), "batch size", "p99 latency (ms)", f"p99 latency, {device}"),
+                   (series("vs_torch_fp32"), "batch size", "x PyTorch FP32 eager (images/s ratio)",
+                    f"speed-up over PyTorch FP32, {device}", 1.0)]
+    title = f"Embedding {settings.get('model', '')} (run on {settings['device']})"
+    if settings.get("quick"):
+        title += " [--quick: a smoke run, few calls; not figures to quote]"
+    return panels, title
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, settings: dict[str, Any]) -> None:
+    panels, title = plot_panels(rows, settings)
+    plot_loglog_panels(path, panels, columns=3, title=title)
 
 
 def _markdown(report: Report) -> str:
@@ -123,7 +143,8 @@ def _markdown(report: Report) -> str:
             f"Model {settings['model']}; torch {env['torch']}, onnxruntime {settings['versions']['onnxruntime']}; "
             f"{settings['repeats']}+ timed calls after {settings['warmup']} warm-up per point. "
             "vs_torch_fp32: images/s over PyTorch FP32 eager at the same batch size, same process. "
-            "host_rss_mb: resident memory after the backend ran (process-wide).\n\n")
+            "host_rss_mb: resident memory after the backend ran (process-wide).\n\n"
+            + ("**A --quick smoke run: few calls per point; not figures to quote.**\n\n" if settings.get("quick") else ""))
     return head + markdown_table(rows, COLUMNS) + harness.skipped_notes(skipped)
 
 
@@ -139,6 +160,7 @@ class LatencyOptions:
     min_seconds: float = 0.5              # and at least this much measured time per point
     cpu_max_batch: int | None = None      # with a CUDA device: largest batch for CPU-side backends
     seed: int = 0
+    quick: bool = False                   # a smoke run (--quick): its report and plot say so
 
     def __post_init__(self) -> None:
         harness.check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch)
@@ -147,7 +169,7 @@ class LatencyOptions:
 
 
 QUICK = LatencyOptions(batches=QUICK_BATCHES, backends=tuple(n for n in CANDIDATES if "compile" not in n),
-                       repeats=3, min_seconds=0.0)
+                       repeats=3, min_seconds=0.0, quick=True)
 
 
 def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
@@ -176,7 +198,7 @@ def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
     paths = harness.write_report(report, out, "latency", _markdown(report))
     if report.results:
         paths.append(Path(out) / "latency.png")
-        _plot(report.results, paths[-1], report.settings["device"])
+        _plot(report.results, paths[-1], report.settings)
     return paths
 
 

@@ -27,7 +27,8 @@ from PIL import Image
 from benchmarks.common import environment, markdown_table, write_json
 from engine import Embedder, ModelSpec, cli
 from engine.atomic import write_text
-from engine.embed import embed_paths, list_images
+from engine.embed import embed_paths
+from engine.images import list_images
 from engine.ray_embed import RayOptions, embed_with_ray
 
 COLUMNS = ["mode", "workers", "images", "median_s", "images_per_s", "vs_in_process", "scaling_vs_1_worker",

@@ -14,10 +14,13 @@ from typing import Any
 
 from .errors import ArtifactError
 
-# mkstemp creates 0600 files; published artefacts get the mode a plain open() would give them.
+# mkstemp creates 0600 files and mkdtemp 0700 folders; published artefacts get the mode a plain
+# open() / mkdir() would give them under the user's umask (a Triton container or a service running
+# as another user must be able to read them).
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 TMP_SUFFIX = ".tmp"  # temp files are ``.<name>.<random>.tmp`` beside the final file
 
 

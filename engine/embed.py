@@ -4,15 +4,14 @@ Every image under FOLDER (recursively, sorted) is decoded, resized and embedded,
 an Embedder, against a running server (``--url``, see ``python -m serve``) or on a Ray cluster
 (``--ray``). Person ids and cameras come from Market-1501-style names (``0002_c1s1_000451_03.jpg``:
 id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
-the image's index (``--index-ids``). Beside the gallery, ``<out>.paths.json`` lists each row's image,
-so ``python -m engine.query`` can show the images behind its results. Both files are written atomically.
+the image's index (``--index-ids``). The gallery file also records each row's image (relative to
+FOLDER), so ``python -m engine.query`` can show the images behind its results; it is written atomically.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -20,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from . import cli
-from .atomic import write_text
 from .errors import DataError, InputError
-from .images import load_images
+from .images import list_images, load_images
+from .progress import progress as progress_bar
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
 UNKNOWN = -1
@@ -35,16 +32,6 @@ UNKNOWN = -1
 CHUNK = 256
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, in sorted order (DataError when there are none)."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist; pass a folder of person crops")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise DataError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}; pass a folder of crops")
-    return paths
 
 
 def market_label(path: Path) -> tuple[int, int] | None:
@@ -95,7 +82,7 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     with one warning, like load_images), decoding CHUNK images at a time."""
     height, width = int(image_shape[0]), int(image_shape[1])
     parts, kept = [], []
-    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), CHUNK):
             pixels, loaded = load_images(paths[start:start + CHUNK], height, width)
             if len(pixels):
@@ -107,20 +94,14 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     return np.concatenate(parts), kept
 
 
-def paths_file(gallery: Path) -> Path:
-    """The sidecar listing each gallery row's image: ``gallery.npz`` -> ``gallery.npz.paths.json``."""
-    return gallery.with_name(gallery.name + ".paths.json")
-
-
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
                  paths: Sequence[Path]) -> None:
     from .gallery import Gallery
 
     gallery = Gallery(embeddings.shape[1])
-    gallery.add(embeddings, ids, cams)
+    gallery.images_root = str(root.resolve())
+    gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
     gallery.save(out)
-    rows = [str(p.relative_to(root)) for p in paths]
-    write_text(paths_file(out), json.dumps({"root": str(root.resolve()), "paths": rows}, indent=1) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         embeddings, kept = _embed_all(args, paths)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D) and {paths_file(args.out).name}")
+              f"{embeddings.shape[1]}-D, with each row's image)")
 
     return cli.run_cli(body)
 

@@ -29,6 +29,7 @@ Duplicate ids are allowed (several images of one person can share an id). Ids mu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,7 @@ class Gallery:
                        "sqnorm": torch.empty(0, dtype=torch.float32, device=dev),
                        "sqnorm64": torch.empty(0, dtype=torch.float64, device=dev),
                        "ids": torch.empty(0, dtype=i64, device=dev), "cams": torch.empty(0, dtype=i64, device=dev)}
+        self._images = gallery_file.RowPaths()
         self._fp16_bound = (0.0, 0.0)  # running r, G of the "fp16" path (see twopass.fp16_rows)
         self._norm_bound = 0.0  # running twopass.upper_max of the FP32 norms: the bounds' N, kept per add
         if self.search_path() == "fp16":  # FP32 rows for the exact re-rank, in host memory
@@ -119,6 +121,20 @@ class Gallery:
     @property
     def method(self) -> str:
         return self._method
+
+    @property
+    def images_root(self) -> str | None:
+        """The folder the rows' ``paths`` are relative to (saved in the file's header)."""
+        return self._images.root
+
+    @images_root.setter
+    def images_root(self, root: str | None) -> None:
+        self._images.root = root
+
+    @property
+    def paths(self) -> list[str] | None:
+        """The image behind each row ("" where a row was added without one); None when no row has one."""
+        return None if self._images.paths is None else list(self._images.paths)
 
     @property
     def nprobe(self) -> int | None:
@@ -181,8 +197,9 @@ class Gallery:
             self._store[name] = with_room(self._store[name], self._n, max(0, int(rows) - self._n), growth=1)
         self._views = {}
 
-    def add(self, embeddings: Any, ids: Any, cams: Any = None) -> None:
-        """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1)."""
+    def add(self, embeddings: Any, ids: Any, cams: Any = None, *, paths: Sequence[str] | None = None) -> None:
+        """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1); ``paths``: the
+        image of each row, relative to ``images_root`` (saved with the rows; "" for none)."""
         import torch
 
         emb = check_vectors(embeddings, self._dim, "embeddings")
@@ -190,6 +207,7 @@ class Gallery:
                "cams": (np.full(len(emb), UNKNOWN_CAM, np.int64) if cams is None
                         else check_labels(cams, len(emb), "cams"))}
         n, m = self._n, len(emb)
+        self._images.check(paths, m)
         last = int(self._store["ids"][n - 1]) if n else -1
         self._ids_sorted &= bool(m == 0 or (new["ids"][0] >= last and np.all(np.diff(new["ids"]) >= 0)))
         self._ids_are_rows &= bool(self._ids_sorted and np.array_equal(new["ids"], np.arange(n, n + m)))
@@ -213,6 +231,7 @@ class Gallery:
             if "exact" in self._store:
                 r, g = self._fp16_bound
                 self._fp16_bound = (max(r, twopass.upper_max(top[:, 1])), max(g, twopass.upper_max(top[:, 2])))
+        self._images.extend(n, paths, m)
         self._n = n + m
 
     def _add_norms(self, start: int, stop: int, top: Any) -> None:
@@ -352,16 +371,22 @@ class Gallery:
         return check_labels(query_ids, n, "query_ids"), check_labels(query_cams, n, "query_cams")
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz with a JSON header (format, version, dim, count, storage), atomically.
+        """Write an .npz with a JSON header (format, version, dim, count, storage[, images_root]) and
+        the rows' image paths if any, atomically: one file, so rows and their images never disagree.
 
         A gallery that keeps exact FP32 rows beside its FP16 ones (the "fp16" path) writes the FP32
         rows: the FP16 ones are their rounding, remade on load, so a reloaded gallery stays exact.
         """
+        if not len(self):
+            raise InputError(f"refusing to save an empty gallery to {path}: no rows were added; embed and "
+                             "add images first (an image list that matched nothing gives none: list a "
+                             "folder with engine.images.list_images, which says when it holds none)")
+        images_header, images = self._images.header_and_arrays()
         header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
-                  "count": len(self), "storage": self._storage}
+                  "count": len(self), "storage": self._storage, **images_header}
         rows = self._rows("exact" if "exact" in self._store else "emb")
         gallery_file.save(path, header, {name: self._rows(name).cpu().numpy() for name in ("ids", "cams")}
-                          | {"embeddings": rows.cpu().numpy()})
+                          | {"embeddings": rows.cpu().numpy()} | images)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:
@@ -373,8 +398,10 @@ class Gallery:
                          method: str = "auto") -> Gallery:
         """The gallery of a file already read with ``read_gallery_file`` (header, arrays)."""
         gallery = cls(header["dim"], device=device, storage=header["storage"], method=method)
+        gallery.images_root = header.get("images_root")
         if header["count"]:
-            gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"])
+            paths = arrays["paths"].tolist() if "paths" in arrays else None
+            gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"], paths=paths)
         return gallery
 
 

@@ -1,10 +1,17 @@
-"""Gallery input checks and its .npz file: validation of vectors and labels, atomic save, careful load."""
+"""Gallery input checks and its .npz file: validation of vectors and labels, atomic save, careful load.
+
+The file is one unit: the rows, their ids and cameras, and the image behind each row (``paths``,
+relative to the header's ``images_root``; "" for a row added as pixels, e.g. through the server), so
+whatever adds rows keeps what describes them in step. Galleries written before that kept the paths in
+a ``<file>.paths.json`` beside the .npz; ``read`` still takes them from there.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +81,8 @@ def _arrays(path: str | os.PathLike[str], fix: str) -> dict[str, np.ndarray]:
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ArtifactError(f"{path} holds a single .npy array, expected a gallery .npz; {fix}")
     with data:
-        return {key: data[key] for key in ("header", "embeddings", "ids", "cams")}
+        keys = ("header", "embeddings", "ids", "cams") + (("paths",) if "paths" in data.files else ())
+        return {key: data[key] for key in keys}
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -102,7 +110,62 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
     n, dim = header.get("count"), header.get("dim")
     emb = arrays["embeddings"]
     if emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
-            or header.get("storage") not in STORAGES:
+            or header.get("storage") not in STORAGES \
+            or arrays.get("paths", np.empty(n, "U1")).shape != (n,):
         raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "
                             f"{emb.shape}, ids {arrays['ids'].shape}; {fix}")
+    if "paths" not in arrays:
+        _legacy_paths(Path(path), n, header, arrays)
     return header, arrays
+
+
+def legacy_paths_file(gallery: Path) -> Path:
+    """Where galleries written before the paths moved into the .npz kept them: ``g.npz.paths.json``."""
+    return gallery.with_name(gallery.name + ".paths.json")
+
+
+def _legacy_paths(path: Path, n: int, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Take an old gallery's row paths from its ``.paths.json``. Rows added later (by the server, which
+    never updated that file) were appended, so a shorter list covers the first rows; the rest are ""."""
+    sidecar = legacy_paths_file(path)
+    if not sidecar.is_file():
+        return
+    try:
+        data = json.loads(sidecar.read_text())
+        root, rows = str(data["root"]), [str(r) for r in data["paths"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignored %s (%s); rows of %s will show no image", sidecar, exc, path)
+        return
+    if len(rows) > n:
+        log.warning("ignored %s: it lists %d images for %d rows of %s", sidecar, len(rows), n, path)
+        return
+    header["images_root"] = root
+    arrays["paths"] = np.array(rows + [""] * (n - len(rows)), dtype=str)
+
+
+class RowPaths:
+    """The image behind each gallery row, relative to ``root``; "" where a row has none. Kept only once
+    some row has a path (a gallery filled from pixels alone keeps nothing)."""
+
+    def __init__(self, root: str | None = None, paths: Sequence[str] | None = None) -> None:
+        self.root = root
+        self.paths: list[str] | None = None if paths is None else [str(p) for p in paths]
+
+    def check(self, paths: Sequence[str] | None, m: int) -> None:
+        if paths is not None and len(paths) != m:
+            raise InputError(f"paths must give one image per row, got {len(paths)} paths for {m} rows")
+
+    def extend(self, n: int, paths: Sequence[str] | None, m: int) -> None:
+        """Rows [n, n + m) were added with ``paths`` (None: without images)."""
+        if paths is None and self.paths is None:
+            return
+        if self.paths is None:
+            self.paths = [""] * n
+        self.paths += [""] * m if paths is None else [str(p) for p in paths]
+
+    def header_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``save`` writes for them: the header's images_root and the ``paths`` array."""
+        if self.paths is None:
+            return {}, {}
+        return ({"images_root": self.root} if self.root is not None else {},
+                {"paths": np.array(self.paths, dtype=str).reshape(len(self.paths))})

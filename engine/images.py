@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, DataError, InputError
+from .progress import progress as progress_bar
 
+# The image files every command looks for (case-insensitive); the one copy.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # Above this many images a progress bar is worth its noise on stderr.
 PROGRESS_MIN_IMAGES = 500
 # How many failing paths a skip warning names before it only counts them.
@@ -28,6 +31,20 @@ def _check_size(height: int, width: int) -> None:
     if int(height) <= 0 or int(width) <= 0:
         raise InputError(f"image size must be positive, got height={height} width={width}; "
                          "use the model's input size, e.g. ModelSpec().height / .width")
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """The image files under ``folder``, recursively, sorted; DataError saying where it looked and for
+    what when the folder is missing or holds none (an empty gallery is never what was meant)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder.resolve()} does not exist or is not a folder; pass a folder "
+                        "of person crops")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DataError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder.resolve()} (searched "
+                        "recursively, any case); pass a folder of person crops")
+    return paths
 
 
 def load_image(path: PathLike, height: int, width: int) -> np.ndarray:
@@ -64,12 +81,15 @@ def load_images(
     """
     if on_error not in ("skip", "raise"):
         raise InputError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if not len(paths):
+        raise InputError("load_images got no paths, expected at least one image file; list a folder's "
+                         "images with engine.images.list_images(folder), which says when it holds none")
     _check_size(height, width)
     out = np.empty((len(paths), int(height), int(width), 3), np.uint8)
     loaded: list[int] = []
     failed: list[str] = []
     show = len(paths) > PROGRESS_MIN_IMAGES if progress is None else progress
-    bar = tqdm(paths, desc="loading images", unit="img", disable=not show)
+    bar = progress_bar(paths, desc="loading images", unit="img", disable=not show)
     for i, path in enumerate(bar):
         try:
             out[len(loaded)] = load_image(path, height, width)

@@ -1,21 +1,22 @@
-"""``python -m engine.query IMAGES --gallery gallery.npz --artifact DIR -k 10 [--png ranked.png]``.
+"""``python -m engine.query IMAGES --gallery gallery.npz --artifact DIR -k 10 [--png OUT]``.
 
 Embeds each query image (files or folders), searches the gallery and prints its ranked list: rank,
-id, camera, squared-L2 distance, whether the id matches the query's (when the query has a
-Market-style name) and the gallery image (from the ``.paths.json`` that ``python -m engine.embed``
-wrote). ``--png`` draws it as a picture like torchreid's visualize_ranked_results: the query, then the
-top k with their distances, framed green for a match and red for a miss. With ``--url`` the server
-embeds and searches its own resident gallery; ``--gallery`` (the file the server was started with)
-is then only needed to name and draw the rows.
+id, camera, squared-L2 distance, whether the row is a true match of the query's id (when the query
+has a Market-style name: "yes" from another camera, "junk" from the same one, as Market-1501 scores
+them) and the gallery image (recorded in the gallery file by ``python -m engine.embed``; "-" for rows
+added as pixels, e.g. through the server). A query with no true match in its top k is flagged, and
+when every query is labelled a Rank-1/mAP line over them follows (the whole gallery ranked, Market
+rules). ``--png`` draws each query like torchreid's visrank: one PNG per query in the folder OUT
+(``OUT/001_<query>.png``...), or the file OUT for a single query named *.png. With ``--url`` the
+server embeds and searches its own resident gallery; ``--gallery`` (the file the server was started
+with) is then only needed to name, draw and score the rows.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +24,15 @@ import numpy as np
 
 from . import cli
 from .embed import (
-    IMAGE_SUFFIXES,
     UNKNOWN,
     EmbedFn,
     add_backend_device,
     market_label,
-    paths_file,
     with_embed_fn,
 )
 from .errors import InputError
-from .images import load_image, load_images
-
-MATCH, MISS, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"
-DISPLAY = (128, 64)  # height, width of each drawn crop (display only; the model's size is in spec.json)
-
-
-@dataclass
-class Ranked:
-    """One query's ranked list; ``rows`` index the gallery file (-1 when unknown or padding)."""
-
-    path: Path
-    label: tuple[int, int] | None
-    distances: np.ndarray
-    ids: np.ndarray
-    rows: np.ndarray
-    cams: np.ndarray
+from .images import IMAGE_SUFFIXES, load_images
+from .ranked import Images, Ranked, draw, png_paths
 
 
 def query_paths(items: list[Path]) -> list[Path]:
@@ -104,7 +89,9 @@ def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str,
     return with_embed_fn(args, work)
 
 
-def rank(args: argparse.Namespace) -> list[Ranked]:
+def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | None]:
+    """Each query's ranked list, the gallery's row images (None without --gallery or images), and
+    the Rank-1/mAP line when the queries are labelled."""
     paths = query_paths(args.images)
     stored = None
     if args.gallery is not None:
@@ -118,65 +105,48 @@ def rank(args: argparse.Namespace) -> list[Ranked]:
         rows = np.stack([resolve_rows(q, d, i, arrays["embeddings"], arrays["ids"])
                          for q, d, i in zip(queries, distances, ids, strict=True)])
         cams = np.where(rows >= 0, arrays["cams"][np.maximum(rows, 0)], UNKNOWN)
-    return [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
+    ranked = [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
+    return ranked, gallery_images(stored), scores(ranked, queries, stored)
 
 
-def gallery_images(gallery: Path | None) -> tuple[Path, list[str]] | None:
-    """(root, row paths) from the gallery's ``.paths.json``, None when there is none."""
-    if gallery is None or not paths_file(gallery).is_file():
+def gallery_images(stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> Images | None:
+    """(root, row paths) a gallery file records ("" for a row without an image), None when it has none."""
+    if stored is None or "paths" not in stored[1]:
         return None
-    data = json.loads(paths_file(gallery).read_text())
-    return Path(data["root"]), list(data["paths"])
+    header, arrays = stored
+    return Path(header.get("images_root") or "."), arrays["paths"].tolist()
 
 
-def print_ranked(results: list[Ranked], images: tuple[Path, list[str]] | None) -> None:
+def print_ranked(results: list[Ranked], images: Images | None) -> None:
     for r in results:
         known = f" (id {r.label[0]}, cam {r.label[1]})" if r.label else ""
-        print(f"query {r.path}{known}")
+        flag = f"  [no true match in the top {len(r.ids)}]" if r.missed() else ""
+        print(f"query {r.path}{known}{flag}")
         print("  rank        id  cam     distance  match  image")
-        for n, (dist, pid, row, cam) in enumerate(zip(r.distances, r.ids, r.rows, r.cams, strict=True), 1):
-            if pid < 0 and not np.isfinite(dist):
-                break
-            match = "-" if r.label is None else ("yes" if pid == r.label[0] else "no")
-            cam = "-" if cam == UNKNOWN else str(cam)
-            name = images[1][row] if images is not None and row >= 0 else "-"
-            print(f"  {n:4d}  {pid:8d}  {cam:>3}  {dist:11.6f}  {match:>5}  {name}")
+        for n in range(r.listed()):
+            row, cam = r.rows[n], "-" if r.cams[n] == UNKNOWN else str(r.cams[n])
+            name = (images[1][row] or "-") if images is not None and row >= 0 else "-"
+            print(f"  {n + 1:4d}  {r.ids[n]:8d}  {cam:>3}  {r.distances[n]:11.6f}  {r.verdict(n):>5}  {name}")
 
 
-def draw_ranked(results: list[Ranked], images: tuple[Path, list[str]], out: Path,
-                shape: tuple[int, int] = DISPLAY) -> Path:
-    """Save one row per query: the query, then its top k framed green (same id) or red; like torchreid."""
-    import matplotlib
+def scores(results: list[Ranked], queries: np.ndarray,
+           stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> str | None:
+    """Rank-1/5/10 and mAP over the queries, the whole gallery ranked under Market-1501 rules; None
+    unless every query is labelled and the gallery file is at hand."""
+    if stored is None or not results or any(r.label is None for r in results):
+        return None
+    from .metrics import evaluate
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomic import write_with
-
-    k = max(len(r.ids) for r in results)
-    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.1 * (k + 1), 2.4 * len(results)), squeeze=False)
-    for ax_row, r in zip(axes, results, strict=True):
-        _cell(ax_row[0], load_image(r.path, *shape), "query" + (f"\nid {r.label[0]}" if r.label else ""), "black")
-        for ax, dist, pid, row in zip(ax_row[1:], r.distances, r.ids, r.rows, strict=False):
-            if row < 0:
-                ax.axis("off")
-                continue
-            colour = NEUTRAL if r.label is None else (MATCH if pid == r.label[0] else MISS)
-            _cell(ax, load_image(images[0] / images[1][row], *shape), f"id {pid}\n{dist:.3f}", colour)
-    fig.tight_layout()
-    write_with(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return out
-
-
-def _cell(ax, pixels: np.ndarray, title: str, colour: str) -> None:
-    ax.imshow(pixels)
-    ax.set_title(title, fontsize=7, color=colour)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(3)
+    arrays = stored[1]
+    labels = np.array([r.label for r in results], np.int64)
+    try:
+        m = evaluate(queries, labels[:, 0], labels[:, 1], arrays["embeddings"].astype(np.float32),
+                     arrays["ids"], arrays["cams"], ranks=(1, 5, 10))
+    except InputError as exc:  # no query has a true match anywhere in the gallery
+        return f"no Rank-1/mAP: {exc}"
+    return (f"Rank-1 {100 * m['rank1']:.2f}  Rank-5 {100 * m['rank5']:.2f}  Rank-10 {100 * m['rank10']:.2f}  "
+            f"mAP {100 * m['mAP']:.2f}  over {m['num_query']} of {len(results)} queries (Market-1501 rules: "
+            "same id and camera ignored; queries without a true match in the gallery left out)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
                      "(needed unless --url)")
     p.add_argument("-k", type=cli.positive_int, default=10, help="results per query")
-    p.add_argument("--png", type=Path, help="also draw the ranked lists into this PNG")
+    p.add_argument("--png", type=Path, metavar="OUT", help="also draw each query's ranked list: one PNG per "
+                   "query in the folder OUT, or the file OUT for a single query named *.png")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
     add_backend_device(p)
     cli.add_no_progress(p)
@@ -197,15 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        results = rank(args)
-        images = gallery_images(args.gallery)
+        results, images, line = rank(args)
         print_ranked(results, images)
+        if line is not None:
+            print(line)
         if args.png is not None:
             if images is None:
-                raise InputError("--png needs --gallery and its image list (GALLERY.paths.json, written by "
-                                 "`python -m engine.embed`) to find the images behind the results")
-            draw_ranked(results, images, args.png)
-            print(f"wrote {args.png}")
+                raise InputError("--png needs --gallery with each row's image, as `python -m engine.embed` "
+                                 f"writes it; got {args.gallery or 'no --gallery'}")
+            if len(results) > 1 and args.png.suffix.lower() == ".png":
+                raise InputError(f"--png {args.png} names one file, got {len(results)} queries; pass a folder "
+                                 f"(e.g. --png {args.png.with_suffix('')}), one PNG per query goes there")
+            drawn = [draw(r, images, out) for r, out in zip(results, png_paths(results, args.png), strict=True)]
+            print(f"wrote {drawn[0]}" if len(drawn) == 1 else f"wrote {len(drawn)} PNGs into {args.png}")
 
     return cli.run_cli(body)
 

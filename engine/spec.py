@@ -30,6 +30,7 @@ ONNX_INT8_FILE = "model.int8.onnx"  # QDQ INT8 graph (export/int8.py), served by
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"  # data, protocol, metrics and limits, from the provenance (export)
 
 # ImageNet statistics in [0, 1] pixel units; the model graph applies them, host code never does.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from engine import cli
+from engine.atomic import write_text
 from engine.backends.trt import import_runtime
 from engine.errors import BackendUnavailableError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
+    MODEL_CARD_FILE,
     ONNX_FILE,
     ONNX_FP16_FILE,
     PARITY_FILE,
@@ -40,10 +42,11 @@ from .parity import (
     DEFAULT_SAMPLES,
     check_parity,
     measure_parity,
+    parity_samples,
     reference_embeddings,
-    sample_images,
     write_parity,
 )
+from .provenance import check_unchanged, checkpoint_record, model_card, provenance
 from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
 from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
 
@@ -67,6 +70,7 @@ class BuildOptions:
     fp16: bool = True
     int8: bool = False  # also model.int8.onnx, published only if it passes export.int8's gate
     calib_data: Path | None = None  # real person crops INT8 calibrates on (needed with int8)
+    force: bool = False  # replace an --out exported from this checkpoint path before it changed
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,8 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1024:.1f} KiB"
 
 
-def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, ModelSpec]:
-    """The checkpoint's FP32 model and the spec of this build (batch range and opset applied)."""
+def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, Any, ModelSpec]:
+    """The checkpoint, its FP32 model and the spec of this build (batch range and opset applied)."""
     from train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -108,7 +112,7 @@ def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, ModelSpec]:
     chosen = {"min_batch": options.min_batch, "opt_batch": options.opt_batch,
               "max_batch": options.max_batch, "opset": options.opset}
     spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
-    return ckpt.model.float().eval(), spec
+    return ckpt, ckpt.model.float().eval(), spec
 
 
 def _export(model: Any, staged: _Staged, samples: np.ndarray, options: BuildOptions) -> None:
@@ -200,8 +204,13 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
         int8.check_calib_data(options.calib_data)
     check_out(out)
     clean_stale(out, _say)
-    model, spec = _load(checkpoint, options)
-    samples = sample_images(spec, options.sample_images)
+    ckpt, model, spec = _load(checkpoint, options)
+    identity = checkpoint_record(checkpoint, ckpt)
+    check_unchanged(out, identity, options.force)
+    spec = spec.replace(extra={**spec.extra, "provenance": provenance(checkpoint, ckpt, identity)})
+    samples, images = parity_samples(spec, options.sample_images, ckpt.extra.get("data_root"))
+    _say(f"parity on {images['count']} {'crops from ' + images['folder'] if images['folder'] else images['kind']}"
+         f" ({images['from']})")
     reference = reference_embeddings(model, samples)
     with staging(out) as stage:
         staged = _Staged(stage, spec)
@@ -211,10 +220,10 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
         if not skipped:  # the plan is published only after it ran through the engine's TensorRT backend
             plan_precision = "fp16" if "fp16" in staged.graphs else "fp32"
             results += _measure(reference, staged, {"plan": ("trt", plan_precision)}, samples)
-        source = str(options.sample_images) if options.sample_images else "random uint8"
-        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": source})
+        write_parity(stage / PARITY_FILE, results, {"onnx_sha256": staged.spec.onnx_sha256, "images": images})
         _int8(model, staged, options)
         _triton(staged)
+        write_text(stage / MODEL_CARD_FILE, model_card(staged.spec, results, images))
         files = tuple(sorted(p.name for p in stage.iterdir()))
         publish(stage, out)
     return BuildResult(out, staged.spec, files, tuple(results), skipped)
@@ -242,12 +251,16 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
     p.add_argument("--no-simplify", dest="simplify", action="store_false",
                    help="keep the exported graphs as they are (no onnxslim)")
     p.add_argument("--sample-images", type=Path, default=None,
-                   help=f"folder of images (resized to the spec) for parity; default {DEFAULT_SAMPLES} random ones")
+                   help=f"folder of person crops (resized to the spec) for parity; default: {DEFAULT_SAMPLES} "
+                   "crops of the data the checkpoint was trained on where that folder is here, else random pixels "
+                   "(parity.json's images says which)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
                    "export/int8.py), published only if it passes its gate; needs --calib-data")
     p.add_argument("--calib-data", type=Path, default=None, help="folder of real person crops to calibrate INT8 on")
+    p.add_argument("--force", action="store_true", help="replace an --out exported from this checkpoint path "
+                   "although the file changed since (refused otherwise: the served model would change silently)")
     args = vars(p.parse_args(argv))
     return args.pop("checkpoint"), args.pop("out"), BuildOptions(**args)
 

@@ -18,7 +18,7 @@ import numpy as np
 from engine.atomic import write_text
 from engine.embedder import Embedder
 from engine.errors import InputError, ParityError
-from engine.images import load_images
+from engine.images import IMAGE_SUFFIXES, list_images, load_images
 from engine.parity import DEFAULT_K, ParityResult, compare
 from engine.spec import ModelSpec
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # Minimum per-row cosine against the FP32 PyTorch model, per precision.
 COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}
 DEFAULT_SAMPLES = 32
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def sample_images(spec: ModelSpec, image_dir: str | os.PathLike[str] | None = None, *,
@@ -47,6 +46,27 @@ def sample_images(spec: ModelSpec, image_dir: str | os.PathLike[str] | None = No
         )
     images, _ = load_images(paths, spec.height, spec.width, on_error="raise")
     return images
+
+
+def parity_samples(spec: ModelSpec, sample_dir: str | os.PathLike[str] | None,
+                   data_root: str | os.PathLike[str] | None, *, count: int = DEFAULT_SAMPLES,
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The images parity is measured on, and what they are (parity.json's ``images``): the crops of
+    ``sample_dir`` (--sample-images); else crops spread over the data the checkpoint was trained on
+    (``data_root``, when that folder is here); else random pixels, and the record says so and why."""
+    if sample_dir is not None:
+        images = sample_images(spec, sample_dir, count=count)
+        return images, {"kind": "crops", "from": "--sample-images", "folder": str(sample_dir), "count": len(images)}
+    if data_root is not None and Path(data_root).is_dir():
+        paths = list_images(data_root)
+        picked = sorted({paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)})
+        images, _ = load_images(picked, spec.height, spec.width, on_error="skip")
+        return images, {"kind": "crops", "from": "the checkpoint's training data", "folder": str(data_root),
+                        "count": len(images)}
+    why = ("the checkpoint records no data folder" if data_root is None
+           else f"its data folder {data_root} is not here")
+    return sample_images(spec, None, count=count), {
+        "kind": "random uint8", "from": f"no --sample-images and {why}", "folder": None, "count": count}
 
 
 def reference_embeddings(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:

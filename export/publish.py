@@ -21,14 +21,23 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engine.atomic import DIR_MODE
 from engine.errors import ArtifactError, InputError
-from engine.spec import ONNX_FILE, ONNX_FP16_FILE, PARITY_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, SPEC_FILE
+from engine.spec import (
+    MODEL_CARD_FILE,
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    PARITY_FILE,
+    PLAN_FILE,
+    PLAN_SIDECAR_FILE,
+    SPEC_FILE,
+)
 
 from .int8 import FILES as INT8_FILES
 
 TRITON_DIR = "triton"
 ARTEFACT_NAMES = frozenset({ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, PARITY_FILE, SPEC_FILE,
-                            TRITON_DIR, *INT8_FILES})
+                            MODEL_CARD_FILE, TRITON_DIR, *INT8_FILES})
 TIMING_CACHES = "timing-*.cache"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
@@ -80,6 +89,7 @@ def staging(out: Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".build-{out.name}-{os.getpid()}-", dir=out.parent))
+        stage.chmod(DIR_MODE)  # mkdtemp's 0700 would be published as the artefact folder's mode
     except OSError as exc:
         raise ArtifactError(f"cannot write output folder {out}: {exc.strerror or exc}; choose a "
                             "writable --out") from exc

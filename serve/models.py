@@ -3,8 +3,9 @@
 They are plain Python over engine's public API (Embedder, Gallery), so they are tested without a
 server too. Triton validates dtypes, ranks and the embed batch limit from the bound signatures before
 a request reaches them; what only the engine can know (k <= 0, a batch above the artefact's max for
-the unbatched models, ids that do not match the images) is refused here with a PyTritonBadParameterError
-carrying the engine's sentence, and the server keeps serving.
+the unbatched models, ids that do not match the images, a missing input) is refused here with a
+PyTritonBadParameterError carrying the engine's sentence, which the client gets as a one-line HTTP 400
+/ gRPC INVALID_ARGUMENT (serve.wire_errors), and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def _per_request(fn: Callable[[Request], Response]) -> Callable[[Sequence[Reques
         except JLMLError as exc:
             raise _bad_request(exc) from exc
     return infer
+
+
+def _required(request: Request, name: str, what: str) -> np.ndarray:
+    """``request[name]``; a request without it (Triton lets it through when the model has optional
+    inputs) is refused with what to send."""
+    if name not in request:
+        raise InputError(f"missing input {name!r}: send {what}; got {sorted(request.keys())}")
+    return request[name]
 
 
 class SerialEmbedder:
@@ -103,7 +112,7 @@ class GalleryService:
                              "split larger batches into several requests")
 
     def search(self, request: Request) -> Response:
-        k = np.asarray(request[K]).reshape(-1)
+        k = np.asarray(_required(request, K, "int32 k of shape [1], e.g. k=[10]")).reshape(-1)
         if k.size != 1 or int(k[0]) <= 0:
             raise InputError(f"k must be one positive int32, got {k.tolist()}; e.g. k=[10]")
         if (IMAGES in request) == (EMBEDDINGS in request):
@@ -121,9 +130,9 @@ class GalleryService:
     def add(self, request: Request) -> Response:
         if self.path is None:
             raise InputError("this server has no gallery file to save to; start it with --gallery PATH")
-        images = request[IMAGES]
+        images = _required(request, IMAGES, "uint8 images (N, H, W, 3)")
         self._check_batch(len(images), "gallery_add")
-        ids = np.asarray(request[IDS]).reshape(-1)
+        ids = np.asarray(_required(request, IDS, "int64 ids, one per image")).reshape(-1)
         cams = np.asarray(request[CAMS]).reshape(-1) if CAMS in request else np.full(len(images), UNKNOWN_CAM)
         if len(ids) != len(images) or len(cams) != len(images):
             raise InputError(f"gallery_add got {len(images)} images, {len(ids)} ids and {len(cams)} cams; "

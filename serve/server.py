@@ -18,6 +18,7 @@ from typing import Any
 
 from engine import BackendUnavailableError, Embedder
 
+from . import wire_errors
 from .models import GalleryService, SerialEmbedder, bindings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -58,10 +59,12 @@ def python_library_first(env: MutableMapping[str, str]) -> str:
 def _pytriton() -> Any:
     try:
         import pytriton.triton as module
+        from pytriton.models.model import Model
     except ImportError as exc:
         raise BackendUnavailableError(
             f"the server needs nvidia-pytriton ({exc}); install the extra: pip install 'jlml-engine[serve]'"
         ) from exc
+    wire_errors.install(Model)  # a bad request is a one-line 400, never a traceback
     return module
 
 

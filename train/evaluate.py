@@ -1,7 +1,7 @@
 """``python -m train.evaluate``: Rank-k / mAP of a checkpoint, and of its exported artefact beside it.
 
-The data set, its loader options and the split come from the checkpoint, so only the people the model
-never saw are scored. Asking for another data set, split seed or option is refused unless
+The data set, its loader options, the split and the folder it was read from come from the checkpoint,
+so only the people the model never saw are scored, without naming --data-root again. Asking for another data set, split seed or option is refused unless
 --allow-mismatch (a cross-data-set test, say): on another split the training people leak into the
 test people and the figures mean nothing.
 
@@ -44,6 +44,7 @@ def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = Non
     """The data a checkpoint was trained on; what is asked (None: the checkpoint's) must agree unless
     ``allow_mismatch``."""
     recorded = ckpt.extra.get("data")
+    root = root if root is not None else recorded_root(ckpt)
     if recorded is None:
         if dataset is None:
             raise CheckpointError(f"{ckpt.path} does not record the data set it was trained on (written "
@@ -64,6 +65,17 @@ def data_for(ckpt: Any, dataset: str | None = None, split_seed: int | None = Non
     if diffs:
         print(f"warning: evaluating on other data than trained on ({'; '.join(diffs)})", file=sys.stderr)
     return asked
+
+
+def recorded_root(ckpt: Any) -> str | None:
+    """The data root the checkpoint was trained from, when it still exists here (None: the default,
+    ``$JLML_DATA`` or ../shared/data, with a note when the recorded one is gone)."""
+    root = ckpt.extra.get("data_root")
+    if root is None or Path(root).is_dir():
+        return root
+    print(f"note: {ckpt.path} was trained on data in {root}, which is not here; looking in the default "
+          "data root (pass --data-root to choose)", file=sys.stderr)
+    return None
 
 
 def artifact_embeddings(artifact_dir: str | Path, model: Any, images: list[np.ndarray], *, backend: str = "auto",
@@ -113,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision(p)
     g = p.add_argument_group("data (None: what the checkpoint was trained on)")
     g.add_argument("--dataset", choices=DATASETS, help="data set")
-    g.add_argument("--data-root", help="folder holding the data set (default: $JLML_DATA or ../shared/data)")
+    g.add_argument("--data-root", help="folder holding the data set (default: the one the checkpoint was "
+                   "trained from, else $JLML_DATA or ../shared/data)")
     g.add_argument("--split-seed", type=int, help="split seed")
     g.add_argument("--data-option", type=parse_key_value, action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable (see python -m train --help)")
@@ -152,7 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if args.json:
         write_text(args.json, json.dumps({"checkpoint": str(args.checkpoint), "artifact": str(args.artifact),
                                           "dataset": choice.dataset, "split_seed": choice.split_seed,
-                                          "data": choice.record(), "rows": rows,
+                                          "data": choice.record(), "data_root": choice.root, "rows": rows,
                                           "max_embedding_diff": embedding_diff}, indent=2) + "\n")
         print(f"numbers written to {args.json}")
     return rows

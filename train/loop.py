@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine.atomic import write_text
 from engine.device import parse_device, torch_device
 from engine.errors import BackendUnavailableError, CheckpointError, InputError
+from engine.progress import progress
 
 from . import distributed
 from .checkpoint import (
@@ -73,7 +73,7 @@ class TrainOptions:
     schedule: str = "cosine"         # "cosine" to 0 over the run, or "step" (x0.1 at 2/3 of it)
     weight_decay: float = 5e-4
     seed: int = 0
-    progress: bool = True            # tqdm bar per epoch
+    progress: bool = True            # a bar per epoch on a terminal, one line per epoch in a log
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -249,7 +249,8 @@ def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, sca
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.int64, device=where.device)
     seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not opts.progress, leave=False)
+    bar = progress(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="batches", disable=not opts.progress,
+                   leave=False, every=1.0)  # off a terminal: one line per epoch
     for step, (images, labels) in enumerate(bar):
         images = images.to(where.device, non_blocking=True)
         labels = labels.to(where.device, non_blocking=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 from engine.atomic import write_text
 from engine.errors import DataError, InputError
+from engine.provenance import code_version
+from engine.spec import file_sha256
 
 from . import distributed
 from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
@@ -30,7 +32,8 @@ from .model import JLML
 @dataclass(frozen=True)
 class DataChoice:
     """Which data set, loader options and split a run trains on; ``root`` says where it lies here
-    (None: ``$JLML_DATA`` or ``../shared/data``) and is not part of what the checkpoint records."""
+    (None: ``$JLML_DATA`` or ``../shared/data``). A checkpoint records the first three (``record``,
+    what must match to evaluate) and, apart, the folder they were read from (``where``)."""
 
     dataset: str = "synthetic"
     split_seed: int = 0
@@ -54,6 +57,19 @@ class DataChoice:
     def record(self) -> dict[str, Any]:
         """What a checkpoint stores: data set, split seed, loader options (JSON-able)."""
         return {"dataset": self.dataset, "split_seed": self.split_seed, "options": dict(self.options)}
+
+    def where(self) -> str | None:
+        """The absolute folder the data set is read from here (None for the generated synthetic set);
+        checkpoints keep it as ``data_root`` so train.evaluate finds the data without --data-root."""
+        if self.dataset == "synthetic":
+            return None
+        from .data.datasets import resolve_root
+
+        return str(resolve_root(self.dataset, self.root).resolve())
+
+    def trained_on(self) -> dict[str, Any]:
+        """A checkpoint's record of its data: ``data`` (compared by train.evaluate) and ``data_root``."""
+        return {"data": self.record(), "data_root": self.where()}
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ def pretrain_state(cfg: JLMLConfig, opts: TrainOptions, data: DataChoice, folder
         print(f"pre-training on {reid.describe()}")
     resume = folder / CHECKPOINT_FILE
     return fit(cfg, reid, opts, folder, resume=resume if resume.is_file() else None, runtime=runtime,
-               make_augment=augment_factory(augment), record={"data": data.record()}).model.state_dict()
+               make_augment=augment_factory(augment), record=data.trained_on()).model.state_dict()
 
 
 def _resume_path(resume: bool | str | Path | None, out: Path) -> Path | None:
@@ -152,7 +168,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
                                     runtime=runtime)
         source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
-    record = {"data": data.record(), "init": source,
+    record = {**data.trained_on(), "init": source, "code": code_version(),
               **({"train_also": [o.record() for o in train_also]} if train_also else {})}
     fits: list[Any] = []
 
@@ -171,7 +187,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     metrics = evaluate_model(model, reid) if evaluate else None
     if metrics is not None:
         write_text(out / METRICS_FILE, json.dumps(
-            {"dataset": data.dataset, "split_seed": data.split_seed, "data": data.record(), "init": source,
+            {"dataset": data.dataset, "split_seed": data.split_seed, **data.trained_on(), "init": source,
+             "checkpoint_sha256": file_sha256(out / CHECKPOINT_FILE),
              "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
     result = fits[-1] if fits else None
     return TrainResult(out=out, checkpoint=out / CHECKPOINT_FILE, model=model, metrics=metrics,

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from engine.atomic import write_text
 from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
+from engine.progress import progress as progress_bar
 
 from .fusion import fit_and_save
 from .lomo import LOMOConfig
@@ -261,7 +261,7 @@ def run_study(recipe: Recipe, keys: Sequence[RunKey], out: Path, data_root: str 
     loaded: dict[int, Any] = {}
     weights: dict[str, Any] = {}
     joined: list[Any] | None = None  # recipe.train_also's sets, loaded once
-    for key in tqdm(keys, desc=f"study {recipe.name}", unit="run", disable=not progress):
+    for key in progress_bar(keys, desc=f"study {recipe.name}", unit="run", disable=not progress):
         record = finished_record(recipe, key, out)
         if record is None:
             if key.split_seed not in loaded:

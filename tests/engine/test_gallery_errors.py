@@ -112,3 +112,19 @@ def test_missing_faiss_names_the_package_and_auto_still_searches(monkeypatch) ->
     finally:
         faiss_search.load.cache_clear()
         faiss_search.available.cache_clear()
+
+
+def test_paths_of_another_length_are_refused_and_leave_the_gallery_as_it_was(tmp_path) -> None:
+    g = Gallery(2)
+    g.add(np.eye(2, dtype=np.float32), [1, 2], paths=["a.png", "b.png"])
+    with pytest.raises(InputError, match="1 paths for 2 rows"):
+        g.add(np.eye(2, dtype=np.float32), [3, 4], paths=["c.png"])
+    g.add(np.eye(2, dtype=np.float32), [3, 4])  # without images: "" for both
+    g.save(tmp_path / "g.npz")
+    assert len(g) == 4 and Gallery.load(tmp_path / "g.npz").paths == ["a.png", "b.png", "", ""]
+
+
+def test_an_empty_gallery_is_not_saved(tmp_path) -> None:
+    with pytest.raises(InputError, match="refusing to save an empty gallery to .*g.npz: no rows were added"):
+        Gallery(4).save(tmp_path / "g.npz")
+    assert not list(tmp_path.iterdir())

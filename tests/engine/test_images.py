@@ -1,11 +1,10 @@
-import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import ArtifactError, InputError
-from engine.images import load_image, load_images
+from engine.errors import ArtifactError, DataError, InputError
+from engine.images import list_images, load_image, load_images
 
 
 def _write(path, pixels):
@@ -74,8 +73,17 @@ def test_load_images_raise_mode_and_bad_mode(tmp_path, gradient):
         load_images([], 10, 5, on_error="ignore")
 
 
-def test_load_images_empty_list_gives_empty_batch():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        images, kept = load_images([], 10, 5)
-    assert images.shape == (0, 10, 5, 3) and kept == []
+def test_no_images_is_an_error_saying_where_and_for_what(tmp_path, gradient):
+    """An empty list, a missing or empty folder, a folder of other files: errors, never an empty batch."""
+    with pytest.raises(InputError, match="load_images got no paths"):
+        load_images([], 10, 5)
+    with pytest.raises(DataError, match=f"image folder {tmp_path / 'missing'} does not exist"):
+        list_images(tmp_path / "missing")
+    (tmp_path / "crops" / "sub").mkdir(parents=True)
+    (tmp_path / "crops" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=rf"no \.jpg/\.jpeg/\.png/\.bmp images under {tmp_path / 'crops'} "
+                       r"\(searched recursively"):
+        list_images(tmp_path / "crops")
+    _write(tmp_path / "crops" / "sub" / "b.PNG", gradient)
+    _write(tmp_path / "crops" / "a.jpeg", gradient)
+    assert list_images(tmp_path / "crops") == [tmp_path / "crops" / "a.jpeg", tmp_path / "crops" / "sub" / "b.PNG"]

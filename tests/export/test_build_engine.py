@@ -75,7 +75,9 @@ def test_sample_images_of_another_size_are_resized(checkpoint, tmp_path):
         Image.fromarray(rng.integers(0, 256, (128, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "out"
     assert build_engine.main([str(checkpoint), "--out", str(out), "--sample-images", str(images), "--no-fp16"]) == 0
-    assert json.loads((out / "parity.json").read_text())["graphs"]["fp32"]["samples"] == 4
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["graphs"]["fp32"]["samples"] == 4
+    assert parity["images"] == {"kind": "crops", "from": "--sample-images", "folder": str(images), "count": 4}
 
 
 def test_parity_failure_exits_1_and_publishes_nothing(checkpoint, tmp_path, monkeypatch, capsys):
@@ -313,3 +315,47 @@ def test_an_out_folder_holding_other_files_is_refused(checkpoint, tmp_path, caps
     assert build_engine.main([str(checkpoint), "--out", str(out)]) == 2
     assert "holds files that are not artefacts (notes.txt)" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_published_folder_has_the_mode_the_umask_gives_a_new_folder(checkpoint, tmp_path):
+    """Not mkdtemp's 0700: a Triton container or a service running as another user reads the folder."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    build = ("import os, sys; os.umask(0o027); from export.build_engine import main; "
+             "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", build, str(checkpoint), "--out", str(out), "--no-fp16",
+                           "--no-simplify"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o750
+    assert modes and all(mode == (0o750 if (out / name).is_dir() else 0o640) for name, mode in modes.items()), modes
+
+
+def test_parity_is_measured_on_the_training_crops_when_the_checkpoint_records_them(tiny_model, tmp_path, capsys):
+    """Without --sample-images: crops spread over the recorded data folder; without one, random pixels,
+    and parity.json and the log say which (it was random noise whatever the checkpoint knew)."""
+    from PIL import Image
+
+    from train.checkpoint import save_checkpoint
+
+    crops = tmp_path / "data" / "bounding_box_train"
+    crops.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(crops / f"{i:04d}_c1s1_{i:06d}_00.jpg")
+    ckpt = save_checkpoint(tmp_path / "ck" / "last.pt", tiny_model, tiny_model.cfg, epoch=1, num_classes=5,
+                           extra={"data_root": str(tmp_path / "data")})
+    assert build_engine.main([str(ckpt), "--out", str(tmp_path / "a"), "--no-fp16", "--no-simplify"]) == 0
+    images = json.loads((tmp_path / "a" / "parity.json").read_text())["images"]
+    assert images == {"kind": "crops", "from": "the checkpoint's training data", "folder": str(tmp_path / "data"),
+                      "count": 32}
+    assert f"parity on 32 crops from {tmp_path / 'data'} (the checkpoint's training data)" in capsys.readouterr().out
+    (tmp_path / "data").rename(tmp_path / "gone")
+    assert build_engine.main([str(ckpt), "--out", str(tmp_path / "b"), "--no-fp16", "--no-simplify"]) == 0
+    images = json.loads((tmp_path / "b" / "parity.json").read_text())["images"]
+    assert images["kind"] == "random uint8" and f"data folder {tmp_path / 'data'} is not here" in images["from"]

@@ -28,9 +28,11 @@ def gallery_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_gallery(path: Path, embedder: Embedder, images: np.ndarray) -> Path:
+    """A gallery file as engine.embed writes it: rows, labels and each row's image name."""
     ids, cams = gallery_labels(len(images))
     gallery = Gallery(embedder.spec.embedding_dim)
-    gallery.add(embedder(images), ids, cams)
+    gallery.images_root = str(path.parent)
+    gallery.add(embedder(images), ids, cams, paths=[f"row{n:04d}.png" for n in range(len(images))])
     gallery.save(path)
     return path
 

@@ -68,3 +68,16 @@ def test_the_embedder_is_entered_by_one_thread_at_a_time():
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+def test_rows_the_service_adds_are_described_in_the_same_file(local_embedder, gallery_images, tmp_path):
+    """gallery_add on a gallery that records its images keeps one row path per row ("" for pixels)."""
+    path = tmp_path / "g.npz"
+    gallery = Gallery(local_embedder.spec.embedding_dim)
+    gallery.images_root = str(tmp_path)
+    gallery.add(local_embedder(gallery_images[:4]), [0, 0, 1, 1], paths=["a.png", "b.png", "c.png", "d.png"])
+    gallery.save(path)
+    service = GalleryService(SerialEmbedder(local_embedder), path)
+    assert service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})["count"].tolist() == [6]
+    saved = Gallery.load(path)
+    assert saved.paths == ["a.png", "b.png", "c.png", "d.png", "", ""] and saved.images_root == str(tmp_path)

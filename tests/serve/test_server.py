@@ -94,6 +94,48 @@ def test_bad_request_is_refused_and_server_keeps_serving(client, local_embedder,
     np.testing.assert_allclose(client.embed(images), local_embedder(images), atol=ATOL)
 
 
+MALFORMED = [  # KServe v2 JSON bodies as curl would send them, each refused by the engine's own checks
+    ("no query", "search", [{"name": "k", "shape": [1], "datatype": "INT32", "data": [3]}], "exactly one of"),
+    ("no k", "search", [{"name": "embeddings", "shape": [1, 32], "datatype": "FP32", "data": [0.25] * 32}],
+     "missing input 'k'"),
+    ("k = 0", "search", [{"name": "k", "shape": [1], "datatype": "INT32", "data": [0]},
+                         {"name": "embeddings", "shape": [1, 32], "datatype": "FP32", "data": [0.25] * 32}],
+     "k must be one positive"),
+    ("ids do not match", "gallery_add", [{"name": "images", "shape": [1, 32, 16, 3], "datatype": "UINT8",
+                                          "data": [0] * 1536},
+                                         {"name": "ids", "shape": [2], "datatype": "INT64", "data": [1, 2]}],
+     "1 images, 2 ids"),
+]
+
+
+@pytest.mark.parametrize("model,inputs,reason", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_malformed_request_is_a_one_line_400_without_traceback(server, model, inputs, reason):
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"inputs": inputs}).encode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{server.http}/v2/models/{model}/infer", data=body,
+                                                      method="POST"), timeout=60)
+    assert refused.value.code == 400
+    error = json.loads(refused.value.read())["error"]
+    assert reason in error and "\n" not in error
+    assert not any(leak in error for leak in ("Traceback", ".py", "/work", "/tmp")), error
+
+
+def test_malformed_grpc_request_is_invalid_argument(server):
+    from tritonclient.grpc import InferenceServerClient, InferInput
+    from tritonclient.utils import InferenceServerException
+
+    k = InferInput("k", [1], "INT32")
+    k.set_data_from_numpy(np.array([3], np.int32))
+    with pytest.raises(InferenceServerException) as refused:
+        InferenceServerClient(server.grpc.split("://")[1]).infer("search", [k])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert refused.value.message().startswith("send exactly one of") and "Traceback" not in str(refused.value)
+
+
 KILLED_CLIENT = """
 import sys, numpy as np
 from engine.client import TritonClient
@@ -170,3 +212,18 @@ def test_query_cli_against_the_server_lists_the_served_ranking(server, local_emb
     listed = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:]]
     _, ids = Gallery.load(server.gallery).search(local_embedder(load_image(query, 32, 16)), 3)
     assert listed == ids[0].tolist()
+
+
+def test_query_cli_names_rows_the_server_added(server, crops, capsys):
+    """TritonClient.add, then engine.query --url with the served gallery file: every row is listed
+    (this raised IndexError when the row images lived in a sidecar the server never updated)."""
+    from engine.query import main as query_main
+
+    with TritonClient(server.grpc) as c:
+        count = c.add(pixels(2, seed=40), ids=[950, 951])
+    query = sorted(crops.glob("*.png"))[0]
+    capsys.readouterr()
+    assert query_main([str(query), "--url", server.grpc, "--gallery", str(server.gallery), "-k", str(count)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("   ")]
+    assert len(rows) == count and {r[5] for r in rows if int(r[1]) in (950, 951)} == {"-"}
+    assert {r[5] for r in rows if int(r[1]) < 900} <= {f"row{n:04d}.png" for n in range(count)}

@@ -246,8 +246,32 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
     assert "market1501 (market, 128x64): train 6 ids / 24 imgs" in capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["data"]["dataset"] == "market1501" and saved["metrics"]["num_query"] == 3
+    assert load_checkpoint(out / "last.pt").extra["data_root"] == saved["data_root"] == str(root.resolve())
+    # train.evaluate finds the data where the run read it, without --data-root (it looked in the default
+    # data root and exited 2); a moved folder is a note and --data-root names the new place
+    from train.evaluate import main as evaluate
+
+    report = tmp_path / "eval.json"
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
+                     "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["rows"]["pytorch"]["rank1"] == saved["metrics"]["rank1"]
+    moved = root.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress"]) == 2
+    assert f"trained on data in {root.resolve()}, which is not here" in capsys.readouterr().err
+    assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
+                     "--data-root", str(moved)]) == 0
 
 
 def test_demo_module_points_at_the_real_demo():
     done = subprocess.run([sys.executable, "-m", "train.demo"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "python -m benchmarks.demo" in done.stderr
+
+
+def test_training_logs_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    args = [a for a in TINY_ARGS if a != "--no-progress"]
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert "\r" not in err and [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("batches (100%)" in line and "loss" in line for line in epochs)

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError
-from engine.images import load_images
+from engine.images import IMAGE_SUFFIXES, load_images
 
 from .reidset import PARTS, ReidSet, make_reid_set
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass(frozen=True)
