@@ -73,9 +73,10 @@ def _write(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
 def save_matcher(path: str | os.PathLike[str], matcher: Any, cfg: JLMLConfig, *,
                  extra: dict[str, Any] | None = None) -> Path:
     """Record a fitted ``train.hybrid.HybridMatcher`` in a checkpoint: added to the JLML checkpoint at
-    ``path`` (which keeps its weights, optimiser state and record), or a new checkpoint holding only the
-    matcher when it has no JLML part (``cfg`` then gives the input size)."""
-    if matcher.jlml is not None:
+    ``path`` when the run trained one (it keeps its weights, optimiser state and record, also when the
+    matcher serves the metric part alone), else a new checkpoint holding only the matcher (``cfg`` then
+    gives the input size)."""
+    if Path(path).is_file():
         payload = _read_payload(Path(path), "cpu")
         payload["extra"] = {**payload["extra"], **(extra or {})}
     else:
@@ -146,7 +147,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         cfg = JLMLConfig.from_dict(payload["config"])
         spec = ModelSpec.from_dict(payload["spec"])
         network = None
-        if matcher is None or matcher.get("kind") != "lomo_xqda":
+        if payload["state_dict"] or matcher is None:  # a LOMO + XQDA matcher alone may hold no network
             network = JLML(cfg, payload["num_classes"])
             network.load_state_dict(payload["state_dict"])
             network.eval()

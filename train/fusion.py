@@ -32,7 +32,7 @@ from .model import JLML
 from .xqda import XQDAMap, fit_xqda
 
 # The metric part's share t (its RMS norm against JLML's norm of 1); 0 is JLML alone, inf the metric alone.
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, math.inf)
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, math.inf)
 HOLDOUT = 1.0 / 3.0
 
 
@@ -45,6 +45,7 @@ class FusionReport:
     held_out_ids: int = 0
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     xqda_dims: int = 0
+    network: JLML | None = None  # the JLML the run trained (served or not), for its own metrics
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "share": None if math.isinf(self.share) else self.share,
@@ -136,7 +137,7 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
             raise InputError("a fused matcher needs train_jlml, the JLML training of the run")
         fold = holdout_split(data, seed=seed)
         kept = ~np.isin(data.train_pids, np.concatenate([fold.query_pids, fold.gallery_pids]))
-        jlml = train_jlml(fold).eval()
+        jlml = report.network = train_jlml(fold).eval()
         metric = fit_xqda(descriptors[kept], data.train_pids[kept], data.train_cams[kept])
         fold_metric = tuple(metric.embed(lomo_descriptors(lomo, part)) for part in
                             (fold.query_images, fold.gallery_images))

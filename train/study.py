@@ -137,7 +137,7 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     else:
         matcher, report = fit_and_save(recipe.matcher, data, cfg, LOMOConfig(**recipe.lomo), train_jlml,
                                        key.folder(out), seed=key.split_seed, extra=trained_on)
-        metrics, extra = matcher_metrics(matcher, data)
+        metrics, extra = matcher_metrics(matcher, data, report.network)
         extra_record["fusion"] = report.to_dict()
     record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),
               **extra_record, "train_s": sum(h["time_s"] for h in history),
@@ -147,12 +147,14 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
     return record
 
 
-def matcher_metrics(matcher: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """A hybrid matcher's test metrics, and those of each of its parts alone (same weights: paired)."""
+def matcher_metrics(matcher: Any, data: Any, network: Any = None,
+                    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """A hybrid matcher's test metrics, and those of each part alone (same weights: paired): the JLML
+    ``network`` the run trained (served or not) and the LOMO + XQDA part."""
     metrics = score_embeddings(*embed_split(matcher, data), data)
-    if matcher.jlml is None:
+    if network is None:
         return metrics, {}
-    return metrics, {"jlml_part": score_embeddings(*embed_split(matcher.jlml, data), data),
+    return metrics, {"jlml_part": score_embeddings(*embed_split(network, data), data),
                      "lomo_xqda_part": score_embeddings(*embed_split(matcher.metric_only(), data), data)}
 
 
