@@ -148,3 +148,9 @@ def rerank(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, k: int) -> tu
     dist[pos < 0] = np.inf
     order = np.lexsort((pos, dist), axis=1)[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
+
+
+def check_nprobe(value: Any) -> None:
+    """Raise InputError unless ``value`` is a positive int (IVF lists probed, or HNSW efSearch)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"nprobe must be a positive int (lists probed, or HNSW efSearch), got {value!r}")

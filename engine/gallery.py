@@ -86,7 +86,7 @@ class Gallery:
                 raise InputError(f"method={method!r} searches FP32 rows, got storage {storage!r}; use "
                                  "storage='float32' or method='auto'")
         if nprobe is not None:
-            _check_nprobe(nprobe)
+            faiss_search.check_nprobe(nprobe)
         self._method, self._nprobe, self.counts = method, nprobe, twopass.Counts()
         self._dim, self._storage, self._chunk, self._query_batch = int(dim), storage, chunk, query_batch
         self._n, self._ids_sorted, self._ids_are_rows, self._has_faiss = 0, True, True, faiss_search.available()
@@ -145,7 +145,7 @@ class Gallery:
     def nprobe(self, value: int | None) -> None:
         """Takes effect at the next search, without rebuilding a built index."""
         if value is not None:
-            _check_nprobe(value)
+            faiss_search.check_nprobe(value)
         self._nprobe = value
         if self._approx is not None:
             self._approx.set_nprobe(value)
@@ -377,10 +377,6 @@ class Gallery:
         A gallery that keeps exact FP32 rows beside its FP16 ones (the "fp16" path) writes the FP32
         rows: the FP16 ones are their rounding, remade on load, so a reloaded gallery stays exact.
         """
-        if not len(self):
-            raise InputError(f"refusing to save an empty gallery to {path}: no rows were added; embed and "
-                             "add images first (an image list that matched nothing gives none: list a "
-                             "folder with engine.images.list_images, which says when it holds none)")
         images_header, images = self._images.header_and_arrays()
         header = {"format": gallery_file.FORMAT_NAME, "version": gallery_file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage, **images_header}
@@ -404,7 +400,3 @@ class Gallery:
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"], paths=paths)
         return gallery
 
-
-def _check_nprobe(value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"nprobe must be a positive int (lists probed, or HNSW efSearch), got {value!r}")

@@ -66,8 +66,13 @@ def check_labels(x: Any, n: int, name: str, *, ids: bool = False) -> np.ndarray:
 
 
 def save(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Atomic .npz write; stale temp files of killed earlier saves of this path are removed first."""
+    """Atomic .npz write; stale temp files of killed earlier saves of this path are removed first. A
+    gallery of no rows is refused: saving one is always a mistake upstream (nothing matched)."""
     final = Path(path)
+    if not header["count"]:
+        raise InputError(f"refusing to save an empty gallery to {final}: no rows were added; embed and "
+                         "add images first (an image list that matched nothing gives none: list a "
+                         "folder with engine.images.list_images, which says when it holds none)")
     if final.is_dir():
         raise ArtifactError(f"cannot save the gallery to {final}: it is a folder; pass a file path such "
                             f"as {final / 'gallery.npz'}")
