@@ -74,6 +74,21 @@ PROTOCOLS = {"market1501": "Market-1501 rules (junk ignored, same id and camera 
              "synthetic": "generated people (train/data/synthetic.py), seeded split"}
 
 
+JLML_NAME = "JLML (Joint Learning of Multi-Loss; Li, Zhu & Gong, IJCAI 2017)"
+LOMO_XQDA_NAME = "LOMO + XQDA (Liao, Hu, Zhu & Li, CVPR 2015; the descriptor and its learned metric in the graph)"
+
+
+def _model_name(spec: ModelSpec) -> str:
+    """What the artefact serves: JLML, or the hybrid matcher and its parts (``train.hybrid``)."""
+    matcher = spec.extra.get("matcher")
+    if not matcher:
+        return JLML_NAME
+    parts = ", ".join(f"{name} {dim}-D" for name, dim in matcher.get("parts", {}).items())
+    if matcher.get("kind") == "lomo_xqda":
+        return f"{LOMO_XQDA_NAME} ({parts})"
+    return f"{JLML_NAME} fused with {LOMO_XQDA_NAME} ({parts}; weights {matcher.get('weights')})"
+
+
 def model_card(spec: ModelSpec, parity: Sequence[ParityResult], images: dict[str, Any]) -> str:
     """MODEL_CARD.md of an artefact: what it is, what it was trained and scored on, how the exported
     graphs match it, and its limits; written from spec.json's provenance."""
@@ -87,7 +102,7 @@ def model_card(spec: ModelSpec, parity: Sequence[ParityResult], images: dict[str
     code = (prov.get("export") or {}).get("code") or {}
     lines = [
         "# Model card", "",
-        f"**Model.** JLML (Joint Learning of Multi-Loss; Li, Zhu & Gong, IJCAI 2017) person re-identification "
+        f"**Model.** {_model_name(spec)} person re-identification "
         f"embedding: uint8 RGB crops of {spec.height}x{spec.width} in, unit {spec.embedding_dim}-D vectors out, "
         "compared by squared L2 (preprocessing and normalisation inside the graph).", "",
         f"**Checkpoint.** {ck.get('path', '?')} (sha256 {ck.get('sha256', '?')}, {ck.get('epoch', '?')} epochs).", "",
