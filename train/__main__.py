@@ -188,7 +188,8 @@ def _train(args: argparse.Namespace) -> int:
     result = run(cfg, opts, data, args.out, runtime=runtime, augment=not args.no_augment,
                  resume=args.resume, init=args.init, pretrain=pretrain, force=args.force,
                  evaluate=main_rank, log=print if main_rank else (lambda _: None), train_also=train_also,
-                 matcher=args.matcher, lomo=LOMOConfig(**recipe.lomo) if recipe else None)
+                 matcher=args.matcher, lomo=LOMOConfig(**recipe.lomo) if recipe else None,
+                 mirror_metric=bool(recipe and recipe.mirror_metric))
     distributed.barrier()  # rank 0 evaluates; the others wait, so no rank tears the group down under it
     if not main_rank:
         return 0

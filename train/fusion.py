@@ -112,12 +112,14 @@ def choose_share(jlml: tuple[np.ndarray, np.ndarray], metric: tuple[np.ndarray, 
 
 def fit_and_save(kind: str, data: ReidSet, cfg: Any, lomo_cfg: LOMOConfig,
                  train_jlml: Callable[[ReidSet], JLML] | None, folder: Path, *, seed: int = 0,
-                 extra: dict[str, Any] | None = None, progress: bool = False) -> tuple[HybridMatcher, FusionReport]:
+                 extra: dict[str, Any] | None = None, progress: bool = False, mirror: bool = False,
+                 ) -> tuple[HybridMatcher, FusionReport]:
     """``fit_matcher`` for a run in ``folder``, the matcher and its fusion report recorded in its checkpoint."""
     from .checkpoint import CHECKPOINT_FILE, save_matcher
     from .model import config_spec
 
-    matcher, report = fit_matcher(kind, data, config_spec(cfg), lomo_cfg, train_jlml, seed=seed, progress=progress)
+    matcher, report = fit_matcher(kind, data, config_spec(cfg), lomo_cfg, train_jlml, seed=seed, progress=progress,
+                                  mirror=mirror)
     folder.mkdir(parents=True, exist_ok=True)
     save_matcher(folder / CHECKPOINT_FILE, matcher, cfg, extra={**(extra or {}), "fusion": report.to_dict()})
     return matcher, report
@@ -125,12 +127,23 @@ def fit_and_save(kind: str, data: ReidSet, cfg: Any, lomo_cfg: LOMOConfig,
 
 def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
                 train_jlml: Callable[[ReidSet], JLML] | None = None, *, seed: int = 0,
-                progress: bool = False) -> tuple[HybridMatcher, FusionReport]:
-    """Fit the ``kind`` matcher ("lomo_xqda" or "fused") on ``data``'s training part (module docstring)."""
+                progress: bool = False, mirror: bool = False) -> tuple[HybridMatcher, FusionReport]:
+    """Fit the ``kind`` matcher ("lomo_xqda" or "fused") on ``data``'s training part (module docstring).
+
+    ``mirror``: XQDA also learns from every training image's mirror image (same person, same camera),
+    twice the pairs for the same people."""
     if kind not in MATCHERS[1:]:
         raise InputError(f"matcher {kind!r} is not fitted here; expected one of {MATCHERS[1:]}")
     lomo = LOMO(lomo_cfg, spec.height, spec.width)
     descriptors = lomo_descriptors(lomo, data.train_images, progress=progress)
+    mirrored = lomo_descriptors(lomo, np.ascontiguousarray(data.train_images[:, :, ::-1])) if mirror else None
+
+    def metric_on(rows: np.ndarray) -> XQDAMap:
+        x, pids, cams = descriptors[rows], data.train_pids[rows], data.train_cams[rows]
+        if mirrored is not None:
+            x, pids, cams = np.concatenate([x, mirrored[rows]]), np.tile(pids, 2), np.tile(cams, 2)
+        return fit_xqda(x, pids, cams)
+
     report, jlml, share = FusionReport(kind), None, math.inf
     if kind == "fused":
         if train_jlml is None:
@@ -138,7 +151,7 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
         fold = holdout_split(data, seed=seed)
         kept = ~np.isin(data.train_pids, np.concatenate([fold.query_pids, fold.gallery_pids]))
         jlml = report.network = train_jlml(fold).eval()
-        metric = fit_xqda(descriptors[kept], data.train_pids[kept], data.train_cams[kept])
+        metric = metric_on(kept)
         fold_metric = tuple(metric.embed(lomo_descriptors(lomo, part)) for part in
                             (fold.query_images, fold.gallery_images))
         from .loop import embed_split
@@ -146,7 +159,7 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
         share, report.scores = choose_share(embed_split(jlml, fold), fold_metric,  # type: ignore[arg-type]
                                             rms_norm(metric, descriptors[kept]), fold)
         report.held_out_ids = len(np.unique(fold.query_pids))
-    metric = fit_xqda(descriptors, data.train_pids, data.train_cams)
+    metric = metric_on(np.ones(len(descriptors), dtype=bool))
     report.share, report.xqda_dims = share, metric.dims
     matcher = HybridMatcher(None if math.isinf(share) else jlml, lomo_cfg, spec, metric,
                             weights_for(share, rms_norm(metric, descriptors)))

@@ -70,6 +70,7 @@ class Recipe:
     extra_metrics: tuple[str, ...] = ()
     matcher: str = "jlml"  # what is served: "jlml", "lomo_xqda" or "fused" (train.hybrid, train.fusion)
     lomo: dict[str, Any] = field(default_factory=dict)  # LOMOConfig fields that differ from the paper's
+    mirror_metric: bool = False  # XQDA also learns from the training images' mirror images (train.fusion)
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
@@ -188,6 +189,13 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # The JLML part is viper_bnneck_long's network at 30 epochs (prid2011: 60).
     "viper_lomo_xqda": Recipe("viper_lomo_xqda", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
                               matcher="lomo_xqda"),
+    # The mirror-image lever: XQDA fitted on every training image and its mirror image.
+    "viper_lomo_xqda_mirror": Recipe("viper_lomo_xqda_mirror", "viper",
+                                     config={**_SMALL_NET, **_NECK, "width": 48}, matcher="lomo_xqda",
+                                     mirror_metric=True),
+    "prid2011_lomo_xqda_mirror": Recipe("prid2011_lomo_xqda_mirror", "prid2011",
+                                        config={**_SMALL_NET, **_NECK, "width": 64}, matcher="lomo_xqda",
+                                        mirror_metric=True),
     "viper_fused": Recipe("viper_fused", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
                           options={**_CPU_OPTIONS, "epochs": 30}, matcher="fused"),
     "prid2011_lomo_xqda": Recipe("prid2011_lomo_xqda", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},

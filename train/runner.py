@@ -132,7 +132,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         init: str | Path | None = None, pretrain: Pretrain | None = None, force: bool = False,
         evaluate: bool = True, log: Callable[[str], object] = print,
         train_also: Sequence[DataChoice] = (), matcher: str = "jlml", lomo: LOMOConfig | None = None,
-        ) -> TrainResult:
+        mirror_metric: bool = False) -> TrainResult:
     """Train ``config`` with ``options`` on ``data`` into ``out`` and evaluate it.
 
     ``resume``: True (``out/last.pt``) or a checkpoint path to continue; ``init``: a checkpoint to
@@ -141,7 +141,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     ``train_also``: other data sets whose every person joins the training ids (joint training);
     ``force``: overwrite a checkpoint already in ``out``; ``matcher``: what is served, "jlml", or a
     LOMO + XQDA matcher alone ("lomo_xqda") or fused with JLML ("fused", ``train.fusion``: JLML then
-    trains on two thirds of the people, the fusion weight is chosen on the others).
+    trains on two thirds of the people, the fusion weight is chosen on the others; ``mirror_metric``: XQDA
+    also learns from the training images' mirror images).
     """
     if matcher not in MATCHERS:
         raise InputError(f"matcher {matcher!r}; expected one of {MATCHERS}")
@@ -181,7 +182,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         model = train_jlml(reid)
     else:
         model, report = fit_and_save(matcher, reid, config, lomo or LOMOConfig(), train_jlml, out,
-                                     seed=data.split_seed, extra=record, progress=options.progress)
+                                     seed=data.split_seed, extra=record, progress=options.progress,
+                                     mirror=mirror_metric)
         log(f"{matcher}: XQDA {report.xqda_dims} dims, metric share {report.share} (chosen on "
             f"{report.held_out_ids} held-out training people)")
     metrics = evaluate_model(model, reid) if evaluate else None

@@ -73,6 +73,8 @@ def _expected(recipe: Recipe, key: RunKey) -> dict[str, Any]:
         record["augment_options"] = recipe.augment_options
     if recipe.matcher != "jlml":
         record["matcher"], record["lomo"] = recipe.matcher, LOMOConfig(**recipe.lomo).to_dict()
+        if recipe.mirror_metric:
+            record["mirror_metric"] = True
     return record
 
 
@@ -136,7 +138,8 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
         metrics, extra = run_metrics(recipe, train_jlml(data), data)
     else:
         matcher, report = fit_and_save(recipe.matcher, data, cfg, LOMOConfig(**recipe.lomo), train_jlml,
-                                       key.folder(out), seed=key.split_seed, extra=trained_on)
+                                       key.folder(out), seed=key.split_seed, extra=trained_on,
+                                       mirror=recipe.mirror_metric)
         metrics, extra = matcher_metrics(matcher, data, report.network)
         extra_record["fusion"] = report.to_dict()
     record = {**_expected(recipe, key), "metrics": metrics, **({"extra_metrics": extra} if extra else {}),

@@ -82,6 +82,18 @@ def test_fused_fit_trains_jlml_on_the_kept_people_only(tiny_cfg, people):
     assert matcher.kind == ("lomo_xqda" if math.isinf(best) else "fused")
 
 
+def test_mirror_metric_learns_from_the_mirror_images_too(tiny_cfg, people):
+    matcher, _ = fit_matcher("lomo_xqda", people, config_spec(tiny_cfg), LOMOConfig(), mirror=True)
+    lomo = LOMO(LOMOConfig(), 32, 16)
+    flipped = np.ascontiguousarray(people.train_images[:, :, ::-1])
+    both = np.concatenate([lomo_descriptors(lomo, people.train_images), lomo_descriptors(lomo, flipped)])
+    want = fit_xqda(both, np.tile(people.train_pids, 2), np.tile(people.train_cams, 2))
+    np.testing.assert_allclose(matcher.projection.double().numpy(), want.projection, rtol=1e-4, atol=1e-6)
+    plain, _ = fit_matcher("lomo_xqda", people, config_spec(tiny_cfg), LOMOConfig())
+    assert plain.projection.shape != matcher.projection.shape or not torch.allclose(plain.projection,
+                                                                                    matcher.projection)
+
+
 @pytest.mark.parametrize("kind", ["fused", "lomo_xqda"])
 def test_checkpoint_round_trip_serves_the_same_embedding(tmp_path, tiny_cfg, people, kind):
     jlml = tiny_jlml(tiny_cfg, people.num_classes)
