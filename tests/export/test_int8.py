@@ -71,6 +71,25 @@ def test_int8_graphs_are_qdq_with_fp32_ends(scheme, fp32_onnx, tiny_spec, random
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
+def test_tiled_pixel_constants_change_no_bit(fp32_onnx, tiny_spec, random_images, tmp_path) -> None:
+    import onnxruntime as ort
+
+    tiled = onnx.load(str(int8_graph.to_int8(fp32_onnx, tiny_spec, random_images(32, tiny_spec), tmp_path / "q.onnx")))
+    def constants(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+        return [a.t for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+
+    assert [tuple(t.dims) for t in constants(tiled) if len(t.dims) == 4] == [(1, 3, 1, tiny_spec.width)] * 2
+    narrow = onnx.ModelProto()
+    narrow.CopyFrom(tiled)
+    for t in constants(narrow):
+        if len(t.dims) == 4:  # the scale and the shift back to (1, 3, 1, 1)
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[..., :1].copy(), t.name))
+    images = {tiny_spec.input_name: random_images(8, tiny_spec, seed=5)}
+    got, want = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, images)[0]
+                 for m in (tiled, narrow))
+    np.testing.assert_array_equal(got, want)
+
+
 def _zero_points(proto: onnx.ModelProto) -> list[np.ndarray]:
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     return [inits[n.input[2]] for n in proto.graph.node
