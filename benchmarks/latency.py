@@ -8,9 +8,10 @@ the clock covers the copies a caller pays for. Per batch size: warm-up calls (th
 read; p50/p90/p99 latency, images/s, the ratio to PyTorch FP32 eager at that batch size, the lowest
 cosine to the baseline's embeddings, host RSS and CUDA peak memory. With ``--rounds N`` (N > 1) every
 backend is opened at once and each round times them in turn (interleaved), so load on a shared
-machine hits all alike. A backend that cannot run here is listed with the reason. Writes latency.json (environment, settings, results, skipped), latency.md and
-latency.png into ``--out``. Exit codes: 0 ok, 2 usage or input errors, or nothing could be measured.
-From Python: ``run(artifact, checkpoint, LatencyOptions(...))`` returns the report without writing.
+machine hits all alike. A backend that cannot run here is listed with the reason. Writes
+latency.json (environment, settings, results, skipped), latency.md and latency.png into ``--out``.
+Exit codes: 0 ok, 2 usage or input errors, or nothing could be measured. From Python:
+``run(artifact, checkpoint, LatencyOptions(...))`` returns the report without writing.
 """
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ def serving_path(device: str) -> str:
 def check_served_here(folder: Path, spec: ModelSpec, device: str,
                       embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any] | None:
     """Return None when ``device`` has the gated 8-bit path; else re-run the parity check with ``embed``
-    (the opened INT8 backend, called with at most ``spec.max_batch`` images) and return its figures, or raise ParityError when they are below the gate.
+    (the opened INT8 backend, called with at most ``spec.max_batch`` images) and return its figures,
+    or raise ParityError when they are below the gate.
 
     Raises ArtifactError when the artefact has no gate record (exported before this check existed).
     """
