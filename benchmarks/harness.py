@@ -114,16 +114,23 @@ def run_each(candidates: list[Candidate], ctx: dict[str, Any], bench: Callable[[
         except (JLMLError, RuntimeError) as exc:  # unusable runtime, compiler failure, out of memory
             failed[cand.name] = f"failed to run: {exc}"
             print(f"== {cand.name}: {failed[cand.name]}", flush=True)
+    return add_ratios(rows, rate), failed
+
+
+def add_ratios(rows: Rows, rate: str) -> Rows:
+    """``rows`` with ``vs_torch_fp32``: ``rate`` over the baseline's at the same batch (None without one)."""
     base = {r["batch"]: r[rate] for r in rows if r["backend"] == BASELINE}
     for row in rows:
         row["vs_torch_fp32"] = row[rate] / base[row["batch"]] if row["batch"] in base else None
-    return rows, failed
+    return rows
 
 
 def measure(candidates: list[Candidate], ctx: dict[str, Any], bench: Callable[[Candidate, dict[str, Any]], Rows],
-            rate: str, settings: dict[str, Any]) -> Report:
+            rate: str, settings: dict[str, Any],
+            together: Callable[[list[Candidate], dict[str, Any]], Rows] | None = None) -> Report:
     """Open and probe every candidate, then ``bench`` those that can run (``ctx``: folder, device,
-    module, probe and what ``bench`` reads); BackendUnavailableError when none could be measured."""
+    module, probe and what ``bench`` reads), one after another, or all at once with ``together``
+    (interleaved timing); BackendUnavailableError when none could be measured."""
     env = environment(ctx["device"])
     runnable, skipped = [], {}
     for cand in candidates:
@@ -133,7 +140,10 @@ def measure(candidates: list[Candidate], ctx: dict[str, Any], bench: Callable[[C
         else:
             skipped[cand.name] = reason
             print(f"== {cand.name}: skipped, {reason}", flush=True)
-    rows, failed = run_each(runnable, ctx, lambda cand: bench(cand, ctx), rate)
+    if together is not None and runnable:
+        rows, failed = add_ratios(together(runnable, ctx), rate), {}
+    else:
+        rows, failed = run_each(runnable, ctx, lambda cand: bench(cand, ctx), rate)
     skipped.update(failed)
     if not rows:
         raise BackendUnavailableError(

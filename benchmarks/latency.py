@@ -6,10 +6,12 @@ the same random uint8 batches through ``engine.Embedder``: host pixels in, host 
 the clock covers the copies a caller pays for. Per batch size: warm-up calls (they also absorb
 ``torch.compile``'s compilation), then timed calls with the device synchronised before each clock
 read; p50/p90/p99 latency, images/s, the ratio to PyTorch FP32 eager at that batch size, the lowest
-cosine to the baseline's embeddings, host RSS and CUDA peak memory. A backend that cannot run here is
-listed with the reason. Writes latency.json (environment, settings, results, skipped), latency.md and
-latency.png into ``--out``. Exit codes: 0 ok, 2 usage or input errors, or nothing could be measured.
-From Python: ``run(artifact, checkpoint, LatencyOptions(...))`` returns the report without writing.
+cosine to the baseline's embeddings, host RSS and CUDA peak memory. With ``--rounds N`` (N > 1) every
+backend is opened at once and each round times them in turn (interleaved), so load on a shared
+machine hits all alike. A backend that cannot run here is listed with the reason. Writes
+latency.json (environment, settings, results, skipped), latency.md and latency.png into ``--out``.
+Exit codes: 0 ok, 2 usage or input errors, or nothing could be measured. From Python:
+``run(artifact, checkpoint, LatencyOptions(...))`` returns the report without writing.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from benchmarks.common import (
     time_calls,
 )
 from benchmarks.harness import Report
-from engine import cli
+from engine import Embedder, cli
 from engine.backends.ort import CUDA_OPTIONS
 from engine.errors import InputError
 from engine.parity import cosine_rows
@@ -82,29 +85,60 @@ def _device_peak_mb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
+def _batches(cand: Candidate, ctx: dict[str, Any]) -> list[int]:
+    """The batch sizes ``cand`` runs (CPU-side backends of a CUDA run stop at --cpu-max-batch)."""
+    device = backend_device(cand, ctx["device"])
+    if device == "cpu" and ctx["device"] != "cpu" and ctx["cpu_max_batch"]:
+        return [b for b in ctx["batches"] if b <= ctx["cpu_max_batch"]]
+    return list(ctx["batches"])
+
+
+def _time(cand: Candidate, embed: Embedder, batch: int, ctx: dict[str, Any], warmup: int) -> list[float]:
+    images = ctx["images"][:batch]
+    return time_calls(lambda: embed(images), device=backend_device(cand, ctx["device"]), warmup=warmup,
+                      repeats=ctx["repeats"], min_seconds=ctx["min_seconds"])
+
+
+def _row(cand: Candidate, embed: Embedder, batch: int, times: list[float], ctx: dict[str, Any]) -> dict[str, Any]:
+    """One result row: latency percentiles, images/s and the lowest cosine to the baseline's embeddings."""
+    stats = summarize(times, items_per_call=batch)
+    stats["images_per_s"] = stats.pop("items_per_s")
+    out = embed(ctx["images"][:batch])
+    if cand.name == BASELINE:
+        ctx["reference"][batch] = out
+    reference = ctx["reference"].get(batch)
+    row = {"backend": cand.name, "device": embed.device, "precision": cand.precision, "compiled": cand.compile,
+           "batch": batch, **stats,
+           "min_cosine": None if reference is None else float(cosine_rows(reference, out).min())}
+    print(markdown_table([row], COLUMNS[:7]).splitlines()[-1], flush=True)
+    return row
+
+
 def _bench_candidate(cand: Candidate, ctx: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows (one per batch size this candidate runs) for one opened candidate."""
-    device = backend_device(cand, ctx["device"])
-    batches = ctx["batches"]
-    if device == "cpu" and ctx["device"] != "cpu" and ctx["cpu_max_batch"]:
-        batches = [b for b in batches if b <= ctx["cpu_max_batch"]]
     rows = []
     _reset_device_peak(ctx["device"])
     with open_embedder(cand, ctx["folder"], ctx["device"], ctx["module"]) as embed:
-        for batch in batches:
-            images = ctx["images"][:batch]
-            times = time_calls(lambda e=embed, x=images: e(x), device=device, warmup=ctx["warmup"],
-                               repeats=ctx["repeats"], min_seconds=ctx["min_seconds"])
-            stats = summarize(times, items_per_call=batch)
-            stats["images_per_s"] = stats.pop("items_per_s")
-            out = embed(images)
-            if cand.name == BASELINE:
-                ctx["reference"][batch] = out
-            reference = ctx["reference"].get(batch)
-            rows.append({"backend": cand.name, "device": embed.device, "precision": cand.precision,
-                         "compiled": cand.compile, "batch": batch, **stats,
-                         "min_cosine": None if reference is None else float(cosine_rows(reference, out).min())})
-            print(markdown_table(rows[-1:], COLUMNS[:7]).splitlines()[-1], flush=True)
+        for batch in _batches(cand, ctx):
+            rows.append(_row(cand, embed, batch, _time(cand, embed, batch, ctx, ctx["warmup"]), ctx))
+    memory = {**host_memory_mb(), "device_peak_mb": _device_peak_mb(ctx["device"])}
+    return [{**row, **memory} for row in rows]
+
+
+def _bench_interleaved(cands: list[Candidate], ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every candidate open at once; each of ``rounds`` rounds times each in turn at every batch size,
+    so a load change on a shared machine hits them all alike. Rows pool the rounds' calls."""
+    with ExitStack() as stack:
+        opened = [(c, stack.enter_context(open_embedder(c, ctx["folder"], ctx["device"], ctx["module"])))
+                  for c in cands]
+        times: dict[tuple[str, int], list[float]] = {}
+        for rnd in range(ctx["rounds"]):
+            for cand, embed in opened:
+                for batch in _batches(cand, ctx):
+                    times.setdefault((cand.name, batch), []).extend(
+                        _time(cand, embed, batch, ctx, ctx["warmup"] if rnd == 0 else 1))
+        rows = [_row(cand, embed, batch, times[cand.name, batch], ctx)
+                for cand, embed in opened for batch in _batches(cand, ctx)]
     memory = {**host_memory_mb(), "device_peak_mb": _device_peak_mb(ctx["device"])}
     return [{**row, **memory} for row in rows]
 
@@ -161,9 +195,11 @@ class LatencyOptions:
     cpu_max_batch: int | None = None      # with a CUDA device: largest batch for CPU-side backends
     seed: int = 0
     quick: bool = False                   # a smoke run (--quick): its report and plot say so
+    rounds: int = 1                       # > 1: all backends open at once, timed in turn each round
 
     def __post_init__(self) -> None:
-        harness.check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch)
+        harness.check_positive(batches=self.batches, repeats=self.repeats, cpu_max_batch=self.cpu_max_batch,
+                               rounds=self.rounds)
         if self.warmup < 0 or self.min_seconds < 0:
             raise InputError(f"warmup={self.warmup}, min_seconds={self.min_seconds}: expected 0 or more")
 
@@ -189,8 +225,9 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
                                                           dtype=np.uint8)
     ctx = {"folder": Path(artifact), "device": device, "images": images, "probe": images[:1], "reference": {},
            "module": harness.load_module(checkpoint, spec, artifact) if checkpoint else None,
-           **{k: settings[k] for k in ("batches", "warmup", "repeats", "min_seconds", "cpu_max_batch")}}
-    return harness.measure(candidates, ctx, _bench_candidate, "images_per_s", settings)
+           **{k: settings[k] for k in ("batches", "warmup", "repeats", "min_seconds", "cpu_max_batch", "rounds")}}
+    return harness.measure(candidates, ctx, _bench_candidate, "images_per_s", settings,
+                           together=_bench_interleaved if options.rounds > 1 else None)
 
 
 def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
@@ -223,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=None,
                    help="keep timing a point until this much time was measured (default 0.5; --quick 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    p.add_argument("--rounds", type=cli.positive_int, default=1,
+                   help="> 1: open every backend at once and time them in turn, this many rounds (interleaved: "
+                        "a load change on a shared machine hits all alike); default 1, one after another")
     return p
 
 
@@ -232,7 +272,7 @@ def _options(args: argparse.Namespace) -> LatencyOptions:
     return dataclasses.replace(
         base, device=args.device, batches=tuple(args.batches or base.batches), warmup=args.warmup,
         backends=tuple(n for n in args.backends if compile_ or "compile" not in n), seed=args.seed,
-        repeats=args.repeats or base.repeats, cpu_max_batch=args.cpu_max_batch,
+        repeats=args.repeats or base.repeats, cpu_max_batch=args.cpu_max_batch, rounds=args.rounds,
         min_seconds=base.min_seconds if args.min_seconds is None else args.min_seconds)
 
 

@@ -26,7 +26,9 @@ SPEC_VERSION = 1
 SPEC_FILE = "spec.json"
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
-ONNX_INT8_FILE = "model.int8.onnx"  # QDQ INT8 graph (export/int8.py), served by ONNX Runtime
+ONNX_INT8_FILE = "model.int8.onnx"  # QDQ INT8 graph for CPUs (export/int8.py), served by ONNX Runtime
+ONNX_INT8_TRT_FILE = "model.int8.trt.onnx"  # QDQ INT8 graph for TensorRT (zero points 0), export/int8.py
+INT8_PARITY_FILE = "int8_parity.npz"  # the INT8 gate's images and FP32 reference (engine/int8_guard.py)
 PLAN_FILE = "model.plan"
 PLAN_SIDECAR_FILE = "model.plan.json"
 PARITY_FILE = "parity.json"
@@ -60,6 +62,11 @@ class ModelSpec:
     onnx_sha256: str = ""
     onnx_fp16_sha256: str = ""  # of model.fp16.onnx, when export wrote one
     onnx_int8_sha256: str = ""  # of model.int8.onnx, when export wrote one (--int8 and its gate passed)
+    onnx_int8_trt_sha256: str = ""  # of model.int8.trt.onnx (the TensorRT INT8 graph), likewise
+    int8_parity_sha256: str = ""  # of int8_parity.npz, the INT8 gate's images and FP32 embeddings
+    # Where the INT8 gate ran and what it asked: {"cpu": engine.cpu.cpu_features(), "min_cosine": ...,
+    # "min_topk_agreement": ...}; engine/int8_guard.py re-checks where the CPU's 8-bit path differs.
+    int8_gate: dict[str, Any] = field(default_factory=dict, compare=False)
     plan_sha256: str = ""  # of model.plan, when export built one
     spec_version: int = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)

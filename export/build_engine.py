@@ -71,6 +71,7 @@ class BuildOptions:
     int8: bool = False  # also model.int8.onnx, published only if it passes export.int8's gate
     calib_data: Path | None = None  # real person crops INT8 calibrates on (needed with int8)
     force: bool = False  # replace an --out exported from this checkpoint path before it changed
+    data_root: Path | None = None  # where the INT8 gate finds VIPeR for Rank-1 (None: $JLML_DATA or ../shared/data)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _int8(model: Any, staged: _Staged, options: BuildOptions) -> None:
     """model.int8.onnx + int8_gate.json (fingerprinted in the spec) when asked; ParityError below its gate."""
     if options.int8 and options.calib_data is not None:
         staged.spec = int8.build(model, staged.spec, staged.graphs["fp32"], staged.stage, options.calib_data,
-                                 say=_say)
+                                 say=_say, data_root=options.data_root)
 
 
 def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> BuildResult:
@@ -205,6 +206,10 @@ def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> B
     check_out(out)
     clean_stale(out, _say)
     ckpt, model, spec = _load(checkpoint, options)
+    if options.int8 and "matcher" in spec.extra:
+        raise InputError(f"--int8 covers JLML-only checkpoints; {checkpoint} serves the "
+                         f"{spec.extra['matcher']['kind']} matcher (LOMO's histogram counts and its XQDA map "
+                         "are not quantised); export it without --int8, or train with --matcher jlml")
     identity = checkpoint_record(checkpoint, ckpt)
     check_unchanged(out, identity, options.force)
     spec = spec.replace(extra={**spec.extra, "provenance": provenance(checkpoint, ckpt, identity)})
@@ -256,11 +261,14 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
                    "(parity.json's images says which)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="also export model.fp16.onnx and build the plan from it (default on)")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ INT8, "
-                   "export/int8.py), published only if it passes its gate; needs --calib-data")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (QDQ INT8 for ONNX Runtime "
+                   "on CPUs) and model.int8.trt.onnx (for TensorRT), published only if they pass the gate "
+                   "(export/int8.py); needs --calib-data")
     p.add_argument("--calib-data", type=Path, default=None, help="folder of real person crops to calibrate INT8 on")
     p.add_argument("--force", action="store_true", help="replace an --out exported from this checkpoint path "
                    "although the file changed since (refused otherwise: the served model would change silently)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding VIPeR for the INT8 gate's Rank-1 check (default: $JLML_DATA or ../shared/data)")
     args = vars(p.parse_args(argv))
     return args.pop("checkpoint"), args.pop("out"), BuildOptions(**args)
 

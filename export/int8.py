@@ -1,19 +1,21 @@
-"""INT8 ONNX graph: static quantisation with explicit QuantizeLinear/DequantizeLinear (QDQ) pairs.
+"""INT8 ONNX graphs: static QDQ quantisation calibrated on real person crops, published only past a gate.
 
-``python -m export.build_engine CKPT --out DIR --int8 --calib-data IMAGES`` adds ``model.int8.onnx``:
-ONNX Runtime's ``quantize_static`` in QDQ format, served by ONNX Runtime only (its activations are
-asymmetric UINT8 with non-zero zero points, which TensorRT's ONNX parser rejects), calibrated on real
-person crops, weights INT8 per channel, activations UINT8. Input (uint8 pixels) and output (FP32 unit vectors) are unchanged, and the preprocessing
-(cast, mean/std, layout) before the first convolution and the final L2 normalisation after the last
-GEMM stay FP32: those nodes are excluded from quantisation by name, and the embedding GEMMs' outputs
-are not quantised (8 bits on the embedding itself would cost cosine for no speed).
+``python -m export.build_engine CKPT --out DIR --int8 --calib-data IMAGES`` adds ``model.int8.onnx``
+(for ONNX Runtime on CPUs, saturation-free on every x86 CPU; served by ONNX Runtime only: its UINT8
+activations have non-zero zero points, which TensorRT's ONNX parser rejects) and ``model.int8.trt.onnx``
+(zero points 0, for TensorRT); why two, and how each is quantised: ``export.int8_graph``. Input (uint8 pixels) and
+output (FP32 unit vectors) are unchanged, and preprocessing and everything after the last GEMMs stay FP32.
 
-The graph is published only if it passes the gate: the parity figures of FP16 (min per-row cosine
-and tie-aware top-k agreement against PyTorch FP32, thresholds below) and, where VIPeR is present
-under the data root, Rank-1 within RANK1_MAX_DROP points of the FP32 model on its test split.
+Both graphs are published only if they pass the gate: min per-row cosine and tie-aware top-k
+agreement against PyTorch FP32 (thresholds below) on images calibration did not see, and, for the CPU
+graph where VIPeR is under ``--data-root``, Rank-1 within RANK1_MAX_DROP points of the FP32 model on
+its test split. The gate's images, their FP32 embeddings (``int8_parity.npz``) and the CPU it ran on
+(``spec.int8_gate``) travel with the artefact, so ``engine.int8_guard`` re-checks the CPU graph before
+serving it on a CPU whose 8-bit path differs.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -22,29 +24,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from engine.atomic import write_text
+from engine.atomic import write_bytes, write_text
+from engine.backends.ort import OrtBackend
+from engine.cpu import cpu_features
 from engine.embedder import Embedder
-from engine.errors import ArtifactError, InputError, ParityError
-from engine.parity import ParityResult
-from engine.spec import ONNX_INT8_FILE, SPEC_FILE, ModelSpec, file_sha256
+from engine.errors import InputError, ParityError
+from engine.parity import ParityResult, compare
+from engine.spec import INT8_PARITY_FILE, SPEC_FILE, ModelSpec, file_sha256
 
-from .onnx_export import check_graph_io
-from .parity import measure_parity, reference_embeddings, sample_images
+from .int8_graph import CPU, SCHEMES, TENSORRT, Scheme, to_int8
+from .parity import reference_embeddings, sample_images
 
 if TYPE_CHECKING:
     import torch
 
 GATE_FILE = "int8_gate.json"
-FILES = (ONNX_INT8_FILE, GATE_FILE)
+FILES = (*(s.file for s in SCHEMES), GATE_FILE, INT8_PARITY_FILE)
 MIN_COSINE = 0.98  # per-row cosine to PyTorch FP32 (FP16 needs 0.999; INT8 rounds every activation)
 MIN_TOPK_AGREEMENT = 0.9  # tie-aware top-5 agreement inside the parity batch
 RANK1_MAX_DROP = 1.0  # Rank-1 points below the FP32 model on a VIPeR split
 CALIB_IMAGES = 256
-CALIB_BATCH = 16
 PARITY_IMAGES = 32
-GEMM_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,6 @@ class Int8Gate:
         return {**asdict(self), "passed": self.passed}
 
 
-def excluded_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes before the first and after the last Conv/Gemm/MatMul (graph order is
-    topological): the FP32 preprocessing and the final normalisation."""
-    nodes = list(proto.graph.node)
-    heavy = [i for i, n in enumerate(nodes) if n.op_type in GEMM_OPS]
-    if not heavy:
-        raise ArtifactError("the FP32 graph has no Conv/Gemm/MatMul to quantise; export it again")
-    return [n.name for i, n in enumerate(nodes) if i < heavy[0] or i > heavy[-1]]
-
-
 def check_calib_data(folder: str | os.PathLike[str] | None) -> Path:
     """``folder`` if it is a folder to calibrate on, else InputError (checked before any export work)."""
     if folder is None:
@@ -89,37 +80,6 @@ def check_calib_data(folder: str | os.PathLike[str] | None) -> Path:
     if not Path(folder).is_dir():
         raise InputError(f"--calib-data {folder} is not a folder; pass a folder of person crops (e.g. VIPeR)")
     return Path(folder)
-
-
-def to_int8(fp32_path: str | os.PathLike[str], spec: ModelSpec, calib: np.ndarray,
-            path: str | os.PathLike[str]) -> Path:
-    """Write the QDQ INT8 graph of ``fp32_path`` calibrated on ``calib`` (uint8 NHWC) to ``path``."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(np.array_split(calib, max(1, len(calib) // CALIB_BATCH)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {spec.input_name: np.ascontiguousarray(batch)}
-
-    quantize_static(str(fp32_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    nodes_to_exclude=excluded_nodes(onnx.load(str(fp32_path))),
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]})
-    proto = onnx.load(str(path))
-    check_graph_io(proto, spec, what="INT8 ONNX graph")
-    if not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
-        raise ArtifactError(f"{path} has no QuantizeLinear node; the INT8 quantisation did not apply")
-    return Path(path)
 
 
 def rank1(embed: Callable[[np.ndarray], np.ndarray], data: Any) -> float:
@@ -131,25 +91,41 @@ def rank1(embed: Callable[[np.ndarray], np.ndarray], data: Any) -> float:
     return 100.0 * float(metrics["rank1"])
 
 
-def gate(model: torch.nn.Module, folder: str | os.PathLike[str], samples: np.ndarray,
-         data: Any = None, note: str = "") -> Int8Gate:
-    """Parity of ``folder``'s INT8 graph, served through the engine (ONNX Runtime CPU), against the FP32
-    model, plus Rank-1 on ``data`` (a re-id split) if given."""
-    parity, = measure_parity(reference_embeddings(model, samples), folder, {"int8": ("ort", "int8")}, samples,
-                             thresholds={"int8": MIN_COSINE})
+def gate(model: torch.nn.Module, folder: Path, samples: np.ndarray, reference: np.ndarray,
+         data: Any = None, note: str = "") -> dict[str, Int8Gate]:
+    """Parity of ``folder``'s INT8 graphs (ONNX Runtime CPU) against the FP32 ``reference`` embeddings
+    of ``samples``, plus Rank-1 of the served CPU graph on ``data`` (a re-id split) if given."""
+    results = {}
+    for scheme in SCHEMES:
+        parity = compare(scheme.name, reference, _embed(folder, scheme, samples), threshold=MIN_COSINE)
+        results[scheme.name] = Int8Gate(parity, MIN_TOPK_AGREEMENT, note=f"Rank-1 gated on {CPU.file}")
     if data is None:
-        return Int8Gate(parity, MIN_TOPK_AGREEMENT, note=note or "no VIPeR data")
+        results[CPU.name] = Int8Gate(results[CPU.name].parity, MIN_TOPK_AGREEMENT, note=note or "no VIPeR data")
+        return results
 
     def torch_embed(images: np.ndarray) -> np.ndarray:
         return np.concatenate([reference_embeddings(model, images[s:s + 64]) for s in range(0, len(images), 64)])
 
     with Embedder(folder, backend="ort", device="cpu", precision="int8") as served:
-        return Int8Gate(parity, MIN_TOPK_AGREEMENT, rank1(torch_embed, data), rank1(served, data))
+        results[CPU.name] = Int8Gate(results[CPU.name].parity, MIN_TOPK_AGREEMENT, rank1(torch_embed, data),
+                                     rank1(served, data))
+    return results
 
 
-def check(result: Int8Gate) -> None:
-    if not result.passed:
-        raise ParityError(f"INT8 graph below the gate, not published: {result.line()}; calibrate on more "
+def _embed(folder: Path, scheme: Scheme, images: np.ndarray) -> np.ndarray:
+    """The CPU graph served as users get it (fingerprint and CPU checks included); the TensorRT graph by file."""
+    if scheme is CPU:
+        with Embedder(folder, backend="ort", device="cpu", precision="int8") as served:
+            return served(images)
+    with OrtBackend(folder, device="cpu", precision="int8", graph=folder / scheme.file) as graph:
+        step = graph.max_batch
+        return np.concatenate([graph(images[i:i + step]) for i in range(0, len(images), step)])
+
+
+def check(results: dict[str, Int8Gate]) -> None:
+    failed = [f"{name}: {r.line()}" for name, r in results.items() if not r.passed]
+    if failed:
+        raise ParityError(f"INT8 graph below the gate, not published: {'; '.join(failed)}; calibrate on more "
                           "or more typical images (--calib-data), or publish without --int8")
 
 
@@ -164,22 +140,39 @@ def viper_split(spec: ModelSpec, root: str | os.PathLike[str] | None) -> tuple[A
         return None, f"VIPeR not loaded: {exc}"
 
 
-def build(model: torch.nn.Module, spec: ModelSpec, fp32_path: str | os.PathLike[str], stage: Path,
-          calib_dir: str | os.PathLike[str], say: Callable[[str], None] = print) -> ModelSpec:
-    """Quantise, gate and write ``model.int8.onnx`` + ``int8_gate.json`` into ``stage``; return ``spec``
-    fingerprinting the INT8 graph (saved in ``stage``).
+def write_parity_set(path: Path, images: np.ndarray, reference: np.ndarray) -> str:
+    """``int8_parity.npz`` (the gate's images and FP32 embeddings, what the engine re-checks with); its sha256."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, reference=reference.astype(np.float32))
+    write_bytes(path, buffer.getvalue())
+    return file_sha256(path)
 
-    Parity is measured on real images from ``calib_dir`` that calibration did not see. Raises
-    ParityError (nothing of the build is published) when the gate fails.
+
+def build(model: torch.nn.Module, spec: ModelSpec, fp32_path: str | os.PathLike[str], stage: Path,
+          calib_dir: str | os.PathLike[str], say: Callable[[str], None] = print,
+          data_root: str | os.PathLike[str] | None = None) -> ModelSpec:
+    """Quantise, gate and write both INT8 graphs, ``int8_parity.npz`` and ``int8_gate.json`` into ``stage``;
+    return ``spec`` fingerprinting them and recording the CPU the gate ran on (saved in ``stage``).
+
+    Parity is measured on real images from ``calib_dir`` that calibration did not see; Rank-1 on VIPeR
+    under ``data_root`` (None: $JLML_DATA or ../shared/data) when it is there. Raises ParityError
+    (nothing of the build is published) when a graph fails the gate.
     """
     images = sample_images(spec, check_calib_data(calib_dir), count=CALIB_IMAGES + PARITY_IMAGES)
     calib, samples = images[:-PARITY_IMAGES], images[-PARITY_IMAGES:]
-    path = to_int8(fp32_path, spec, calib, stage / ONNX_INT8_FILE)
-    spec = spec.replace(onnx_int8_sha256=file_sha256(path))
+    reference = reference_embeddings(model, samples)
+    paths = {s.name: to_int8(fp32_path, spec, calib, stage / s.file, s) for s in SCHEMES}
+    here = cpu_features()
+    spec = spec.replace(onnx_int8_sha256=file_sha256(paths[CPU.name]),
+                        onnx_int8_trt_sha256=file_sha256(paths[TENSORRT.name]),
+                        int8_parity_sha256=write_parity_set(stage / INT8_PARITY_FILE, samples, reference),
+                        int8_gate={"cpu": here, "min_cosine": MIN_COSINE, "min_topk_agreement": MIN_TOPK_AGREEMENT})
     spec.save(stage / SPEC_FILE)
-    data, note = viper_split(spec, None)
-    result = gate(model, stage, samples, data, note)
-    say(f"int8 gate {'passed' if result.passed else 'FAILED'}: {result.line()}")
-    write_text(stage / GATE_FILE, json.dumps(result.as_dict(), indent=2, sort_keys=True) + "\n")
-    check(result)
+    data, note = viper_split(spec, data_root)
+    results = gate(model, stage, samples, reference, data, note)
+    for name, result in results.items():
+        say(f"{name} gate {'passed' if result.passed else 'FAILED'} on {here['int8_path']}: {result.line()}")
+    record = {"cpu": here, **{name: r.as_dict() for name, r in results.items()}}
+    write_text(stage / GATE_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    check(results)
     return spec

@@ -26,7 +26,7 @@ def config_spec(cfg: JLMLConfig) -> ModelSpec:
 
 
 class Preprocess(nn.Module):
-    """uint8 NHWC -> float32 /255 -> (x - mean) / std -> NCHW -> the parameters' dtype.
+    """uint8 NHWC -> float32 -> NCHW -> /255, (x - mean) / std -> the parameters' dtype.
 
     The folded constants are float32 buffers that ``_apply`` rebuilds from exact Python values after
     every ``.half()``/``.to()``, so normalisation always runs in float32 and only its result is cast.
@@ -46,8 +46,11 @@ class Preprocess(nn.Module):
         return self
 
     def forward(self, images: Tensor, dtype: torch.dtype) -> Tensor:
-        x = images.to(torch.float32) * self.scale + self.shift
-        return x.permute(0, 3, 1, 2).contiguous().to(dtype)
+        # Transposed before the scale and shift: ONNX Runtime broadcasts (1, 3, 1, 1) constants over
+        # contiguous H*W planes much faster than (3,) over a last axis of 3 (FP32 graph +5% at batch 64,
+        # the same bits); the uint8 input still feeds only the Cast, as TensorRT needs.
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
+        return (x * self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)).contiguous().to(dtype)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:

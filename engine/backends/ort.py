@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import int8_guard
 from ..device import parse_device
 from ..errors import ArtifactError, BackendUnavailableError, SpecMismatchError
 from ..spec import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, ModelSpec
@@ -92,6 +93,15 @@ class OrtBackend(BaseBackend):
         self.device = _device_served(device, chosen, self.providers)
         self._device_id = chosen[0][1].get("device_id", 0)
         _check_io(self._session, self.spec, self.path)
+        self.int8_recheck = self._check_int8(folder) if precision == "int8" and graph is None else None
+
+    def _check_int8(self, folder: Path) -> dict[str, Any] | None:
+        """INT8 numbers depend on the CPU's 8-bit path: re-check the gate's parity where it differs."""
+        try:
+            return int8_guard.check_served_here(folder, self.spec, self.device, self)
+        except Exception:
+            self.close()
+            raise
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         binding = self._session.io_binding()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.latency import main
+from benchmarks.latency import LatencyOptions, main
+from engine.errors import InputError
 
 
 def test_quick_run_writes_reports_with_baseline_ratios(tmp_path: Path, bench_artifacts: Path,
@@ -62,3 +63,18 @@ def test_cuda_run_has_fp16_rows_device_memory_and_a_limited_cpu_reference(tmp_pa
     assert report["environment"]["device_name"] != report["environment"]["cpu"]
     for (_, batch), row in rows.items():
         assert row["device"].startswith("cuda") or batch <= 1  # CPU-side backends stop at --cpu-max-batch
+
+
+def test_rounds_interleave_every_backend_and_pool_their_calls(tmp_path: Path, bench_artifacts: Path,
+                                                              bench_checkpoint: Path) -> None:
+    assert main(["--artifact", str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device", "cpu",
+                 "--batches", "2", "--backends", "ort-fp32", "--rounds", "3", "--repeats", "2",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"torch-fp32", "ort-fp32"} and report["settings"]["rounds"] == 3
+    assert all(r["calls"] == 3 * 2 for r in rows.values())  # every round timed both, pooled
+    assert abs(rows["ort-fp32"]["vs_torch_fp32"] - rows["ort-fp32"]["images_per_s"]
+               / rows["torch-fp32"]["images_per_s"]) < 1e-9 and rows["ort-fp32"]["min_cosine"] > 0.99999
+    with pytest.raises(InputError, match="rounds=0"):
+        LatencyOptions(rounds=0)
