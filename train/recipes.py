@@ -196,6 +196,10 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     "prid2011_lomo_xqda_mirror": Recipe("prid2011_lomo_xqda_mirror", "prid2011",
                                         config={**_SMALL_NET, **_NECK, "width": 64}, matcher="lomo_xqda",
                                         mirror_metric=True),
+    # The Retinex lever: LOMO with the chromaticity-preserving MSRCP (train.lomo) before the colour histograms.
+    "viper_lomo_xqda_retinex": Recipe("viper_lomo_xqda_retinex", "viper",
+                                      config={**_SMALL_NET, **_NECK, "width": 48}, matcher="lomo_xqda",
+                                      lomo={"retinex": True}),
     "viper_fused": Recipe("viper_fused", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
                           options={**_CPU_OPTIONS, "epochs": 30}, matcher="fused"),
     "prid2011_lomo_xqda": Recipe("prid2011_lomo_xqda", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
