@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine.errors import InputError
 from engine.metrics import evaluate
+from engine.progress import progress as progress_bar
 from engine.spec import ModelSpec
 
 from .data.reidset import ReidSet, make_reid_set
@@ -56,7 +56,7 @@ def lomo_descriptors(lomo: LOMO, images: np.ndarray, batch_size: int = 64, progr
     """(N, D) float64 LOMO descriptors of uint8 (N, H, W, 3) images."""
     out = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(images), batch_size), desc="LOMO", unit="batch", disable=not progress):
+        for start in progress_bar(range(0, len(images), batch_size), desc="LOMO", unit="batch", disable=not progress):
             out.append(lomo(torch.from_numpy(images[start:start + batch_size])).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, lomo.dim))
 
