@@ -16,7 +16,8 @@ def test_demo_stages_produce_both_rows_and_a_checkpoint(tmp_path, tiny_cfg, caps
         return s
 
     state = run_demo(state, [*STAGES[:-1], later_stage, STAGES[-1]])
-    assert list(state.results) == ["untrained (PyTorch)", "trained (PyTorch)", "its JLML part alone (PyTorch)"]
+    assert list(state.results) == ["untrained (PyTorch)", "trained (PyTorch)", "its JLML part alone (PyTorch)",
+                                   "its LOMO + XQDA part alone (PyTorch)"]
     assert seen == [state.checkpoint] and load_checkpoint(state.checkpoint).config == tiny_cfg
     assert load_checkpoint(state.checkpoint).extra["fusion"]["kind"] == "fused"  # the demo serves the matcher
     assert list(state.timings) == ["data", "untrained", "train", "later_stage", "report"]
