@@ -1,8 +1,8 @@
 """A client for the jlml Triton server (``python -m serve``): embed, search and add over HTTP or gRPC.
 
-This is the wire protocol in one place: the model and tensor names below are what ``serve`` binds
-and what this client sends, so the server (top layer) imports them from here and engine never
-imports serve. ``tritonclient`` is imported when a client is created, never by ``import engine``;
+This is the wire protocol in one place: the model and tensor names below are what the model
+repository (``export.triton``) declares, what ``serve`` runs and what this client sends, so export and
+the server (top layer) import them from here and engine never imports serve. ``tritonclient`` is imported when a client is created, never by ``import engine``;
 its absence is a BackendUnavailableError naming the ``serve`` extra.
 
 Protocol: ``embed`` takes uint8 images (N, H, W, 3), N up to the artefact's max batch (Triton's
@@ -23,6 +23,10 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError, JLMLError
 
 EMBED_MODEL, SEARCH_MODEL, ADD_MODEL = "embed", "search", "gallery_add"
+MODELS = (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
+# The model repository export writes into the artefact folder, and the config variant (a Triton
+# ``--model-config-name``) that runs ``embed`` through engine.Embedder in the Python backend.
+REPOSITORY_DIR, ENGINE_CONFIG = "triton", "engine"
 IMAGES, EMBEDDINGS, K = "images", "embeddings", "k"
 IDS, CAMS, DISTANCES, COUNT = "ids", "cams", "distances", "count"
 PROTOCOLS = ("http", "grpc")
