@@ -75,7 +75,7 @@ import sys, time, numpy as np
 from pathlib import Path
 import engine.gallery
 from engine import Embedder
-from serve.models import GalleryService, SerialEmbedder
+from serve.models import GalleryService
 
 def half_then_hang(fh, **arrays):
     fh.write(b"PK half a zip")
@@ -84,7 +84,7 @@ def half_then_hang(fh, **arrays):
     time.sleep(600)
 
 with Embedder(sys.argv[1], backend="ort", device="cpu") as embedder:
-    service = GalleryService(SerialEmbedder(embedder), Path(sys.argv[2]))
+    service = GalleryService(embedder, embedder.spec, Path(sys.argv[2]))
     engine.gallery.np.savez = half_then_hang
     images = np.zeros((2, *embedder.spec.image_shape), np.uint8)
     service.add({"images": images, "ids": np.array([7, 8], np.int64)})
