@@ -14,6 +14,7 @@ gallery's ``count``.
 """
 from __future__ import annotations
 
+import os
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,14 +72,45 @@ def _reason(exc: Exception) -> str:
     return (errors[-1].split("Error: ", 1)[1] if errors else lines[0] if lines else repr(exc))
 
 
+class _SharedInputs:
+    """One system shared-memory region for request inputs, registered with the server (Triton's
+    system shared-memory extension): the inputs are copied into it instead of into the request body.
+    Only for a server on this machine; grown (re-created and re-registered) when a request needs more."""
+
+    def __init__(self, client: Any) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self._shm, self._client, self._handle, self.size = shm, client, None, 0
+        self.name = f"jlml_{os.getpid()}_{id(self):x}"
+
+    def place(self, arrays: list[np.ndarray]) -> list[int]:
+        """Copy ``arrays`` one after another into the region; their offsets."""
+        offsets = [int(o) for o in np.cumsum([0] + [a.nbytes for a in arrays])]
+        if offsets[-1] > self.size:
+            self.close()
+            self.size = max(offsets[-1], 2 * self.size)
+            self._handle = self._shm.create_shared_memory_region(self.name, f"/{self.name}", self.size)
+            self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+        self._shm.set_shared_memory_region(self._handle, arrays)
+        return offsets[:-1]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._client.unregister_system_shared_memory(self.name)
+            self._shm.destroy_shared_memory_region(self._handle)
+            self._handle = None
+
+
 class TritonClient:
     """One connection to ``python -m serve``; a context manager. Use one per thread (tritonclient's
     clients are not meant to be shared between threads; they are cheap to make).
 
-    ``timeout_s`` bounds each request (network and queueing included).
+    ``timeout_s`` bounds each request (network and queueing included). ``shared_memory=True`` sends
+    inputs through system shared memory instead of the request body: only for a server on the same
+    machine (large batches; see benchmarks/README.md for what it saves).
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, shared_memory: bool = False) -> None:
         self.protocol, self.address = parse_url(url)
         self._module = _triton_module(self.protocol)
         self._timeout_s = float(timeout_s)
@@ -89,6 +121,7 @@ class TritonClient:
                 self.address, connection_timeout=self._timeout_s, network_timeout=self._timeout_s)
         self._image_shape: tuple[int, ...] | None = None
         self._max_batch = self._dim = 0
+        self._shared = _SharedInputs(self._client) if shared_memory else None
 
     # ---- server facts --------------------------------------------------------------------------
     def ready(self, models: tuple[str, ...] = (EMBED_MODEL,)) -> bool:
@@ -156,15 +189,20 @@ class TritonClient:
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One raw request: named numpy inputs in, named numpy outputs back; ServerError on refusal."""
+        arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         wire = []
-        for name, array in inputs.items():
-            array = np.ascontiguousarray(array)
+        for name, array in arrays.items():
             if array.dtype not in TRITON_DTYPES:
                 raise InputError(f"input {name!r} has dtype {array.dtype}; the server takes "
                                  f"{sorted(str(d) for d in TRITON_DTYPES)}")
-            tensor = self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype])
-            tensor.set_data_from_numpy(array)
-            wire.append(tensor)
+            wire.append(self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype]))
+        if self._shared is not None:
+            offsets = self._call(self._shared.place, list(arrays.values()))
+            for tensor, array, offset in zip(wire, arrays.values(), offsets, strict=True):
+                tensor.set_shared_memory(self._shared.name, array.nbytes, offset)
+        else:
+            for tensor, array in zip(wire, arrays.values(), strict=True):
+                tensor.set_data_from_numpy(array)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         kwargs = {"client_timeout": self._timeout_s} if self.protocol == "grpc" else {}
         result = self._call(self._client.infer, model, wire, outputs=requested, **kwargs)
@@ -182,6 +220,8 @@ class TritonClient:
                               "`python -m serve ARTIFACT_DIR` or check --url") from exc
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
         self._client.close()
 
     def __enter__(self) -> TritonClient:
