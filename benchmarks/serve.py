@@ -44,9 +44,11 @@ from engine.client import TritonClient
 from serve.process import ServerProcess
 
 COLUMNS = ["protocol", "batch", "clients", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
-           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "paired_server_p50_ms", "overhead_ms", "ratio"]
+           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "paired_server_p50_ms", "overhead_ms", "ratio",
+           "triton_ms", "infer_ms"]
 TRANSPORTS = ("grpc", "http", "grpc+shm", "http+shm")  # +shm: inputs through system shared memory
 DISTINCT_BATCHES = 8  # different pixels per request, so a cached or mixed-up answer shows as a mismatch
+SETTLE_S = 0.02  # pause before each paired call (see paired_overhead)
 TOLERANCE = 1e-5  # ORT CPU rows may differ in the last bits when the dynamic batcher merges requests
 
 
@@ -111,23 +113,40 @@ def load_cell(transport: Transport, clients: int, batches: list[np.ndarray], exp
     return row
 
 
+def _per_request(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Mean ms per request inside Triton between two statistics snapshots: ``triton_ms`` from receipt
+    to response, ``queue_ms``, and ``infer_ms`` (the Python backend's round trip to the model process,
+    the Embedder included)."""
+    def mean_ms(name: str) -> float:
+        count, ns = (a - b for a, b in zip(after[name], before[name], strict=True))
+        return ns / count / 1e6 if count else float("nan")
+
+    return {"triton_ms": mean_ms("success"), "queue_ms": mean_ms("queue"), "infer_ms": mean_ms("compute_infer")}
+
+
 def paired_overhead(transport: Transport, embedder: Embedder, batches: list[np.ndarray],
                     pairs: int) -> dict[str, float]:
     """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
-    of one in-process call then one request, back to back, so both see the same machine load; the
-    median of the paired differences is the overhead (robust on a shared, drifting machine)."""
+    of one in-process call then one request, so both see the same machine load; the median of the
+    paired differences is the overhead (robust on a shared, drifting machine). Each call starts
+    SETTLE_S after the previous one: ONNX Runtime's threads spin-wait after a run, and the reference's
+    (or the server's) spinning threads would otherwise take the cores the other side runs on."""
     local: list[float] = []
     remote: list[float] = []
     with transport.client() as client:
         client.embed(batches[0])  # connection (and shared-memory region) set-up is not per request
+        before = client.statistics()
         for i in range(pairs):
             batch = batches[i % len(batches)]
+            time.sleep(SETTLE_S)
             local += time_calls(partial(embedder, batch), warmup=0, repeats=1)
+            time.sleep(SETTLE_S)
             remote += time_calls(partial(client.embed, batch), warmup=0, repeats=1)
+        inside = _per_request(before, client.statistics())
     diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
     local_p50, remote_p50 = summarize(local)["p50_ms"], summarize(remote)["p50_ms"]
     return {"in_process_p50_ms": local_p50, "paired_server_p50_ms": remote_p50, "ratio": remote_p50 / local_p50,
-            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90))}
+            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90)), **inside}
 
 
 def _cells(args: argparse.Namespace, server: ServerProcess, embedder: Embedder,

@@ -15,6 +15,7 @@ gallery's ``count``.
 from __future__ import annotations
 
 import os
+import time
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ IMAGES, EMBEDDINGS, K = "images", "embeddings", "k"
 IDS, CAMS, DISTANCES, COUNT = "ids", "cams", "distances", "count"
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+UNREGISTER_S = 2.0  # how long closing a shared-memory client waits for Triton to let go of its region
 TRITON_DTYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
                  np.dtype(np.int64): "INT64"}
 
@@ -95,10 +97,22 @@ class _SharedInputs:
         return offsets[:-1]
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._client.unregister_system_shared_memory(self.name)
-            self._shm.destroy_shared_memory_region(self._handle)
-            self._handle = None
+        """Unregister and remove the region. Triton lets go of it a moment after the last answer
+        ("currently in use"), so unregistering is retried for up to UNREGISTER_S; past that the file is
+        removed anyway and the server holds a registration of a removed region until it stops."""
+        if self._handle is None:
+            return
+        deadline = time.monotonic() + UNREGISTER_S
+        while True:
+            try:
+                self._client.unregister_system_shared_memory(self.name)
+                break
+            except Exception:  # noqa: BLE001 - InferenceServerException; the region is removed below anyway
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        self._shm.destroy_shared_memory_region(self._handle)
+        self._handle = None
 
 
 class TritonClient:
@@ -131,6 +145,15 @@ class TritonClient:
                         and all(self._client.is_model_ready(model) for model in models))
         except Exception:  # noqa: BLE001 - any transport failure means "not ready yet"
             return False
+
+    def statistics(self, model: str = EMBED_MODEL) -> dict[str, tuple[int, int]]:
+        """Triton's cumulative statistics of ``model`` since it loaded: name -> (count, total ns) for
+        ``success`` (receipt to response), ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``."""
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        stats = self._call(self._client.get_inference_statistics, model_name=model, **kwargs)
+        found = stats["model_stats"][0]["inference_stats"]
+        return {name: (int(found.get(name, {}).get("count", 0)), int(found.get(name, {}).get("ns", 0)))
+                for name in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
 
     def _load_metadata(self) -> None:
         config = self._call(self._client.get_model_config, EMBED_MODEL)

@@ -116,6 +116,22 @@ def backend_directory(dist: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "jlml"  # + the serving process's pid + "_": the Python backend's regions of one server
+
+
+def remove_stale_regions(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove the Python backend's shared-memory files left by servers that were killed (SIGKILL skips
+    Triton's clean-up; 4 MiB per model each); those of running servers stay. Returns the names removed."""
+    removed = []
+    for path in shm_dir.glob(f"{SHM_PREFIX}[0-9]*_*"):
+        pid = int(path.name[len(SHM_PREFIX):].split("_", 1)[0])
+        if not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def command(binary: Path, root: Path, backends: Path, models: tuple[str, ...], opts: ServerOptions) -> list[str]:
     """The tritonserver command line: the repository, its engine config, only ``models``, loaded first."""
     quiet = [] if opts.verbose else ["--log-info=false"]
@@ -123,7 +139,7 @@ def command(binary: Path, root: Path, backends: Path, models: tuple[str, ...], o
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in models),
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
             f"--backend-directory={backends}",
-            f"--backend-config=python,shm-region-prefix-name=jlml{os.getpid()}_",
+            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}_",
             f"--backend-config=python,shm-default-byte-size={SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             f"--http-address={opts.address}", f"--http-port={opts.http_port}",
@@ -187,6 +203,7 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
     """
     root = repository(artifact_dir)
     binary, dist, libs = _distribution()
+    remove_stale_regions()
     models = (EMBED_MODEL,) if gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
     settings = Settings(backend=opts.backend, device=opts.device, precision=opts.precision,
                         gallery=None if gallery is None else str(Path(gallery).resolve()),
