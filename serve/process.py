@@ -39,6 +39,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _environment() -> dict[str, str]:
+    """The caller's environment with this project first on PYTHONPATH: the server runs in the log's
+    folder, as a user's server runs wherever they are, and still imports this code."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = [root, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen
@@ -67,8 +75,7 @@ class ServerProcess:
             cmd += ["--gallery", str(gallery)]
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=Path(__file__).resolve().parents[1],
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    cwd=Path(log).resolve().parent, env=_environment())
         return cls(proc, f"http://127.0.0.1:{http}", f"grpc://127.0.0.1:{grpc}", Path(log),
                    None if gallery is None else Path(gallery))
 

@@ -31,7 +31,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WATCH_PERIOD_S = 0.2  # how often start-up polls readiness and the main thread checks tritonserver
 # The Python backend's shared memory per model process: small to start, grown as requests need.
 SHM_BYTES, SHM_GROWTH_BYTES = 4 << 20, 1 << 20
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `engine` and `serve` import from
+# Where `engine` and `serve` import from. tritonserver runs with this as its working folder: the
+# Python-backend stub ignores PYTHONPATH but puts its working folder first on sys.path.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def python_library_first(env: MutableMapping[str, str]) -> str:
 def repository(artifact_dir: str | os.PathLike[str]) -> Path:
     """``ARTIFACT/triton``, checked to hold the configs this server runs; InputError says how to get it."""
     artifact_spec(artifact_dir)  # a missing or foreign folder: the engine's own sentence
-    root = Path(artifact_dir) / REPOSITORY_DIR
+    root = Path(artifact_dir).resolve() / REPOSITORY_DIR
     missing = [str(p.relative_to(root)) for p in (root / EMBED_MODEL / "configs" / f"{ENGINE_CONFIG}.pbtxt",
                                                   root / SEARCH_MODEL / "config.pbtxt",
                                                   root / ADD_MODEL / "config.pbtxt") if not p.is_file()]
@@ -150,13 +152,11 @@ def command(binary: Path, root: Path, backends: Path, models: tuple[str, ...], o
 
 def environment(settings: Settings, libs: Path) -> dict[str, str]:
     """tritonserver's environment: this interpreter's libpython, the wheel's libraries, this Python
-    environment (the stub finds its site-packages through PATH) with this project importable, and the
-    models' settings."""
+    environment (the stub finds its site-packages through PATH) and the models' settings."""
     env = dict(os.environ)
     python_library_first(env)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env["LD_LIBRARY_PATH"], str(libs)) if p)
     env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return {**env, **settings.to_env()}
 
 
@@ -209,7 +209,8 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
                         gallery=None if gallery is None else str(Path(gallery).resolve()),
                         gallery_device=opts.gallery_device)
     with stop_on_signals() as stop, backend_directory(dist) as backends:
-        proc = subprocess.Popen(command(binary, root, backends, models, opts), env=environment(settings, libs))
+        proc = subprocess.Popen(command(binary, root, backends, models, opts), env=environment(settings, libs),
+                                cwd=PROJECT_ROOT)
         try:
             if _wait_ready(proc, models, opts, stop):
                 print(f"ready: serving {root} ({', '.join(models)}) on http://{opts.address}:{opts.http_port} and "
