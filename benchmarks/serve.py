@@ -1,20 +1,23 @@
-"""Load test of the Triton server: ``python -m benchmarks.serve --artifact DIR --out DIR``.
+"""Request cost and load test of the Triton server: ``python -m benchmarks.serve --artifact DIR --out DIR``.
 
 Starts ``python -m serve ARTIFACT_DIR`` on free loopback ports (serve.process; nothing listens
-beyond 127.0.0.1), then for each protocol (gRPC, HTTP) and each client count N runs N concurrent
-clients (threads, one TritonClient each) that send embed requests of ``--batch`` images until each
-has sent ``--requests`` or ``--max-seconds`` passed. Every answer is compared with the in-process
-Embedder's embeddings of the same pixels (same artefact, backend and device, computed before the
-load), so the report proves nothing was lost: requests sent = answered, no errors, largest
-difference. Per cell: requests/s, images/s, p50/p90/p99 latency, and at one client the overhead per
-request against calling the Embedder in-process at the same batch (paired calls, interleaved in this
-process, so both see the same load). Clients and server share this machine's cores, so on a small CPU the client's own
-serialisation competes with the model. Writes serve.json, serve.md and serve.png into ``--out``.
+beyond 127.0.0.1), then for each transport (gRPC, HTTP, and with ``grpc+shm``/``http+shm`` the same
+with inputs in Triton's system shared memory), each batch size and each client count N runs N
+concurrent clients (threads, one TritonClient each) that send embed requests until each has sent
+``--requests`` or ``--max-seconds`` passed. Every answer is compared with the in-process Embedder's
+embeddings of the same pixels (same artefact, backend and device, computed before the load), so the
+report proves nothing was lost: requests sent = answered, no errors, largest difference. Per cell:
+requests/s, images/s, p50/p90/p99 latency, and at one client the cost the server adds per request
+over calling the Embedder in-process at the same batch (paired calls, interleaved in this process, so
+both see the same load: the median of the differences, and the ratio of the p50s). Clients and server
+share this machine's cores. The machine's load average is recorded before and after.
+Writes serve.json, serve.md and serve.png into ``--out``.
 Exit codes: 0 ok (and nothing lost), 1 a request lost or wrong, 2 usage or input errors.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -40,9 +43,12 @@ from engine.atomic import write_text
 from engine.client import TritonClient
 from serve.process import ServerProcess
 
-COLUMNS = ["protocol", "clients", "batch", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
-           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "overhead_ms"]
+COLUMNS = ["protocol", "batch", "clients", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
+           "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "paired_server_p50_ms", "overhead_ms", "ratio",
+           "triton_ms", "infer_ms"]
+TRANSPORTS = ("grpc", "http", "grpc+shm", "http+shm")  # +shm: inputs through system shared memory
 DISTINCT_BATCHES = 8  # different pixels per request, so a cached or mixed-up answer shows as a mismatch
+SETTLE_S = 0.02  # pause before each paired call (see paired_overhead)
 TOLERANCE = 1e-5  # ORT CPU rows may differ in the last bits when the dynamic batcher merges requests
 
 
@@ -54,9 +60,18 @@ class ClientLog:
     sent: int = 0
 
 
-def _client(url: str, batches: list[np.ndarray], expected: list[np.ndarray], offset: int, requests: int,
-            deadline: float, log: ClientLog) -> None:
-    with TritonClient(url) as client:
+@dataclass(frozen=True)
+class Transport:
+    url: str
+    shared_memory: bool
+
+    def client(self) -> TritonClient:
+        return TritonClient(self.url, shared_memory=self.shared_memory)
+
+
+def _client(transport: Transport, batches: list[np.ndarray], expected: list[np.ndarray], offset: int,
+            requests: int, deadline: float, log: ClientLog) -> None:
+    with transport.client() as client:
         for i in range(requests):
             if time.monotonic() > deadline:
                 return
@@ -72,12 +87,12 @@ def _client(url: str, batches: list[np.ndarray], expected: list[np.ndarray], off
             log.max_diff = max(log.max_diff, float(np.abs(got - expected[j]).max()))
 
 
-def load_cell(url: str, clients: int, batches: list[np.ndarray], expected: list[np.ndarray], *,
+def load_cell(transport: Transport, clients: int, batches: list[np.ndarray], expected: list[np.ndarray], *,
               requests: int, max_seconds: float) -> dict[str, Any]:
     """N concurrent clients until each sent ``requests`` or ``max_seconds`` passed; one result row."""
     logs = [ClientLog() for _ in range(clients)]
     deadline = time.monotonic() + max_seconds
-    threads = [threading.Thread(target=_client, args=(url, batches, expected, n * 3, requests, deadline, log))
+    threads = [threading.Thread(target=_client, args=(transport, batches, expected, n * 3, requests, deadline, log))
                for n, log in enumerate(logs)]
     start = time.perf_counter()
     for t in threads:
@@ -98,66 +113,100 @@ def load_cell(url: str, clients: int, batches: list[np.ndarray], expected: list[
     return row
 
 
-def paired_overhead(url: str, embedder: Embedder, batches: list[np.ndarray], pairs: int) -> dict[str, float]:
+def _per_request(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Mean ms per request inside Triton between two statistics snapshots: ``triton_ms`` from receipt
+    to response, ``queue_ms``, and ``infer_ms`` (the Python backend's round trip to the model process,
+    the Embedder included)."""
+    def mean_ms(name: str) -> float:
+        count, ns = (a - b for a, b in zip(after[name], before[name], strict=True))
+        return ns / count / 1e6 if count else float("nan")
+
+    return {"triton_ms": mean_ms("success"), "queue_ms": mean_ms("queue"), "infer_ms": mean_ms("compute_infer")}
+
+
+def paired_overhead(transport: Transport, embedder: Embedder, batches: list[np.ndarray],
+                    pairs: int) -> dict[str, float]:
     """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
-    of one in-process call then one request, back to back, so both see the same machine load; the
-    median of the paired differences is the overhead (robust on a shared, drifting machine)."""
+    of one in-process call then one request, so both see the same machine load; the median of the
+    paired differences is the overhead (robust on a shared, drifting machine). Each call starts
+    SETTLE_S after the previous one: ONNX Runtime's threads spin-wait after a run, and the reference's
+    (or the server's) spinning threads would otherwise take the cores the other side runs on."""
     local: list[float] = []
     remote: list[float] = []
-    with TritonClient(url) as client:
-        client.embed(batches[0])  # connection set-up is not per request
+    with transport.client() as client:
+        client.embed(batches[0])  # connection (and shared-memory region) set-up is not per request
+        before = client.statistics()
         for i in range(pairs):
             batch = batches[i % len(batches)]
+            time.sleep(SETTLE_S)
             local += time_calls(partial(embedder, batch), warmup=0, repeats=1)
+            time.sleep(SETTLE_S)
             remote += time_calls(partial(client.embed, batch), warmup=0, repeats=1)
+        inside = _per_request(before, client.statistics())
     diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
-    return {"in_process_p50_ms": summarize(local)["p50_ms"], "paired_server_p50_ms": summarize(remote)["p50_ms"],
-            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90))}
+    local_p50, remote_p50 = summarize(local)["p50_ms"], summarize(remote)["p50_ms"]
+    return {"in_process_p50_ms": local_p50, "paired_server_p50_ms": remote_p50, "ratio": remote_p50 / local_p50,
+            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90)), **inside}
+
+
+def _cells(args: argparse.Namespace, server: ServerProcess, embedder: Embedder,
+           data: dict[int, tuple[list[np.ndarray], list[np.ndarray]]]) -> list[dict[str, Any]]:
+    rows = []
+    for protocol in args.protocols:
+        transport = Transport(getattr(server, protocol.split("+")[0]), protocol.endswith("+shm"))
+        for batches, expected in data.values():
+            for clients in args.clients:
+                row = load_cell(transport, clients, batches, expected, requests=args.requests,
+                                max_seconds=args.max_seconds)
+                row["protocol"] = protocol
+                if clients == 1:
+                    row.update(paired_overhead(transport, embedder, batches, args.pairs))
+                rows.append(row)
+                print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = ModelSpec.load(args.artifact)
-    shape, max_batch = spec.image_shape, spec.max_batch
-    if not 1 <= args.batch <= max_batch:
-        raise JLMLError(f"--batch {args.batch} is outside 1..{max_batch} (the artefact's batch range)")
+    outside = [b for b in args.batches if not 1 <= b <= spec.max_batch]
+    if outside:
+        raise JLMLError(f"--batches {outside} outside 1..{spec.max_batch} (the artefact's batch range)")
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    load_before = os.getloadavg()
     with Embedder(args.artifact, backend=args.backend, device=args.device, precision=args.precision) as embedder:
-        expected = [embedder(b) for b in batches]
+        data = {}
+        for batch in args.batches:
+            batches = [rng.integers(0, 256, (batch, *spec.image_shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
+            data[batch] = (batches, [embedder(b) for b in batches])
         server = ServerProcess.start(args.artifact, args.out / "server.log",
                                      extra=("--backend", args.backend, "--device", args.device,
                                             "--precision", embedder.precision))
         try:
-            for protocol in args.protocols:
-                url = getattr(server, protocol)
-                for clients in args.clients:
-                    row = load_cell(url, clients, batches, expected, requests=args.requests,
-                                    max_seconds=args.max_seconds)
-                    row["protocol"] = protocol
-                    if clients == 1:
-                        row.update(paired_overhead(url, embedder, batches, args.pairs))
-                    rows.append(row)
-                    print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+            rows = _cells(args, server, embedder, data)
         finally:
             rc = server.stop()
-    return {"environment": environment(args.device if args.device != "auto" else "cpu"),
+    return {"environment": {**environment(args.device if args.device != "auto" else "cpu"),
+                            "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "server_exit_code": rc, "results": rows}
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     write_json(out / "serve.json", report)
-    head = (f"Batch {report['settings']['batch']}, {report['environment']['cpu']}; overhead_ms: median of "
-            f"{report['settings']['pairs']} paired (server - in-process Embedder) differences.\n\n")
+    env = report["environment"]
+    head = (f"{env['cpu']}, load average {env['loadavg_before'][0]:.1f} before, {env['loadavg_after'][0]:.1f} after; "
+            f"overhead_ms: median of {report['settings']['pairs']} paired (server - in-process Embedder) "
+            "differences; ratio: server p50 / in-process p50 of those pairs.\n\n")
     write_text(out / "serve.md", head + markdown_table(report["results"], COLUMNS))
     panels: list[Panel] = []
     for key, label in (("requests_per_s", "requests/s"), ("p99_ms", "p99 latency (ms)")):
-        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {p: ([r["clients"] for r in report["results"] if r["protocol"] == p and key in r],
-                      [r[key] for r in report["results"] if r["protocol"] == p and key in r])
-                  for p in report["settings"]["protocols"]}
-        panels.append((series, "concurrent clients", label, f"{label} vs clients, batch {report['settings']['batch']}"))
+        rows = [r for r in report["results"] if key in r]
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+            f"{p}, batch {b}": ([r["clients"] for r in rows if (r["protocol"], r["batch"]) == (p, b)],
+                                [r[key] for r in rows if (r["protocol"], r["batch"]) == (p, b)])
+            for p in report["settings"]["protocols"] for b in report["settings"]["batches"]}
+        panels.append((series, "concurrent clients", label, f"{label} vs clients"))
     plot_loglog_panels(out / "serve.png", panels)
 
 
@@ -170,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m benchmarks.serve", __doc__)
     cli.add_artifact(p)
     cli.add_out(p, None, help="folder for serve.json, serve.md, serve.png and server.log")
-    p.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
-    p.add_argument("--clients", type=cli.positive_int, nargs="+", default=[1, 2, 4, 8],
+    p.add_argument("--protocols", nargs="+", choices=TRANSPORTS, default=["grpc", "http"],
+                   help="transports; +shm sends inputs through system shared memory (same machine only)")
+    p.add_argument("--clients", type=cli.positive_int, nargs="+", default=[1, 4, 16],
                    help="concurrent client counts, one cell each")
-    p.add_argument("--batch", type=int, default=8, help="images per request (within the artefact's batch range)")
+    p.add_argument("--batches", "--batch", type=int, nargs="+", default=[1, 8, 32],
+                   help="images per request, one cell each (within the artefact's batch range)")
     p.add_argument("--requests", type=cli.positive_int, default=50, help="requests per client")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long per cell")
     p.add_argument("--pairs", type=cli.positive_int, default=30,

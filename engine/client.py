@@ -1,8 +1,8 @@
 """A client for the jlml Triton server (``python -m serve``): embed, search and add over HTTP or gRPC.
 
-This is the wire protocol in one place: the model and tensor names below are what ``serve`` binds
-and what this client sends, so the server (top layer) imports them from here and engine never
-imports serve. ``tritonclient`` is imported when a client is created, never by ``import engine``;
+This is the wire protocol in one place: the model and tensor names below are what the model
+repository (``export.triton``) declares, what ``serve`` runs and what this client sends, so export and
+the server (top layer) import them from here and engine never imports serve. ``tritonclient`` is imported when a client is created, never by ``import engine``;
 its absence is a BackendUnavailableError naming the ``serve`` extra.
 
 Protocol: ``embed`` takes uint8 images (N, H, W, 3), N up to the artefact's max batch (Triton's
@@ -14,6 +14,8 @@ gallery's ``count``.
 """
 from __future__ import annotations
 
+import os
+import time
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,10 +25,15 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError, JLMLError
 
 EMBED_MODEL, SEARCH_MODEL, ADD_MODEL = "embed", "search", "gallery_add"
+MODELS = (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
+# The model repository export writes into the artefact folder, and the config variant (a Triton
+# ``--model-config-name``) that runs ``embed`` through engine.Embedder in the Python backend.
+REPOSITORY_DIR, ENGINE_CONFIG = "triton", "engine"
 IMAGES, EMBEDDINGS, K = "images", "embeddings", "k"
 IDS, CAMS, DISTANCES, COUNT = "ids", "cams", "distances", "count"
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+UNREGISTER_S = 2.0  # how long closing a shared-memory client waits for Triton to let go of its region
 TRITON_DTYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
                  np.dtype(np.int64): "INT64"}
 
@@ -67,14 +74,57 @@ def _reason(exc: Exception) -> str:
     return (errors[-1].split("Error: ", 1)[1] if errors else lines[0] if lines else repr(exc))
 
 
+class _SharedInputs:
+    """One system shared-memory region for request inputs, registered with the server (Triton's
+    system shared-memory extension): the inputs are copied into it instead of into the request body.
+    Only for a server on this machine; grown (re-created and re-registered) when a request needs more."""
+
+    def __init__(self, client: Any) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self._shm, self._client, self._handle, self.size = shm, client, None, 0
+        self.name = f"jlml_{os.getpid()}_{id(self):x}"
+
+    def place(self, arrays: list[np.ndarray]) -> list[int]:
+        """Copy ``arrays`` one after another into the region; their offsets."""
+        offsets = [int(o) for o in np.cumsum([0] + [a.nbytes for a in arrays])]
+        if offsets[-1] > self.size:
+            self.close()
+            self.size = max(offsets[-1], 2 * self.size)
+            self._handle = self._shm.create_shared_memory_region(self.name, f"/{self.name}", self.size)
+            self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+        self._shm.set_shared_memory_region(self._handle, arrays)
+        return offsets[:-1]
+
+    def close(self) -> None:
+        """Unregister and remove the region. Triton lets go of it a moment after the last answer
+        ("currently in use"), so unregistering is retried for up to UNREGISTER_S; past that the file is
+        removed anyway and the server holds a registration of a removed region until it stops."""
+        if self._handle is None:
+            return
+        deadline = time.monotonic() + UNREGISTER_S
+        while True:
+            try:
+                self._client.unregister_system_shared_memory(self.name)
+                break
+            except Exception:  # noqa: BLE001 - InferenceServerException; the region is removed below anyway
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        self._shm.destroy_shared_memory_region(self._handle)
+        self._handle = None
+
+
 class TritonClient:
     """One connection to ``python -m serve``; a context manager. Use one per thread (tritonclient's
     clients are not meant to be shared between threads; they are cheap to make).
 
-    ``timeout_s`` bounds each request (network and queueing included).
+    ``timeout_s`` bounds each request (network and queueing included). ``shared_memory=True`` sends
+    inputs through system shared memory instead of the request body: only for a server on the same
+    machine (large batches; see benchmarks/README.md for what it saves).
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, shared_memory: bool = False) -> None:
         self.protocol, self.address = parse_url(url)
         self._module = _triton_module(self.protocol)
         self._timeout_s = float(timeout_s)
@@ -85,6 +135,7 @@ class TritonClient:
                 self.address, connection_timeout=self._timeout_s, network_timeout=self._timeout_s)
         self._image_shape: tuple[int, ...] | None = None
         self._max_batch = self._dim = 0
+        self._shared = _SharedInputs(self._client) if shared_memory else None
 
     # ---- server facts --------------------------------------------------------------------------
     def ready(self, models: tuple[str, ...] = (EMBED_MODEL,)) -> bool:
@@ -94,6 +145,15 @@ class TritonClient:
                         and all(self._client.is_model_ready(model) for model in models))
         except Exception:  # noqa: BLE001 - any transport failure means "not ready yet"
             return False
+
+    def statistics(self, model: str = EMBED_MODEL) -> dict[str, tuple[int, int]]:
+        """Triton's cumulative statistics of ``model`` since it loaded: name -> (count, total ns) for
+        ``success`` (receipt to response), ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``."""
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        stats = self._call(self._client.get_inference_statistics, model_name=model, **kwargs)
+        found = stats["model_stats"][0]["inference_stats"]
+        return {name: (int(found.get(name, {}).get("count", 0)), int(found.get(name, {}).get("ns", 0)))
+                for name in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
 
     def _load_metadata(self) -> None:
         config = self._call(self._client.get_model_config, EMBED_MODEL)
@@ -152,15 +212,20 @@ class TritonClient:
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One raw request: named numpy inputs in, named numpy outputs back; ServerError on refusal."""
+        arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         wire = []
-        for name, array in inputs.items():
-            array = np.ascontiguousarray(array)
+        for name, array in arrays.items():
             if array.dtype not in TRITON_DTYPES:
                 raise InputError(f"input {name!r} has dtype {array.dtype}; the server takes "
                                  f"{sorted(str(d) for d in TRITON_DTYPES)}")
-            tensor = self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype])
-            tensor.set_data_from_numpy(array)
-            wire.append(tensor)
+            wire.append(self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype]))
+        if self._shared is not None:
+            offsets = self._call(self._shared.place, list(arrays.values()))
+            for tensor, array, offset in zip(wire, arrays.values(), offsets, strict=True):
+                tensor.set_shared_memory(self._shared.name, array.nbytes, offset)
+        else:
+            for tensor, array in zip(wire, arrays.values(), strict=True):
+                tensor.set_data_from_numpy(array)
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         kwargs = {"client_timeout": self._timeout_s} if self.protocol == "grpc" else {}
         result = self._call(self._client.infer, model, wire, outputs=requested, **kwargs)
@@ -178,6 +243,8 @@ class TritonClient:
                               "`python -m serve ARTIFACT_DIR` or check --url") from exc
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
         self._client.close()
 
     def __enter__(self) -> TritonClient:

@@ -106,6 +106,11 @@ def _load_spec(artifact_dir: str | os.PathLike[str] | None, spec: ModelSpec | No
     return folder, loaded
 
 
+def artifact_spec(artifact_dir: str | os.PathLike[str]) -> ModelSpec:
+    """The spec of an artefact folder, with the Embedder's errors for a missing folder or a file."""
+    return _load_spec(artifact_dir, None, "auto")[1]
+
+
 class Embedder:
     """Embeds any number of uint8 (N, H, W, 3) images with one backend; a context manager.
 

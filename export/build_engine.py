@@ -48,7 +48,7 @@ from .parity import (
 )
 from .provenance import check_unchanged, checkpoint_record, model_card, provenance
 from .publish import TRITON_DIR, check_out, clean_stale, publish, staging
-from .triton import TRT_MODEL, check_plan_for_triton, write_triton_repo
+from .triton import TENSORRT_CONFIG, check_plan_for_triton, write_triton_repo
 
 DEFAULT_WORKSPACE_MIB = 4096
 # Simplification is verified on a few images only: it folds constants, it does not change numerics.
@@ -180,7 +180,7 @@ def _triton(staged: _Staged) -> None:
         try:
             check_plan_for_triton(spec)
         except InputError as exc:
-            _say(f"{TRITON_DIR}/: no {TRT_MODEL} model: {exc}")
+            _say(f"{TRITON_DIR}/: no {TENSORRT_CONFIG} config for embed: {exc}")
             plan = None
     write_triton_repo(stage / TRITON_DIR, spec, onnx_path=staged.graphs["fp32"], plan_path=plan,
                       tensorrt_version=staged.trt_version)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine.atomic import DIR_MODE
+from engine.client import REPOSITORY_DIR
 from engine.errors import ArtifactError, InputError
 from engine.spec import (
     MODEL_CARD_FILE,
@@ -35,7 +36,7 @@ from engine.spec import (
 
 from .int8 import FILES as INT8_FILES
 
-TRITON_DIR = "triton"
+TRITON_DIR = REPOSITORY_DIR
 ARTEFACT_NAMES = frozenset({ONNX_FILE, ONNX_FP16_FILE, PLAN_FILE, PLAN_SIDECAR_FILE, PARITY_FILE, SPEC_FILE,
                             MODEL_CARD_FILE, TRITON_DIR, *INT8_FILES})
 TIMING_CACHES = "timing-*.cache"

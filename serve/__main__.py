@@ -1,10 +1,12 @@
-"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz]``: the engine behind a Triton Inference Server.
+"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz]``: Triton Inference Server on the artefact's
+own model repository (ARTIFACT/triton, written by export; the tritonserver inside the PyTriton wheel).
 
 Models: ``embed`` (uint8 N,H,W,3 -> unit embeddings, dynamic batching up to the artefact's max
 batch), and with --gallery also ``search`` (images or embeddings + k -> squared-L2 distances and ids)
 and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically; the file is created
 by the first add if it does not exist). Clients: engine.client.TritonClient, `python -m engine.embed
---url`, `python -m engine.query --url`, or any Triton client. Stop with Ctrl+C or SIGTERM.
+--url`, `python -m engine.query --url`, or any Triton client. The "ready:" line comes once every model
+answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
 Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input.
 """
 from __future__ import annotations
@@ -38,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_precision(p)
     p.add_argument("--gallery-device", default=DEFAULTS.gallery_device,
                    help="where the gallery is searched: cpu or cuda[:N]")
-    p.add_argument("--queue-delay-us", type=int, default=DEFAULTS.queue_delay_us,
-                   help="dynamic batcher: longest wait to fill a batch, microseconds")
-    p.add_argument("--verbose", action="store_true", help="log PyTriton's progress too")
+    p.add_argument("--verbose", action="store_true", help="log tritonserver's progress (info lines) too")
     return p
 
 
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, backend=args.backend, device=args.device,
-                         precision=args.precision, gallery_device=args.gallery_device,
-                         queue_delay_us=args.queue_delay_us)
+                         precision=args.precision, gallery_device=args.gallery_device, verbose=args.verbose)
 
     def body() -> int:
         if not serve(args.artifact, args.gallery, opts):
-            print("error: tritonserver or a model proxy died; see the log above", file=sys.stderr)
+            print("error: tritonserver exited (a model failed to load, or it died); see its log above",
+                  file=sys.stderr)
             return 1
         return 0
 

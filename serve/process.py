@@ -2,6 +2,7 @@
 
 The server runs as the command a user types, in its own process group, so a caller can stop it with
 a signal (the clean path) or kill it with tritonserver and the model stubs (a crash).
+``tritonserver()`` finds the tritonserver it started, so a test can see what it was told to load.
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _environment() -> dict[str, str]:
+    """The caller's environment with this project first on PYTHONPATH: the server runs in the log's
+    folder, as a user's server runs wherever they are, and still imports this code."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = [root, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen
@@ -51,6 +60,14 @@ class ServerProcess:
               gallery: str | os.PathLike[str] | None = None, extra: tuple[str, ...] = (),
               timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
         """Start the server on three free loopback ports; return once every model reports ready."""
+        server = cls.launch(artifact, log, gallery=gallery, extra=extra)
+        server.wait_ready(timeout_s)
+        return server
+
+    @classmethod
+    def launch(cls, artifact: str | os.PathLike[str], log: str | os.PathLike[str], *,
+               gallery: str | os.PathLike[str] | None = None, extra: tuple[str, ...] = ()) -> ServerProcess:
+        """Start the server on three free loopback ports and return at once (it is not ready yet)."""
         http, grpc, metrics = free_ports(3)
         cmd = [sys.executable, "-m", "serve", str(artifact), "--address", "127.0.0.1", "--http-port",
                str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]
@@ -58,12 +75,9 @@ class ServerProcess:
             cmd += ["--gallery", str(gallery)]
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=Path(__file__).resolve().parents[1],
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        server = cls(proc, f"http://127.0.0.1:{http}", f"grpc://127.0.0.1:{grpc}", Path(log),
-                     None if gallery is None else Path(gallery))
-        server.wait_ready(timeout_s)
-        return server
+                                    cwd=Path(log).resolve().parent, env=_environment())
+        return cls(proc, f"http://127.0.0.1:{http}", f"grpc://127.0.0.1:{grpc}", Path(log),
+                   None if gallery is None else Path(gallery))
 
     def wait_ready(self, timeout_s: float) -> None:
         models = (EMBED_MODEL,) if self.gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
@@ -75,6 +89,16 @@ class ServerProcess:
                     raise ServerStartError(f"server did not become ready (exit code {self.proc.poll()}); "
                                            f"its log:\n{self.log_tail()}")
                 time.sleep(0.25)
+
+    def tritonserver(self) -> list[str]:
+        """The command line of the tritonserver this server started (its child); [] while there is none."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+                    if Path(args[0].decode()).name == "tritonserver":
+                        return [a.decode() for a in args if a]
+        return []
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]

@@ -12,6 +12,8 @@ prefixes and comments dropped), and each is checked by what it is:
 * ``pip install -e ".[EXTRAS]"``: every extra exists in pyproject.toml; other pip lines and ``python -m
   venv`` need the network or make a new environment and are skipped, saying so.
 * ``bash benchmarks/gpu_run.sh``: needs an NVIDIA GPU (skipped with that reason); the script must exist.
+* ``docker run ... tritonserver --model-repository PATH``: needs a container runtime (skipped); PATH is an
+  artefact's ``triton/``.
 
 Commands are parsed by their CLIs, not run to the end (the benchmarks' documented sizes take hours):
 what they do is tested by each CLI's own tests. The python blocks run for real elsewhere:
@@ -115,6 +117,9 @@ def test_documented_command_is_accepted(doc, argv, monkeypatch, capsys):
     elif tool == "bash" and argv[1] == "benchmarks/gpu_run.sh":
         assert (ROOT / argv[1]).is_file()
         pytest.skip("benchmarks/gpu_run.sh needs an NVIDIA GPU (TensorRT, CUDA); run it on a GPU machine")
+    elif tool == "docker":
+        assert argv[argv.index("--model-repository") + 1].endswith("/triton"), "serve the artefact's triton/"
+        pytest.skip("needs a container runtime; the repository it serves is checked in tests/serve")
     elif tool == ".":
         pytest.skip(f"`{' '.join(argv)}` activates a virtual environment")
     else:

@@ -1,4 +1,5 @@
-"""The load test end to end on a tiny artefact: both protocols, several clients, nothing lost, reports."""
+"""The load test end to end on a tiny artefact: a protocol and a shared-memory transport, two batch sizes,
+several clients, nothing lost, reports."""
 from __future__ import annotations
 
 import json
@@ -15,14 +16,16 @@ from benchmarks.serve import main  # noqa: E402
 def test_load_test_answers_every_request_with_the_in_process_result(tmp_path, bench_artifacts):
     out = tmp_path / "serve"
     assert main(["--artifact", str(bench_artifacts), "--out", str(out), "--clients", "1", "3", "--requests", "4",
-                 "--batch", "4", "--pairs", "3"]) == 0
+                 "--batches", "1", "4", "--pairs", "3", "--protocols", "grpc", "http+shm"]) == 0
     report = json.loads((out / "serve.json").read_text())
-    cells = {(r["protocol"], r["clients"]) for r in report["results"]}
-    assert cells == {("grpc", 1), ("grpc", 3), ("http", 1), ("http", 3)}
+    cells = {(r["protocol"], r["batch"], r["clients"]) for r in report["results"]}
+    assert cells == {(p, b, n) for p in ("grpc", "http+shm") for b in (1, 4) for n in (1, 3)}
     for row in report["results"]:
         assert row["sent"] == row["answered"] == 4 * row["clients"] and row["errors"] == 0
         assert row["max_abs_diff"] <= 1e-5 and row["p99_ms"] >= row["p50_ms"] > 0
-    assert all(r["in_process_p50_ms"] > 0 and "overhead_ms" in r for r in report["results"] if r["clients"] == 1)
+    assert all(r["in_process_p50_ms"] > 0 and "overhead_ms" in r and r["ratio"] > 0
+               for r in report["results"] if r["clients"] == 1)
+    assert len(report["environment"]["loadavg_before"]) == 3
     assert report["server_exit_code"] == 0
     assert (out / "serve.png").stat().st_size > 0 and "requests_per_s" in (out / "serve.md").read_text()
 

@@ -387,25 +387,38 @@ def test_by_default_the_fp16_plan_export_builds_is_what_serves(fake_plan_folder,
 
 
 def test_python_m_serve_serves_the_plan_by_default(fake_plan_folder, monkeypatch, capsys):
-    """`python -m serve ARTIFACT` with no other flag: the FP16 plan (Triton stood in, it only binds)."""
+    """`python -m serve ARTIFACT` with no other flag: the embed model's Embedder serves the FP16 plan.
+    tritonserver is stood in: it records the environment serve hands it and "dies" at once; the embed
+    model is then initialised as Triton's Python backend would, with that environment."""
+    import json
+
     import serve.__main__
     import serve.server
+    from serve.triton_models import EmbedModel
 
-    class Triton:  # PyTriton's Triton as serve() drives it; it "dies" at once so serve() returns
-        def __init__(self, config):
-            pass
+    folder = fake_plan_folder(precision="fp16")
+    handed: dict = {}
 
-        def bind(self, **model):
-            pass
+    class Died:  # the tritonserver process serve() starts
+        def __init__(self, cmd, env, cwd):
+            handed.update(env)
 
-        run = stop = bind
-        is_alive = staticmethod(lambda: False)
+        def poll(self, timeout=None):
+            return 1
 
-    fake = types.SimpleNamespace(Triton=Triton, TritonConfig=lambda **kw: kw)
-    monkeypatch.setattr(serve.server, "_pytriton", lambda: fake)
-    monkeypatch.setattr(serve.server, "bindings", lambda *args, **kwargs: [])
-    assert serve.__main__.main([str(fake_plan_folder(precision="fp16"))]) == 1  # 1: the stand-in "died"
-    assert "(<Embedder trt fp16 batch_size=64>: model.plan fits this GPU and TensorRT)" in capsys.readouterr().out
+        wait = poll
+
+    monkeypatch.setattr(serve.server, "repository", lambda artifact: folder / "triton")
+    monkeypatch.setattr(serve.server.subprocess, "Popen", Died)
+    assert serve.__main__.main([str(folder)]) == 1  # 1: tritonserver "died"
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.SimpleNamespace())
+    for name, value in handed.items():
+        if name.startswith("JLML_"):
+            monkeypatch.setenv(name, value)
+    model = EmbedModel()
+    model.initialize({"model_repository": str(folder / "triton" / "embed"), "model_config": json.dumps({"name": "embed"})})
+    model.finalize()
+    assert "embed: <Embedder trt fp16 batch_size=64> (model.plan fits this GPU and TensorRT)" in capsys.readouterr().out
 
 
 def test_auto_falls_back_to_ort_with_one_line_when_the_plan_does_not_fit(fake_plan_folder, caplog):

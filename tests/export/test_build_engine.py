@@ -38,7 +38,7 @@ def test_artefacts_are_complete_and_consistent(built, tiny_model, random_images,
     parity = json.loads((built / "parity.json").read_text())
     assert parity["graphs"]["fp32"]["min_cosine"] >= 0.99999 and parity["graphs"]["fp16"]["min_cosine"] >= 0.999
     assert all(g["passed"] for g in parity["graphs"].values())
-    assert (built / "triton" / "jlml_onnx" / "1" / "model.onnx").read_bytes() == (built / "model.onnx").read_bytes()
+    assert (built / "triton" / "embed" / "1" / "model.onnx").read_bytes() == (built / "model.onnx").read_bytes()
     assert not [p for p in built.iterdir() if p.name.startswith(".")]
     assert (built / "model.plan").exists() == HAS_TRT
 
@@ -206,7 +206,7 @@ def test_the_plan_is_measured_through_the_engine_and_recorded(checkpoint, tmp_pa
     assert backend.opened == [("fp16", "fp16")]
     plan = json.loads((out / "parity.json").read_text())["graphs"]["plan"]
     assert plan["passed"] and plan["min_cosine"] >= 0.999 and plan["threshold"] == 0.999
-    config = (out / "triton" / "jlml_trt" / "config.pbtxt").read_text()
+    config = (out / "triton" / "embed" / "configs" / "tensorrt.pbtxt").read_text()
     assert 'string_value: "10.13.3.9"' in config
 
 
@@ -224,8 +224,8 @@ def test_min_batch_above_1_leaves_the_plan_out_of_triton_and_says_so(checkpoint,
     out = tmp_path / "out"
     assert build_engine.main([str(checkpoint), "--out", str(out), "--no-simplify", "--min-batch", "2",
                               "--opt-batch", "8", "--max-batch", "64"]) == 0
-    assert (out / "model.plan").is_file() and not (out / "triton" / "jlml_trt").exists()
-    assert "no jlml_trt model: the TensorRT profile starts at batch 2" in capsys.readouterr().out
+    assert (out / "model.plan").is_file() and not (out / "triton" / "embed" / "configs" / "tensorrt.pbtxt").exists()
+    assert "no tensorrt config for embed: the TensorRT profile starts at batch 2" in capsys.readouterr().out
 
 
 # ---- publishing: the old artefact set or the new one, never a mix (issue 15 #2) -------------------------

@@ -5,6 +5,7 @@ test_server's module server stops, SIGTERM in the load-test benchmark's test.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from _serving import ROOT, gallery_labels, pixels, start_server, write_gallery
 
 from engine.client import ServerError, TritonClient
 from engine.gallery import Gallery
-from serve.server import python_library_first
+from serve.server import python_library_first, remove_stale_regions
 
 pytestmark = pytest.mark.serve
 ADD_BATCH = 8
@@ -57,6 +58,7 @@ def test_kill_during_adds_keeps_a_whole_gallery(serve_artifact, local_embedder, 
     server.kill_all()
     adder.join(timeout=60)
     assert errors and len(done) >= 3  # the client saw the crash as a ServerError, not a hang
+    assert any(name.startswith(f"jlml{server.proc.pid}_") for name in remove_stale_regions())
 
     saved = Gallery.load(path)
     added, rest = divmod(len(saved) - len(gallery_images), ADD_BATCH)
@@ -75,7 +77,7 @@ import sys, time, numpy as np
 from pathlib import Path
 import engine.gallery
 from engine import Embedder
-from serve.models import GalleryService, SerialEmbedder
+from serve.models import GalleryService
 
 def half_then_hang(fh, **arrays):
     fh.write(b"PK half a zip")
@@ -84,7 +86,7 @@ def half_then_hang(fh, **arrays):
     time.sleep(600)
 
 with Embedder(sys.argv[1], backend="ort", device="cpu") as embedder:
-    service = GalleryService(SerialEmbedder(embedder), Path(sys.argv[2]))
+    service = GalleryService(embedder, embedder.spec, Path(sys.argv[2]))
     engine.gallery.np.savez = half_then_hang
     images = np.zeros((2, *embedder.spec.image_shape), np.uint8)
     service.add({"images": images, "ids": np.array([7, 8], np.int64)})
@@ -103,3 +105,13 @@ def test_process_killed_mid_save_leaves_the_last_saved_file(serve_artifact, loca
         proc.kill()
         proc.wait()
     assert path.read_bytes() == before and len(Gallery.load(path)) == len(gallery_images)
+
+
+def test_shared_memory_of_killed_servers_is_removed_and_a_running_ones_kept(tmp_path):
+    """The Python backend's regions are named jlml<pid>_...; a SIGKILLed server leaves them behind."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name in (f"jlml{dead.pid}_a", f"jlml{dead.pid}_b", f"jlml{os.getpid()}_c", "other_1_d"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(remove_stale_regions(tmp_path)) == [f"jlml{dead.pid}_a", f"jlml{dead.pid}_b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"jlml{os.getpid()}_c", "other_1_d"])

@@ -7,12 +7,12 @@ from _serving import pixels, write_gallery
 
 from engine import InputError
 from engine.gallery import Gallery
-from serve.models import GalleryService, SerialEmbedder
+from serve.models import GalleryService
 
 
 def test_failed_save_reloads_the_saved_gallery(local_embedder, gallery_images, tmp_path, monkeypatch):
     path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images)
-    service = GalleryService(SerialEmbedder(local_embedder), path)
+    service = GalleryService(local_embedder, local_embedder.spec, path)
 
     def broken_save(self, _path):
         raise OSError("disk full")
@@ -28,12 +28,12 @@ def test_gallery_of_another_dimension_is_refused(local_embedder, tmp_path):
     other.add(np.eye(3, local_embedder.spec.embedding_dim + 1, dtype=np.float32), [1, 2, 3])
     other.save(tmp_path / "g.npz")
     with pytest.raises(InputError, match="embed it again"):
-        GalleryService(SerialEmbedder(local_embedder), tmp_path / "g.npz")
+        GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.npz")
 
 
 def test_add_without_a_gallery_file_is_refused(local_embedder):
     with pytest.raises(InputError, match="--gallery"):
-        service = GalleryService(SerialEmbedder(local_embedder), None)
+        service = GalleryService(local_embedder, local_embedder.spec, None)
         service.add({"images": pixels(1, seed=0), "ids": np.array([1])})
 
 
@@ -45,31 +45,6 @@ def test_serve_command_with_a_missing_artefact_exits_2(tmp_path, capsys, monkeyp
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_the_embedder_is_entered_by_one_thread_at_a_time():
-    import threading
-    import time
-
-    inside, most = [0], [0]
-
-    class Slow:
-        spec = None
-
-        def __call__(self, images):
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-            time.sleep(0.01)
-            inside[0] -= 1
-            return images
-
-    serial = SerialEmbedder(Slow())
-    threads = [threading.Thread(target=lambda: [serial(np.zeros(1)) for _ in range(5)]) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert most[0] == 1
-
-
 def test_rows_the_service_adds_are_described_in_the_same_file(local_embedder, gallery_images, tmp_path):
     """gallery_add on a gallery that records its images keeps one row path per row ("" for pixels)."""
     path = tmp_path / "g.npz"
@@ -77,7 +52,27 @@ def test_rows_the_service_adds_are_described_in_the_same_file(local_embedder, ga
     gallery.images_root = str(tmp_path)
     gallery.add(local_embedder(gallery_images[:4]), [0, 0, 1, 1], paths=["a.png", "b.png", "c.png", "d.png"])
     gallery.save(path)
-    service = GalleryService(SerialEmbedder(local_embedder), path)
+    service = GalleryService(local_embedder, local_embedder.spec, path)
     assert service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})["count"].tolist() == [6]
     saved = Gallery.load(path)
     assert saved.paths == ["a.png", "b.png", "c.png", "d.png", "", ""] and saved.images_root == str(tmp_path)
+
+
+def test_search_follows_the_gallery_file_another_process_saved(local_embedder, gallery_images, tmp_path):
+    """search and gallery_add are separate Triton model processes: the saved file is what they share."""
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images)
+    searcher = GalleryService(local_embedder, local_embedder.spec, path)
+    adder = GalleryService(local_embedder, local_embedder.spec, path)
+    new = pixels(2, seed=3)
+    assert adder.add({"images": new, "ids": np.array([77, 78], np.int64)})["count"].tolist() == [len(gallery_images) + 2]
+    found = searcher.search({"images": new, "k": np.array([1], np.int32)})
+    assert found["ids"][:, 0].tolist() == [77, 78] and len(searcher.gallery) == len(gallery_images) + 2
+
+
+def test_settings_travel_through_the_environment():
+    from serve.triton_models import Settings
+
+    settings = Settings(backend="ort", device="cpu", precision=None, gallery="/g.npz")
+    env = settings.to_env()
+    assert env["JLML_PRECISION"] == "" and Settings.from_env(env) == settings
+    assert Settings.from_env({}) == Settings()

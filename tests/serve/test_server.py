@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,25 @@ def test_embed_equals_in_process(client, local_embedder):
     assert client.max_batch == local_embedder.spec.max_batch == 16
     assert got.shape == (37, local_embedder.spec.embedding_dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, local_embedder(images), atol=ATOL)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_inputs_through_system_shared_memory_equal_in_process(server, local_embedder, protocol):
+    """Triton's system shared-memory extension: the region grows from a 2-image to a 16-image request,
+    and the answers are the engine's; closing the client unregisters and removes the region."""
+    with TritonClient(getattr(server, protocol), shared_memory=True) as c:
+        for n, seed in ((2, 16), (16, 17), (3, 18)):
+            images = pixels(n, seed=seed)
+            np.testing.assert_allclose(c.embed(images), local_embedder(images), atol=ATOL)
+        assert c._shared is not None and c._shared.size == 16 * images[0].nbytes
+        queries = pixels(4, seed=19)
+        _, ids = c.search(3, images=queries)
+        np.testing.assert_array_equal(ids, Gallery.load(server.gallery).search(local_embedder(queries), 3)[1])
+        name = c._shared.name
+        assert (Path("/dev/shm") / name).exists()
+    assert not (Path("/dev/shm") / name).exists()
+    with TritonClient(server.http) as plain:
+        assert name not in {r["name"] for r in plain._client.get_system_shared_memory_status()}
 
 
 def test_search_by_images_and_embeddings_equals_in_process(client, server, local_embedder):
