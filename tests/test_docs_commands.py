@@ -1,4 +1,4 @@
-"""Every shell command in README.md and benchmarks/README.md is one the project's CLIs accept as written.
+"""Every shell command in README.md, docs/ and benchmarks/README.md is one the project's CLIs accept as written.
 
 Each unlabelled fenced block (```text blocks are not commands) is split into commands (line
 continuations joined, ``for ...; do CMD; done`` loops unrolled once, ``taskset``/``VAR=value``
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "benchmarks/README.md")
+DOCS = ("README.md", "docs/GUIDE.md", "docs/REFERENCE.md", "benchmarks/README.md")
 SKIPPED = {"venv": "creates a new virtual environment", "pip": "needs the network (a package index)"}
 
 

@@ -1,4 +1,4 @@
-"""The README's Python-client block runs as written against a real server, and answers as the engine does."""
+"""The user guide's Python-client block runs as written against a real server, and answers as the engine does."""
 from __future__ import annotations
 
 import re
@@ -14,9 +14,9 @@ URL = "grpc://127.0.0.1:8001"
 
 
 def client_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "GUIDE.md").read_text(), flags=re.S)
     found = [b for b in blocks if "TritonClient(" in b]
-    assert len(found) == 1, "README.md should hold one python block using TritonClient"
+    assert len(found) == 1, "docs/GUIDE.md should hold one python block using TritonClient"
     assert URL in found[0]
     return found[0]
 
@@ -31,7 +31,7 @@ def test_python_client_block_runs_as_written(server, local_embedder, tmp_path, m
     searched = Gallery.load(server.gallery)  # what the snippet searches: its adds come after
     monkeypatch.chdir(tmp_path)
     scope: dict[str, object] = {}
-    exec(compile(client_snippet().replace(URL, server.grpc), "README.md", "exec"), scope)
+    exec(compile(client_snippet().replace(URL, server.grpc), "docs/GUIDE.md", "exec"), scope)
     np.testing.assert_allclose(scope["embeddings"], local_embedder(queries), atol=ATOL)
     want_dist, want_ids = searched.search(local_embedder(queries), 5)
     for dist, ids in (scope["dist"], scope["ids"]), scope["same"]:
