@@ -29,8 +29,8 @@ DOCS = ("README.md", "docs/GUIDE.md", "docs/REFERENCE.md", "RESULTS.md", "benchm
 
 
 def _anchor(heading: str) -> str:
-    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^a-z0-9 \-]", "", heading.strip().lower()).replace(" ", "-")
+    """GitHub's anchor of a markdown heading: lower case, punctuation but _ and - dropped, spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 _\-]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def test_readme_is_a_quick_start_that_points_to_a_guide_and_a_reference():
