@@ -32,3 +32,24 @@ def peak_growth_mb(call: Callable[[], T]) -> tuple[float, T]:
     base = reset_and_read_peak_mb(reset=True)
     result = call()
     return reset_and_read_peak_mb(reset=False) - base, result
+
+
+def in_fresh_process(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a newly spawned interpreter (``fn`` importable at module level). A peak measured
+    there does not depend on what this long test process freed before: glibc keeps freed heap and
+    raises its mmap threshold as it goes, so a later allocation may not raise the RSS at all."""
+    import multiprocessing
+    import os
+
+    # A fixed mmap threshold: every block of 64 KiB or more is its own mapping, returned when freed, so
+    # the peak RSS is the most memory live at once, not what the allocator happened to keep.
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args)
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
