@@ -61,10 +61,10 @@ def lomo_descriptors(lomo: LOMO, images: np.ndarray, batch_size: int = 64, progr
     return np.concatenate(out) if out else np.zeros((0, lomo.dim))
 
 
-def holdout_split(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> ReidSet:
-    """``data``'s training people split in two: ``train`` keeps 1 - fraction of them; the others become
-    ``query`` (each one's images from its first camera) and ``gallery`` (its images from the others).
-    People seen by one camera only stay in ``train``: they cannot be searched across cameras."""
+def holdout_rows(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> dict[str, np.ndarray]:
+    """Masks over ``data``'s training images: "train" keeps 1 - fraction of the people; the others' images
+    are "query" (each one's images from its first camera) and "gallery" (its images from the others).
+    People seen by one camera only stay in "train": they cannot be searched across cameras."""
     pids, cams = data.train_pids, data.train_cams
     crossing = [p for p in np.unique(pids) if len(np.unique(cams[pids == p])) > 1]
     held = int(round(fraction * len(crossing)))
@@ -76,9 +76,18 @@ def holdout_split(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> Re
     first_cam = np.full(len(pids), -1)
     for person in chosen:
         first_cam[pids == person] = cams[pids == person].min()
-    query, gallery = out & (cams == first_cam), out & (cams != first_cam)
-    part = {k: (data.train_images[m], pids[m], cams[m]) for k, m in
-            (("train", ~out), ("query", query), ("gallery", gallery))}
+    return {"train": ~out, "query": out & (cams == first_cam), "gallery": out & (cams != first_cam)}
+
+
+def holdout_split(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> ReidSet:
+    """``data``'s training people split by ``holdout_rows``: a set that trains on the kept people and is
+    evaluated on the held-out ones."""
+    return _fold(data, holdout_rows(data, fraction, seed))
+
+
+def _fold(data: ReidSet, rows: dict[str, np.ndarray]) -> ReidSet:
+    part = {k: (data.train_images[m], data.train_pids[m], data.train_cams[m]) for k, m in rows.items()}
+    held = len(np.unique(data.train_pids[~rows["train"]]))
     return make_reid_set(f"{data.name}(held-out {held})", "single_shot", part)
 
 
@@ -148,12 +157,13 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
     if kind == "fused":
         if train_jlml is None:
             raise InputError("a fused matcher needs train_jlml, the JLML training of the run")
-        fold = holdout_split(data, seed=seed)
-        kept = ~np.isin(data.train_pids, np.concatenate([fold.query_pids, fold.gallery_pids]))
+        rows = holdout_rows(data, seed=seed)
+        fold = _fold(data, rows)
+        kept = rows["train"]
         jlml = report.network = train_jlml(fold).eval()
         metric = metric_on(kept)
-        fold_metric = tuple(metric.embed(lomo_descriptors(lomo, part)) for part in
-                            (fold.query_images, fold.gallery_images))
+        # the held-out images are training images: their descriptors are computed already
+        fold_metric = (metric.embed(descriptors[rows["query"]]), metric.embed(descriptors[rows["gallery"]]))
         from .loop import embed_split
 
         share, report.scores = choose_share(embed_split(jlml, fold), fold_metric,  # type: ignore[arg-type]
