@@ -67,12 +67,13 @@ class ServerProcess:
     @classmethod
     def launch(cls, artifact: str | os.PathLike[str], log: str | os.PathLike[str], *,
                gallery: str | os.PathLike[str] | None = None, extra: tuple[str, ...] = ()) -> ServerProcess:
-        """Start the server on three free loopback ports and return at once (it is not ready yet)."""
+        """Start the server on three free loopback ports and return at once (it is not ready yet). It runs in
+        the log's folder, so ARTIFACT and GALLERY are made absolute first (a relative one named the caller's)."""
         http, grpc, metrics = free_ports(3)
-        cmd = [sys.executable, "-m", "serve", str(artifact), "--address", "127.0.0.1", "--http-port",
+        cmd = [sys.executable, "-m", "serve", str(Path(artifact).resolve()), "--address", "127.0.0.1", "--http-port",
                str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]
         if gallery is not None:
-            cmd += ["--gallery", str(gallery)]
+            cmd += ["--gallery", str(Path(gallery).resolve())]
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                     cwd=Path(log).resolve().parent, env=_environment())
