@@ -7,7 +7,8 @@ and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically
 by the first add if it does not exist). Clients: engine.client.TritonClient, `python -m engine.embed
 --url`, `python -m engine.query --url`, or any Triton client. The "ready:" line comes once every model
 answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
-Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input.
+Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input (checked before tritonserver starts: a
+missing artefact, a port in use or outside 1..65535, an --address that is not this machine's).
 """
 from __future__ import annotations
 
