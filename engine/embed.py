@@ -22,7 +22,7 @@ import numpy as np
 
 from . import cli
 from .errors import DataError, InputError
-from .images import list_images, load_images
+from .images import IMAGE_SUFFIXES, load_images, named, scan_images
 from .progress import progress as progress_bar
 
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
@@ -78,13 +78,13 @@ def labels(folder: Path, paths: Sequence[Path], *, csv_path: Path | None = None,
 
 def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int], *,
                 progress: bool = True) -> tuple[np.ndarray, list[int]]:
-    """Embeddings of the readable images among ``paths`` and their indices (unreadable ones are skipped
-    with one warning, like load_images), decoding CHUNK images at a time."""
+    """Embeddings of the readable images among ``paths`` and their indices (unreadable ones are skipped;
+    the caller names them, see ``report_skipped``), decoding CHUNK images at a time."""
     height, width = int(image_shape[0]), int(image_shape[1])
     parts, kept = [], []
     with progress_bar(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), CHUNK):
-            pixels, loaded = load_images(paths[start:start + CHUNK], height, width)
+            pixels, loaded = load_images(paths[start:start + CHUNK], height, width, warn=False)
             if len(pixels):
                 parts.append(embed(pixels))
             kept += [start + i for i in loaded]
@@ -92,6 +92,12 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     if not parts:
         raise DataError(f"none of the {len(paths)} images could be read; check the folder")
     return np.concatenate(parts), kept
+
+
+def report_skipped(what: str, skipped: Sequence[Path], root: Path) -> None:
+    """One stderr line counting and naming (the first few of) ``skipped`` files, relative to ``root``."""
+    if skipped:
+        print(f"skipped {len(skipped)} {what}: {named([p.relative_to(root) for p in skipped])}", file=sys.stderr)
 
 
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
@@ -163,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        paths = list_images(args.folder)
+        paths, others = scan_images(args.folder)
+        report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         embeddings, kept = _embed_all(args, paths)
+        unread = sorted(set(range(len(paths))) - set(kept))
+        report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image)")
+              f"{embeddings.shape[1]}-D, with each row's image; skipped {len(others) + len(unread)} files)")
 
     return cli.run_cli(body)
 

@@ -79,7 +79,7 @@ class EmbedShard:
         from .images import load_images
 
         spec = self.embedder.spec
-        pixels, loaded = load_images(self.paths[start:stop], spec.height, spec.width)
+        pixels, loaded = load_images(self.paths[start:stop], spec.height, spec.width, warn=False)
         return self.embedder(pixels), np.asarray(loaded, np.int64) + start
 
     def write_shard(self, start: int, stop: int) -> None:
