@@ -20,8 +20,9 @@ exit code 1); the argparse pieces live here too, once: ``parser``/``HelpFormatte
 in --help), ``positive_int`` and ``non_negative_int``. Types only training needs stay in train/cli.py.
 
 The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
-training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
-writable before any work starts), ``--device``, ``--precision``, ``--threads`` and ``--no-progress``.
+training checkpoint file), ``--artifact`` (an export folder), ``--out`` (a folder, or a file where
+the command writes one; ``check_out_dir`` / ``check_out_file`` prove it writable before any work),
+``--device``, ``--precision``, ``--threads`` and ``--no-progress``.
 """
 from __future__ import annotations
 
@@ -97,6 +98,16 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
         raise ArtifactError(
             f"{flag} {out} is not a writable folder ({exc.strerror or exc}); pass a folder you can write to"
         ) from exc
+    return out
+
+
+def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """The output file ``path``: its folder created (as the atomic writer would) and proven writable now,
+    before the work is spent; ArtifactError when ``path`` is a folder or its folder takes no files."""
+    out = Path(path)
+    if out.is_dir():
+        raise ArtifactError(f"{flag} {out} is a folder, expected a file path; pass e.g. {out / 'gallery.npz'}")
+    check_out_dir(out.parent, flag=f"{flag}'s folder")
     return out
 
 

@@ -40,23 +40,40 @@ def market_label(path: Path) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def read_labels_csv(csv_path: Path, folder: Path, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """ids and cams of ``paths`` from a CSV with columns path,id[,cam] (paths relative to ``folder``)."""
+def _csv_rows(csv_path: Path) -> dict[str, tuple[int, dict[str, str]]]:
+    """path -> (line number, row) of a labels CSV; DataError naming the file (and both lines of a
+    path given twice) for an unreadable, non-UTF-8 or header-less file."""
+    rows: dict[str, tuple[int, dict[str, str]]] = {}
     try:
-        with open(csv_path, newline="") as fh:
-            rows = {r["path"]: r for r in csv.DictReader(fh)}
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                line = reader.line_num
+                if row["path"] in rows:
+                    raise DataError(f"labels {csv_path} names {row['path']!r} twice (lines {rows[row['path']][0]} "
+                                    f"and {line}); keep one row per image")
+                rows[row["path"]] = (line, row)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"labels {csv_path} is not UTF-8 text (byte {exc.object[exc.start]:#x} at offset "
+                        f"{exc.start}); save it as UTF-8 CSV with a header path,id[,cam]") from exc
     except (OSError, KeyError, csv.Error) as exc:
         raise DataError(f"cannot read labels {csv_path} ({exc}); expected a CSV with a header "
                         "path,id[,cam]") from exc
+    return rows
+
+
+def read_labels_csv(csv_path: Path, folder: Path, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """ids and cams of ``paths`` from a CSV with columns path,id[,cam] (paths relative to ``folder``)."""
+    rows = _csv_rows(csv_path)
     missing = [str(p.relative_to(folder)) for p in paths if str(p.relative_to(folder)) not in rows]
     if missing:
         raise DataError(f"{len(missing)} image(s) have no row in {csv_path}, e.g. {missing[0]}; add them "
                         "or remove the images")
+    picked = [rows[str(p.relative_to(folder))] for p in paths]
     try:
-        picked = [rows[str(p.relative_to(folder))] for p in paths]
-        return (np.array([int(r["id"]) for r in picked], np.int64),
-                np.array([int(r.get("cam") or UNKNOWN) for r in picked], np.int64))
-    except (KeyError, ValueError) as exc:
+        return (np.array([int(r["id"]) for _, r in picked], np.int64),
+                np.array([int(r.get("cam") or UNKNOWN) for _, r in picked], np.int64))
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"labels {csv_path}: {exc}; id and cam must be integers") from exc
 
 
@@ -74,6 +91,28 @@ def labels(folder: Path, paths: Sequence[Path], *, csv_path: Path | None = None,
                          f".jpg), e.g. {bad[0]}; pass --labels CSV or --index-ids")
     table = np.array(parsed, np.int64).reshape(len(paths), 2)
     return table[:, 0].copy(), table[:, 1].copy()
+
+
+def drop_junk(paths: list[Path], ids: np.ndarray, cams: np.ndarray, root: Path, *,
+              skip_junk: bool) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """``paths`` and their labels without Market's junk images (id -1) when ``skip_junk`` (counted and
+    named on stderr); any other negative id, or junk without ``skip_junk``, is a DataError naming the
+    files, found before anything is embedded (-1 is the padding id of search results)."""
+    junk = ids == UNKNOWN
+    if skip_junk and junk.any():
+        report_skipped("junk image(s) with id -1 (--skip-junk)", [p for p, j in zip(paths, junk, strict=True) if j],
+                       root)
+        keep = ~junk
+        paths, ids, cams = [p for p, k in zip(paths, keep, strict=True) if k], ids[keep], cams[keep]
+    negative = [p.relative_to(root) for p, i in zip(paths, ids, strict=True) if i < 0]
+    if negative:
+        hint = ("pass --skip-junk to leave Market's junk images (id -1) out, as its evaluation does"
+                if (ids == UNKNOWN).any() else "ids must be >= 0")
+        raise DataError(f"{len(negative)} image(s) have a negative id (e.g. {int(ids[ids < 0][0])}): "
+                        f"{named(negative)}; {hint} (-1 marks padding in search results)")
+    if not paths:
+        raise DataError(f"every image under {root} is junk (id -1); nothing is left to embed")
+    return paths, ids, cams
 
 
 def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int], *,
@@ -118,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="gallery file to write (.npz)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,id[,cam] instead of Market-style names")
     p.add_argument("--index-ids", action="store_true", help="ids are the images' sorted order, cams unknown")
+    p.add_argument("--skip-junk", action="store_true", help="leave out images with id -1 (Market-1501's junk, "
+                   "which its evaluation ignores), counted and named; without it they are an error")
     p.add_argument("--url", help="embed on a running server instead: grpc://HOST:PORT or http://HOST:PORT")
     add_backend_device(p)
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -170,14 +211,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         paths, others = scan_images(args.folder)
+        cli.check_out_file(args.out)
         report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
+        found = len(others) + len(paths)
+        paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
         embeddings, kept = _embed_all(args, paths)
         unread = sorted(set(range(len(paths))) - set(kept))
         report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image; skipped {len(others) + len(unread)} files)")
+              f"{embeddings.shape[1]}-D, with each row's image; skipped {found - len(kept)} files)")
 
     return cli.run_cli(body)
 

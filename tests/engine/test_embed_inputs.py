@@ -3,6 +3,7 @@ outputs are refused before the first image is embedded (exit 2, one line)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.embed import main as embed_main
@@ -30,3 +31,70 @@ def test_skipped_files_are_counted_and_named(tmp_path, artifact_dir, make_images
     assert "4 images" in captured.out and "skipped 2 files" in captured.out
     gallery = Gallery.load(out)
     assert gallery.paths == ["0001_c1s1_01.png", "0001_c2s1_02.png", "0002_c1s1_03.png", "0002_c2s1_04.png"]
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """Embedding fails the test: what is refused must be refused before the first image is embedded."""
+    import engine.embed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("embedding started")
+
+    monkeypatch.setattr(engine.embed, "_embed_all", refuse)
+
+
+def _refused(argv, capsys) -> str:
+    assert embed_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+MARKET = ["0001_c1s1_01.png", "-1_c1s1_02.png", "0002_c2s1_03.png", "-1_c2s1_04.png"]
+
+
+def test_market_junk_is_refused_before_embedding(tmp_path, artifact_dir, make_images, capsys, no_embedding):
+    folder = _crops(tmp_path / "crops", make_images, MARKET)
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz")], capsys)
+    assert "2 image(s) have a negative id (e.g. -1): -1_c1s1_02.png, -1_c2s1_04.png; pass --skip-junk" in err
+
+
+def test_skip_junk_leaves_market_junk_out_and_counts_it(tmp_path, artifact_dir, make_images, capsys):
+    folder = _crops(tmp_path / "crops", make_images, MARKET)
+    out = tmp_path / "g.npz"
+    assert embed_main([str(folder), "--artifact", str(artifact_dir), "--out", str(out), "--skip-junk",
+                       "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 junk image(s) with id -1 (--skip-junk): -1_c1s1_02.png, -1_c2s1_04.png\n" in captured.err
+    assert "2 images" in captured.out and "skipped 2 files" in captured.out
+    with np.load(out) as saved:
+        assert sorted(saved["ids"].tolist()) == [1, 2]
+    assert Gallery.load(out).paths == ["0001_c1s1_01.png", "0002_c2s1_03.png"]
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("path,id\na.png,3\nb.png,-7\n", "1 image(s) have a negative id (e.g. -7): b.png; ids must be >= 0"),
+    ("path,id\na.png,3\nb.png,4\na.png,5\n", "names 'a.png' twice (lines 2 and 4); keep one row per image"),
+    (b"path,id\na.png,3\nb\xe9.png,4\n", "is not UTF-8 text (byte 0xe9"),
+])
+def test_bad_label_files_are_refused_before_embedding(tmp_path, artifact_dir, make_images, capsys, no_embedding,
+                                                       content, reason):
+    folder = _crops(tmp_path / "crops", make_images, ["a.png", "b.png"])
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(content if isinstance(content, bytes) else content.encode())
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz"),
+                    "--labels", str(labels)], capsys)
+    assert reason in err and (str(labels) in err or "negative id" in reason), err
+
+
+def test_an_unwritable_out_is_found_before_embedding(tmp_path, artifact_dir, make_images, capsys, no_embedding):
+    folder = _crops(tmp_path / "crops", make_images, ["0001_c1s1_01.png"])
+    (tmp_path / "a-file").write_text("x")
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "a-file" / "g.npz")],
+                   capsys)
+    assert f"--out's folder {tmp_path / 'a-file'} is a file" in err
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", "/proc/g.npz"], capsys)
+    assert "--out's folder /proc is not a writable folder" in err
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(folder)], capsys)
+    assert f"--out {folder} is a folder, expected a file path" in err
