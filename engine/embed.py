@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=cli.positive_int, default=2, help="Ray actors, one Embedder each")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray actor reserves")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--ray-timeout", type=cli.positive_int, default=600, metavar="S",
+                   help="longest wait for the Ray actors to start (a cluster whose resources are taken)")
     cli.add_no_progress(p)
     return p
 
@@ -186,7 +188,8 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
             raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
         opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                           cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                          backend=args.backend, device=args.device, precision=args.precision)
+                          backend=args.backend, device=args.device, precision=args.precision,
+                          start_timeout_s=args.ray_timeout)
         return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
     return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
 

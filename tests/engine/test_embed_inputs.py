@@ -98,3 +98,38 @@ def test_an_unwritable_out_is_found_before_embedding(tmp_path, artifact_dir, mak
     assert "--out's folder /proc is not a writable folder" in err
     err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(folder)], capsys)
     assert f"--out {folder} is a folder, expected a file path" in err
+
+
+def test_an_unreachable_ray_address_is_one_line(tmp_path, artifact_dir, make_images, capsys):
+    import socket
+
+    pytest.importorskip("ray.data")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"ray://127.0.0.1:{sock.getsockname()[1]}"
+    folder = _crops(tmp_path / "crops", make_images, ["0001_c1s1_01.png"])
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz"),
+                    "--ray", address], capsys)
+    assert f"cannot reach the Ray cluster at {address} (" in err
+
+
+def test_ray_auto_without_a_cluster_is_one_line(tmp_path, artifact_dir, make_images, capsys, monkeypatch):
+    """What ray.init("auto") raises on a machine without a running cluster."""
+    import engine.ray_embed
+
+    class NoCluster:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to "
+                                  "by setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(engine.ray_embed, "_ray", lambda: NoCluster)
+    folder = _crops(tmp_path / "crops", make_images, ["0001_c1s1_01.png"])
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz"),
+                    "--ray", "auto"], capsys)
+    assert "no Ray cluster at --ray auto (Could not find any running Ray instance" in err
+    assert "ray start --head" in err
