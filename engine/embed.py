@@ -6,7 +6,10 @@ an Embedder, against a running server (``--url``, see ``python -m serve``) or on
 id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
 the image's index (``--index-ids``). The gallery file also records each row's image (relative to
 FOLDER), so ``python -m engine.query`` can show the images behind its results; it is written atomically.
-Exit codes: 0 done, 2 bad input.
+Every file not embedded is counted and named on stderr (other types, unreadable images, Market's junk
+with ``--skip-junk``). Exit codes: 0 done, 2 bad input: labels (a negative id, a CSV row given twice, a
+CSV that is not UTF-8), an unwritable ``--out`` and contradicting flags are found before the first image
+is embedded.
 """
 from __future__ import annotations
 
@@ -165,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed on a Ray cluster: 'auto' joins a running one, an address (ray://HOST:10001) a "
                    "remote one, no value starts a local one")
     p.add_argument("--ray-workers", type=cli.positive_int, default=2, help="Ray actors, one Embedder each")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray actor reserves")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--cpus-per-worker", type=cli.non_negative_float, default=1.0, help="CPUs each Ray actor reserves")
+    p.add_argument("--gpus-per-worker", type=cli.non_negative_float, default=0.0, help="GPUs each Ray actor reserves")
     p.add_argument("--ray-timeout", type=cli.positive_int, default=600, metavar="S",
                    help="longest wait for the Ray actors to start (a cluster whose resources are taken)")
     cli.add_no_progress(p)
@@ -184,8 +187,6 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
     if args.ray is not None:
         from .ray_embed import RayOptions, embed_with_ray
 
-        if args.artifact is None:
-            raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
         opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                           cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                           backend=args.backend, device=args.device, precision=args.precision,
@@ -209,10 +210,36 @@ def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[in
         return work(embedder, embedder.spec.image_shape)
 
 
+RAY_ONLY = ("ray_workers", "cpus_per_worker", "gpus_per_worker", "ray_timeout")
+SERVER_DECIDES = ("artifact", "backend", "device", "precision")  # what --url leaves to the server
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """InputError for flags that contradict each other or would be silently ignored."""
+    def given(dests: Sequence[str]) -> list[str]:
+        return ["--" + d.replace("_", "-") for d in dests if getattr(args, d) != p.get_default(d)]
+
+    if args.labels is not None and args.index_ids:
+        raise InputError("--labels and --index-ids both say where the ids come from; pass one")
+    if args.skip_junk and args.index_ids:
+        raise InputError("--skip-junk leaves out id -1 of Market names or --labels; --index-ids has none, drop it")
+    if args.ray is not None and args.url is not None:
+        raise InputError("--ray and --url both say where the images are embedded; pass one")
+    if args.ray is not None and args.artifact is None:
+        raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
+    if args.ray is None and given(RAY_ONLY):
+        raise InputError(f"{', '.join(given(RAY_ONLY))} only apply with --ray; add --ray or drop them")
+    if args.url is not None and given(SERVER_DECIDES):
+        raise InputError(f"--url embeds with the server's model and engine, so {', '.join(given(SERVER_DECIDES))} "
+                         "would be ignored; drop them (or drop --url to embed in-process)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     def body() -> None:
+        check_flags(parser, args)
         paths, others = scan_images(args.folder)
         cli.check_out_file(args.out)
         report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from engine import cli
+from engine import InputError, cli
 from engine.backends import BACKEND_NAMES
 
 from .server import ServerOptions, serve
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                          precision=args.precision, gallery_device=args.gallery_device, verbose=args.verbose)
 
     def body() -> int:
+        if args.gallery is None and args.gallery_device != parser.get_default("gallery_device"):
+            raise InputError("--gallery-device says where --gallery is searched, and there is no --gallery; "
+                             "pass --gallery FILE or drop --gallery-device")
         if not serve(args.artifact, args.gallery, opts):
             print("error: tritonserver exited (a model failed to load, or it died); see its log above",
                   file=sys.stderr)

@@ -133,3 +133,25 @@ def test_ray_auto_without_a_cluster_is_one_line(tmp_path, artifact_dir, make_ima
                     "--ray", "auto"], capsys)
     assert "no Ray cluster at --ray auto (Could not find any running Ray instance" in err
     assert "ray start --head" in err
+
+
+@pytest.mark.parametrize("extra,reason", [
+    (["--labels", "labels.csv", "--index-ids"], "--labels and --index-ids both say where the ids come from"),
+    (["--index-ids", "--skip-junk"], "--index-ids has none"),
+    (["--ray", "--url", "grpc://127.0.0.1:1"], "--ray and --url both say where the images are embedded"),
+    (["--ray-workers", "4", "--gpus-per-worker", "1"], "--ray-workers, --gpus-per-worker only apply with --ray"),
+    (["--url", "grpc://127.0.0.1:1", "--backend", "ort"], "so --artifact, --backend would be ignored"),
+])
+def test_conflicting_or_ignored_flags_are_refused(tmp_path, artifact_dir, make_images, capsys, no_embedding,
+                                                  extra, reason):
+    folder = _crops(tmp_path / "crops", make_images, ["0001_c1s1_01.png"])
+    (tmp_path / "labels.csv").write_text("path,id\n0001_c1s1_01.png,1\n")
+    extra = [str(tmp_path / e) if e == "labels.csv" else e for e in extra]
+    err = _refused([str(folder), "--artifact", str(artifact_dir), "--out", str(tmp_path / "g.npz"), *extra], capsys)
+    assert reason in err
+
+
+def test_a_negative_worker_reservation_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        embed_main(["crops", "--out", "g.npz", "--ray", "--cpus-per-worker", "-1"])
+    assert stopped.value.code == 2 and "expected a finite number of at least 0, got -1" in capsys.readouterr().err

@@ -71,3 +71,9 @@ def test_an_address_not_of_this_machine_is_refused(serve_artifact, no_tritonserv
     assert main(_serve(serve_artifact, free_ports(3), "--address", address)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and reason in err and "--address" in err, err
+
+
+def test_gallery_device_without_a_gallery_is_refused(serve_artifact, no_tritonserver, capsys):
+    assert main(_serve(serve_artifact, free_ports(3), "--gallery-device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "there is no --gallery" in err, err
