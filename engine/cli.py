@@ -17,11 +17,13 @@ function can be the body as it is. Nothing else is caught: a bug still shows its
 
 Every command of the project ends in ``run_cli`` (export passes ``failed=(ParityError,)`` to keep its
 exit code 1); the argparse pieces live here too, once: ``parser``/``HelpFormatter`` (defaults shown
-in --help), ``positive_int`` and ``non_negative_int``. Types only training needs stay in train/cli.py.
+in --help), ``positive_int``, ``non_negative_int`` and ``non_negative_float``. Types only training
+needs stay in train/cli.py.
 
 The flag helpers keep one name and one meaning per thing across commands: ``--checkpoint`` (a
-training checkpoint file), ``--artifact`` (an export folder), ``--out`` (always a folder, checked
-writable before any work starts), ``--device``, ``--precision``, ``--threads`` and ``--no-progress``.
+training checkpoint file), ``--artifact`` (an export folder), ``--out`` (a folder, or a file where
+the command writes one; ``check_out_dir`` / ``check_out_file`` prove it writable before any work),
+``--device``, ``--precision``, ``--threads`` and ``--no-progress``.
 """
 from __future__ import annotations
 
@@ -100,6 +102,16 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     return out
 
 
+def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """The output file ``path``: its folder created (as the atomic writer would) and proven writable now,
+    before the work is spent; ArtifactError when ``path`` is a folder or its folder takes no files."""
+    out = Path(path)
+    if out.is_dir():
+        raise ArtifactError(f"{flag} {out} is a folder, expected a file path; pass e.g. {out / 'gallery.npz'}")
+    check_out_dir(out.parent, flag=f"{flag}'s folder")
+    return out
+
+
 def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
@@ -118,6 +130,17 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse ``type=`` for counts where 0 means none (data loader workers)."""
     return _whole_number(text, 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type=`` for amounts where 0 means none (CPUs or GPUs a worker reserves)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {text}")
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -8,7 +8,10 @@ its absence is a BackendUnavailableError naming the ``serve`` extra.
 Protocol: ``embed`` takes uint8 images (N, H, W, 3), N up to the artefact's max batch (Triton's
 dynamic batcher merges concurrent requests), and returns unit ``embeddings`` (N, D). ``search`` takes
 ``images`` or ``embeddings`` plus ``k`` (int32, shape [1]) and returns ``distances`` (N, k) squared L2
-ascending and int64 ``ids`` (N, k), padded with inf / -1 like Gallery.search. ``gallery_add`` takes
+ascending and int64 ``ids`` (N, k), padded with inf / -1 like Gallery.search; k may exceed the
+gallery's rows by padding only up to ``MAX_PADDED_K`` (2048, FAISS's GPU limit on k): a larger k than
+both is refused before anything is allocated, so one request cannot exhaust the server's memory.
+``gallery_add`` takes
 ``images``, int64 ``ids`` and optionally ``cams``, saves the gallery file atomically and returns the
 gallery's ``count``.
 """
@@ -31,6 +34,9 @@ MODELS = (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
 REPOSITORY_DIR, ENGINE_CONFIG = "triton", "engine"
 IMAGES, EMBEDDINGS, K = "images", "embeddings", "k"
 IDS, CAMS, DISTANCES, COUNT = "ids", "cams", "distances", "count"
+# The largest k ``search`` answers beyond the gallery's size (padded columns); k up to the gallery's
+# rows is always answered. FAISS's GPU indexes refuse k > 2048 the same way.
+MAX_PADDED_K = 2048
 PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 UNREGISTER_S = 2.0  # how long closing a shared-memory client waits for Triton to let go of its region
@@ -198,8 +204,13 @@ class TritonClient:
         """(distances, ids), each (N, k), for query images or query embeddings (exactly one of them)."""
         if (images is None) == (embeddings is None):
             raise InputError("pass exactly one of images= or embeddings= to search")
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= np.iinfo(np.int32).max:
+            raise InputError(f"k must be a positive int32, got {k!r}; e.g. search(10, ...)")
         query = (IMAGES, images) if images is not None else (EMBEDDINGS, embeddings)
-        inputs: dict[str, np.ndarray] = {query[0]: np.asarray(query[1]), K: np.array([k], np.int32)}
+        rows = np.asarray(query[1])
+        if rows.ndim == 0 or len(rows) == 0:
+            raise InputError(f"search got no query rows ({query[0]} of shape {rows.shape}); send at least one")
+        inputs: dict[str, np.ndarray] = {query[0]: rows, K: np.array([k], np.int32)}
         out = self.infer(SEARCH_MODEL, inputs, [DISTANCES, IDS])
         return out[DISTANCES], out[IDS]
 
@@ -220,6 +231,9 @@ class TritonClient:
                                  f"{sorted(str(d) for d in TRITON_DTYPES)}")
             wire.append(self._module.InferInput(name, list(array.shape), TRITON_DTYPES[array.dtype]))
         if self._shared is not None:
+            empty = [name for name, array in arrays.items() if not array.nbytes]
+            if empty:  # Triton would answer "Invalid offset + byte size for shared memory region"
+                raise InputError(f"input(s) {empty} hold no data (a dimension of 0); send at least one row")
             offsets = self._call(self._shared.place, list(arrays.values()))
             for tensor, array, offset in zip(wire, arrays.values(), offsets, strict=True):
                 tensor.set_shared_memory(self._shared.name, array.nbytes, offset)

@@ -6,7 +6,10 @@ an Embedder, against a running server (``--url``, see ``python -m serve``) or on
 id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
 the image's index (``--index-ids``). The gallery file also records each row's image (relative to
 FOLDER), so ``python -m engine.query`` can show the images behind its results; it is written atomically.
-Exit codes: 0 done, 2 bad input.
+Every file not embedded is counted and named on stderr (other types, unreadable images, Market's junk
+with ``--skip-junk``). Exit codes: 0 done, 2 bad input: labels (a negative id, a CSV row given twice, a
+CSV that is not UTF-8), an unwritable ``--out`` and contradicting flags are found before the first image
+is embedded.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import cli
 from .errors import DataError, InputError
-from .images import list_images, load_images
+from .images import IMAGE_SUFFIXES, load_images, named, scan_images
 from .progress import progress as progress_bar
 
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
@@ -40,23 +43,40 @@ def market_label(path: Path) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def read_labels_csv(csv_path: Path, folder: Path, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """ids and cams of ``paths`` from a CSV with columns path,id[,cam] (paths relative to ``folder``)."""
+def _csv_rows(csv_path: Path) -> dict[str, tuple[int, dict[str, str]]]:
+    """path -> (line number, row) of a labels CSV; DataError naming the file (and both lines of a
+    path given twice) for an unreadable, non-UTF-8 or header-less file."""
+    rows: dict[str, tuple[int, dict[str, str]]] = {}
     try:
-        with open(csv_path, newline="") as fh:
-            rows = {r["path"]: r for r in csv.DictReader(fh)}
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                line = reader.line_num
+                if row["path"] in rows:
+                    raise DataError(f"labels {csv_path} names {row['path']!r} twice (lines {rows[row['path']][0]} "
+                                    f"and {line}); keep one row per image")
+                rows[row["path"]] = (line, row)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"labels {csv_path} is not UTF-8 text (byte {exc.object[exc.start]:#x} at offset "
+                        f"{exc.start}); save it as UTF-8 CSV with a header path,id[,cam]") from exc
     except (OSError, KeyError, csv.Error) as exc:
         raise DataError(f"cannot read labels {csv_path} ({exc}); expected a CSV with a header "
                         "path,id[,cam]") from exc
+    return rows
+
+
+def read_labels_csv(csv_path: Path, folder: Path, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """ids and cams of ``paths`` from a CSV with columns path,id[,cam] (paths relative to ``folder``)."""
+    rows = _csv_rows(csv_path)
     missing = [str(p.relative_to(folder)) for p in paths if str(p.relative_to(folder)) not in rows]
     if missing:
         raise DataError(f"{len(missing)} image(s) have no row in {csv_path}, e.g. {missing[0]}; add them "
                         "or remove the images")
+    picked = [rows[str(p.relative_to(folder))] for p in paths]
     try:
-        picked = [rows[str(p.relative_to(folder))] for p in paths]
-        return (np.array([int(r["id"]) for r in picked], np.int64),
-                np.array([int(r.get("cam") or UNKNOWN) for r in picked], np.int64))
-    except (KeyError, ValueError) as exc:
+        return (np.array([int(r["id"]) for _, r in picked], np.int64),
+                np.array([int(r.get("cam") or UNKNOWN) for _, r in picked], np.int64))
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"labels {csv_path}: {exc}; id and cam must be integers") from exc
 
 
@@ -76,15 +96,37 @@ def labels(folder: Path, paths: Sequence[Path], *, csv_path: Path | None = None,
     return table[:, 0].copy(), table[:, 1].copy()
 
 
+def drop_junk(paths: list[Path], ids: np.ndarray, cams: np.ndarray, root: Path, *,
+              skip_junk: bool) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """``paths`` and their labels without Market's junk images (id -1) when ``skip_junk`` (counted and
+    named on stderr); any other negative id, or junk without ``skip_junk``, is a DataError naming the
+    files, found before anything is embedded (-1 is the padding id of search results)."""
+    junk = ids == UNKNOWN
+    if skip_junk and junk.any():
+        report_skipped("junk image(s) with id -1 (--skip-junk)", [p for p, j in zip(paths, junk, strict=True) if j],
+                       root)
+        keep = ~junk
+        paths, ids, cams = [p for p, k in zip(paths, keep, strict=True) if k], ids[keep], cams[keep]
+    negative = [p.relative_to(root) for p, i in zip(paths, ids, strict=True) if i < 0]
+    if negative:
+        hint = ("pass --skip-junk to leave Market's junk images (id -1) out, as its evaluation does"
+                if (ids == UNKNOWN).any() else "ids must be >= 0")
+        raise DataError(f"{len(negative)} image(s) have a negative id (e.g. {int(ids[ids < 0][0])}): "
+                        f"{named(negative)}; {hint} (-1 marks padding in search results)")
+    if not paths:
+        raise DataError(f"every image under {root} is junk (id -1); nothing is left to embed")
+    return paths, ids, cams
+
+
 def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int], *,
                 progress: bool = True) -> tuple[np.ndarray, list[int]]:
-    """Embeddings of the readable images among ``paths`` and their indices (unreadable ones are skipped
-    with one warning, like load_images), decoding CHUNK images at a time."""
+    """Embeddings of the readable images among ``paths`` and their indices (unreadable ones are skipped;
+    the caller names them, see ``report_skipped``), decoding CHUNK images at a time."""
     height, width = int(image_shape[0]), int(image_shape[1])
     parts, kept = [], []
     with progress_bar(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), CHUNK):
-            pixels, loaded = load_images(paths[start:start + CHUNK], height, width)
+            pixels, loaded = load_images(paths[start:start + CHUNK], height, width, warn=False)
             if len(pixels):
                 parts.append(embed(pixels))
             kept += [start + i for i in loaded]
@@ -92,6 +134,12 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
     if not parts:
         raise DataError(f"none of the {len(paths)} images could be read; check the folder")
     return np.concatenate(parts), kept
+
+
+def report_skipped(what: str, skipped: Sequence[Path], root: Path) -> None:
+    """One stderr line counting and naming (the first few of) ``skipped`` files, relative to ``root``."""
+    if skipped:
+        print(f"skipped {len(skipped)} {what}: {named([p.relative_to(root) for p in skipped])}", file=sys.stderr)
 
 
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
@@ -112,14 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="gallery file to write (.npz)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,id[,cam] instead of Market-style names")
     p.add_argument("--index-ids", action="store_true", help="ids are the images' sorted order, cams unknown")
+    p.add_argument("--skip-junk", action="store_true", help="leave out images with id -1 (Market-1501's junk, "
+                   "which its evaluation ignores), counted and named; without it they are an error")
     p.add_argument("--url", help="embed on a running server instead: grpc://HOST:PORT or http://HOST:PORT")
     add_backend_device(p)
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="embed on a Ray cluster: 'auto' joins a running one, an address (ray://HOST:10001) a "
                    "remote one, no value starts a local one")
     p.add_argument("--ray-workers", type=cli.positive_int, default=2, help="Ray actors, one Embedder each")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray actor reserves")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--cpus-per-worker", type=cli.non_negative_float, default=1.0, help="CPUs each Ray actor reserves")
+    p.add_argument("--gpus-per-worker", type=cli.non_negative_float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--ray-timeout", type=cli.positive_int, default=600, metavar="S",
+                   help="longest wait for the Ray actors to start (a cluster whose resources are taken)")
     cli.add_no_progress(p)
     return p
 
@@ -135,11 +187,10 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
     if args.ray is not None:
         from .ray_embed import RayOptions, embed_with_ray
 
-        if args.artifact is None:
-            raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
         opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                           cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                          backend=args.backend, device=args.device, precision=args.precision)
+                          backend=args.backend, device=args.device, precision=args.precision,
+                          start_timeout_s=args.ray_timeout)
         return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
     return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
 
@@ -159,16 +210,48 @@ def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[in
         return work(embedder, embedder.spec.image_shape)
 
 
+RAY_ONLY = ("ray_workers", "cpus_per_worker", "gpus_per_worker", "ray_timeout")
+SERVER_DECIDES = ("artifact", "backend", "device", "precision")  # what --url leaves to the server
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """InputError for flags that contradict each other or would be silently ignored."""
+    def given(dests: Sequence[str]) -> list[str]:
+        return ["--" + d.replace("_", "-") for d in dests if getattr(args, d) != p.get_default(d)]
+
+    if args.labels is not None and args.index_ids:
+        raise InputError("--labels and --index-ids both say where the ids come from; pass one")
+    if args.skip_junk and args.index_ids:
+        raise InputError("--skip-junk leaves out id -1 of Market names or --labels; --index-ids has none, drop it")
+    if args.ray is not None and args.url is not None:
+        raise InputError("--ray and --url both say where the images are embedded; pass one")
+    if args.ray is not None and args.artifact is None:
+        raise InputError("--ray needs --artifact (each worker opens its own Embedder)")
+    if args.ray is None and given(RAY_ONLY):
+        raise InputError(f"{', '.join(given(RAY_ONLY))} only apply with --ray; add --ray or drop them")
+    if args.url is not None and given(SERVER_DECIDES):
+        raise InputError(f"--url embeds with the server's model and engine, so {', '.join(given(SERVER_DECIDES))} "
+                         "would be ignored; drop them (or drop --url to embed in-process)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     def body() -> None:
-        paths = list_images(args.folder)
+        check_flags(parser, args)
+        paths, others = scan_images(args.folder)
+        cli.check_out_file(args.out)
+        report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
+        found = len(others) + len(paths)
+        paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
         embeddings, kept = _embed_all(args, paths)
+        unread = sorted(set(range(len(paths))) - set(kept))
+        report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
         save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image)")
+              f"{embeddings.shape[1]}-D, with each row's image; skipped {found - len(kept)} files)")
 
     return cli.run_cli(body)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,14 @@ from .errors import ArtifactError, BackendUnavailableError
 from .spec import ModelSpec
 
 MANIFEST, PATHS = "manifest.json", "paths.txt"
+RAY_CLIENT_PORT = 10001  # of a ray://HOST address without a port
+PROBE_TIMEOUT_S = 5.0  # a cluster address that does not answer a TCP connect in this long is unreachable
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    """``address`` None starts a local cluster (``local_cpus`` CPUs, default: all); the rest is per actor."""
+    """``address`` None starts a local cluster (``local_cpus`` CPUs, default: all); the rest is per actor.
+    ``start_timeout_s`` bounds the wait for the actors to start (a cluster whose resources are taken)."""
 
     address: str | None = None
     workers: int = 2
@@ -47,6 +51,7 @@ class RayOptions:
     precision: str | None = None  # None: the best the artefact has for the device (Embedder)
     shard_size: int = 256
     local_cpus: int | None = None
+    start_timeout_s: int = 600
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
@@ -79,7 +84,7 @@ class EmbedShard:
         from .images import load_images
 
         spec = self.embedder.spec
-        pixels, loaded = load_images(self.paths[start:stop], spec.height, spec.width)
+        pixels, loaded = load_images(self.paths[start:stop], spec.height, spec.width, warn=False)
         return self.embedder(pixels), np.asarray(loaded, np.int64) + start
 
     def write_shard(self, start: int, stop: int) -> None:
@@ -140,30 +145,95 @@ def _ray() -> Any:
     return ray
 
 
+def _probe(address: str | None) -> None:
+    """A TCP connect to a cluster address with a port (``ray://HOST[:PORT]``, ``HOST:PORT``), so an
+    unreachable one fails in seconds with its name instead of Ray's retries and a ConnectionError."""
+    if address in (None, "auto"):
+        return
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not port and not address.startswith("ray://"):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port or RAY_CLIENT_PORT)), timeout=PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise BackendUnavailableError(f"cannot reach the Ray cluster at {address} ({exc}); check the address "
+                                      "(ray://HEAD:10001 for a remote one) and that the cluster runs") from exc
+
+
+def connect(ray: Any, opts: RayOptions) -> bool:
+    """Join the Ray session open in this process, or start/connect one; True if this call started it.
+    A missing or unreachable cluster is a BackendUnavailableError naming the address."""
+    if ray.is_initialized():
+        return False
+    _probe(opts.address)
+    try:
+        ray.init(address=opts.address, num_cpus=opts.local_cpus if opts.address is None else None)
+    except ConnectionError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailableError(
+            f"no Ray cluster at --ray {opts.address} ({reason}); start one with `ray start --head`, pass its "
+            "address (ray://HEAD:10001), or --ray without a value for a local one") from exc
+    return True
+
+
+def check_resources(ray: Any, opts: RayOptions) -> None:
+    """Refuse, before anything is submitted, workers the cluster can never place (Ray would wait for
+    them forever): one actor's CPUs/GPUs on its largest node, all actors' in its totals."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    has = (f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs over {len(nodes)} "
+           f"node(s), at most {max((n.get('CPU', 0) for n in nodes), default=0):g} CPUs and "
+           f"{max((n.get('GPU', 0) for n in nodes), default=0):g} GPUs on one")
+    for name, flag, each in (("CPU", "--cpus-per-worker", opts.cpus_per_worker),
+                             ("GPU", "--gpus-per-worker", opts.gpus_per_worker)):
+        if each > max((n.get(name, 0) for n in nodes), default=0):
+            raise BackendUnavailableError(f"{flag} {each:g} fits on no node: {has}; lower {flag}")
+        if each * opts.workers > total.get(name, 0):
+            raise BackendUnavailableError(f"--ray-workers {opts.workers} x {flag} {each:g} = "
+                                          f"{each * opts.workers:g} {name}s: {has}; lower either")
+
+
+def _run(ray: Any, todo: list[tuple[int, int]], worker: type, artifact: Path, folder: Path, opts: RayOptions) -> None:
+    """Embed the ``todo`` shards on an actor pool; a pool that does not start in ``opts.start_timeout_s``
+    (the cluster's resources are taken) is a BackendUnavailableError, not an endless wait."""
+    context = ray.data.DataContext.get_current()
+    previous, context.wait_for_min_actors_s = context.wait_for_min_actors_s, opts.start_timeout_s
+    try:
+        rows = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
+        rows.map_batches(
+            worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=opts.workers),
+            num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
+            fn_constructor_kwargs=dict(artifact=str(artifact.resolve()), shard_dir=str(folder.resolve()),
+                                       backend=opts.backend, device=opts.device, precision=opts.precision),
+        ).materialize()
+    except ray.exceptions.GetTimeoutError as exc:
+        raise BackendUnavailableError(
+            f"the cluster did not start {opts.workers} worker(s) of {opts.cpus_per_worker:g} CPUs and "
+            f"{opts.gpus_per_worker:g} GPUs in {opts.start_timeout_s} s (free now: {ray.available_resources()}); "
+            "wait for other jobs, lower --ray-workers or raise --ray-timeout; finished shards are kept") from exc
+    finally:
+        context.wait_for_min_actors_s = previous
+
+
 def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shard_dir: str | os.PathLike[str],
                    opts: RayOptions, *, worker: type = EmbedShard) -> tuple[np.ndarray, list[int]]:
     """Embed ``paths`` on Ray; returns (embeddings, kept indices) like engine.embed.embed_paths.
 
     Joins the Ray session already open in this process if there is one, else connects to
-    ``opts.address`` (None: a local cluster, shut down again afterwards). ``worker`` is the actor class
-    (a subclass of EmbedShard; tests inject faults through it).
+    ``opts.address`` (None: a local cluster, shut down again afterwards); the cluster's resources are
+    checked before anything is submitted. ``worker`` is the actor class (a subclass of EmbedShard;
+    tests inject faults through it).
     """
     ray, folder, artifact = _ray(), Path(shard_dir), Path(artifact)
     ranges = shard_ranges(len(paths), opts.shard_size)
-    prepare_shard_dir(folder, _manifest(paths, artifact, opts.shard_size), paths)
-    todo = [r for r in ranges if not shard_path(folder, *r).is_file()]
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=opts.address, num_cpus=opts.local_cpus if opts.address is None else None)
+    started = connect(ray, opts)
     try:
+        check_resources(ray, opts)
+        prepare_shard_dir(folder, _manifest(paths, artifact, opts.shard_size), paths)
+        todo = [r for r in ranges if not shard_path(folder, *r).is_file()]
         if todo:
-            rows = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
-            rows.map_batches(
-                worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=opts.workers),
-                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
-                fn_constructor_kwargs=dict(artifact=str(artifact.resolve()), shard_dir=str(folder.resolve()),
-                                           backend=opts.backend, device=opts.device, precision=opts.precision),
-            ).materialize()
+            _run(ray, todo, worker, artifact, folder, opts)
     finally:
         if started:
             ray.shutdown()

@@ -7,7 +7,8 @@ and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically
 by the first add if it does not exist). Clients: engine.client.TritonClient, `python -m engine.embed
 --url`, `python -m engine.query --url`, or any Triton client. The "ready:" line comes once every model
 answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
-Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input.
+Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input (checked before tritonserver starts: a
+missing artefact, a port in use or outside 1..65535, an --address that is not this machine's).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from engine import cli
+from engine import InputError, cli
 from engine.backends import BACKEND_NAMES
 
 from .server import ServerOptions, serve
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                          precision=args.precision, gallery_device=args.gallery_device, verbose=args.verbose)
 
     def body() -> int:
+        if args.gallery is None and args.gallery_device != parser.get_default("gallery_device"):
+            raise InputError("--gallery-device says where --gallery is searched, and there is no --gallery; "
+                             "pass --gallery FILE or drop --gallery-device")
         if not serve(args.artifact, args.gallery, opts):
             print("error: tritonserver exited (a model failed to load, or it died); see its log above",
                   file=sys.stderr)

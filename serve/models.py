@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine import InputError, ModelSpec
-from engine.client import CAMS, COUNT, DISTANCES, EMBEDDINGS, IDS, IMAGES, K
+from engine.client import CAMS, COUNT, DISTANCES, EMBEDDINGS, IDS, IMAGES, MAX_PADDED_K, K
 from engine.gallery import UNKNOWN_CAM, Gallery
 
 Request = dict[str, np.ndarray]  # input name -> array, as the request carried it
@@ -76,20 +76,31 @@ class GalleryService:
             raise InputError(f"{what} batch of {n}, expected 1..{limit} (the artefact's max batch); "
                              "split larger batches into several requests")
 
-    def search(self, request: Request) -> Response:
+    def _k(self, request: Request) -> int:
+        """The request's k, bounded before anything is allocated: at most the gallery's rows, or
+        MAX_PADDED_K where that is more (the columns past the gallery's rows are padding)."""
         k = np.asarray(_required(request, K, "int32 k of shape [1], e.g. k=[10]")).reshape(-1)
         if k.size != 1 or int(k[0]) <= 0:
             raise InputError(f"k must be one positive int32, got {k.tolist()}; e.g. k=[10]")
+        limit = max(len(self.gallery), MAX_PADDED_K)
+        if int(k[0]) > limit:
+            raise InputError(f"k={int(k[0])} is more than the gallery's {len(self.gallery)} rows and the padding "
+                             f"cap {MAX_PADDED_K}; ask for at most {limit} (columns past the gallery's rows "
+                             "come back as inf / -1)")
+        return int(k[0])
+
+    def search(self, request: Request) -> Response:
         if (IMAGES in request) == (EMBEDDINGS in request):
+            if K not in request:
+                raise InputError(f"missing inputs: send {K!r} (int32 k of shape [1], e.g. k=[10]) and one of "
+                                 f"{IMAGES!r} (uint8 N,H,W,3) or {EMBEDDINGS!r} (float32 N,D)")
             raise InputError(f"send exactly one of {IMAGES!r} (uint8 N,H,W,3) or {EMBEDDINGS!r} (float32 N,D)")
-        if IMAGES in request:
-            self._check_batch(len(request[IMAGES]), "search")
-            queries = self.embed(request[IMAGES])
-        else:
-            queries = request[EMBEDDINGS]
-            self._check_batch(len(queries), "search")
+        query = request[IMAGES] if IMAGES in request else request[EMBEDDINGS]
+        self._check_batch(len(query), "search")
         self.refresh()
-        distances, ids = self.gallery.search(queries, int(k[0]))
+        k = self._k(request)
+        queries = self.embed(query) if IMAGES in request else query
+        distances, ids = self.gallery.search(queries, k)
         return {DISTANCES: np.asarray(distances, np.float32), IDS: np.asarray(ids, np.int64)}
 
     def add(self, request: Request) -> Response:

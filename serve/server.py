@@ -9,8 +9,10 @@ Triton opens its endpoints, and ``embed`` answers a warm-up request first, so ``
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -160,6 +162,53 @@ def environment(settings: Settings, libs: Path) -> dict[str, str]:
     return {**env, **settings.to_env()}
 
 
+PORT_FLAGS = {"--http-port": "http_port", "--grpc-port": "grpc_port", "--metrics-port": "metrics_port"}
+
+
+def _listen_address(address: str) -> tuple[socket.AddressFamily, tuple]:
+    """The socket family and address ``address`` names; InputError when it is no address at all."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--address {address!r} is not an address ({getattr(exc, 'strerror', None) or exc}); "
+                         "pass 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of this "
+                         "machine's addresses") from exc
+    return family, sockaddr
+
+
+def check_endpoints(opts: ServerOptions) -> None:
+    """Prove, before tritonserver starts, that it can listen on ``opts.address`` at its three ports.
+
+    InputError (one line, exit 2) for a port outside 1..65535, two endpoints on one port, an address
+    that is not this machine's, or a port another process listens on. Without this check tritonserver
+    fails late (a gRPC port in use hangs start-up) and, worse, the readiness poll would be answered by
+    the *other* server on a used HTTP port. ``SO_REUSEADDR`` as servers set it: a port left in
+    TIME_WAIT by a stopped server is free, one with a listener is not.
+    """
+    ports = {flag: getattr(opts, field) for flag, field in PORT_FLAGS.items()}
+    for flag, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise InputError(f"{flag} {port} is not a TCP port, expected 1..65535; e.g. {flag} "
+                             f"{getattr(ServerOptions, PORT_FLAGS[flag])}")
+    if len(set(ports.values())) < len(ports):
+        shown = ", ".join(f"{flag} {port}" for flag, port in ports.items())
+        raise InputError(f"the endpoints need three different ports, got {shown}; pass three free ports")
+    family, sockaddr = _listen_address(opts.address)
+    for flag, port in ports.items():
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((sockaddr[0], port, *sockaddr[2:]))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise InputError(f"{flag} {port} is already in use on {opts.address} (another server?); "
+                                     f"stop that process or pass a free port with {flag}") from exc
+                raise InputError(f"cannot listen on {opts.address} port {port} ({exc.strerror or exc}); "
+                                 "--address must be one of this machine's addresses (127.0.0.1, 0.0.0.0), "
+                                 "and ports below 1024 need root") from exc
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """An Event set by SIGINT or SIGTERM while the block runs; the previous handlers come back after."""
@@ -202,6 +251,7 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
     the start, so a signal during start-up stops the server cleanly.
     """
     root = repository(artifact_dir)
+    check_endpoints(opts)
     binary, dist, libs = _distribution()
     remove_stale_regions()
     models = (EMBED_MODEL,) if gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)

@@ -87,3 +87,31 @@ def test_no_images_is_an_error_saying_where_and_for_what(tmp_path, gradient):
     _write(tmp_path / "crops" / "sub" / "b.PNG", gradient)
     _write(tmp_path / "crops" / "a.jpeg", gradient)
     assert list_images(tmp_path / "crops") == [tmp_path / "crops" / "a.jpeg", tmp_path / "crops" / "sub" / "b.PNG"]
+
+
+def test_sixteen_bit_grey_png_is_scaled_to_eight_bits_not_white(tmp_path):
+    """PIL's convert clips 16-bit grey at 255: every pixel of this ramp came back 255."""
+    ramp = (np.arange(40 * 20).reshape(40, 20) * 81).astype(np.uint16)  # 0..64719
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode == "I;16"
+    got = load_image(tmp_path / "deep.png", 40, 20)
+    expected = np.round(ramp / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(got[..., 0], expected)
+    assert (got == got[..., :1]).all() and got.max() == expected.max() < 255
+
+
+def test_float_pixels_are_refused_by_name(tmp_path):
+    Image.fromarray(np.full((8, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ArtifactError, match=r"cannot read image .*float\.tif: 32-bit float pixels"):
+        load_image(tmp_path / "float.tif", 8, 4)
+
+
+def test_scan_names_the_files_it_skips(tmp_path, gradient):
+    from engine.images import named, scan_images
+
+    _write(tmp_path / "a.png", gradient)
+    Image.fromarray(gradient).save(tmp_path / "moving.gif")
+    (tmp_path / "notes.txt").write_text("x")
+    assert scan_images(tmp_path) == ([tmp_path / "a.png"], [tmp_path / "moving.gif", tmp_path / "notes.txt"])
+    assert named(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more" and named(["a"]) == "a"

@@ -13,9 +13,10 @@ pytest.importorskip("ray.data")
 from _ray_faults import KilledOnce  # noqa: E402
 
 from engine import Embedder  # noqa: E402
-from engine.embed import embed_paths, list_images  # noqa: E402
+from engine.embed import embed_paths  # noqa: E402
 from engine.embed import main as embed_main  # noqa: E402
 from engine.gallery import read_gallery_file  # noqa: E402
+from engine.images import list_images  # noqa: E402
 from engine.ray_embed import RayOptions, embed_with_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,37 @@ def test_shards_of_the_same_run_are_kept_and_others_removed(tmp_path, artifact_d
     prepare_shard_dir(folder, _manifest(paths[:4], artifact_dir, 2), paths[:4])
     assert not shard_path(folder, 0, 2).exists()  # other images: stale shards go
     assert (folder / "paths.txt").read_text().splitlines() == [str(p.resolve()) for p in paths[:4]]
+
+
+@pytest.mark.parametrize("options,reason", [
+    (RayOptions(workers=1, gpus_per_worker=1), "--gpus-per-worker 1 fits on no node: the cluster has 2 CPUs and 0 GPUs"),
+    (RayOptions(workers=1, cpus_per_worker=64), "--cpus-per-worker 64 fits on no node: the cluster has 2 CPUs"),
+    (RayOptions(workers=3, cpus_per_worker=1), "--ray-workers 3 x --cpus-per-worker 1 = 3 CPUs: the cluster has 2"),
+])
+def test_workers_the_cluster_cannot_place_are_refused_before_submitting(ray_cluster, folder, artifact_dir, tmp_path,
+                                                                        options, reason):
+    """Ray would wait for them forever."""
+    from engine.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=reason.replace("+", r"\+")):
+        embed_with_ray(list_images(folder)[:4], artifact_dir, tmp_path / "shards", options)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_a_pool_that_cannot_start_is_a_bounded_wait(ray_cluster, folder, artifact_dir, tmp_path):
+    """The cluster's CPUs are held by another job: the actors wait start_timeout_s, then a clear error."""
+    from engine.errors import BackendUnavailableError
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()
+    ray.get(hog.ready.remote())
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"did not start 1 worker\(s\) of 1 CPUs and 0 GPUs in 3 s"):
+            embed_with_ray(list_images(folder)[:4], artifact_dir, tmp_path / "shards",
+                           RayOptions(workers=1, backend="ort", device="cpu", start_timeout_s=3))
+    finally:
+        ray.kill(hog)

@@ -76,3 +76,30 @@ def test_settings_travel_through_the_environment():
     env = settings.to_env()
     assert env["JLML_PRECISION"] == "" and Settings.from_env(env) == settings
     assert Settings.from_env({}) == Settings()
+
+
+def test_k_is_bounded_before_the_answer_is_allocated(local_embedder, gallery_images, tmp_path):
+    """k beyond the gallery pads only up to MAX_PADDED_K; k = 10**6 on 40 rows is refused, not 10**6
+    columns (k = 10**9 OOM-killed the server), and k up to the gallery's rows is always answered."""
+    from engine.client import MAX_PADDED_K
+
+    service = GalleryService(local_embedder, local_embedder.spec, write_gallery(tmp_path / "g.npz", local_embedder,
+                                                                               gallery_images))
+    query = {"embeddings": local_embedder(pixels(1, seed=2))}
+    for k in (10**6, MAX_PADDED_K + 1, 2**31 - 1):
+        with pytest.raises(InputError, match=f"k={k} is more than the gallery's {len(gallery_images)} rows"):
+            service.search({**query, "k": np.array([k], np.int32)})
+    padded = service.search({**query, "k": np.array([MAX_PADDED_K], np.int32)})
+    assert padded["ids"].shape == (1, MAX_PADDED_K) and (padded["ids"][0, len(gallery_images):] == -1).all()
+
+
+def test_search_without_query_or_k_says_what_to_send(local_embedder):
+    service = GalleryService(local_embedder, local_embedder.spec, None)
+    with pytest.raises(InputError, match="missing inputs: send 'k'.*and one of 'images'"):
+        service.search({})
+    with pytest.raises(InputError, match="missing input 'k'"):
+        service.search({"embeddings": np.zeros((1, local_embedder.spec.embedding_dim), np.float32)})
+    with pytest.raises(InputError, match="search batch of 0, expected 1..16"):
+        service.search({"embeddings": np.zeros((0, local_embedder.spec.embedding_dim), np.float32),
+                        "k": np.array([1], np.int32)})
+

@@ -98,6 +98,10 @@ BAD = [
     ("search above max", "search", {IMAGES: np.zeros((17, 32, 16, 3), np.uint8), "k": np.array([1], np.int32)},
      "expected 1..16"),
     ("no query", "search", {"k": np.array([1], np.int32)}, "exactly one of"),
+    ("no query rows", "search", {EMBEDDINGS: np.zeros((0, 32), np.float32), "k": np.array([1], np.int32)},
+     "search batch of 0, expected 1..16"),
+    ("k far above the gallery", "search", {EMBEDDINGS: np.zeros((1, 32), np.float32),
+                                           "k": np.array([10**6], np.int32)}, "padding cap 2048"),
     ("ids do not match", "gallery_add", {IMAGES: np.zeros((3, 32, 16, 3), np.uint8),
                                          "ids": np.arange(2, dtype=np.int64)}, "3 images, 2 ids"),
 ]
