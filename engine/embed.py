@@ -96,7 +96,7 @@ def embed_paths(paths: Sequence[Path], embed: EmbedFn, image_shape: Sequence[int
 
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
                  paths: Sequence[Path]) -> None:
-    from .gallery import Gallery
+    from .search import Gallery
 
     gallery = Gallery(embeddings.shape[1])
     gallery.images_root = str(root.resolve())

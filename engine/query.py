@@ -81,7 +81,7 @@ def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str,
             return (queries, *client.search(args.k, embeddings=queries))
     if stored is None:
         raise InputError("pass --gallery gallery.npz (from `python -m engine.embed`), or --url of a server")
-    from .gallery import Gallery
+    from .search import Gallery
 
     def work(embed: EmbedFn, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         queries = embed(pixels(shape))
@@ -95,7 +95,7 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
     paths = query_paths(args.images)
     stored = None
     if args.gallery is not None:
-        from .gallery import read_gallery_file
+        from .search import read_gallery_file
 
         stored = read_gallery_file(args.gallery)
     queries, distances, ids = _search(args, paths, stored)

@@ -13,10 +13,10 @@ from engine import Embedder
 from engine.embed import labels, market_label
 from engine.embed import main as embed_main
 from engine.gallery import Gallery, read_gallery_file
-from engine.gallery_file import legacy_paths_file
 from engine.images import list_images, load_images
 from engine.query import main as query_main
 from engine.query import resolve_rows
+from engine.search.file import legacy_paths_file
 
 
 @pytest.fixture

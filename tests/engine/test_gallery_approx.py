@@ -63,10 +63,10 @@ def test_nprobe_setter_retunes_the_built_index_without_a_rebuild() -> None:
     gal = Gallery(16, method="ivf", nprobe=1)
     gal.add(g, np.arange(2500))
     coarse = gal.search(q, 10)[1]
-    index = gal._approx
+    index = gal._paths["ivf"].index
     gal.nprobe = 10_000  # every list: IVF-Flat is then exhaustive
     exhaustive = gal.search(q, 10)[1]
-    assert gal._approx is index and gal.nprobe == 10_000
+    assert gal._paths["ivf"].index is index and gal.nprobe == 10_000
     np.testing.assert_array_equal(exhaustive, _brute_ids(q, g, 10))
     assert (coarse != exhaustive).any(), "one list of ~50 should miss some neighbours"
 

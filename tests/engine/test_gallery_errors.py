@@ -98,20 +98,20 @@ def test_no_queries_give_empty_results_on_every_path(method: str) -> None:
 def test_missing_faiss_names_the_package_and_auto_still_searches(monkeypatch) -> None:
     import sys
 
-    from engine import faiss_search
     from engine.errors import BackendUnavailableError
+    from engine.search import faiss_flat
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
-    faiss_search.load.cache_clear()
-    faiss_search.available.cache_clear()
+    faiss_flat.load.cache_clear()
+    faiss_flat.available.cache_clear()
     try:
         with pytest.raises(BackendUnavailableError, match="needs faiss .*pip install faiss-cpu"):
             Gallery(4, method="faiss")
         gal = _gallery()  # method="auto" falls back to the torch search
         assert gal.search(np.ones((1, 4), np.float32), 3)[1].shape == (1, 3)
     finally:
-        faiss_search.load.cache_clear()
-        faiss_search.available.cache_clear()
+        faiss_flat.load.cache_clear()
+        faiss_flat.available.cache_clear()
 
 
 def test_paths_of_another_length_are_refused_and_leave_the_gallery_as_it_was(tmp_path) -> None:

@@ -1,0 +1,138 @@
+"""The gallery's .npz file: its format, the atomic save and the careful load.
+
+The file is one unit: the rows, their ids and cameras, and the image behind each row (``paths``,
+relative to the header's ``images_root``; "" for a row added as pixels, e.g. through the server), so
+whatever adds rows keeps what describes them in step. Galleries written before that kept the paths in
+a ``<file>.paths.json`` beside the .npz; ``read`` still takes them from there.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_path, remove_stale_temps
+from ..errors import ArtifactError, InputError
+from .checks import STORAGES
+
+FORMAT_NAME = "jlml-gallery"
+FORMAT_VERSION = 1
+STALE_TMP_SECONDS = 600  # a save's temp file untouched this long belongs to a killed save
+log = logging.getLogger("engine.gallery")
+
+
+def save(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Atomic .npz write; stale temp files of killed earlier saves of this path are removed first. A
+    gallery of no rows is refused: saving one is always a mistake upstream (nothing matched)."""
+    final = Path(path)
+    if not header["count"]:
+        raise InputError(f"refusing to save an empty gallery to {final}: no rows were added; embed and "
+                         "add images first (an image list that matched nothing gives none: list a "
+                         "folder with engine.images.list_images, which says when it holds none)")
+    if final.is_dir():
+        raise ArtifactError(f"cannot save the gallery to {final}: it is a folder; pass a file path such "
+                            f"as {final / 'gallery.npz'}")
+    remove_stale_temps(final, STALE_TMP_SECONDS, log)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), **arrays)
+
+
+def _arrays(path: str | os.PathLike[str], fix: str) -> dict[str, np.ndarray]:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{path} holds a single .npy array, expected a gallery .npz; {fix}")
+    with data:
+        keys = ("header", "embeddings", "ids", "cams") + (("paths",) if "paths" in data.files else ())
+        return {key: data[key] for key in keys}
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(header, arrays) of a file written by ``save``; ArtifactError saying what is wrong otherwise."""
+    fix = "rebuild it with Gallery.save"
+    try:
+        arrays = _arrays(path, fix)
+        header = json.loads(str(arrays.pop("header")))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no gallery file at {path}; write one with Gallery.save") from exc
+    except IsADirectoryError as exc:
+        raise ArtifactError(f"{path} is a folder, expected a gallery .npz file; pass the file") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"gallery file {path} is corrupt, truncated or not a gallery ({exc}); {fix}") from exc
+    if not isinstance(header, dict):
+        raise ArtifactError(f"gallery file {path} has a {type(header).__name__} header, expected a JSON "
+                            f"object with format, version, dim, count, storage; {fix}")
+    if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"gallery file {path} has format {header.get('format')!r} version {header.get('version')!r}, "
+            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}; rebuild it with this jlml-engine"
+        )
+    n, dim = header.get("count"), header.get("dim")
+    emb = arrays["embeddings"]
+    if emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
+            or header.get("storage") not in STORAGES \
+            or arrays.get("paths", np.empty(n, "U1")).shape != (n,):
+        raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "
+                            f"{emb.shape}, ids {arrays['ids'].shape}; {fix}")
+    if "paths" not in arrays:
+        _legacy_paths(Path(path), n, header, arrays)
+    return header, arrays
+
+
+def legacy_paths_file(gallery: Path) -> Path:
+    """Where galleries written before the paths moved into the .npz kept them: ``g.npz.paths.json``."""
+    return gallery.with_name(gallery.name + ".paths.json")
+
+
+def _legacy_paths(path: Path, n: int, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Take an old gallery's row paths from its ``.paths.json``. Rows added later (by the server, which
+    never updated that file) were appended, so a shorter list covers the first rows; the rest are ""."""
+    sidecar = legacy_paths_file(path)
+    if not sidecar.is_file():
+        return
+    try:
+        data = json.loads(sidecar.read_text())
+        root, rows = str(data["root"]), [str(r) for r in data["paths"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignored %s (%s); rows of %s will show no image", sidecar, exc, path)
+        return
+    if len(rows) > n:
+        log.warning("ignored %s: it lists %d images for %d rows of %s", sidecar, len(rows), n, path)
+        return
+    header["images_root"] = root
+    arrays["paths"] = np.array(rows + [""] * (n - len(rows)), dtype=str)
+
+
+class RowPaths:
+    """The image behind each gallery row, relative to ``root``; "" where a row has none. Kept only once
+    some row has a path (a gallery filled from pixels alone keeps nothing)."""
+
+    def __init__(self, root: str | None = None, paths: Sequence[str] | None = None) -> None:
+        self.root = root
+        self.paths: list[str] | None = None if paths is None else [str(p) for p in paths]
+
+    def check(self, paths: Sequence[str] | None, m: int) -> None:
+        if paths is not None and len(paths) != m:
+            raise InputError(f"paths must give one image per row, got {len(paths)} paths for {m} rows")
+
+    def extend(self, n: int, paths: Sequence[str] | None, m: int) -> None:
+        """Rows [n, n + m) were added with ``paths`` (None: without images)."""
+        if paths is None and self.paths is None:
+            return
+        if self.paths is None:
+            self.paths = [""] * n
+        self.paths += [""] * m if paths is None else [str(p) for p in paths]
+
+    def header_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``save`` writes for them: the header's images_root and the ``paths`` array."""
+        if self.paths is None:
+            return {}, {}
+        return ({"images_root": self.root} if self.root is not None else {},
+                {"paths": np.array(self.paths, dtype=str).reshape(len(self.paths))})
