@@ -83,9 +83,11 @@ def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str,
         raise InputError("pass --gallery gallery.npz (from `python -m engine.embed`), or --url of a server")
     from .search import Gallery
 
+    k = min(args.k, stored[0]["count"])  # a list longer than the gallery would only hold padding
+
     def work(embed: EmbedFn, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         queries = embed(pixels(shape))
-        return (queries, *Gallery.from_file_arrays(*stored).search(queries, args.k))
+        return (queries, *Gallery.from_file_arrays(*stored).search(queries, k))
     return with_embed_fn(args, work)
 
 
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=Path, help="gallery file from `python -m engine.embed`")
     cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
                      "(needed unless --url)")
-    p.add_argument("-k", type=cli.positive_int, default=10, help="results per query")
+    p.add_argument("-k", type=cli.positive_int, default=10, help="results per query (at most the gallery's "
+                   "rows: a longer list would only be padding)")
     p.add_argument("--png", type=Path, metavar="OUT", help="also draw each query's ranked list: one PNG per "
                    "query in the folder OUT, or the file OUT for a single query named *.png")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")

@@ -15,6 +15,10 @@ from ..errors import InputError
 STORAGES = ("float32", "float16")
 ID_MAX = np.iinfo(np.int64).max
 FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))  # native byte order
+# Columns of a search's results are k while k <= max(rows, MAX_PADDED_K); beyond that they stop there:
+# the extra columns could only hold padding (inf / -1), and a k of 10^9 on a 60-row gallery would
+# otherwise allocate 12 GB per query before any work. faiss's GPU indexes refuse k above 2048.
+MAX_PADDED_K = 2048
 Labels = tuple[np.ndarray, np.ndarray]  # (query ids, query cams): rows with both equal are skipped
 
 
@@ -66,6 +70,13 @@ def check_k(k: Any) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise InputError(f"k must be a positive int, got {k!r}")
     return int(k)
+
+
+def result_width(k: int, rows: int) -> int:
+    """Result columns of a search for k neighbours among ``rows`` rows: k, bounded by the larger of the
+    gallery size and MAX_PADDED_K, so that padding never exceeds MAX_PADDED_K columns and memory is
+    bounded before anything is allocated."""
+    return min(k, max(rows, MAX_PADDED_K))
 
 
 def check_nprobe(value: Any) -> None:

@@ -40,7 +40,16 @@ from ..device import torch_device
 from ..errors import InputError
 from . import faiss_flat, file, plan, twopass
 from .approximate import Approximate
-from .checks import Labels, check_exclusion, check_k, check_labels, check_nprobe, check_options, check_vectors
+from .checks import (
+    Labels,
+    check_exclusion,
+    check_k,
+    check_labels,
+    check_nprobe,
+    check_options,
+    check_vectors,
+    result_width,
+)
 from .faiss_flat import FaissFlat
 from .gemm import Gemm
 from .rows import RowStore
@@ -191,12 +200,14 @@ class Gallery:
         """k nearest rows per query: float32 (Q, k) squared L2 ascending and int64 (Q, k) ids.
 
         Padded with ``inf`` / ``-1`` when fewer than k rows qualify. With ``query_ids`` and
-        ``query_cams`` (re-id evaluation), rows with the query's id *and* camera are skipped.
+        ``query_cams`` (re-id evaluation), rows with the query's id *and* camera are skipped. A k above
+        both the gallery size and checks.MAX_PADDED_K (2048) gives max(len(gallery), 2048) columns,
+        not k: padding stops there, so a huge k never allocates more than the gallery can fill.
         """
         q = check_vectors(queries, self._dim, "queries")
         if q.dtype != np.float32:
             q = q.astype(np.float32)
-        k = check_k(k)
+        k = result_width(check_k(k), len(self))
         excl = check_exclusion(query_ids, query_cams, len(q))
         if len(q) <= self._query_batch and len(self):  # one batch: no result buffers to fill
             return self._search_batch(q, k, excl)

@@ -206,3 +206,25 @@ def test_a_folder_of_queries_gets_one_png_each_flags_and_a_score_line(market_fol
     assert query_main([str(queries), "--gallery", str(out), "--artifact", str(artifact_dir),
                        "--png", str(tmp_path / "one.png")]) == 2
     assert "names one file, got 4 queries" in capsys.readouterr().err
+
+
+def test_query_with_a_huge_k_lists_the_gallery_once(market_folder, artifact_dir, tmp_path, capsys):
+    """-k 10^9 once asked the Gallery for 10^9 columns per query; the list stops at the gallery's rows
+    (and so does the drawing)."""
+    out, png = tmp_path / "g.npz", tmp_path / "ranked.png"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    query = sorted(market_folder.rglob("0002_c2*"))[0]
+    capsys.readouterr()
+    assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", str(10**9),
+                       "--no-progress", "--png", str(png)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("   ")]
+    assert len(listed) == 12
+    with Image.open(png) as drawn, Image.open(_drawn_with_k(query, out, artifact_dir, tmp_path, 12)) as full:
+        assert drawn.size == full.size  # 12 results drawn, not 10^9 or 2048
+
+
+def _drawn_with_k(query, out, artifact_dir, tmp_path, k: int):
+    png = tmp_path / f"k{k}.png"
+    assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", str(k),
+                       "--no-progress", "--png", str(png)]) == 0
+    return png

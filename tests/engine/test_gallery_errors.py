@@ -128,3 +128,31 @@ def test_an_empty_gallery_is_not_saved(tmp_path) -> None:
     with pytest.raises(InputError, match="refusing to save an empty gallery to .*g.npz: no rows were added"):
         Gallery(4).save(tmp_path / "g.npz")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("method", ["auto", "faiss", "fp32", "torch", "ivf"])
+@pytest.mark.parametrize("k", [10**6, 10**9])
+def test_a_huge_k_is_padded_only_up_to_the_cap_not_to_k(method: str, k: int) -> None:
+    """k = 10^9 on 60 rows once allocated 12 GB a query (the server was OOM-killed): the columns stop
+    at max(rows, MAX_PADDED_K), the 60 real neighbours first, padding after them."""
+    from engine.search.checks import MAX_PADDED_K
+
+    rng = np.random.default_rng(5)
+    gal = Gallery(8, method=method, query_batch=2)  # 3 queries: two batches, the result buffers too
+    gal.add(rng.standard_normal((60, 8)).astype(np.float32), np.arange(60))
+    d, i = gal.search(rng.standard_normal((3, 8)).astype(np.float32), k)
+    assert d.shape == i.shape == (3, MAX_PADDED_K)
+    assert (np.sort(i[:, :60], axis=1) == np.arange(60)).all() and (i[:, 60:] == -1).all()
+    assert np.isinf(d[:, 60:]).all() and np.isfinite(d[:, :60]).all()
+    assert gal.search(np.zeros(8, np.float32), MAX_PADDED_K - 1)[1].shape == (1, MAX_PADDED_K - 1)  # k kept
+
+
+def test_a_huge_k_on_a_gallery_beyond_the_cap_gives_every_row_and_no_padding() -> None:
+    from engine.search.checks import MAX_PADDED_K
+
+    n = MAX_PADDED_K + 100
+    gal = Gallery(4)
+    gal.add(np.random.default_rng(6).standard_normal((n, 4)).astype(np.float32), np.arange(n))
+    d, i = gal.search(np.zeros((2, 4), np.float32), 10**9)
+    assert i.shape == (2, n) and (np.sort(i, axis=1) == np.arange(n)).all()
+    assert Gallery(4).search(np.zeros((2, 4), np.float32), 10**9)[1].shape == (2, MAX_PADDED_K)  # empty
