@@ -6,6 +6,7 @@ for input already in shape: a one-query search at 10^3 rows takes ~40 us.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,12 @@ from ..errors import InputError
 
 STORAGES = ("float32", "float16")
 ID_MAX = np.iinfo(np.int64).max
+FP32_MAX = float(np.finfo(np.float32).max)
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+# Squared norms up to FP32_MAX / 4: then every squared distance (<= (|q| + |g|)^2 <= 4 max(|q|^2, |g|^2)),
+# every GEMM term (2 q.g <= 2 |q| |g|) and the norms themselves stay finite in FP32. Beyond it (values
+# of ~1e19 and more) FP32 distances overflow to inf and rows come back as padding (-1).
+SQNORM_MAX = FP32_MAX / 4
 FLOAT_DTYPES = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))  # native byte order
 # Columns of a search's results are k while k <= max(rows, MAX_PADDED_K); beyond that they stop there:
 # the extra columns could only hold padding (inf / -1), and a k of 10^9 on a 60-row gallery would
@@ -33,10 +40,34 @@ def check_vectors(x: Any, dim: int, name: str) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise InputError(f"{name} must have shape (N, {dim}), got {arr.shape}; the gallery was made "
                          f"for {dim}-D embeddings")
+    if arr.size:
+        safe = math.sqrt(SQNORM_MAX / dim)  # no value beyond it: no squared norm beyond SQNORM_MAX
+        if not (-safe <= arr.min() and arr.max() <= safe):  # two reductions; NaN fails both
+            _check_range(arr, name)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+
+def _check_range(arr: np.ndarray, name: str) -> None:
+    """Raise InputError for NaN/inf values or squared norms FP32 distances cannot hold."""
     if not np.isfinite(arr).all():
         raise InputError(f"{name} contain NaN or inf (got {int((~np.isfinite(arr)).sum())} values); "
                          "check the model output")
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    sq = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
+    if sq.max() > SQNORM_MAX:
+        raise InputError(f"{name} have squared L2 norms up to {sq.max():.3g} (row {int(sq.argmax())}), above "
+                         f"the {SQNORM_MAX:.3g} (norm {math.sqrt(SQNORM_MAX):.3g}) whose distances FP32 can "
+                         "hold: they would come back as inf / -1; L2-normalise the embeddings (the models "
+                         "return unit vectors) or scale them down")
+
+
+def check_storable(emb: np.ndarray, storage: str, name: str = "embeddings") -> None:
+    """Raise InputError when ``emb`` has values the gallery's ``storage`` cannot hold (FP16: |x| > 65504
+    becomes inf, and distances NaN)."""
+    if storage == "float16" and emb.size and float(np.abs(emb).max()) > FP16_MAX:
+        bad = np.abs(emb) > FP16_MAX
+        raise InputError(f"storage='float16' holds values up to {FP16_MAX:g}, got {float(np.abs(emb).max()):g} "
+                         f"in {name} ({int(bad.sum())} values, first in row {int(bad.any(axis=1).argmax())}); "
+                         "use storage='float32' or L2-normalise the embeddings")
 
 
 def check_labels(x: Any, n: int, name: str, *, ids: bool = False) -> np.ndarray:

@@ -47,6 +47,7 @@ from .checks import (
     check_labels,
     check_nprobe,
     check_options,
+    check_storable,
     check_vectors,
     result_width,
 )
@@ -186,6 +187,7 @@ class Gallery:
         """Append rows (kept in insertion order); ``cams`` defaults to UNKNOWN_CAM (-1); ``paths``: the
         image of each row, relative to ``images_root`` (saved with the rows; "" for none)."""
         emb = check_vectors(embeddings, self._dim, "embeddings")
+        check_storable(emb, self._storage)
         m = len(emb)
         ids = check_labels(ids, m, "ids", ids=True)
         cams = np.full(m, UNKNOWN_CAM, np.int64) if cams is None else check_labels(cams, m, "cams")

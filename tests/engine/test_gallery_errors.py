@@ -156,3 +156,41 @@ def test_a_huge_k_on_a_gallery_beyond_the_cap_gives_every_row_and_no_padding() -
     d, i = gal.search(np.zeros((2, 4), np.float32), 10**9)
     assert i.shape == (2, n) and (np.sort(i, axis=1) == np.arange(n)).all()
     assert Gallery(4).search(np.zeros((2, 4), np.float32), 10**9)[1].shape == (2, MAX_PADDED_K)  # empty
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e25, 1e30])
+def test_queries_whose_distances_overflow_fp32_are_refused_not_answered_with_padding(scale: float) -> None:
+    """Queries of magnitude 1e20-1e30 once came back as ids -1 / distance inf on a full gallery."""
+    gal = _gallery()
+    with pytest.raises(InputError, match=r"queries have squared L2 norms up to .* L2-normalise"):
+        gal.search(np.full((2, 4), scale, np.float32), 3)
+    with pytest.raises(InputError, match=r"embeddings have squared L2 norms up to .*\(row 1\)"):
+        gal.add(np.array([[0, 0, 0, 1], [scale, 0, 0, 0]], np.float64), np.array([9, 10]))
+    assert len(gal) == 20  # nothing added
+
+
+@pytest.mark.parametrize(("method", "storage"), [("auto", "float32"), ("faiss", "float32"), ("bf16", "float32"),
+                                                 ("fp32", "float32"), ("torch", "float32"), ("fp16", "float16")])
+def test_large_queries_within_range_get_real_neighbours(method: str, storage: str) -> None:
+    """Up to the documented range (squared norm FP32_MAX / 4) every exact path answers with rows."""
+    from engine.search.checks import SQNORM_MAX
+
+    rng = np.random.default_rng(7)
+    gal = Gallery(4, method=method, storage=storage)
+    gal.add(rng.standard_normal((50, 4)).astype(np.float32), np.arange(50))
+    q = np.full((3, 4), 0.9 * (SQNORM_MAX / 4) ** 0.5, np.float32)
+    d, i = gal.search(q, 5)
+    assert (i >= 0).all() and np.isfinite(d).all() and (d > 0).all()
+
+
+def test_float16_storage_refuses_values_beyond_its_range_instead_of_nan_distances() -> None:
+    gal = Gallery(4, storage="float16")
+    rows = np.eye(4, dtype=np.float32)
+    rows[2, 1] = 7e4  # beyond FP16's 65504: it would be stored as inf
+    with pytest.raises(InputError, match=r"storage='float16' holds values up to 65504, got 70000 .* row 2"):
+        gal.add(rows, np.arange(4))
+    assert len(gal) == 0
+    rows[2, 1] = 6e4
+    gal.add(rows, np.arange(4))
+    d, i = gal.search(rows[:1], 4)
+    assert np.isfinite(d).all() and (i >= 0).all()
