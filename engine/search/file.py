@@ -20,6 +20,7 @@ import numpy as np
 from ..atomic import atomic_path, remove_stale_temps
 from ..errors import ArtifactError, InputError
 from .checks import STORAGES
+from .plan import METHODS
 
 FORMAT_NAME = "jlml-gallery"
 FORMAT_VERSION = 1
@@ -81,9 +82,18 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
             or arrays.get("paths", np.empty(n, "U1")).shape != (n,):
         raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "
                             f"{emb.shape}, ids {arrays['ids'].shape}; {fix}")
+    _check_search_settings(path, header, fix)
     if "paths" not in arrays:
         _legacy_paths(Path(path), n, header, arrays)
     return header, arrays
+
+
+def _check_search_settings(path: str | os.PathLike[str], header: dict[str, Any], fix: str) -> None:
+    """The recorded method and nprobe (files before they were recorded have neither: "auto")."""
+    method, nprobe = header.get("method", "auto"), header.get("nprobe")
+    if method not in METHODS or not (nprobe is None or (type(nprobe) is int and nprobe > 0)):
+        raise ArtifactError(f"gallery file {path} records method {method!r} nprobe {nprobe!r}, expected one "
+                            f"of {METHODS} and a positive int or null; {fix}")
 
 
 def legacy_paths_file(gallery: Path) -> Path:

@@ -235,29 +235,39 @@ class Gallery:
             return path.search(q, k, excl)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz with a JSON header (format, version, dim, count, storage[, images_root]) and
-        the rows' image paths if any, atomically: one file, so rows and their images never disagree.
+        """Write an .npz with a JSON header (format, version, dim, count, storage, method, nprobe[,
+        images_root]) and the rows' image paths if any, atomically: one file, so rows and their images
+        never disagree, and a load searches the way this gallery does (an approximate index is rebuilt
+        at the first search; the log says how long it took).
 
         A gallery that keeps exact FP32 rows beside its FP16 ones (the "fp16" path) writes the FP32
         rows: the FP16 ones are their rounding, remade on load, so a reloaded gallery stays exact.
         """
         images_header, images = self._images.header_and_arrays()
         header = {"format": file.FORMAT_NAME, "version": file.FORMAT_VERSION, "dim": self._dim,
-                  "count": len(self), "storage": self._storage, **images_header}
+                  "count": len(self), "storage": self._storage, "method": self._method, "nprobe": self._nprobe,
+                  **images_header}
         store = self._store
         file.save(path, header, {name: store.rows(name).cpu().numpy() for name in ("ids", "cams")}
                   | {"embeddings": store.saved_rows()} | images)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str = "auto") -> Gallery:
-        """Read a file written by ``save``; raise ArtifactError if it is missing, corrupt or too new."""
+    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", method: str | None = None) -> Gallery:
+        """Read a file written by ``save``; raise ArtifactError if it is missing, corrupt or too new.
+        ``method`` None: the one the file records, with its nprobe; a method given overrides it."""
         return cls.from_file_arrays(*file.read(path), device=device, method=method)
 
     @classmethod
     def from_file_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray], *, device: str = "cpu",
-                         method: str = "auto") -> Gallery:
+                         method: str | None = None) -> Gallery:
         """The gallery of a file already read with ``read_gallery_file`` (header, arrays)."""
-        gallery = cls(header["dim"], device=device, storage=header["storage"], method=method)
+        recorded = header.get("method", "auto")
+        if method is None:
+            method = recorded
+            if device != "cpu" and recorded in plan.EXACT and recorded not in ("torch", "fp16"):
+                method = "auto"  # a CPU path on a GPU: the GPU's exact path gives the same neighbours
+        nprobe = header.get("nprobe") if method == recorded else None
+        gallery = cls(header["dim"], device=device, storage=header["storage"], method=method, nprobe=nprobe)
         gallery.images_root = header.get("images_root")
         if header["count"]:
             paths = arrays["paths"].tolist() if "paths" in arrays else None
