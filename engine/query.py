@@ -10,6 +10,8 @@ rules). ``--png`` draws each query like torchreid's visrank: one PNG per query i
 (``OUT/001_<query>.png``...), or the file OUT for a single query named *.png. With ``--url`` the
 server embeds and searches its own resident gallery; ``--gallery`` (the file the server was started
 with) is then only needed to name, draw and score the rows.
+The gallery file records the model that embedded it; a query with another artefact's model is
+refused (exit 2, both fingerprints named) unless ``--allow-other-model``.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
@@ -100,6 +102,8 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
         from .search import read_gallery_file
 
         stored = read_gallery_file(args.gallery)
+        if args.url is None and args.artifact is not None and not args.allow_other_model:
+            check_model(stored[0], args.gallery, args.artifact)
     queries, distances, ids = _search(args, paths, stored)
     rows, cams = np.full(ids.shape, -1, np.int64), np.full(ids.shape, UNKNOWN, np.int64)
     if stored is not None:
@@ -109,6 +113,15 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
         cams = np.where(rows >= 0, arrays["cams"][np.maximum(rows, 0)], UNKNOWN)
     ranked = [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
     return ranked, gallery_images(stored), scores(ranked, queries, stored)
+
+
+def check_model(header: dict[str, Any], gallery: Path, artifact: Path) -> None:
+    """SpecMismatchError unless the gallery file records the model of ``artifact`` (or none at all)."""
+    from .search.file import check_fingerprint
+    from .spec import ModelSpec
+
+    check_fingerprint(header.get("model_fingerprint"), ModelSpec.load(artifact), source=f"gallery {gallery}",
+                      artifact=f"artefact {artifact}")
 
 
 def gallery_images(stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> Images | None:
@@ -162,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, metavar="OUT", help="also draw each query's ranked list: one PNG per "
                    "query in the folder OUT, or the file OUT for a single query named *.png")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
+    p.add_argument("--allow-other-model", action="store_true", help="search a gallery embedded by another "
+                   "model than --artifact's (refused by default: the two models' distances are meaningless "
+                   "unless they share one embedding space)")
     add_backend_device(p)
     cli.add_no_progress(p)
     return p

@@ -4,28 +4,66 @@ The file is one unit: the rows, their ids and cameras, and the image behind each
 relative to the header's ``images_root``; "" for a row added as pixels, e.g. through the server), so
 whatever adds rows keeps what describes them in step. Galleries written before that kept the paths in
 a ``<file>.paths.json`` beside the .npz; ``read`` still takes them from there.
+
+The header also records how the rows are searched (method, nprobe) and which model embedded them
+(``model_fingerprint``: ``model_fingerprint(spec)`` of the artefact), so a consumer can refuse to
+search them with another model's queries (``check_fingerprint``): distances between embeddings of two
+models of the same dimension are meaningless, and nothing else would say so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..atomic import atomic_path, remove_stale_temps
-from ..errors import ArtifactError, InputError
+from ..errors import ArtifactError, InputError, SpecMismatchError
 from .checks import STORAGES
 from .plan import METHODS
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 FORMAT_NAME = "jlml-gallery"
 FORMAT_VERSION = 1
 STALE_TMP_SECONDS = 600  # a save's temp file untouched this long belongs to a killed save
 log = logging.getLogger("engine.gallery")
+# What a model's fingerprint covers: the contract fields of ModelSpec.check_compatible (input size,
+# normalisation, tensor names, embedding size) and the sha256 of the FP32 ONNX graph (its weights).
+# Not the batch range, opset or the FP16/INT8/TensorRT variants: they serve the same model.
+FINGERPRINT_FIELDS = ("height", "width", "channels", "embedding_dim", "mean", "std", "input_name",
+                      "output_name", "layout", "input_dtype", "onnx_sha256")
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """The hex sha256 identifying the model an artefact serves (see FINGERPRINT_FIELDS)."""
+    fields = {name: getattr(spec, name) for name in FINGERPRINT_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def check_fingerprint(recorded: str | None, spec: ModelSpec, *, source: str, artifact: str = "the artefact",
+                      override: str = "--allow-other-model") -> None:
+    """Raise SpecMismatchError when the gallery ``source`` records rows embedded by another model than
+    ``spec``'s (``recorded``: its header's ``model_fingerprint``). A gallery that records none (written
+    before fingerprints, or through the Gallery API without one) is searched with a warning."""
+    if recorded is None:
+        log.warning("%s records no model fingerprint (written before they were): it is searched without "
+                    "checking that %s embedded it", source, artifact)
+        return
+    current = model_fingerprint(spec)
+    if recorded != current:
+        raise SpecMismatchError(
+            f"{source} was embedded by model {recorded[:16]}, {artifact} is model {current[:16]}: its "
+            "distances to these rows would be meaningless; re-embed the gallery with this artefact "
+            "(python -m engine.embed), use the artefact that embedded it, or pass "
+            f"{override} if the two models share one embedding space on purpose")
 
 
 def save(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -94,6 +132,15 @@ def _check_search_settings(path: str | os.PathLike[str], header: dict[str, Any],
     if method not in METHODS or not (nprobe is None or (type(nprobe) is int and nprobe > 0)):
         raise ArtifactError(f"gallery file {path} records method {method!r} nprobe {nprobe!r}, expected one "
                             f"of {METHODS} and a positive int or null; {fix}")
+    fingerprint = header.get("model_fingerprint")
+    if fingerprint is not None and not is_fingerprint(fingerprint):
+        raise ArtifactError(f"gallery file {path} records model_fingerprint {fingerprint!r}, expected 64 hex "
+                            f"digits; {fix}")
+
+
+def is_fingerprint(value: Any) -> bool:
+    """Whether ``value`` is what model_fingerprint returns (64 lowercase hex digits)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def legacy_paths_file(gallery: Path) -> Path:

@@ -99,6 +99,7 @@ class Gallery:
         self._paths: dict[str, SearchPath] = {}  # made at a batch's first need, kept across adds
         self._plans: dict[tuple[int, bool], tuple[plan.Shape, SearchPath]] = {}
         self._images = file.RowPaths()
+        self._fingerprint: str | None = None
 
     @property
     def dim(self) -> int:
@@ -129,6 +130,19 @@ class Gallery:
     def paths(self) -> list[str] | None:
         """The image behind each row ("" where a row was added without one); None when no row has one."""
         return None if self._images.paths is None else list(self._images.paths)
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        """``engine.search.file.model_fingerprint`` of the artefact that embedded the rows (saved in the
+        file's header; consumers check it with ``engine.search.file.check_fingerprint``); None: unknown."""
+        return self._fingerprint
+
+    @model_fingerprint.setter
+    def model_fingerprint(self, value: str | None) -> None:
+        if value is not None and not file.is_fingerprint(value):
+            raise InputError(f"model_fingerprint must be 64 hex digits from engine.search.file.model_fingerprint"
+                             f"(spec), got {value!r}")
+        self._fingerprint = value
 
     @property
     def nprobe(self) -> int | None:
@@ -236,7 +250,7 @@ class Gallery:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an .npz with a JSON header (format, version, dim, count, storage, method, nprobe[,
-        images_root]) and the rows' image paths if any, atomically: one file, so rows and their images
+        images_root][, model_fingerprint]) and the rows' image paths if any, atomically: one file, so rows and their images
         never disagree, and a load searches the way this gallery does (an approximate index is rebuilt
         at the first search; the log says how long it took).
 
@@ -246,7 +260,7 @@ class Gallery:
         images_header, images = self._images.header_and_arrays()
         header = {"format": file.FORMAT_NAME, "version": file.FORMAT_VERSION, "dim": self._dim,
                   "count": len(self), "storage": self._storage, "method": self._method, "nprobe": self._nprobe,
-                  **images_header}
+                  **images_header} | ({} if self._fingerprint is None else {"model_fingerprint": self._fingerprint})
         store = self._store
         file.save(path, header, {name: store.rows(name).cpu().numpy() for name in ("ids", "cams")}
                   | {"embeddings": store.saved_rows()} | images)
@@ -269,6 +283,7 @@ class Gallery:
         nprobe = header.get("nprobe") if method == recorded else None
         gallery = cls(header["dim"], device=device, storage=header["storage"], method=method, nprobe=nprobe)
         gallery.images_root = header.get("images_root")
+        gallery.model_fingerprint = header.get("model_fingerprint")
         if header["count"]:
             paths = arrays["paths"].tolist() if "paths" in arrays else None
             gallery.add(arrays["embeddings"], arrays["ids"], arrays["cams"], paths=paths)

@@ -228,3 +228,37 @@ def _drawn_with_k(query, out, artifact_dir, tmp_path, k: int):
     assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", str(k),
                        "--no-progress", "--png", str(png)]) == 0
     return png
+
+
+def test_a_gallery_embedded_by_another_model_is_refused_by_query(market_folder, artifact_dir, other_artifact_dir,
+                                                                  spec, tmp_path, capsys):
+    """A gallery of another model of the same dimension once gave meaningless ranks with exit 0."""
+    from engine.search.file import model_fingerprint
+    from engine.spec import ModelSpec
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    ours, theirs = model_fingerprint(spec), model_fingerprint(ModelSpec.load(other_artifact_dir))
+    assert read_gallery_file(out)[0]["model_fingerprint"] == ours != theirs
+    query = str(sorted(market_folder.rglob("0002_c2*"))[0])
+    capsys.readouterr()
+    argv = [query, "--gallery", str(out), "--artifact", str(other_artifact_dir), "--no-progress"]
+    assert query_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ours[:16] in err and theirs[:16] in err and "--allow-other-model" in err
+    assert query_main([*argv, "--allow-other-model"]) == 0
+    assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 0
+
+
+def test_a_gallery_without_a_fingerprint_is_searched_with_a_warning(market_folder, artifact_dir, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    gal = Gallery.load(out)
+    gal.model_fingerprint = None  # as written before fingerprints
+    gal.save(out)
+    query = str(sorted(market_folder.rglob("0002_c2*"))[0])
+    with caplog.at_level(logging.WARNING, logger="engine.gallery"):
+        assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 0
+    assert "records no model fingerprint" in caplog.text

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.errors import ArtifactError, InputError
+from engine.errors import ArtifactError, InputError, SpecMismatchError
 from engine.gallery import Gallery
 
 pytest.importorskip("torch")
@@ -194,3 +194,27 @@ def test_float16_storage_refuses_values_beyond_its_range_instead_of_nan_distance
     gal.add(rows, np.arange(4))
     d, i = gal.search(rows[:1], 4)
     assert np.isfinite(d).all() and (i >= 0).all()
+
+
+def test_the_model_fingerprint_survives_save_and_load_and_a_bad_one_is_refused(tmp_path) -> None:
+    from engine.errors import ArtifactError
+    from engine.search import file
+    from engine.spec import ModelSpec
+
+    gal = _gallery()
+    gal.model_fingerprint = fingerprint = file.model_fingerprint(ModelSpec(embedding_dim=4))
+    gal.save(tmp_path / "g.npz")
+    back = Gallery.load(tmp_path / "g.npz")
+    assert back.model_fingerprint == fingerprint
+    back.add(np.ones((1, 4), np.float32), np.array([99]))  # rows added later (the server) keep it
+    back.save(tmp_path / "g.npz")
+    assert Gallery.load(tmp_path / "g.npz").model_fingerprint == fingerprint
+    with pytest.raises(InputError, match="model_fingerprint must be 64 hex digits"):
+        gal.model_fingerprint = "abc"
+    header, arrays = file.read(tmp_path / "g.npz")
+    file.save(tmp_path / "bad.npz", header | {"model_fingerprint": 7}, arrays)
+    with pytest.raises(ArtifactError, match="records model_fingerprint 7, expected 64 hex digits"):
+        Gallery.load(tmp_path / "bad.npz")
+    with pytest.raises(SpecMismatchError, match=f"g.npz was embedded by model {fingerprint[:16]}, x is model"):
+        file.check_fingerprint(header["model_fingerprint"], ModelSpec(embedding_dim=4, onnx_sha256="1" * 64),
+                               source="g.npz", artifact="x")
