@@ -150,19 +150,26 @@ def legacy_paths_file(gallery: Path) -> Path:
 
 def _legacy_paths(path: Path, n: int, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Take an old gallery's row paths from its ``.paths.json``. Rows added later (by the server, which
-    never updated that file) were appended, so a shorter list covers the first rows; the rest are ""."""
+    never updated that file) were appended, so a shorter list covers the first rows; the rest are "".
+    A sidecar that is not one, or lists more images than the gallery has rows (another gallery's), is
+    an ArtifactError naming it: its names would be wrong answers."""
     sidecar = legacy_paths_file(path)
     if not sidecar.is_file():
         return
+    fix = (f"delete or rename {sidecar} (the rows then show no image), or re-embed the gallery with "
+           "`python -m engine.embed`, which keeps each row's image inside the .npz")
     try:
-        data = json.loads(sidecar.read_text())
-        root, rows = str(data["root"]), [str(r) for r in data["paths"]]
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        root, rows = data["root"], data["paths"]
+        if not (isinstance(root, str) and isinstance(rows, list) and all(isinstance(r, str) for r in rows)):
+            raise TypeError(f"root {type(root).__name__}, paths {type(rows).__name__}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignored %s (%s); rows of %s will show no image", sidecar, exc, path)
-        return
+        raise ArtifactError(f"{sidecar}, the image list of gallery {path}, is unreadable or not one "
+                            f"({type(exc).__name__}: {exc}); expected JSON {{\"root\": folder, \"paths\": "
+                            f"[one image per row]}}; {fix}") from exc
     if len(rows) > n:
-        log.warning("ignored %s: it lists %d images for %d rows of %s", sidecar, len(rows), n, path)
-        return
+        raise ArtifactError(f"{sidecar} lists {len(rows)} images, but gallery {path} has {n} rows: it belongs "
+                            f"to another gallery; {fix}")
     header["images_root"] = root
     arrays["paths"] = np.array(rows + [""] * (n - len(rows)), dtype=str)
 

@@ -12,6 +12,7 @@ from PIL import Image
 from engine import Embedder
 from engine.embed import labels, market_label
 from engine.embed import main as embed_main
+from engine.errors import ArtifactError
 from engine.gallery import Gallery, read_gallery_file
 from engine.images import list_images, load_images
 from engine.query import main as query_main
@@ -97,7 +98,29 @@ def test_an_older_gallery_with_a_paths_sidecar_is_still_read(market_folder, arti
     rows = _query_lines(paths[0], out, artifact_dir, capsys)
     assert sorted(r[5] for r in rows) == sorted(listed + ["-", "-"])
     legacy_paths_file(out).write_text(json.dumps({"root": "x", "paths": ["a"] * 13}))  # more rows than the file
-    assert "paths" not in read_gallery_file(out)[1]
+    with pytest.raises(ArtifactError, match=r"old.npz.paths.json lists 13 images, but gallery .* has 12 rows"):
+        read_gallery_file(out)
+
+
+@pytest.mark.parametrize(("text", "why"), [("{not json", "JSONDecodeError"), ('["a"]', "TypeError"),
+                                          ('{"root": "x"}', "KeyError"), ('{"root": "x", "paths": [1]}', "TypeError"),
+                                          (b"\xff\xfe", "UnicodeDecodeError")])
+def test_a_corrupt_or_foreign_paths_sidecar_is_an_error_naming_it(market_folder, artifact_dir, tmp_path, capsys,
+                                                                  text, why):
+    """Another gallery's or a corrupt .paths.json gave wrong image names or a JSONDecodeError traceback."""
+    out = tmp_path / "old.npz"
+    gallery = Gallery(4)
+    gallery.add(np.eye(4, dtype=np.float32), np.arange(4))
+    gallery.save(out)
+    sidecar = legacy_paths_file(out)
+    sidecar.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ArtifactError, match=rf"old.npz.paths.json, the image list of gallery .* \({why}"):
+        read_gallery_file(out)
+    query = str(next(market_folder.glob("*.png")))
+    capsys.readouterr()
+    assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(sidecar) in err and "delete or rename" in err
 
 
 def test_csv_labels_and_index_ids(market_folder, tmp_path):
@@ -262,3 +285,28 @@ def test_a_gallery_without_a_fingerprint_is_searched_with_a_warning(market_folde
     with caplog.at_level(logging.WARNING, logger="engine.gallery"):
         assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 0
     assert "records no model fingerprint" in caplog.text
+
+
+def test_embed_publishes_one_file_or_nothing(market_folder, artifact_dir, tmp_path, monkeypatch, capsys):
+    """engine.embed once replaced gallery.npz and then failed writing paths.json (half-published): the
+    rows and their images are one .npz now, written atomically, so a failed write leaves the old
+    gallery whole and nothing beside it."""
+    import errno
+
+    from engine.search import file
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    before = out.read_bytes()
+
+    def disk_full(fh, **arrays):
+        fh.write(b"PK half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file.np, "savez", disk_full)
+    capsys.readouterr()
+    assert embed_main([str(market_folder), "--index-ids", "--artifact", str(artifact_dir), "--out", str(out),
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"writing {out} failed: No space left" in err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["crops", "g.npz"]
