@@ -13,7 +13,10 @@
     buffers.py      row buffers with amortised growth
 
 Every path class has ``search(queries, k, exclusion) -> (distances, ids)``; a query batch goes
-through ``Gallery.search`` once and one path. torch and faiss are imported when first needed.
+through ``Gallery.search`` once and one path (FaissFlat hands the rare queries whose k-th distance
+ties beyond its candidates to its own Gemm, which ranks ties by id). On CUDA the paths are Gemm
+(FP32 rows) and TwoPassSearch "fp16" (FP16 rows): the same classes on the gallery's device, no CUDA
+twin. torch and faiss are imported when first needed.
 """
 from .file import read as read_gallery_file
 from .gallery import METHODS, UNKNOWN_CAM, Gallery

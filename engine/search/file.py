@@ -115,7 +115,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
         )
     n, dim = header.get("count"), header.get("dim")
     emb = arrays["embeddings"]
-    if emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
+    if not isinstance(n, int) or not isinstance(dim, int) or emb.shape != (n, dim) or arrays["ids"].shape != (n,) or arrays["cams"].shape != (n,) \
             or header.get("storage") not in STORAGES \
             or arrays.get("paths", np.empty(n, "U1")).shape != (n,):
         raise ArtifactError(f"gallery file {path} is inconsistent: header {header}, embeddings "

@@ -185,7 +185,7 @@ class Gallery:
         if path is None:
             path = self._paths[name] = (
                 Gemm(self._store, self._chunk) if name == "torch" else
-                FaissFlat(self._store, self._path("torch")) if name == "faiss" else
+                FaissFlat(self._store, Gemm(self._store, self._chunk)) if name == "faiss" else
                 TwoPassSearch(self._store, name, self.counts, self._chunk) if name in TwoPassSearch.MODES else
                 Approximate(self._store, name, self._nprobe))
         return path
