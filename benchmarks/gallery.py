@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.gallery --out artifacts/bench`` times exact k-NN over unit vectors (random, and
 clustered like real embeddings with ``--data clustered``) for each dim, gallery size and query batch.
-Methods: ``gallery`` (method="auto": the path engine.search_plan picks per batch), ``faiss``
+Methods: ``gallery`` (method="auto": the path engine.search.plan picks per batch), ``faiss``
 (IndexFlatL2, the reference), ``torch_naive`` (one un-chunked ``addmm`` + topk with the gallery's
 norms computed once at build time, skipped where its block passes 2 GiB), with ``--paths`` the Gallery forced onto each path (``gallery_bf16``, ``gallery_fp32``,
 ``gallery_torch``, ``gallery_faiss``) to measure the crossovers, and with ``--approx`` the approximate
@@ -37,9 +37,8 @@ from engine import cli
 from engine.atomic import write_text
 from engine.device import torch_device
 from engine.errors import InputError
-from engine.faiss_search import Approximate
 from engine.gallery import Gallery
-from engine.search_plan import EXACT
+from engine.search.plan import APPROXIMATE, EXACT
 
 FULL: dict[str, Any] = {"sizes": [1_000, 10_000, 100_000, 1_000_000], "dims": [1024], "queries": 1000, "batches": [1, 10, 100, 1000]}
 QUICK: dict[str, Any] = {"sizes": [1_000, 4_000], "dims": [64], "queries": 64, "batches": [1, 32]}
@@ -226,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="random unit vectors and/or clustered unit vectors")
     p.add_argument("--paths", nargs="*", choices=EXACT, default=[],
                    help="also time the Gallery forced onto these paths (crossover measurement)")
-    p.add_argument("--approx", nargs="*", choices=Approximate.KINDS, default=[],
+    p.add_argument("--approx", nargs="*", choices=APPROXIMATE, default=[],
                    help="also time the approximate Gallery (faiss IVF, HNSW, IVF-SQ8): speed and recall@k vs faiss")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the torch matmul+topk baseline")
     p.add_argument("--seed", type=int, default=0, help="data seed")

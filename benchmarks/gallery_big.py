@@ -24,12 +24,13 @@ import numpy as np
 
 from benchmarks.common import environment, host_memory_mb, markdown_table, summarize, write_json
 from benchmarks.gallery import CLUSTER_SIZE, SMOKE, around, recall_at_k, unit
-from engine import cli, faiss_search
+from engine import cli
 from engine.atomic import write_text
 from engine.errors import InputError
 from engine.gallery import Gallery
-from engine.gallery_file import STORAGES
 from engine.progress import progress
+from engine.search.checks import STORAGES
+from engine.search.plan import APPROXIMATE
 
 QUICK = {"size": 20_000, "dim": 32, "queries": 64, "exact_queries": 16, "chunk": 4096, "batches": [1, 16]}
 COLUMNS = ["size", "dim", "storage", "method", "nprobe", "batch", "p50_ms", "queries_per_s", "exact_queries_per_s",
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("artifacts/bench-big"), help="output folder")
     p.add_argument("--size", type=cli.positive_int, default=10_000_000, help="gallery rows")
     p.add_argument("--dim", type=cli.positive_int, default=512, help="embedding dim")
-    p.add_argument("--method", choices=faiss_search.Approximate.KINDS, default="ivf-sq8", help="approximate method")
+    p.add_argument("--method", choices=APPROXIMATE, default="ivf-sq8", help="approximate method")
     p.add_argument("--storage", choices=STORAGES, default="float16", help="the Gallery's row storage")
     p.add_argument("--nprobe", type=cli.positive_int, nargs="+", default=[16, 64],
                    help="lists probed (IVF) or efSearch (HNSW), one measurement each")

@@ -5,11 +5,12 @@ an Embedder, against a running server (``--url``, see ``python -m serve``) or on
 (``--ray``). Person ids and cameras come from Market-1501-style names (``0002_c1s1_000451_03.jpg``:
 id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
 the image's index (``--index-ids``). The gallery file also records each row's image (relative to
-FOLDER), so ``python -m engine.query`` can show the images behind its results; it is written atomically.
-Every file not embedded is counted and named on stderr (other types, unreadable images, Market's junk
-with ``--skip-junk``). Exit codes: 0 done, 2 bad input: labels (a negative id, a CSV row given twice, a
-CSV that is not UTF-8), an unwritable ``--out`` and contradicting flags are found before the first image
-is embedded.
+FOLDER), so ``python -m engine.query`` can show the images behind its results, and the fingerprint of
+the artefact's model (``--artifact``), which ``engine.query`` and the server check; it is written
+atomically. Every file not embedded is counted and named on stderr (other types, unreadable images,
+Market's junk with ``--skip-junk``). Exit codes: 0 done, 2 bad input: labels (a negative id, a CSV row
+given twice, a CSV that is not UTF-8), an unwritable ``--out`` and contradicting flags are found before
+the first image is embedded.
 """
 from __future__ import annotations
 
@@ -143,11 +144,12 @@ def report_skipped(what: str, skipped: Sequence[Path], root: Path) -> None:
 
 
 def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
-                 paths: Sequence[Path]) -> None:
-    from .gallery import Gallery
+                 paths: Sequence[Path], fingerprint: str | None = None) -> None:
+    """Write the gallery file: the rows, their images and the fingerprint of the model that embedded them."""
+    from .search import Gallery
 
     gallery = Gallery(embeddings.shape[1])
-    gallery.images_root = str(root.resolve())
+    gallery.images_root, gallery.model_fingerprint = str(root.resolve()), fingerprint
     gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
     gallery.save(out)
 
@@ -193,6 +195,17 @@ def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray,
                           start_timeout_s=args.ray_timeout)
         return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
     return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
+
+
+def artifact_fingerprint(artifact: Path | None) -> str | None:
+    """The model fingerprint of the artefact folder ``artifact`` (None without one: through ``--url``
+    the server's model is not known here)."""
+    if artifact is None:
+        return None
+    from .search.file import model_fingerprint
+    from .spec import ModelSpec
+
+    return model_fingerprint(ModelSpec.load(artifact))
 
 
 def with_embed_fn(args: argparse.Namespace, work: Callable[[EmbedFn, Sequence[int]], Any]) -> Any:
@@ -246,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         found = len(others) + len(paths)
         paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
+        fingerprint = artifact_fingerprint(args.artifact)
         embeddings, kept = _embed_all(args, paths)
         unread = sorted(set(range(len(paths))) - set(kept))
         report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
-        save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+        save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept],
+                     fingerprint)
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
               f"{embeddings.shape[1]}-D, with each row's image; skipped {found - len(kept)} files)")
 

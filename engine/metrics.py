@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .distance import squared_l2_blocks
 from .errors import InputError
 from .rerank import RerankParams, k_reciprocal_distances
+from .search.distance import squared_l2_blocks
 
 PROTOCOLS = ("market", "single_shot")
 DEFAULT_RANKS = (1, 5, 10, 20)
@@ -32,7 +32,7 @@ def evaluate(query_emb: Any, query_pids: Any, query_cams: Any, gallery_emb: Any,
              chunk: int = 1024, rerank: RerankParams | None = None) -> dict[str, float]:
     """CMC ``rank{k}`` for each k in ``ranks``, ``mAP`` and ``num_query`` from raw embeddings.
 
-    Squared-L2 distances come from engine.distance (the same expansion the Gallery searches with),
+    Squared-L2 distances come from engine.search.distance (the same expansion the Gallery searches with),
     computed ``chunk`` queries at a time. With ``rerank`` the ranking uses k-reciprocal re-ranked
     distances instead (engine.rerank; memory grows as (queries + gallery)^2, see its limit).
     """

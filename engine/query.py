@@ -10,6 +10,8 @@ rules). ``--png`` draws each query like torchreid's visrank: one PNG per query i
 (``OUT/001_<query>.png``...), or the file OUT for a single query named *.png. With ``--url`` the
 server embeds and searches its own resident gallery; ``--gallery`` (the file the server was started
 with) is then only needed to name, draw and score the rows.
+The gallery file records the model that embedded it; a query with another artefact's model is
+refused (exit 2, both fingerprints named) unless ``--allow-other-model``.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
@@ -81,11 +83,13 @@ def _search(args: argparse.Namespace, paths: list[Path], stored: tuple[dict[str,
             return (queries, *client.search(args.k, embeddings=queries))
     if stored is None:
         raise InputError("pass --gallery gallery.npz (from `python -m engine.embed`), or --url of a server")
-    from .gallery import Gallery
+    from .search import Gallery
+
+    k = min(args.k, stored[0]["count"])  # a list longer than the gallery would only hold padding
 
     def work(embed: EmbedFn, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         queries = embed(pixels(shape))
-        return (queries, *Gallery.from_file_arrays(*stored).search(queries, args.k))
+        return (queries, *Gallery.from_file_arrays(*stored).search(queries, k))
     return with_embed_fn(args, work)
 
 
@@ -95,9 +99,11 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
     paths = query_paths(args.images)
     stored = None
     if args.gallery is not None:
-        from .gallery import read_gallery_file
+        from .search import read_gallery_file
 
         stored = read_gallery_file(args.gallery)
+        if args.url is None and args.artifact is not None and not args.allow_other_model:
+            check_model(stored[0], args.gallery, args.artifact)
     queries, distances, ids = _search(args, paths, stored)
     rows, cams = np.full(ids.shape, -1, np.int64), np.full(ids.shape, UNKNOWN, np.int64)
     if stored is not None:
@@ -107,6 +113,15 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
         cams = np.where(rows >= 0, arrays["cams"][np.maximum(rows, 0)], UNKNOWN)
     ranked = [Ranked(p, market_label(p), distances[n], ids[n], rows[n], cams[n]) for n, p in enumerate(paths)]
     return ranked, gallery_images(stored), scores(ranked, queries, stored)
+
+
+def check_model(header: dict[str, Any], gallery: Path, artifact: Path) -> None:
+    """SpecMismatchError unless the gallery file records the model of ``artifact`` (or none at all)."""
+    from .search.file import check_fingerprint
+    from .spec import ModelSpec
+
+    check_fingerprint(header.get("model_fingerprint"), ModelSpec.load(artifact), source=f"gallery {gallery}",
+                      artifact=f"artefact {artifact}")
 
 
 def gallery_images(stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> Images | None:
@@ -155,10 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=Path, help="gallery file from `python -m engine.embed`")
     cli.add_artifact(p, required=False, help="artefact folder written by `python -m export.build_engine` "
                      "(needed unless --url)")
-    p.add_argument("-k", type=cli.positive_int, default=10, help="results per query")
+    p.add_argument("-k", type=cli.positive_int, default=10, help="results per query (at most the gallery's "
+                   "rows: a longer list would only be padding)")
     p.add_argument("--png", type=Path, metavar="OUT", help="also draw each query's ranked list: one PNG per "
                    "query in the folder OUT, or the file OUT for a single query named *.png")
     p.add_argument("--url", help="search on a running server: grpc://HOST:PORT or http://HOST:PORT")
+    p.add_argument("--allow-other-model", action="store_true", help="search a gallery embedded by another "
+                   "model than --artifact's (refused by default: the two models' distances are meaningless "
+                   "unless they share one embedding space)")
     add_backend_device(p)
     cli.add_no_progress(p)
     return p

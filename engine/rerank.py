@@ -7,13 +7,13 @@ used by torchreid: distances squared and each row divided by its maximum, k1-rec
 by the candidates' k1/2-reciprocal sets that share over 2/3 of them, Gaussian-weighted vectors V,
 local query expansion over k2 neighbours), with the memory laid out so that it stays bounded:
 
-- distances are recomputed in row blocks from the embeddings (engine.distance), never held as a full
+- distances are recomputed in row blocks from the embeddings (engine.search.distance), never held as a full
   (N, N) matrix, and only the first ``k1 + 1`` neighbours of each item are kept;
 - V is one dense (N, N) float32 matrix (the only N^2 term, ``4 N^2`` bytes: 2.6 MB for VIPeR's 632
   items, 1.6 GB for 20,000); ``max_items`` refuses larger inputs before allocating anything;
 - the Jaccard term of one query touches only the columns where its V row is non-zero.
 
-numpy (and torch through engine.distance) only.
+numpy (and torch through engine.search.distance) only.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .distance import squared_l2_blocks
 from .errors import InputError
+from .search.distance import squared_l2_blocks
 
 DEFAULT_MAX_ITEMS = 20_000  # queries + gallery; V then takes 1.6 GB
 

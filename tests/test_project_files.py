@@ -25,6 +25,12 @@ def test_citation_names_the_jlml_paper():
     assert all(f"family-names: {name}" in text for name in ("Li", "Zhu", "Gong")) and "year: 2017" in text
 
 
+def test_results_holds_records_only():
+    """results/ keeps what runs recorded; code that makes records lives in the packages or tools/."""
+    code = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results").rglob("*") if p.suffix in (".py", ".sh"))
+    assert not code, f"scripts in results/: {code}; move them to tools/ (or a package), or remove one-offs"
+
+
 DOCS = ("README.md", "docs/GUIDE.md", "docs/REFERENCE.md", "RESULTS.md", "benchmarks/README.md", "CHANGELOG.md")
 
 

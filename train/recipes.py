@@ -145,7 +145,7 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # A new data set of a few hundred people in the Market-1501 layout (128x64 crops): viper_bnneck_long's
     # small network, BNNeck, flip averaging, Adam settings and 60 epochs, from scratch, at Market's size.
     # Pick it with --dataset. Measured once, on VIPeR split 0 laid out as a Market folder
-    # (results/levers_issue11/viper_as_market.py; 316 train ids, 632 images): Rank-1 17.4, mAP 29.7,
+    # (tools/viper_as_market.py; 316 train ids, 632 images): Rank-1 17.4, mAP 29.7,
     # against 16.1 / 26.5 for the earlier version (no BNNeck, no flip, 40 epochs); one split, so within
     # the noise of a split.
     # It serves LOMO + XQDA (train.lomo, train.xqda), which trains nothing: over the 10 splits of VIPeR and

@@ -81,6 +81,16 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory, tiny_module: nn.Modul
 
 
 @pytest.fixture(scope="session")
+def other_artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artefact of another model (other weights) with the same spec and embedding size."""
+    folder = tmp_path_factory.mktemp("other-artefact")
+    torch.manual_seed(1)
+    export_tiny(TinyEmbedder(TINY_SPEC).eval(), folder / ONNX_FILE, TINY_SPEC)
+    TINY_SPEC.replace(onnx_sha256=file_sha256(folder / ONNX_FILE)).save(folder / SPEC_FILE)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def spec(artifact_dir: Path) -> ModelSpec:
     return ModelSpec.load(artifact_dir)
 

@@ -12,11 +12,12 @@ from PIL import Image
 from engine import Embedder
 from engine.embed import labels, market_label
 from engine.embed import main as embed_main
+from engine.errors import ArtifactError
 from engine.gallery import Gallery, read_gallery_file
-from engine.gallery_file import legacy_paths_file
 from engine.images import list_images, load_images
 from engine.query import main as query_main
 from engine.query import resolve_rows
+from engine.search.file import legacy_paths_file
 
 
 @pytest.fixture
@@ -97,7 +98,29 @@ def test_an_older_gallery_with_a_paths_sidecar_is_still_read(market_folder, arti
     rows = _query_lines(paths[0], out, artifact_dir, capsys)
     assert sorted(r[5] for r in rows) == sorted(listed + ["-", "-"])
     legacy_paths_file(out).write_text(json.dumps({"root": "x", "paths": ["a"] * 13}))  # more rows than the file
-    assert "paths" not in read_gallery_file(out)[1]
+    with pytest.raises(ArtifactError, match=r"old.npz.paths.json lists 13 images, but gallery .* has 12 rows"):
+        read_gallery_file(out)
+
+
+@pytest.mark.parametrize(("text", "why"), [("{not json", "JSONDecodeError"), ('["a"]', "TypeError"),
+                                          ('{"root": "x"}', "KeyError"), ('{"root": "x", "paths": [1]}', "TypeError"),
+                                          (b"\xff\xfe", "UnicodeDecodeError")])
+def test_a_corrupt_or_foreign_paths_sidecar_is_an_error_naming_it(market_folder, artifact_dir, tmp_path, capsys,
+                                                                  text, why):
+    """Another gallery's or a corrupt .paths.json gave wrong image names or a JSONDecodeError traceback."""
+    out = tmp_path / "old.npz"
+    gallery = Gallery(4)
+    gallery.add(np.eye(4, dtype=np.float32), np.arange(4))
+    gallery.save(out)
+    sidecar = legacy_paths_file(out)
+    sidecar.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ArtifactError, match=rf"old.npz.paths.json, the image list of gallery .* \({why}"):
+        read_gallery_file(out)
+    query = str(next(market_folder.glob("*.png")))
+    capsys.readouterr()
+    assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(sidecar) in err and "delete or rename" in err
 
 
 def test_csv_labels_and_index_ids(market_folder, tmp_path):
@@ -206,3 +229,84 @@ def test_a_folder_of_queries_gets_one_png_each_flags_and_a_score_line(market_fol
     assert query_main([str(queries), "--gallery", str(out), "--artifact", str(artifact_dir),
                        "--png", str(tmp_path / "one.png")]) == 2
     assert "names one file, got 4 queries" in capsys.readouterr().err
+
+
+def test_query_with_a_huge_k_lists_the_gallery_once(market_folder, artifact_dir, tmp_path, capsys):
+    """-k 10^9 once asked the Gallery for 10^9 columns per query; the list stops at the gallery's rows
+    (and so does the drawing)."""
+    out, png = tmp_path / "g.npz", tmp_path / "ranked.png"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    query = sorted(market_folder.rglob("0002_c2*"))[0]
+    capsys.readouterr()
+    assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", str(10**9),
+                       "--no-progress", "--png", str(png)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("   ")]
+    assert len(listed) == 12
+    with Image.open(png) as drawn, Image.open(_drawn_with_k(query, out, artifact_dir, tmp_path, 12)) as full:
+        assert drawn.size == full.size  # 12 results drawn, not 10^9 or 2048
+
+
+def _drawn_with_k(query, out, artifact_dir, tmp_path, k: int):
+    png = tmp_path / f"k{k}.png"
+    assert query_main([str(query), "--gallery", str(out), "--artifact", str(artifact_dir), "-k", str(k),
+                       "--no-progress", "--png", str(png)]) == 0
+    return png
+
+
+def test_a_gallery_embedded_by_another_model_is_refused_by_query(market_folder, artifact_dir, other_artifact_dir,
+                                                                  spec, tmp_path, capsys):
+    """A gallery of another model of the same dimension once gave meaningless ranks with exit 0."""
+    from engine.search.file import model_fingerprint
+    from engine.spec import ModelSpec
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    ours, theirs = model_fingerprint(spec), model_fingerprint(ModelSpec.load(other_artifact_dir))
+    assert read_gallery_file(out)[0]["model_fingerprint"] == ours != theirs
+    query = str(sorted(market_folder.rglob("0002_c2*"))[0])
+    capsys.readouterr()
+    argv = [query, "--gallery", str(out), "--artifact", str(other_artifact_dir), "--no-progress"]
+    assert query_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ours[:16] in err and theirs[:16] in err and "--allow-other-model" in err
+    assert query_main([*argv, "--allow-other-model"]) == 0
+    assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 0
+
+
+def test_a_gallery_without_a_fingerprint_is_searched_with_a_warning(market_folder, artifact_dir, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    gal = Gallery.load(out)
+    gal.model_fingerprint = None  # as written before fingerprints
+    gal.save(out)
+    query = str(sorted(market_folder.rglob("0002_c2*"))[0])
+    with caplog.at_level(logging.WARNING, logger="engine.gallery"):
+        assert query_main([query, "--gallery", str(out), "--artifact", str(artifact_dir), "--no-progress"]) == 0
+    assert "records no model fingerprint" in caplog.text
+
+
+def test_embed_publishes_one_file_or_nothing(market_folder, artifact_dir, tmp_path, monkeypatch, capsys):
+    """engine.embed once replaced gallery.npz and then failed writing paths.json (half-published): the
+    rows and their images are one .npz now, written atomically, so a failed write leaves the old
+    gallery whole and nothing beside it."""
+    import errno
+
+    from engine.search import file
+
+    out = tmp_path / "g.npz"
+    assert embed_main([str(market_folder), "--artifact", str(artifact_dir), "--out", str(out), "--no-progress"]) == 0
+    before = out.read_bytes()
+
+    def disk_full(fh, **arrays):
+        fh.write(b"PK half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file.np, "savez", disk_full)
+    capsys.readouterr()
+    assert embed_main([str(market_folder), "--index-ids", "--artifact", str(artifact_dir), "--out", str(out),
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"writing {out} failed: No space left" in err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["crops", "g.npz"]

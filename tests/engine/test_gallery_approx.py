@@ -63,10 +63,10 @@ def test_nprobe_setter_retunes_the_built_index_without_a_rebuild() -> None:
     gal = Gallery(16, method="ivf", nprobe=1)
     gal.add(g, np.arange(2500))
     coarse = gal.search(q, 10)[1]
-    index = gal._approx
+    index = gal._paths["ivf"].index
     gal.nprobe = 10_000  # every list: IVF-Flat is then exhaustive
     exhaustive = gal.search(q, 10)[1]
-    assert gal._approx is index and gal.nprobe == 10_000
+    assert gal._paths["ivf"].index is index and gal.nprobe == 10_000
     np.testing.assert_array_equal(exhaustive, _brute_ids(q, g, 10))
     assert (coarse != exhaustive).any(), "one list of ~50 should miss some neighbours"
 
@@ -148,3 +148,34 @@ def test_saved_float16_gallery_loads_as_ivf_sq8(tmp_path) -> None:
     assert (gal.storage, gal.method, len(gal)) == ("float16", "ivf-sq8", 2000)
     got, want = gal.search(data[2000:], 5)[1], exact.search(data[2000:], 5)[1]
     assert _recall(got, want) >= 0.9
+
+
+@pytest.mark.parametrize(("kind", "nprobe"), [("ivf", 3), ("hnsw", 40), ("ivf-sq8", None)])
+def test_save_and_load_keep_the_method_and_its_nprobe(kind: str, nprobe: int | None, tmp_path) -> None:
+    """Gallery(method="hnsw") once came back from its file as method="auto" with no index settings."""
+    data = _clustered(500, 8, seed=4)
+    gal = Gallery(8, method=kind, nprobe=nprobe)
+    gal.add(data, np.arange(500))
+    gal.save(tmp_path / "g.npz")
+    back = Gallery.load(tmp_path / "g.npz")
+    assert (back.method, back.nprobe, back.search_path(10)) == (kind, nprobe, kind)
+    np.testing.assert_array_equal(back.search(data[:5], 3)[1][:, 0], np.arange(5))
+    exact = Gallery.load(tmp_path / "g.npz", method="auto")  # an explicit method still overrides
+    assert (exact.method, exact.nprobe) == ("auto", None) and exact.search_path(10) != kind
+
+
+def test_a_file_from_before_the_method_was_recorded_loads_as_auto_and_a_bad_one_is_refused(tmp_path) -> None:
+    from engine.errors import ArtifactError
+    from engine.search import file
+
+    gal = Gallery(4, method="hnsw", nprobe=8)
+    gal.add(np.eye(4, dtype=np.float32), np.arange(4))
+    gal.save(tmp_path / "g.npz")
+    header, arrays = file.read(tmp_path / "g.npz")
+    for name in ("method", "nprobe"):
+        del header[name]
+    file.save(tmp_path / "old.npz", header, arrays)
+    assert (Gallery.load(tmp_path / "old.npz").method, Gallery.load(tmp_path / "old.npz").nprobe) == ("auto", None)
+    file.save(tmp_path / "bad.npz", header | {"method": "lsh", "nprobe": 0}, arrays)
+    with pytest.raises(ArtifactError, match=r"records method 'lsh' nprobe 0, expected one of"):
+        Gallery.load(tmp_path / "bad.npz")

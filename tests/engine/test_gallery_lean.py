@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import faiss_search, search_plan
 from engine.errors import InputError
 from engine.gallery import Gallery
+from engine.search import faiss_flat, plan
 
 torch = pytest.importorskip("torch")
 
@@ -19,9 +19,9 @@ def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def test_path_is_chosen_once_per_batch_size_until_the_next_add(monkeypatch) -> None:
-    calls: list[search_plan.Shape] = []
-    choose = search_plan.choose
-    monkeypatch.setattr(search_plan, "choose", lambda shape: calls.append(shape) or choose(shape))
+    calls: list[plan.Shape] = []
+    choose = plan.choose
+    monkeypatch.setattr(plan, "choose", lambda shape: calls.append(shape) or choose(shape))
     gal = Gallery(8)
     gal.add(_unit(50, 8), np.arange(50))
     calls.clear()  # the constructor asked for its own plan
@@ -63,9 +63,9 @@ class _FakeFaiss:
 
 @pytest.mark.parametrize("n_q", [1, 3])  # one query reads one float, more take the reduction
 def test_faiss_exact_clamps_rounding_negatives_then_ranks_ties_by_position(monkeypatch, n_q: int) -> None:
-    monkeypatch.setattr(faiss_search, "load", lambda: _FakeFaiss)
+    monkeypatch.setattr(faiss_flat, "load", lambda: _FakeFaiss)
     rows = _unit(6, 4)
-    d, p, redo = faiss_search.exact(_unit(n_q, 4, seed=1), rows, (rows * rows).sum(1), 4, None)
+    d, p, redo = faiss_flat.exact(_unit(n_q, 4, seed=1), rows, (rows * rows).sum(1), 4, None)
     np.testing.assert_array_equal(d, np.tile(np.array([0, 0, 0.5, 0.7], np.float32), (n_q, 1)))
     np.testing.assert_array_equal(p, np.tile([1, 3, 5, 0], (n_q, 1)))
     assert redo.size == 0

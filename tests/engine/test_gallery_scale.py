@@ -63,7 +63,7 @@ def test_ties_are_broken_by_id(device: str) -> None:
 def test_gallery_stays_on_device_and_save_load(device: str, tmp_path) -> None:
     gal = Gallery(16, device=device)
     gal.add(np.ones((4, 16), np.float32), np.arange(4))
-    assert gal._rows("emb").device.type == device  # resident there, not copied per search
+    assert gal._store.rows("emb").device.type == device  # resident there, not copied per search
     gal.save(tmp_path / "g.npz")
     back = Gallery.load(tmp_path / "g.npz", device=device)
     np.testing.assert_array_equal(back.search(np.zeros((1, 16), np.float32), 2)[1], [[0, 1]])
@@ -135,7 +135,7 @@ def test_million_rows_search_memory_is_bounded_by_chunk() -> None:
     # A (queries x gallery) block would be 64 x 1M x 4 B = 256 MB; one chunk block is 4 MB. The peak
     # may grow by a few chunk blocks, never by a gallery-sized buffer.
     assert grown < 8 * block_mb + 32, f"peak RSS grew {grown:.0f} MB during search"
-    g = gal._rows("emb").numpy()  # rows in insertion order and ids == arange, so row r has id r
+    g = gal._store.rows("emb").numpy()  # rows in insertion order and ids == arange, so row r has id r
     exact = np.sort(((q[:2, None, :] - g[None]) ** 2).sum(-1), axis=1)[:, :5]
     np.testing.assert_allclose(d[:2], exact, rtol=1e-4)
 
@@ -158,20 +158,20 @@ def test_first_single_query_after_add_builds_no_gallery_sized_copy() -> None:
 def test_add_reads_its_bounds_back_once_not_once_a_block(device: str, storage: str, monkeypatch) -> None:
     """Each read of a bound is a host sync on CUDA; an add of many norm blocks reads each bound once,
     and the bounds are the maxima over all rows, as computed in one block."""
-    from engine import gallery as gallery_module
+    from engine.search import rows as rows_module
 
     rows = np.random.default_rng(3).standard_normal((6000, 32), np.float32)
     method = "fp16" if storage == "float16" else "auto"
     whole = Gallery(32, device=device, storage=storage, method=method)
     whole.add(rows, np.arange(6000))
     reads = []
-    upper_max = gallery_module.twopass.upper_max
-    monkeypatch.setattr(gallery_module.twopass, "upper_max", lambda x: reads.append(1) or upper_max(x))
-    monkeypatch.setattr(gallery_module, "NORM_ELEMENTS", 32 * 250)  # 24 blocks of 250 rows
+    upper_max = rows_module.twopass.upper_max
+    monkeypatch.setattr(rows_module.twopass, "upper_max", lambda x: reads.append(1) or upper_max(x))
+    monkeypatch.setattr(rows_module, "NORM_ELEMENTS", 32 * 250)  # 24 blocks of 250 rows
     blocks = Gallery(32, device=device, storage=storage, method=method)
     blocks.add(rows, np.arange(6000))
     assert len(reads) == (3 if storage == "float16" else 1)
-    assert (blocks._norm_bound, blocks._fp16_bound) == (whole._norm_bound, whole._fp16_bound)
+    assert (blocks._store.norm_bound, blocks._store.fp16_bound) == (whole._store.norm_bound, whole._store.fp16_bound)
 
 
 def _syncs(call) -> int:

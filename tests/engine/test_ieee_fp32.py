@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine import gallery as gallery_module  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.gallery import Gallery  # noqa: E402
+from engine.search import gemm, twopass  # noqa: E402
 
 B = torch.backends
 
@@ -38,7 +38,7 @@ def relaxed(request):
 @pytest.mark.parametrize("method", ["torch", "fp32", "fp16"])
 def test_the_exact_search_runs_ieee_fp32_gemms_and_restores_the_callers_setting(relaxed, method, monkeypatch):
     seen = []
-    real_search, real_batch = gallery_module.twopass.search, gallery_module.search_batch
+    real_search, real_batch = twopass.search, gemm.search_batch
 
     def recording(real):
         def call(*args, **kwargs):
@@ -46,8 +46,8 @@ def test_the_exact_search_runs_ieee_fp32_gemms_and_restores_the_callers_setting(
             return real(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(gallery_module.twopass, "search", recording(real_search))
-    monkeypatch.setattr(gallery_module, "search_batch", recording(real_batch))
+    monkeypatch.setattr(twopass, "search", recording(real_search))
+    monkeypatch.setattr(gemm, "search_batch", recording(real_batch))
     rng = np.random.default_rng(0)
     rows, queries = rng.standard_normal((500, 32), np.float32), rng.standard_normal((20, 32), np.float32)
     gal = Gallery(32, method=method, storage="float16" if method == "fp16" else "float32")
@@ -55,7 +55,7 @@ def test_the_exact_search_runs_ieee_fp32_gemms_and_restores_the_callers_setting(
     d, i = gal.search(queries, 5)
     assert seen and all(p in ("ieee", "none") and k in ("ieee", "none") for p, k in seen), seen
     assert _matmul_state() == relaxed  # the caller's setting is back
-    exact = ((queries[:, None, :].astype(np.float64) - gal._rows("exact" if method == "fp16" else "emb")
+    exact = ((queries[:, None, :].astype(np.float64) - gal._store.rows("exact" if method == "fp16" else "emb")
               .double().numpy()[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(i, np.argsort(exact, axis=1, kind="stable")[:, :5])
 

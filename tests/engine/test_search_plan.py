@@ -1,10 +1,10 @@
-"""engine.search_plan: the path and thread count chosen from a batch's shape (the measured crossovers)."""
+"""engine.search.plan: the path and thread count chosen from a batch's shape (the measured crossovers)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.search_plan import THREAD_GRAIN, Shape, choose, threads
+from engine.search.plan import THREAD_GRAIN, Shape, choose, threads
 
 
 def _shape(rows: int, batch: int, dim: int = 1024, **kw) -> Shape:
@@ -42,7 +42,7 @@ def test_threads_grow_with_work_up_to_the_cap() -> None:
 @pytest.fixture
 def fresh_bf16_detection():
     """bf16_is_fast reads the CPU (and the environment) once per process: clear it around the test."""
-    from engine import twopass
+    from engine.search import twopass
 
     twopass.bf16_is_fast.cache_clear()
     yield
@@ -53,8 +53,8 @@ def fresh_bf16_detection():
 @pytest.mark.parametrize(("value", "fast", "path"), [("0", False, "torch"), ("1", True, "bf16")])
 def test_native_bf16_env_overrides_detection_and_so_the_plan(monkeypatch, value: str, fast: bool, path: str) -> None:
     """JLML_NATIVE_BF16 measures a CPU without native bf16 on one that has it (and the reverse)."""
-    from engine import twopass
     from engine.gallery import Gallery
+    from engine.search import twopass
 
     monkeypatch.setenv(twopass.NATIVE_BF16_ENV, value)
     assert twopass.bf16_is_fast() is fast
@@ -65,8 +65,8 @@ def test_native_bf16_env_overrides_detection_and_so_the_plan(monkeypatch, value:
 
 @pytest.mark.usefixtures("fresh_bf16_detection")
 def test_native_bf16_env_rejects_other_values(monkeypatch) -> None:
-    from engine import twopass
     from engine.errors import InputError
+    from engine.search import twopass
 
     monkeypatch.setenv(twopass.NATIVE_BF16_ENV, "yes")
     with pytest.raises(InputError, match="JLML_NATIVE_BF16 must be 0 or 1, got 'yes'"):

@@ -1,4 +1,4 @@
-"""engine.twopass via Gallery(method=...): bf16 and fp32 shortlists give bit-identical exact answers."""
+"""engine.search.twopass via Gallery(method=...): bf16 and fp32 shortlists give bit-identical exact answers."""
 from __future__ import annotations
 
 import numpy as np
@@ -85,14 +85,14 @@ def test_exclusion_and_k_larger_than_gallery() -> None:
 
 def test_bound_covers_the_coarse_error() -> None:
     """Every coarse score lies within u'|S~| + eps_q of the exact ranking score (the proof's premise)."""
-    from engine.twopass import CoarseRows, _error, upper_max
+    from engine.search.twopass import CoarseRows, _error, upper_max
 
     rng = np.random.default_rng(4)
     g = torch.from_numpy(rng.standard_normal((4000, 96)).astype(np.float32) * 3)
     q = torch.from_numpy(rng.standard_normal((20, 96)).astype(np.float32))
     sqnorm = (g * g).sum(1)
     rows = CoarseRows().rows(g, sqnorm, upper_max(sqnorm))
-    from engine.distance import ranking_distances
+    from engine.search.distance import ranking_distances
 
     coarse = ranking_distances(q, rows.data, sqnorm).double()
     g64, q64 = g.double(), q.double()

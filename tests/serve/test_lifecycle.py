@@ -75,7 +75,7 @@ def test_kill_during_adds_keeps_a_whole_gallery(serve_artifact, local_embedder, 
 KILLED_SAVE = """
 import sys, time, numpy as np
 from pathlib import Path
-import engine.gallery
+import engine.search.file
 from engine import Embedder
 from serve.models import GalleryService
 
@@ -87,7 +87,7 @@ def half_then_hang(fh, **arrays):
 
 with Embedder(sys.argv[1], backend="ort", device="cpu") as embedder:
     service = GalleryService(embedder, embedder.spec, Path(sys.argv[2]))
-    engine.gallery.np.savez = half_then_hang
+    engine.search.file.np.savez = half_then_hang
     images = np.zeros((2, *embedder.spec.image_shape), np.uint8)
     service.add({"images": images, "ids": np.array([7, 8], np.int64)})
 """

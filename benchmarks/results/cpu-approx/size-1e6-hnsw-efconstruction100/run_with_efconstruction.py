@@ -3,8 +3,8 @@
 import sys
 
 from benchmarks.gallery_big import main
-from engine import faiss_search
+from engine.search import approximate
 
 if __name__ == "__main__":
-    faiss_search.HNSW_EF_CONSTRUCTION = int(sys.argv[1])  # read when an index is built, at the first search
+    approximate.HNSW_EF_CONSTRUCTION = int(sys.argv[1])  # read when an index is built, at the first search
     sys.exit(main(sys.argv[2:]))

@@ -1,7 +1,8 @@
-"""Chunked brute-force k-NN with a running top-k: the one scan every torch search path shares.
+"""The "torch" path (``Gemm``): chunked brute-force k-NN with a running top-k, the one scan every
+torch search path shares.
 
 The gallery is scanned in row chunks (``score_blocks``, the one chunk iterator); each chunk gives a
-(queries x chunk) block of ranking scores from engine.distance. Memory is bounded by one block
+(queries x chunk) block of ranking scores from engine.search.distance. Memory is bounded by one block
 whatever the gallery size, and only k results per query ever leave the device. The same code runs
 on CPU and CUDA tensors.
 
@@ -12,7 +13,7 @@ bits above, the rank below), so a plain ``torch.topk`` over keys is already the 
 (score, rank) order: no tie margin, no "is the k-th tied?" check, no data-dependent branch. On CUDA
 that removes the per-chunk sync and the ~100 small kernels of the old tie handling.
 
-``smallest`` is the shortlist scan of the two-pass search (engine.twopass): it needs only "no row
+``smallest`` is the shortlist scan of the two-pass search (engine.search.twopass): it needs only "no row
 outside has a smaller score than the c-th", which any tie choice meets, so it skips the keys.
 """
 from __future__ import annotations
@@ -21,10 +22,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ..device import ieee_fp32
+from . import plan
+from .checks import Labels
 from .distance import bf16_queries, finish_distances, ranking_distances, squared_norms
 
 if TYPE_CHECKING:
     import torch
+
+    from .rows import RowStore
 
 RANK_BITS = 32  # rows per gallery < 2^32
 
@@ -157,3 +165,37 @@ def smallest(queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm: torch
         best_s, pick = torch.topk(torch.cat([best_s, values.float()], dim=1), c, dim=1, largest=False)
         best_p = torch.cat([best_p, cols + start], dim=1).gather(1, pick)
     return best_s, best_p.masked_fill(torch.isinf(best_s), -1)
+
+
+def torch_batch(store: RowStore, queries: np.ndarray, k: int, labels: Labels | None,
+                chunk: int) -> tuple[torch.Tensor, SearchParams]:
+    """A query batch on the gallery's device and the SearchParams of a torch path over ``store``."""
+    import torch
+
+    dev = store.device
+    exclusion = None if labels is None else Exclusion(
+        torch.from_numpy(labels[0]).to(dev), torch.from_numpy(labels[1]).to(dev), store.rows("ids"),
+        store.rows("cams"))
+    return torch.from_numpy(queries).to(dev), SearchParams(k, chunk, store.rank_order()[0], exclusion)
+
+
+class Gemm:
+    """The "torch" path: one chunked FP32 GEMM pass with a running top-k on the gallery's device (the
+    path of CUDA galleries with FP32 rows, and the CPU fallback without faiss). ``chunk``: gallery
+    rows per block (None: engine.search.plan's BLOCK_ELEMENTS)."""
+
+    name = "torch"
+
+    def __init__(self, store: RowStore, chunk: int | None = None) -> None:
+        self._store, self._chunk = store, chunk
+
+    def search(self, queries: np.ndarray, k: int, exclusion: Labels | None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (Q, k) float32 ascending, ids (Q, k) int64), padded with inf / -1."""
+        import torch
+
+        store = self._store
+        chunk = self._chunk or plan.chunk_rows(self.name, store.device.type, len(queries))
+        qt, params = torch_batch(store, queries, k, exclusion, chunk)
+        with ieee_fp32(torch):  # no TF32 (CUDA) or bf16 (oneDNN) GEMMs however the caller set them
+            d, p = search_batch(qt, store.rows("emb"), store.rows("sqnorm"), params, store.rank_order()[1])
+        return store.results(d, p)

@@ -1,15 +1,16 @@
-"""Which exact search path answers a query batch: the measured crossovers, kept in this one place.
+"""Which search path answers a query batch, and with what blocks and threads: the measured
+crossovers, kept in this one place.
 
-Paths (all exact, same neighbours as faiss.IndexFlatL2, ties by id):
-  "faiss" faiss.knn_L2sqr on the Gallery's own FP32 rows (engine.faiss_search); distances as faiss
+Exact paths (same neighbours as faiss.IndexFlatL2, ties by id; one class each, see engine.search):
+  "faiss" faiss.knn_L2sqr on the Gallery's own FP32 rows (engine.search.faiss_flat); distances as faiss
           rounds them (FP32 GEMM from 20 queries up, direct sums below).
-  "bf16"  bf16 shortlist + FP64 re-rank, proven exact (engine.twopass); needs native bf16 (AVX512_BF16
+  "bf16"  bf16 shortlist + FP64 re-rank, proven exact (engine.search.twopass); needs native bf16 (AVX512_BF16
           or AMX) to pay off; distances FP64-exact rounded to FP32, independent of batching.
   "fp32"  the same two-pass with an FP32 shortlist (any CPU, also without faiss).
   "fp16"  FP16 rows on the device (half the memory: 10^7 x 1024 is 20 GB) shortlisted with an FP32
           GEMM, re-ranked exactly against FP32 rows kept in host memory: a GPU gallery with
           storage="float16" (and method="fp16" anywhere, e.g. to test it on CPU).
-  "torch" one chunked FP32 GEMM pass with a running top-k (engine.topk): the CUDA path, and the CPU
+  "torch" one chunked FP32 GEMM pass with a running top-k (engine.search.gemm): the CUDA path, and the CPU
           fallback without faiss.
 
 Crossovers measured on the 2-core AMD EPYC (AVX-512, AVX512_BF16) dev box with
@@ -18,6 +19,8 @@ interleaved in one process; see benchmarks/README.md): faiss's single C++ call w
 galleries and single queries, where a torch search is dominated by per-op overhead; the bf16
 two-pass wins once a batch has enough rows x queries for its 2x GEMM rate to pay the re-rank. On
 CPUs without native bf16 the bf16 rows are never chosen (emulated bf16 is slower than FP32).
+
+Approximate paths ("ivf", "hnsw", "ivf-sq8"; engine.search.approximate) are chosen only by name.
 """
 from __future__ import annotations
 
@@ -27,6 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 EXACT = ("faiss", "bf16", "fp32", "fp16", "torch")
+APPROXIMATE = ("ivf", "hnsw", "ivf-sq8")
+METHODS = ("auto", *EXACT, *APPROXIMATE)
+
+# Scores per block: on CPU 8M for the one-pass search (FP32 scores + int64 keys, 96 MB) and 32M for the
+# two-pass shortlist scan (bf16 scores, 64 MB: at 10^5 x 1024 x 1,000 queries 32,768-row chunks ran
+# 1.93x faiss against 1.63x for 8,192, interleaved); on CUDA 64M, few launches.
+BLOCK_ELEMENTS = {"cpu": 1 << 23, "cpu-two-pass": 1 << 25, "cuda": 1 << 26}
+MIN_CHUNK = 1024
 
 # bf16 two-pass from this many gallery rows x queries in the batch and this many rows: below, its
 # fixed costs (query conversion, re-rank, proof) lose to faiss. Measured (interleaved, loaded box):
@@ -87,6 +98,30 @@ def choose(shape: Shape) -> str:
     if fp32 and shape.has_faiss and not shape.excluding and not gemm:
         return "faiss"
     return "torch"
+
+
+def keeps_fp32_rows(method: str, device: str, storage: str) -> bool:
+    """Whether a gallery keeps FP32 rows in host memory beside its FP16 ones: every search of it then
+    takes the "fp16" path (shortlist on the FP16 rows, exact re-rank against the FP32 ones)."""
+    return method == "fp16" or (method == "auto" and device != "cpu" and storage == "float16")
+
+
+def path_for(method: str, shape: Shape, fp32_rows: bool) -> str:
+    """The path of a batch of ``shape`` in a gallery made with ``method`` (``fp32_rows``: it keeps
+    FP32 rows beside FP16 ones, see keeps_fp32_rows)."""
+    if method == "faiss" and shape.excluding:
+        return "torch"  # faiss cannot skip same-id-same-camera rows per query
+    if fp32_rows:
+        return "fp16"
+    if method != "auto":
+        return method
+    return choose(shape)
+
+
+def chunk_rows(path: str, device: str, batch: int) -> int:
+    """Gallery rows scored at once by a torch path for ``batch`` queries: one block of BLOCK_ELEMENTS."""
+    block = BLOCK_ELEMENTS["cpu-two-pass" if path in ("bf16", "fp32") and device == "cpu" else device]
+    return max(MIN_CHUNK, block // max(1, batch))
 
 
 def keeps_threads(shape: Shape) -> bool:

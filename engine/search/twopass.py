@@ -1,4 +1,5 @@
-"""Provably exact two-pass k-NN on CPU: a bf16 coarse shortlist, then an FP64 re-rank of it.
+"""Provably exact two-pass k-NN: a coarse shortlist, then an FP64 re-rank of it (the "bf16", "fp32"
+and "fp16" paths, class ``TwoPassSearch``).
 
 Why: on AVX512_BF16 CPUs a bf16 GEMM runs ~2x faster than FP32, which is what it takes to beat
 faiss-cpu's FP32 IndexFlatL2. bf16 alone would change neighbours, so every query carries a rigorous
@@ -6,9 +7,8 @@ bound on its coarse error and its answer is used only when the bound proves it e
 redone with an FP32 shortlist (tiny bound), then with ever wider shortlists until proven.
 
 The answer of a query is defined by ``exact_distances`` (squared L2 in FP64, rounded to FP32), ranked
-ascending, ties by row rank (id, then insertion order; see engine.topk). It does not depend on the
-coarse dtype,
-the shortlist width or the batching, so "bf16" and "fp32" modes return bit-identical results.
+ascending, ties by row rank (id, then insertion order; see engine.search.gemm). It does not depend on the
+coarse dtype, the shortlist width or the batching, so "bf16" and "fp32" modes return bit-identical results.
 
 Bound (per query q, gallery rows g_j, ranking score S_j = ||g_j||^2 - 2 q.g_j in exact arithmetic;
 u = 2^-24, gamma_m = m u / (1 - m u), n = dim, q~ = bf16(q), g~_j = bf16(g_j)):
@@ -35,14 +35,21 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ..device import ieee_fp32
+from ..errors import InputError
+from . import plan
 from .buffers import with_room
+from .checks import Labels
 from .distance import bf16_rows, bf16_width, exact_distances
-from .errors import InputError
-from .search_plan import cpu_threads
-from .topk import SearchParams, by_value_then_rank, smallest
+from .gemm import SearchParams, by_value_then_rank, smallest, torch_batch
+from .plan import cpu_threads
 
 if TYPE_CHECKING:
     import torch
+
+    from .rows import RowStore
 
 U32 = 2.0**-24
 U_BF16 = 2.0**-8
@@ -53,7 +60,7 @@ CONVERT_ROWS = 1 << 16  # rows converted to bf16 at once: the FP32 temporaries s
 
 
 def shortlist_size(k: int) -> int:
-    """Rows re-ranked per query; measured on 100k x 1024 unit vectors (see engine.gallery)."""
+    """Rows re-ranked per query; measured on 100k x 1024 unit vectors (see engine.search.gallery)."""
     return max(4 * k, 32)
 
 
@@ -280,7 +287,7 @@ def search(queries: torch.Tensor, rows: TwoPass, params: SearchParams,
            counts: Counts) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN (distances FP32 (Q, k), row positions, -1 pad): ``first`` shortlist, then ``retry`` ones.
 
-    ``params.rank`` orders tied rows (engine.topk.by_value_then_rank).
+    ``params.rank`` orders tied rows (gemm.by_value_then_rank).
     """
     c, n = shortlist_size(params.k), rows.exact.data.shape[0]
     d, p, ok = _pass(queries, rows.first, rows, params, c)
@@ -298,3 +305,30 @@ def search(queries: torch.Tensor, rows: TwoPass, params: SearchParams,
             counts.wide += len(todo)
         d[todo], p[todo], ok[todo] = _pass(queries[todo], retry, rows, params.subset(todo), min(width, n))
     return d, p
+
+
+class TwoPassSearch:
+    """The two-pass paths over a RowStore: "bf16" (bf16 shortlist, needs native bf16 to pay off),
+    "fp32" (FP32 shortlist) and "fp16" (FP16 rows shortlisted on their device, re-ranked against the
+    FP32 rows kept in host memory). ``counts`` tallies the queries each pass answered."""
+
+    MODES = ("bf16", "fp32", "fp16")
+
+    def __init__(self, store: RowStore, mode: str, counts: Counts, chunk: int | None = None) -> None:
+        self.name, self._store, self._counts, self._chunk = mode, store, counts, chunk
+        self._coarse = CoarseRows() if mode == "bf16" else None
+
+    def search(self, queries: np.ndarray, k: int, exclusion: Labels | None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (Q, k) float32 ascending, ids (Q, k) int64), padded with inf / -1."""
+        import torch
+
+        store = self._store
+        chunk = self._chunk or plan.chunk_rows(self.name, store.device.type, len(queries))
+        qt, params = torch_batch(store, queries, k, exclusion, chunk)
+        with ieee_fp32(torch):  # the bounds assume FP32 GEMMs: no TF32 (CUDA) or bf16 (oneDNN) however set
+            sqnorm, big_n, emb = store.rows("sqnorm"), store.norm_bound, store.rows("emb")
+            exact = fp32_rows(store.rows("exact") if self.name == "fp16" else emb, sqnorm, big_n)
+            first = (self._coarse.rows(emb, sqnorm, big_n) if self._coarse is not None else
+                     fp16_rows(emb, sqnorm, big_n, *store.fp16_bound) if self.name == "fp16" else exact)
+            d, p = search(qt, TwoPass(first, exact, store.rows("sqnorm64")), params, self._counts)
+        return store.results(d, p)
