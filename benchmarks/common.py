@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from engine import twopass
 from engine.atomic import write_text, write_with
+from engine.search import twopass
 
 
 def synchronize(device: str) -> None:
