@@ -179,6 +179,36 @@ def check_same_config(ckpt: Checkpoint, cfg: JLMLConfig, num_classes: int) -> No
         )
 
 
+# The data a run trains on, as ``train.run`` records it in the checkpoint (``DataChoice.trained_on``
+# and the joined sets): a resumed run must read the very same, or its checkpoint and metrics would
+# mix two data sets or leak another split's test people.
+DATA_FIELDS = ("data", "data_root", "train_also")
+
+
+def check_same_data(ckpt: Checkpoint, record: dict[str, Any]) -> None:
+    """Raise CheckpointError naming every data or split field in which ``record`` (the data a resumed
+    run asks for) differs from what ``ckpt`` was trained on; a record without data fields checks nothing."""
+    if not any(k in record for k in DATA_FIELDS):
+        return
+    saved, asked = _flat_data(ckpt.extra), _flat_data(record)
+    diffs = [f"{k}: {saved.get(k)!r} in checkpoint, {asked.get(k)!r} asked"
+             for k in sorted(set(saved) | set(asked)) if saved.get(k) != asked.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {ckpt.path}: it was trained on other data ({'; '.join(diffs)}); resume with "
+            "the same --dataset, --data-root, --split-seed and --data-option flags, or start a fresh --out")
+
+
+def _flat_data(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``'s data fields flattened to flag-like names (dataset, split_seed, options.num_ids, ...)."""
+    data = record.get("data") or {}
+    flat = {k: v for k, v in data.items() if k != "options"}
+    flat.update({f"options.{k}": v for k, v in (data.get("options") or {}).items()})
+    flat["data_root"] = record.get("data_root")
+    flat["train_also"] = record.get("train_also", [])
+    return flat
+
+
 @dataclass(frozen=True)
 class InitReport:
     """What ``load_init`` did: tensors copied, and classifier tensors left fresh (another id count)."""

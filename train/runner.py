@@ -20,7 +20,14 @@ from engine.provenance import code_version
 from engine.spec import file_sha256
 
 from . import distributed
-from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    InitReport,
+    check_same_data,
+    load_checkpoint,
+    prepare_out,
+)
 from .config import JLMLConfig
 from .fusion import fit_and_save
 from .hybrid import MATCHERS
@@ -157,6 +164,9 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         raise InputError(f"training also on all of {data.dataset}, the data set evaluated, would train on its "
                          "test people; join other data sets only")
     prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)
+    trained_on = {**data.trained_on(), **({"train_also": [o.record() for o in train_also]} if train_also else {})}
+    if resume_path is not None:  # before loading any data: a resumed run reads the data it was trained on
+        check_same_data(load_checkpoint(resume_path), trained_on)
     place(runtime or Runtime())
     init_state, source = None, None
     if init is not None:
@@ -169,8 +179,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
         init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
                                     runtime=runtime)
         source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
-    record = {**data.trained_on(), "init": source, "code": code_version(),
-              **({"train_also": [o.record() for o in train_also]} if train_also else {})}
+    record = {**trained_on, "init": source, "code": code_version()}
     fits: list[Any] = []
 
     def train_jlml(train_set: Any) -> JLML:

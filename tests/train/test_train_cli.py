@@ -41,6 +41,24 @@ def test_cli_resume_with_other_model_flags_fails_with_exit_2(tmp_path, capsys):
     assert "branches: 'both' in checkpoint, 'global' asked" in err and "--out" in err
 
 
+def test_resume_with_other_data_or_split_refuses_and_keeps_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    metrics, ckpt = (out / "metrics.json").read_bytes(), (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    # same number of ids, another split of the people: would leak test people into a "resumed" run
+    assert main([*TINY_ARGS, "--epochs", "2", "--out", str(out), "--resume", "--split-seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data (split_seed: 0 in checkpoint, 3 asked)" in err and "Traceback" not in err
+    assert main([*TINY_ARGS, "--epochs", "2", "--out", str(out), "--resume", "--data-option", "num_test=5",
+                 "--data-option", "images_per_cam=3"]) == 2
+    err = capsys.readouterr().err
+    assert "options.images_per_cam: None in checkpoint, 3 asked" in err
+    assert "options.num_test: 4 in checkpoint, 5 asked" in err
+    assert (out / "metrics.json").read_bytes() == metrics and (out / "last.pt").read_bytes() == ckpt
+    assert load_checkpoint(out / "last.pt").extra["data"]["split_seed"] == 0
+
+
 def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert main([*TINY_ARGS, "--height", "30", "--out", str(tmp_path)]) == 2
     assert "height=30" in capsys.readouterr().err
@@ -262,6 +280,12 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
     assert f"trained on data in {root.resolve()}, which is not here" in capsys.readouterr().err
     assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
                      "--data-root", str(moved)]) == 0
+    # resuming reads the data the run read: another --data-root is refused, naming both folders
+    capsys.readouterr()
+    assert main(["--dataset", "market1501", "--data-root", str(moved), "--recipe", "few_hundred_ids",
+                 "--epochs", "1", "--widths", "4,8", "--blocks", "1,1", "--feat-dim", "16", "--batch-size", "8",
+                 "--threads", "1", "--no-progress", "--out", str(out), "--resume"]) == 2
+    assert f"data_root: {str(root.resolve())!r} in checkpoint, {str(moved.resolve())!r} asked" in capsys.readouterr().err
 
 
 def test_demo_module_points_at_the_real_demo():
