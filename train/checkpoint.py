@@ -259,10 +259,8 @@ def load_init(model: JLML, state: dict[str, torch.Tensor], source: str = "init w
 _OWN_TEMPORARIES = tuple(f".{name}.*.tmp" for name in (CHECKPOINT_FILE, LOG_FILE, METRICS_FILE))
 
 
-def prepare_out(out: Path, *, resume: bool, overwrite: bool,
-                log: Callable[[str], object] = print) -> None:
-    """Before any work: ``out`` must be (or become) a writable folder and, unless resuming or told to
-    overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged)."""
+def make_out_folder(out: Path) -> None:
+    """``out`` exists (created if need be) and is a folder this user can write; ArtifactError if not."""
     fix = "pass another --out"
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"--out {out} is a file; expected a folder for {CHECKPOINT_FILE}, {LOG_FILE} "
@@ -274,6 +272,14 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
     except OSError as exc:
         raise ArtifactError(f"--out {out} is not a writable folder ({exc.strerror or exc}); expected a "
                             f"folder this user can create and write; {fix} or fix its permissions") from exc
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool,
+                log: Callable[[str], object] = print) -> None:
+    """Before any work: ``out`` must be (or become) a writable folder and, unless resuming or told to
+    overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged), so
+    ``train.run`` calls this only once it holds the folder's lock (``train.runlock``)."""
+    make_out_folder(out)
     stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern))
     for path in stale:
         path.unlink(missing_ok=True)
@@ -289,4 +295,3 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
         held = "an unreadable checkpoint"
     raise CheckpointError(f"--out {out} holds {held} ({path.name}); pass --resume to continue it, --force to "
                           f"overwrite it, or another --out")
-
