@@ -67,7 +67,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, 
 
 
 def _write(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    return write_with(path, lambda tmp: torch.save(payload, tmp))  # a refused write names the path
+    """Atomically ``torch.save`` ``payload`` to ``path``. Given a file name, torch writes through its
+    own C++ writer, which reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos``; given a Python file it writes through Python, so a full disk is an OSError with
+    its errno, which ``write_with`` turns into "writing PATH failed: No space left on device"."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+
+    return write_with(path, save)
 
 
 def save_matcher(path: str | os.PathLike[str], matcher: Any, cfg: JLMLConfig, *,

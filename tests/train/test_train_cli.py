@@ -164,19 +164,27 @@ def test_out_that_is_a_file_or_not_writable_fails_before_loading_data(tmp_path, 
     assert "is not a writable folder" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) to fill a disk")
 def test_disk_full_during_the_checkpoint_names_the_path(tmp_path, monkeypatch, capsys):
-    import errno
-
     import train.checkpoint
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_save = torch.save
 
-    monkeypatch.setattr(train.checkpoint.torch, "save", full)
+    def onto_a_full_disk(obj, f, *args, **kwargs):
+        """torch.save with every byte going to /dev/full, which fails each write as a full disk does:
+        given a file name, torch's C++ writer raises `RuntimeError: [enforce fail at
+        inline_container.cc:...] unexpected pos`; given a Python file, the write raises ENOSPC."""
+        if isinstance(f, str | os.PathLike):
+            return real_save(obj, "/dev/full", *args, **kwargs)
+        with open("/dev/full", "wb") as full:
+            return real_save(obj, full, *args, **kwargs)
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", onto_a_full_disk)
     out = tmp_path / "run"
     assert main(_tiny(out)) == 2
     err = capsys.readouterr().err
-    assert f"writing {out / 'last.pt'} failed: No space left on device" in err and "Traceback" not in err
+    assert f"writing {out / 'last.pt'} failed: No space left on device; free some space" in err
+    assert "Traceback" not in err and "inline_container" not in err
     assert not list(out.iterdir())
 
 
