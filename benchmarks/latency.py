@@ -242,8 +242,8 @@ def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
 def _parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m benchmarks.latency", __doc__)
     cli.add_artifact(p)
-    cli.add_checkpoint(p, "checkpoint the artefact was exported from (export does not record it); the "
-                          "PyTorch baseline and every ratio need it")
+    cli.add_checkpoint(p, "checkpoint the artefact was exported from (another one, told by the sha256 spec.json "
+                          "records, exits 2); the PyTorch baseline and every ratio need it")
     cli.add_out(p, "artifacts/bench")
     cli.add_device(p, help="where torch/TensorRT run; ONNX Runtime uses CUDA only if its build has it")
     cli.add_threads(p)
