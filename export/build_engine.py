@@ -21,7 +21,7 @@ import numpy as np
 from engine import cli
 from engine.atomic import write_text
 from engine.backends.trt import import_runtime
-from engine.errors import BackendUnavailableError, InputError, ParityError
+from engine.errors import BackendUnavailableError, CheckpointError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
     MODEL_CARD_FILE,
@@ -37,7 +37,7 @@ from engine.spec import (
 
 from . import int8, trt_build
 from .fp16 import to_fp16
-from .onnx_export import check_and_simplify, onnx_from_checkpoint
+from .onnx_export import check_and_simplify, check_versions, onnx_from_checkpoint
 from .parity import (
     DEFAULT_SAMPLES,
     check_parity,
@@ -113,6 +113,13 @@ def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, Any, ModelSpec]
     chosen = {"min_batch": options.min_batch, "opt_batch": options.opt_batch,
               "max_batch": options.max_batch, "opset": options.opset}
     spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
+    check_versions(spec.opset, spec.ir_version)
+    bad = ckpt.non_finite()
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds NaN or infinite values in {len(bad)} tensor(s) ("
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}): its training diverged, every embedding "
+            "would be NaN; export an earlier checkpoint, or retrain (e.g. with a lower --lr)")
     return ckpt, ckpt.model.float().eval(), spec
 
 

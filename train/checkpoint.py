@@ -50,6 +50,11 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def non_finite(self) -> list[str]:
+        """Names of the served model's floating-point tensors holding NaN or inf (a diverged run)."""
+        state = self.model.state_dict() if self.model is not None else {}
+        return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
     def trained_network(self) -> JLML:
         """The JLML network, for what continues or inspects training (resume, --init, sparsity)."""
         if self.network is None:
@@ -137,8 +142,13 @@ def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
                               f"written by torch.save of plain tensors ({type(exc).__name__}); {fix}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a JLML checkpoint (no '{FORMAT}' marker); {fix}")
+    version = payload.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, newer than this code reads ({FORMAT_VERSION}): "
+            "a newer jlml-engine wrote it; update this code to read it (retraining is not needed)")
     missing = [k for k in _KEYS if k not in payload]
-    if missing or payload["version"] != FORMAT_VERSION:
+    if missing or version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has version {payload.get('version')!r} (this code reads "
             f"{FORMAT_VERSION}) and lacks {missing}; {fix}"
