@@ -138,12 +138,18 @@ def _resume_path(resume: bool | str | Path | None, out: Path) -> Path | None:
 
 
 def _check_choices(matcher: str, data: DataChoice, init: str | Path | None, resume_path: Path | None,
-                   pretrain: Pretrain | None, train_also: Sequence[DataChoice]) -> None:
+                   pretrain: Pretrain | None, train_also: Sequence[DataChoice], force: bool) -> None:
     """Refuse the combinations of ``run``'s arguments that cannot make a sound run."""
     if matcher not in MATCHERS:
         raise InputError(f"matcher {matcher!r}; expected one of {MATCHERS}")
     if init is not None and resume_path is not None:
         raise InputError(f"--init {init} starts a fresh run and --resume continues one; pass one of them")
+    if force and resume_path is not None:
+        raise InputError("--force overwrites the run in --out and --resume continues it; pass one of them")
+    used = [data, *([pretrain.data] if pretrain else []), *train_also]
+    if data.root is not None and all(d.dataset == "synthetic" for d in used):
+        raise InputError(f"--data-root {data.root}: the synthetic data set is generated and reads no folder; "
+                         "drop --data-root, or pass the --dataset that lies there")
     if pretrain is not None and pretrain.data.dataset == data.dataset:
         raise InputError(f"pre-training on {data.dataset}, the data set evaluated, could show the model its "
                          "test people; pre-train on another data set")
@@ -180,7 +186,7 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     """
     out = Path(out)
     resume_path = _resume_path(resume, out)
-    _check_choices(matcher, data, init, resume_path, pretrain, train_also)
+    _check_choices(matcher, data, init, resume_path, pretrain, train_also, force)
     make_out_folder(out)  # the lock lives in it; under torchrun rank 0 holds it for the group
     with run_lock(out, log) if distributed.is_main() else contextlib.nullcontext():
         prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)

@@ -247,6 +247,17 @@ def test_a_calibration_folder_without_enough_images_is_named_before_any_export(c
     assert not (tmp_path / "out").exists()
 
 
+def test_int8_flags_without_int8_are_refused_not_ignored(checkpoint, calib_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS, "--calib-data", str(calib_dir)]) == 2
+    assert "--calib-data only serve the INT8 graph, which this build does not write; pass --int8 too" \
+        in capsys.readouterr().err
+    assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS, "--calib-data", str(calib_dir),
+                              "--data-root", str(tmp_path)]) == 2
+    assert "--calib-data and --data-root only serve the INT8 graph" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cpu_features_name_the_8bit_path() -> None:
     assert cpu.int8_path({**AVX2, "vnni": True}) == "x86-vnni"
     assert cpu.int8_path(AVX2) == "x86-avx2"

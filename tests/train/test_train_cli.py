@@ -59,6 +59,17 @@ def test_resume_with_other_data_or_split_refuses_and_keeps_the_run(tmp_path, cap
     assert load_checkpoint(out / "last.pt").extra["data"]["split_seed"] == 0
 
 
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    capsys.readouterr()
+    assert main(_tiny(out, "--resume", "--force")) == 2
+    assert "--force overwrites the run in --out and --resume continues it" in capsys.readouterr().err
+    assert main(_tiny(tmp_path / "other", "--data-root", str(tmp_path))) == 2
+    assert f"--data-root {tmp_path}: the synthetic data set is generated" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "last.pt").exists()
+
+
 def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert main([*TINY_ARGS, "--height", "30", "--out", str(tmp_path)]) == 2
     assert "height=30" in capsys.readouterr().err
