@@ -216,6 +216,9 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
     candidates = pick([BASELINE, *options.backends])
     batches = sorted(set(options.batches))
     device = resolve_device(options.device)
+    if options.cpu_max_batch is not None and device == "cpu":
+        raise InputError(f"--cpu-max-batch {options.cpu_max_batch} limits the CPU-side backends of a CUDA run, and "
+                         f"this run is on the CPU (--device {options.device}); drop it, or pass --device cuda")
     settings = {**dataclasses.asdict(options), "device": device, "batches": batches,
                 "backends": [c.name for c in candidates], "input": "random uint8 NHWC",
                 "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D",

@@ -72,6 +72,15 @@ def test_a_checkpoint_the_artefact_was_not_exported_from_exits_2_naming_both(tmp
     assert "is not the checkpoint artefact" in capsys.readouterr().err
 
 
+def test_cpu_max_batch_on_a_cpu_run_is_refused_not_ignored(tmp_path: Path, bench_artifacts: Path,
+                                                           bench_checkpoint: Path, capsys) -> None:
+    assert main(["--artifact", str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device",
+                 "cpu", "--batches", "1", "4", "--cpu-max-batch", "1", "--out", str(tmp_path)]) == 2
+    assert "--cpu-max-batch 1 limits the CPU-side backends of a CUDA run, and this run is on the CPU (--device cpu)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "latency.json").exists()
+
+
 @pytest.mark.gpu
 def test_cuda_run_has_fp16_rows_device_memory_and_a_limited_cpu_reference(tmp_path: Path, bench_artifacts: Path,
                                                                           bench_checkpoint: Path) -> None:
