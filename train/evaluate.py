@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.atomic import write_text
 from engine.cli import add_no_progress, add_precision, add_threads, parser, run_cli, set_threads
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, InputError
 
 from .cli import non_negative_float, parse_key_value
 from .runner import DataChoice
@@ -172,6 +172,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    engine_flags = [f"--{name} {getattr(args, name)}" for name, default in (("backend", "auto"), ("precision", None))
+                    if getattr(args, name) != default]
+    if args.artifact is None and engine_flags:
+        raise InputError(f"{' '.join(engine_flags)} choose how --artifact is served, and no --artifact was given; "
+                         "pass --artifact DIR too, or drop them")
     worst = worst_difference(run(args))
     if worst > args.tolerance:
         print(f"backends differ by {worst:.4f} > --tolerance {args.tolerance}; the artefact does not "
