@@ -22,6 +22,7 @@ from engine.atomic import write_with
 from engine.errors import ArtifactError, CheckpointError, InputError
 from engine.spec import ModelSpec
 
+from . import distributed
 from .config import JLMLConfig
 from .model import JLML
 
@@ -298,7 +299,9 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
     overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged), so
     ``train.run`` calls this only once it holds the folder's lock (``train.runlock``)."""
     make_out_folder(out)
-    stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern))
+    # Under torchrun only rank 0 writes (and holds the lock): another rank would delete the files of
+    # a write in flight, its own group's or, before rank 0 found the folder locked, another run's.
+    stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern)) if distributed.is_main() else []
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:

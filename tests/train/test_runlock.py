@@ -58,3 +58,17 @@ def test_under_torchrun_only_rank_0_takes_the_lock(tmp_path, monkeypatch, capsys
         assert main([*TINY, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "MASTER_ADDR" in err and "in use" not in err
+
+
+def test_only_rank_0_removes_the_temporary_files_of_a_folder(tmp_path, monkeypatch):
+    from train.checkpoint import prepare_out
+
+    leftover = tmp_path / ".last.pt.abc123.tmp"  # a write in flight, or one a killed run left
+    leftover.write_bytes(b"x")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    prepare_out(tmp_path, resume=False, overwrite=False, log=print)
+    assert leftover.exists()
+    monkeypatch.setenv("RANK", "0")
+    prepare_out(tmp_path, resume=False, overwrite=False, log=print)
+    assert not leftover.exists()
