@@ -32,6 +32,7 @@ from engine.progress import progress
 from engine.search.checks import STORAGES
 from engine.search.plan import APPROXIMATE
 
+FULL = {"size": 10_000_000, "dim": 512, "queries": 1000, "exact_queries": 100, "chunk": 1 << 18, "batches": [1, 100]}
 QUICK = {"size": 20_000, "dim": 32, "queries": 64, "exact_queries": 16, "chunk": 4096, "batches": [1, 16]}
 COLUMNS = ["size", "dim", "storage", "method", "nprobe", "batch", "p50_ms", "queries_per_s", "exact_queries_per_s",
            "speedup_vs_exact", "recall_at_k", "build_s"]
@@ -40,30 +41,39 @@ COLUMNS = ["size", "dim", "storage", "method", "nprobe", "batch", "p50_ms", "que
 def _parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m benchmarks.gallery_big", __doc__)
     p.add_argument("--out", type=Path, default=Path("artifacts/bench-big"), help="output folder")
-    p.add_argument("--size", type=cli.positive_int, default=10_000_000, help="gallery rows")
-    p.add_argument("--dim", type=cli.positive_int, default=512, help="embedding dim")
+    p.add_argument("--size", type=cli.positive_int, help=_sized("gallery rows", "size"))
+    p.add_argument("--dim", type=cli.positive_int, help=_sized("embedding dim", "dim"))
     p.add_argument("--method", choices=APPROXIMATE, default="ivf-sq8", help="approximate method")
     p.add_argument("--storage", choices=STORAGES, default="float16", help="the Gallery's row storage")
     p.add_argument("--nprobe", type=cli.positive_int, nargs="+", default=[16, 64],
                    help="lists probed (IVF) or efSearch (HNSW), one measurement each")
-    p.add_argument("--batches", type=cli.positive_int, nargs="+", default=[1, 100], help="query batch sizes")
-    p.add_argument("--queries", type=cli.positive_int, default=1000, help="queries (recall is over all of them)")
-    p.add_argument("--exact-queries", type=cli.positive_int, default=100,
-                   help="queries whose exact scan is timed per batch size (every query's is computed)")
+    p.add_argument("--batches", type=cli.positive_int, nargs="+", help=_sized("query batch sizes", "batches"))
+    p.add_argument("--queries", type=cli.positive_int, help=_sized("queries (recall is over all of them)", "queries"))
+    p.add_argument("--exact-queries", type=cli.positive_int,
+                   help=_sized("queries whose exact scan is timed per batch size (every query's is computed)",
+                               "exact_queries"))
     p.add_argument("--max-seconds", type=float, default=30.0,
                    help="stop timing one (nprobe, batch) after this long (at least 3 calls)")
-    p.add_argument("--chunk", type=cli.positive_int, default=1 << 18, help="rows generated and scanned at once")
+    p.add_argument("--chunk", type=cli.positive_int, help=_sized("rows generated and scanned at once", "chunk"))
     p.add_argument("--k", type=cli.positive_int, default=10, help="neighbours per query")
     p.add_argument("--seed", type=int, default=0, help="data seed")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds (it sets the sizes "
+                   "itself: with --size, --dim, --queries, --exact-queries, --chunk or --batches it is an error)")
     return p
 
 
+def _sized(what: str, key: str) -> str:
+    return f"{what} (default {FULL[key]}; --quick {QUICK[key]})"
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = {key: getattr(args, key) for key in ("size", "dim", "method", "storage", "nprobe", "batches", "queries",
-                                               "exact_queries", "max_seconds", "chunk", "k", "seed", "quick")}
-    if args.quick:
-        cfg.update(QUICK)
+    given = {key: getattr(args, key) for key in FULL if getattr(args, key) is not None}
+    if args.quick and given:
+        flags = " ".join(f"--{key.replace('_', '-')}" for key in given)
+        raise InputError(f"--quick sets the sizes itself ({QUICK['size']} rows of dim {QUICK['dim']}), so {flags} "
+                         f"would be ignored; drop --quick to run at {flags}, or drop {flags} for the smoke run")
+    cfg = {**(QUICK if args.quick else FULL), **given}
+    cfg.update({key: getattr(args, key) for key in ("method", "storage", "nprobe", "max_seconds", "k", "seed", "quick")})
     if cfg["k"] * CLUSTER_SIZE > cfg["size"] or max(cfg["batches"]) > cfg["queries"]:
         raise InputError(f"--size {cfg['size']} must hold at least {CLUSTER_SIZE} x --k rows and --queries "
                          f"{cfg['queries']} at least the largest --batches {max(cfg['batches'])}; raise them")

@@ -112,7 +112,8 @@ if [ "$QUICK" = 1 ]; then
     GAL_SMALL=(--quick --sizes 300 1000 --queries 8 --batches 1 4 --repeats 2)
     GAL_BIG=("${GAL_SMALL[@]}")
 else
-    LAT_ARGS=(--cpu-max-batch 32)
+    LAT_ARGS=()
+    if [[ "$DEVICE" == cuda* ]]; then LAT_ARGS=(--cpu-max-batch 32); fi  # it limits a CUDA run's CPU reference
     GAL_SMALL=(--sizes 1000 10000 100000 1000000)
     GAL_BIG=(--sizes 1000 10000 100000 1000000 10000000)
 fi

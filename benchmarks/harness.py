@@ -28,7 +28,7 @@ from engine.errors import (
     JLMLError,
     SpecMismatchError,
 )
-from engine.spec import ModelSpec
+from engine.spec import ModelSpec, file_sha256
 
 Rows = list[dict[str, Any]]
 # What the engine raises when it cannot serve a candidate on this machine (SpecMismatchError is no
@@ -69,7 +69,22 @@ def load_module(checkpoint: str | os.PathLike[str], spec: ModelSpec, folder: str
 
     ck = load_checkpoint(checkpoint)
     ck.spec.check_compatible(spec, what=f"artefact {folder} (compared with checkpoint {checkpoint})")
+    check_exported_from(checkpoint, spec, folder)
     return ck.model.float().eval()
+
+
+def check_exported_from(checkpoint: str | os.PathLike[str], spec: ModelSpec, folder: str | os.PathLike[str]) -> None:
+    """SpecMismatchError unless ``checkpoint`` is the file the artefact in ``folder`` was exported from
+    (the sha256 its spec.json's provenance records; an export that recorded none is not checked): a
+    model of the same contract but other weights would make every ratio and cosine meaningless."""
+    recorded = spec.extra.get("provenance", {}).get("checkpoint", {})
+    expected = recorded.get("sha256")
+    got = file_sha256(checkpoint) if expected else expected
+    if got != expected:
+        raise SpecMismatchError(
+            f"--checkpoint {checkpoint} (sha256 {got[:12]}...) is not the checkpoint artefact {folder} was "
+            f"exported from ({recorded.get('path')}, sha256 {expected[:12]}..., epoch {recorded.get('epoch')}); "
+            "pass --checkpoint that file, or re-export the artefact from this checkpoint")
 
 
 def _open_and_probe(cand: Candidate, ctx: dict[str, Any]) -> str | None:

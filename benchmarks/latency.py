@@ -216,6 +216,9 @@ def run(artifact: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | N
     candidates = pick([BASELINE, *options.backends])
     batches = sorted(set(options.batches))
     device = resolve_device(options.device)
+    if options.cpu_max_batch is not None and device == "cpu":
+        raise InputError(f"--cpu-max-batch {options.cpu_max_batch} limits the CPU-side backends of a CUDA run, and "
+                         f"this run is on the CPU (--device {options.device}); drop it, or pass --device cuda")
     settings = {**dataclasses.asdict(options), "device": device, "batches": batches,
                 "backends": [c.name for c in candidates], "input": "random uint8 NHWC",
                 "model": f"{spec.height}x{spec.width} -> {spec.embedding_dim}-D",
@@ -242,8 +245,8 @@ def write_outputs(report: Report, out: str | os.PathLike[str]) -> list[Path]:
 def _parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m benchmarks.latency", __doc__)
     cli.add_artifact(p)
-    cli.add_checkpoint(p, "checkpoint the artefact was exported from (export does not record it); the "
-                          "PyTorch baseline and every ratio need it")
+    cli.add_checkpoint(p, "checkpoint the artefact was exported from (another one, told by the sha256 spec.json "
+                          "records, exits 2); the PyTorch baseline and every ratio need it")
     cli.add_out(p, "artifacts/bench")
     cli.add_device(p, help="where torch/TensorRT run; ONNX Runtime uses CUDA only if its build has it")
     cli.add_threads(p)

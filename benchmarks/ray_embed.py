@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from benchmarks.common import environment, markdown_table, write_json
 from engine import Embedder, ModelSpec, cli
 from engine.atomic import write_text
 from engine.embed import embed_paths
+from engine.errors import InputError
 from engine.images import list_images
 from engine.ray_embed import RayOptions, embed_with_ray
 
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_out(p, None, help="folder for ray_embed.json and ray_embed.md")
     p.add_argument("--images", type=cli.positive_int, default=2000, help="generated crops")
     p.add_argument("--workers", type=cli.positive_int, nargs="+", default=[1, 2], help="Ray worker counts")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per worker")
     p.add_argument("--cluster-cpus", type=cli.positive_int, default=2, help="CPUs of the local cluster")
     p.add_argument("--shard-size", type=cli.positive_int, default=256, help="images per shard")
     p.add_argument("--rounds", type=cli.positive_int, default=3, help="timed rounds, order interleaved")
@@ -106,7 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_cli(lambda: _main(args))
 
 
+def check_resources(args: argparse.Namespace) -> None:
+    """InputError unless every worker count fits the local cluster: Ray would keep the workers that do
+    not fit waiting for CPUs forever (and a worker of 0 CPUs is not a measurement of one)."""
+    if not math.isfinite(args.cpus_per_worker) or args.cpus_per_worker <= 0:
+        raise InputError(f"--cpus-per-worker {args.cpus_per_worker}: expected a number of CPUs above 0, e.g. 1")
+    need = max(args.workers) * args.cpus_per_worker
+    if need > args.cluster_cpus:
+        raise InputError(f"--workers {max(args.workers)} x --cpus-per-worker {args.cpus_per_worker:g} need {need:g} "
+                         f"CPUs, but --cluster-cpus is {args.cluster_cpus}: the workers that do not fit would wait "
+                         "for CPUs forever; raise --cluster-cpus or lower --workers / --cpus-per-worker")
+
+
 def _main(args: argparse.Namespace) -> int:
+    check_resources(args)
     cli.check_out_dir(args.out)
     spec = ModelSpec.load(args.artifact)
     with tempfile.TemporaryDirectory(prefix="ray-embed-") as tmp:

@@ -39,6 +39,34 @@ def _kind(path: Path) -> str:
     return kind
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """One run's report; ValueError naming ``path`` when it is no JSON, or no report of a benchmark."""
+    try:
+        report = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a JSON text file ({exc.reason}); pass a {path.stem}.json a benchmark "
+                         "wrote") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); pass a {path.stem}.json a benchmark wrote") from exc
+    need = {"environment": dict, "results": list}
+    wrong = [key for key, kind in need.items() if not isinstance(report, dict) or not isinstance(report.get(key), kind)]
+    if isinstance(report, dict) and not isinstance(report.get("settings", {}), dict):
+        wrong.append("settings (an object)")
+    if wrong or not all(isinstance(row, dict) and "batch" in row for row in report["results"]):
+        lacks = f"lacks {', '.join(wrong)}" if wrong else "has results rows without a batch"
+        raise ValueError(f"{path} {lacks}: expected a report written by python -m benchmarks.{path.stem} "
+                         f"(keys {', '.join(need)}); pass the runs' {path.stem}.json files")
+    return report
+
+
+def distinct_runs(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of one file (by its real path): a run given twice is one run."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
 def check_same_settings(paths: list[Path], reports: list[dict[str, Any]]) -> None:
     """ValueError naming the first setting (or device) on which a run differs from the first run."""
     def key(report: dict[str, Any]) -> dict[str, Any]:
@@ -83,17 +111,22 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("runs", type=Path, nargs="+", help="latency.json, e2e.json or gallery.json of repeated runs")
     p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = p.parse_args(argv)
+    runs = distinct_runs(args.runs)
+    if len(runs) < len(args.runs):
+        print(f"note: {len(args.runs) - len(runs)} file(s) given more than once, each counted once",
+              file=sys.stderr)
     try:
-        kinds = {_kind(path) for path in args.runs}
+        kinds = {_kind(path) for path in runs}
         if len(kinds) != 1:
             raise ValueError(f"mixed benchmarks {sorted(kinds)}; pass runs of one benchmark")
-        reports = [json.loads(path.read_text()) for path in args.runs]
-        check_same_settings(args.runs, reports)
+        reports = [read_run(path) for path in runs]
+        check_same_settings(runs, reports)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     env = reports[0]["environment"]
-    table = (f"Median of {len(reports)} run(s), {env['device_name']} ({env['device']}), torch {env['torch']}:\n\n"
+    table = (f"Median of {len(reports)} run(s), {env.get('device_name', 'unknown device')} "
+             f"({env.get('device', '?')}), torch {env.get('torch', '?')}:\n\n"
              + markdown_table(median_rows(reports), [*COLUMNS[kinds.pop()], "runs"]))
     print(table, end="")
     if args.out:

@@ -21,7 +21,7 @@ import numpy as np
 from engine import cli
 from engine.atomic import write_text
 from engine.backends.trt import import_runtime
-from engine.errors import BackendUnavailableError, InputError, ParityError
+from engine.errors import BackendUnavailableError, CheckpointError, InputError, ParityError
 from engine.parity import ParityResult
 from engine.spec import (
     MODEL_CARD_FILE,
@@ -37,7 +37,7 @@ from engine.spec import (
 
 from . import int8, trt_build
 from .fp16 import to_fp16
-from .onnx_export import check_and_simplify, onnx_from_checkpoint
+from .onnx_export import check_and_simplify, check_versions, onnx_from_checkpoint
 from .parity import (
     DEFAULT_SAMPLES,
     check_parity,
@@ -113,6 +113,13 @@ def _load(checkpoint: Path, options: BuildOptions) -> tuple[Any, Any, ModelSpec]
     chosen = {"min_batch": options.min_batch, "opt_batch": options.opt_batch,
               "max_batch": options.max_batch, "opset": options.opset}
     spec = ckpt.spec.replace(**{k: v for k, v in chosen.items() if v is not None})
+    check_versions(spec.opset, spec.ir_version)
+    bad = ckpt.non_finite()
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds NaN or infinite values in {len(bad)} tensor(s) ("
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}): its training diverged, every embedding "
+            "would be NaN; export an earlier checkpoint, or retrain (e.g. with a lower --lr)")
     return ckpt, ckpt.model.float().eval(), spec
 
 
@@ -193,16 +200,27 @@ def _int8(model: Any, staged: _Staged, options: BuildOptions) -> None:
                                  say=_say, data_root=options.data_root)
 
 
+def _check_int8_flags(options: BuildOptions) -> None:
+    """The INT8 inputs without ``int8`` would be ignored silently: refuse them; ``int8`` needs its folder."""
+    if options.int8:
+        int8.check_calib_data(options.calib_data)
+        return
+    unused = [flag for flag, value in (("--calib-data", options.calib_data), ("--data-root", options.data_root))
+              if value is not None]
+    if unused:
+        raise InputError(f"{' and '.join(unused)} only serve the INT8 graph, which this build does not write; "
+                         f"pass --int8 too, or drop {' and '.join(unused)}")
+
+
 def build(checkpoint: Path, out: Path, options: BuildOptions | None = None) -> BuildResult:
     """Export ``checkpoint`` into ``out``: every step staged, measured through the engine, then published.
 
     Raises the project's errors (ParityError when an artefact is below its threshold).
     """
     options = options or BuildOptions()
+    _check_int8_flags(options)
     if options.require_trt:
         _load_runtime()  # fail before minutes of export work, not after
-    if options.int8:
-        int8.check_calib_data(options.calib_data)
     check_out(out)
     clean_stale(out, _say)
     ckpt, model, spec = _load(checkpoint, options)
@@ -249,7 +267,7 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Path, BuildOptions]:
         p.add_argument(f"--{name}-batch", type=int, default=None,
                        help=f"{name} batch of the TensorRT profile / Triton (spec default {default})")
     p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (spec default {defaults.opset})")
-    p.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB,
+    p.add_argument("--workspace-mib", type=cli.positive_int, default=DEFAULT_WORKSPACE_MIB,
                    help="TensorRT builder workspace limit in MiB (default %(default)s)")
     p.add_argument("--require-trt", action="store_true",
                    help="fail (exit 2) instead of skipping the plan when TensorRT or pycuda is not importable")

@@ -30,11 +30,12 @@ from engine.backends.ort import OrtBackend
 from engine.cpu import cpu_features
 from engine.embedder import Embedder
 from engine.errors import InputError, ParityError
+from engine.images import IMAGE_SUFFIXES
 from engine.parity import ParityResult, compare
 from engine.spec import INT8_PARITY_FILE, SPEC_FILE, ModelSpec, file_sha256
 
 from .int8_graph import CPU, SCHEMES, TENSORRT, Scheme, to_int8
-from .parity import reference_embeddings, sample_images
+from .parity import image_files, reference_embeddings, sample_images
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,7 @@ MIN_TOPK_AGREEMENT = 0.9  # tie-aware top-5 agreement inside the parity batch
 RANK1_MAX_DROP = 1.0  # Rank-1 points below the FP32 model on a VIPeR split
 CALIB_IMAGES = 256
 PARITY_IMAGES = 32
+MIN_CALIB_FILES = PARITY_IMAGES + 2  # the gate's images and at least 2 to calibrate on
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ def check_calib_data(folder: str | os.PathLike[str] | None) -> Path:
         raise InputError("--int8 needs --calib-data DIR, a folder of real person crops to calibrate on")
     if not Path(folder).is_dir():
         raise InputError(f"--calib-data {folder} is not a folder; pass a folder of person crops (e.g. VIPeR)")
+    found = len(image_files(folder, MIN_CALIB_FILES))
+    if found < MIN_CALIB_FILES:
+        raise InputError(f"--calib-data {folder} holds {found} images ({', '.join(IMAGE_SUFFIXES)}), expected at "
+                         f"least {MIN_CALIB_FILES} ({PARITY_IMAGES} held out for the gate, the rest to calibrate "
+                         f"on; up to {CALIB_IMAGES + PARITY_IMAGES} are used); pass a folder of person crops")
     return Path(folder)
 
 
@@ -158,7 +165,7 @@ def build(model: torch.nn.Module, spec: ModelSpec, fp32_path: str | os.PathLike[
     under ``data_root`` (None: $JLML_DATA or ../shared/data) when it is there. Raises ParityError
     (nothing of the build is published) when a graph fails the gate.
     """
-    images = sample_images(spec, check_calib_data(calib_dir), count=CALIB_IMAGES + PARITY_IMAGES)
+    images = sample_images(spec, check_calib_data(calib_dir), count=CALIB_IMAGES + PARITY_IMAGES, flag="--calib-data")
     calib, samples = images[:-PARITY_IMAGES], images[-PARITY_IMAGES:]
     reference = reference_embeddings(model, samples)
     paths = {s.name: to_int8(fp32_path, spec, calib, stage / s.file, s) for s in SCHEMES}

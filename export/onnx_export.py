@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # ONNX Runtime in this project loads IR versions up to 13; onnx writes 14 by default.
 MAX_IR_VERSION = 13
 MIN_OPSET = 17
+MAX_OPSET = 20  # the most torch.onnx.export(dynamo=False), the exporter used here, writes
 BATCH_AXIS = "batch"
 # Simplification must not move any output by more than this (it only folds constants).
 SIMPLIFY_ATOL = 1e-5
@@ -59,7 +60,7 @@ def onnx_from_checkpoint(
 
     opset = spec.opset if opset is None else opset
     ir_version = spec.ir_version if ir_version is None else ir_version
-    _check_versions(opset, ir_version)
+    check_versions(opset, ir_version)
     # Batch 2 so the exporter cannot specialise the batch axis to 1.
     dummy = torch.zeros((2, *spec.image_shape), dtype=torch.uint8)
     axes = {spec.input_name: {0: BATCH_AXIS}, spec.output_name: {0: BATCH_AXIS}}
@@ -102,15 +103,25 @@ def _pin_output_dims(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _check_versions(opset: int, ir_version: int) -> None:
-    """Reject opset/IR pairs the runtimes here cannot load, before spending time on an export."""
-    needed_ir = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
-    if opset < MIN_OPSET or not needed_ir <= ir_version <= MAX_IR_VERSION:
+def check_versions(opset: int, ir_version: int) -> None:
+    """Reject opset/IR pairs the exporter or the runtimes here cannot handle, before spending time on an
+    export; the message names the opsets that work with ``ir_version``."""
+    usable = [o for o in range(MIN_OPSET, MAX_OPSET + 1) if _min_ir(o) <= ir_version]
+    choose = f"pass --opset {usable[0]} to {usable[-1]}" if usable else f"pass --opset {MIN_OPSET}"
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset {opset} is not supported: this export writes opsets {MIN_OPSET} to {MAX_OPSET} "
+                         f"(torch's TorchScript exporter stops at {MAX_OPSET}); {choose}")
+    needed_ir = _min_ir(opset)
+    if not needed_ir <= ir_version <= MAX_IR_VERSION:
         raise InputError(
             f"opset {opset} with IR version {ir_version} is not exportable: need opset >= {MIN_OPSET} "
             f"and {needed_ir} <= IR version <= {MAX_IR_VERSION} (ONNX Runtime here loads at most IR "
-            f"{MAX_IR_VERSION}); pass --opset {MIN_OPSET} or set ModelSpec.ir_version"
+            f"{MAX_IR_VERSION}); {choose} or set ModelSpec.ir_version"
         )
+
+
+def _min_ir(opset: int) -> int:
+    return int(onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
 
 
 def check_graph_io(proto: onnx.ModelProto, spec: ModelSpec, *, what: str = "ONNX graph") -> None:

@@ -30,19 +30,26 @@ COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999}
 DEFAULT_SAMPLES = 32
 
 
+def image_files(folder: str | os.PathLike[str], count: int | None = None) -> list[Path]:
+    """The first ``count`` (None: all) image files under ``folder``, sorted; none when it is no folder."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    return paths[:count]
+
+
 def sample_images(spec: ModelSpec, image_dir: str | os.PathLike[str] | None = None, *,
-                  count: int = DEFAULT_SAMPLES, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` images from ``image_dir`` resized to the spec, or random uint8 pixels."""
+                  count: int = DEFAULT_SAMPLES, seed: int = 0, flag: str = "--sample-images") -> np.ndarray:
+    """Up to ``count`` images from ``image_dir`` resized to the spec, or random uint8 pixels; ``flag``
+    is the option that named the folder, for the message when it holds fewer than 2 images."""
     if image_dir is None:
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, (count, *spec.image_shape), dtype=np.uint8)
-    folder = Path(image_dir)
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count] \
-        if folder.is_dir() else []
+    paths = image_files(image_dir, count)
     if len(paths) < 2:
         raise InputError(
-            f"--sample-images {folder} holds {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}), expected "
-            "a folder with at least 2; point it at a folder of person crops or leave it out"
+            f"{flag} {image_dir} holds {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}), expected "
+            "a folder with at least 2; point it at a folder of person crops"
+            + (" or leave it out" if flag == "--sample-images" else "")
         )
     images, _ = load_images(paths, spec.height, spec.width, on_error="raise")
     return images

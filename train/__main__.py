@@ -3,7 +3,10 @@
 Writes OUT/last.pt (self-describing checkpoint, every epoch, with the data set and split it was
 trained on), OUT/log.jsonl (one line per epoch) and OUT/metrics.json (Rank-k / mAP on the test
 people). An OUT that already holds a checkpoint is refused unless --resume (continue it, also to more
---epochs) or --force (overwrite it). --recipe NAME takes every setting from a recipe of
+--epochs, with the same model, optimisation and data flags: any change of data set, split seed, loader
+option or data root is refused, listing the fields) or --force (overwrite it). OUT is locked while a
+run trains into it (OUT/.lock): a second run into it exits 2 naming the first one's pid; a lock left by a
+killed run is taken over, and said so. --recipe NAME takes every setting from a recipe of
 train/recipes.py (python -m train --recipe NAME --help shows them as the defaults); flags given
 explicitly override it. --init CKPT fine-tunes from a checkpoint of the same network.
 

@@ -22,6 +22,7 @@ from engine.atomic import write_with
 from engine.errors import ArtifactError, CheckpointError, InputError
 from engine.spec import ModelSpec
 
+from . import distributed
 from .config import JLMLConfig
 from .model import JLML
 
@@ -50,6 +51,11 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def non_finite(self) -> list[str]:
+        """Names of the served model's floating-point tensors holding NaN or inf (a diverged run)."""
+        state = self.model.state_dict() if self.model is not None else {}
+        return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
     def trained_network(self) -> JLML:
         """The JLML network, for what continues or inspects training (resume, --init, sparsity)."""
         if self.network is None:
@@ -67,7 +73,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: JLML, cfg: JLMLConfig, 
 
 
 def _write(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    return write_with(path, lambda tmp: torch.save(payload, tmp))  # a refused write names the path
+    """Atomically ``torch.save`` ``payload`` to ``path``. Given a file name, torch writes through its
+    own C++ writer, which reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos``; given a Python file it writes through Python, so a full disk is an OSError with
+    its errno, which ``write_with`` turns into "writing PATH failed: No space left on device"."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+
+    return write_with(path, save)
 
 
 def save_matcher(path: str | os.PathLike[str], matcher: Any, cfg: JLMLConfig, *,
@@ -129,8 +143,13 @@ def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
                               f"written by torch.save of plain tensors ({type(exc).__name__}); {fix}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a JLML checkpoint (no '{FORMAT}' marker); {fix}")
+    version = payload.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, newer than this code reads ({FORMAT_VERSION}): "
+            "a newer jlml-engine wrote it; update this code to read it (retraining is not needed)")
     missing = [k for k in _KEYS if k not in payload]
-    if missing or payload["version"] != FORMAT_VERSION:
+    if missing or version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has version {payload.get('version')!r} (this code reads "
             f"{FORMAT_VERSION}) and lacks {missing}; {fix}"
@@ -177,6 +196,36 @@ def check_same_config(ckpt: Checkpoint, cfg: JLMLConfig, num_classes: int) -> No
             f"cannot resume from {ckpt.path}: it was trained with another configuration ({listed}); "
             "use the same flags and data set, or start a fresh run with another --out"
         )
+
+
+# The data a run trains on, as ``train.run`` records it in the checkpoint (``DataChoice.trained_on``
+# and the joined sets): a resumed run must read the very same, or its checkpoint and metrics would
+# mix two data sets or leak another split's test people.
+DATA_FIELDS = ("data", "data_root", "train_also")
+
+
+def check_same_data(ckpt: Checkpoint, record: dict[str, Any]) -> None:
+    """Raise CheckpointError naming every data or split field in which ``record`` (the data a resumed
+    run asks for) differs from what ``ckpt`` was trained on; a record without data fields checks nothing."""
+    if not any(k in record for k in DATA_FIELDS):
+        return
+    saved, asked = _flat_data(ckpt.extra), _flat_data(record)
+    diffs = [f"{k}: {saved.get(k)!r} in checkpoint, {asked.get(k)!r} asked"
+             for k in sorted(set(saved) | set(asked)) if saved.get(k) != asked.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {ckpt.path}: it was trained on other data ({'; '.join(diffs)}); resume with "
+            "the same --dataset, --data-root, --split-seed and --data-option flags, or start a fresh --out")
+
+
+def _flat_data(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``'s data fields flattened to flag-like names (dataset, split_seed, options.num_ids, ...)."""
+    data = record.get("data") or {}
+    flat = {k: v for k, v in data.items() if k != "options"}
+    flat.update({f"options.{k}": v for k, v in (data.get("options") or {}).items()})
+    flat["data_root"] = record.get("data_root")
+    flat["train_also"] = record.get("train_also", [])
+    return flat
 
 
 @dataclass(frozen=True)
@@ -229,10 +278,8 @@ def load_init(model: JLML, state: dict[str, torch.Tensor], source: str = "init w
 _OWN_TEMPORARIES = tuple(f".{name}.*.tmp" for name in (CHECKPOINT_FILE, LOG_FILE, METRICS_FILE))
 
 
-def prepare_out(out: Path, *, resume: bool, overwrite: bool,
-                log: Callable[[str], object] = print) -> None:
-    """Before any work: ``out`` must be (or become) a writable folder and, unless resuming or told to
-    overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged)."""
+def make_out_folder(out: Path) -> None:
+    """``out`` exists (created if need be) and is a folder this user can write; ArtifactError if not."""
     fix = "pass another --out"
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"--out {out} is a file; expected a folder for {CHECKPOINT_FILE}, {LOG_FILE} "
@@ -244,7 +291,17 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
     except OSError as exc:
         raise ArtifactError(f"--out {out} is not a writable folder ({exc.strerror or exc}); expected a "
                             f"folder this user can create and write; {fix} or fix its permissions") from exc
-    stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern))
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool,
+                log: Callable[[str], object] = print) -> None:
+    """Before any work: ``out`` must be (or become) a writable folder and, unless resuming or told to
+    overwrite, hold no checkpoint; temporary files a killed run left there are removed (logged), so
+    ``train.run`` calls this only once it holds the folder's lock (``train.runlock``)."""
+    make_out_folder(out)
+    # Under torchrun only rank 0 writes (and holds the lock): another rank would delete the files of
+    # a write in flight, its own group's or, before rank 0 found the folder locked, another run's.
+    stale = sorted(p for pattern in _OWN_TEMPORARIES for p in out.glob(pattern)) if distributed.is_main() else []
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
@@ -259,4 +316,3 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool,
         held = "an unreadable checkpoint"
     raise CheckpointError(f"--out {out} holds {held} ({path.name}); pass --resume to continue it, --force to "
                           f"overwrite it, or another --out")
-

@@ -3,6 +3,7 @@ HelpFormatter, ...) is engine/cli.py."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 
@@ -23,3 +24,14 @@ def parse_key_value(text: str) -> tuple[str, Any]:
         return key, int(value)
     except ValueError:
         return key, value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0 (a tolerance, a margin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0 (e.g. 0.01), got {text!r}")
+    return value

@@ -28,9 +28,9 @@ import numpy as np
 
 from engine.atomic import write_text
 from engine.cli import add_no_progress, add_precision, add_threads, parser, run_cli, set_threads
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, InputError
 
-from .cli import parse_key_value
+from .cli import non_negative_float, parse_key_value
 from .runner import DataChoice
 
 DEFAULT_TOLERANCE = 0.01  # absolute, on Rank-k / mAP fractions: one query in 100 may flip
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader option, repeatable (see python -m train --help)")
     g.add_argument("--allow-mismatch", action="store_true",
                    help="evaluate on other data than the checkpoint was trained on")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+    p.add_argument("--tolerance", type=non_negative_float, default=DEFAULT_TOLERANCE,
                    help="largest allowed metric difference between PyTorch and the engine")
     p.add_argument("--rerank", action="store_true",
                    help="rank by k-reciprocal re-ranked distances (engine.rerank, k1=20 k2=6 lambda=0.3)")
@@ -172,6 +172,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    engine_flags = [f"--{name} {getattr(args, name)}" for name, default in (("backend", "auto"), ("precision", None))
+                    if getattr(args, name) != default]
+    if args.artifact is None and engine_flags:
+        raise InputError(f"{' '.join(engine_flags)} choose how --artifact is served, and no --artifact was given; "
+                         "pass --artifact DIR too, or drop them")
     worst = worst_difference(run(args))
     if worst > args.tolerance:
         print(f"backends differ by {worst:.4f} > --tolerance {args.tolerance}; the artefact does not "

@@ -37,6 +37,7 @@ from .checkpoint import (
     METRICS_FILE,
     InitReport,
     check_same_config,
+    check_same_data,
     load_checkpoint,
     load_init,
     prepare_out,
@@ -292,15 +293,16 @@ def _check_resumable(saved: dict[str, Any], opts: TrainOptions, done: int, path:
 
 
 def _start(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, where: Placement, resume: Path | None,
-           init: dict[str, torch.Tensor] | None, init_source: str,
+           init: dict[str, torch.Tensor] | None, init_source: str, record: dict[str, Any],
            ) -> tuple[JLML, torch.optim.Optimizer, int, list[dict[str, Any]], InitReport | None]:
     """A fresh model and optimiser (from ``init`` weights), or the state saved in ``resume`` after
-    checking it matches; on the run's device."""
+    checking it matches (model, options and the data ``record``); on the run's device."""
     torch.manual_seed(opts.seed)
     model = JLML(cfg, data.num_classes)
     ck = load_checkpoint(resume) if resume is not None else None
     report = None
     if ck is not None:
+        check_same_data(ck, record)
         check_same_config(ck, cfg, data.num_classes)
         _check_resumable(ck.extra.get("options", {}), opts, ck.epoch, ck.path)
         model.load_state_dict(ck.trained_network().state_dict())
@@ -333,7 +335,7 @@ def fit(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, out: str | Path, *, 
     where = replace(where, device=distributed.setup(where.device))  # under torchrun: join, pick the GPU
     opts = replace(opts, progress=opts.progress and distributed.is_main())
     model, opt, start, history, report = _start(cfg, data, opts, where, Path(resume) if resume else None, init,
-                                                init_source or "init weights")
+                                                init_source or "init weights", dict(record or {}))
     if report is not None:
         print(report.describe())
     net = distributed.data_parallel(model, where.device)  # None in one process

@@ -7,6 +7,7 @@ set, its options and the split, so ``python -m train.evaluate`` scores it on the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -20,13 +21,22 @@ from engine.provenance import code_version
 from engine.spec import file_sha256
 
 from . import distributed
-from .checkpoint import CHECKPOINT_FILE, METRICS_FILE, InitReport, load_checkpoint, prepare_out
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    InitReport,
+    check_same_data,
+    load_checkpoint,
+    make_out_folder,
+    prepare_out,
+)
 from .config import JLMLConfig
 from .fusion import fit_and_save
 from .hybrid import MATCHERS
 from .lomo import LOMOConfig
 from .loop import AugmentFactory, Runtime, TrainOptions, evaluate_model, fit, place
 from .model import JLML
+from .runlock import run_lock
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,35 @@ def _resume_path(resume: bool | str | Path | None, out: Path) -> Path | None:
     return out / CHECKPOINT_FILE if resume is True or resume == "" else Path(resume)
 
 
+def _check_choices(matcher: str, data: DataChoice, init: str | Path | None, resume_path: Path | None,
+                   pretrain: Pretrain | None, train_also: Sequence[DataChoice], force: bool) -> None:
+    """Refuse the combinations of ``run``'s arguments that cannot make a sound run."""
+    if matcher not in MATCHERS:
+        raise InputError(f"matcher {matcher!r}; expected one of {MATCHERS}")
+    if init is not None and resume_path is not None:
+        raise InputError(f"--init {init} starts a fresh run and --resume continues one; pass one of them")
+    if force and resume_path is not None:
+        raise InputError("--force overwrites the run in --out and --resume continues it; pass one of them")
+    used = [data, *([pretrain.data] if pretrain else []), *train_also]
+    if data.root is not None and all(d.dataset == "synthetic" for d in used):
+        raise InputError(f"--data-root {data.root}: the synthetic data set is generated and reads no folder; "
+                         "drop --data-root, or pass the --dataset that lies there")
+    if pretrain is not None and pretrain.data.dataset == data.dataset:
+        raise InputError(f"pre-training on {data.dataset}, the data set evaluated, could show the model its "
+                         "test people; pre-train on another data set")
+    if any(other.dataset == data.dataset for other in train_also):
+        raise InputError(f"training also on all of {data.dataset}, the data set evaluated, would train on its "
+                         "test people; join other data sets only")
+
+
+def _write_metrics(out: Path, data: DataChoice, source: str | None, config: JLMLConfig, options: TrainOptions,
+                   metrics: dict[str, float]) -> None:
+    write_text(out / METRICS_FILE, json.dumps(
+        {"dataset": data.dataset, "split_seed": data.split_seed, **data.trained_on(), "init": source,
+         "checkpoint_sha256": file_sha256(out / CHECKPOINT_FILE),
+         "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
+
+
 def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | Path, *,
         runtime: Runtime | None = None, augment: bool = True, resume: bool | str | Path | None = None,
         init: str | Path | None = None, pretrain: Pretrain | None = None, force: bool = False,
@@ -142,56 +181,51 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     ``force``: overwrite a checkpoint already in ``out``; ``matcher``: what is served, "jlml", or a
     LOMO + XQDA matcher alone ("lomo_xqda") or fused with JLML ("fused", ``train.fusion``: JLML then
     trains on two thirds of the people, the fusion weight is chosen on the others; ``mirror_metric``: XQDA
-    also learns from the training images' mirror images).
+    also learns from the training images' mirror images). ``out`` is locked for the run's life
+    (``train.runlock``): a second run into it at once is refused naming the first one's pid.
     """
-    if matcher not in MATCHERS:
-        raise InputError(f"matcher {matcher!r}; expected one of {MATCHERS}")
     out = Path(out)
     resume_path = _resume_path(resume, out)
-    if init is not None and resume_path is not None:
-        raise InputError(f"--init {init} starts a fresh run and --resume continues one; pass one of them")
-    if pretrain is not None and pretrain.data.dataset == data.dataset:
-        raise InputError(f"pre-training on {data.dataset}, the data set evaluated, could show the model its "
-                         "test people; pre-train on another data set")
-    if any(other.dataset == data.dataset for other in train_also):
-        raise InputError(f"training also on all of {data.dataset}, the data set evaluated, would train on its "
-                         "test people; join other data sets only")
-    prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)
-    place(runtime or Runtime())
-    init_state, source = None, None
-    if init is not None:
-        init_state, source = load_checkpoint(init).trained_network().state_dict(), str(init)
-    reid = join_training(data.load(config, progress=options.progress),
-                         [other.load(config, progress=options.progress) for other in train_also])
-    log(reid.describe())
-    if init_state is None and pretrain is not None and resume_path is None:
-        pre_opts = dataclasses.replace(options, epochs=pretrain.epochs)
-        init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
-                                    runtime=runtime)
-        source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
-    record = {**data.trained_on(), "init": source, "code": code_version(),
-              **({"train_also": [o.record() for o in train_also]} if train_also else {})}
-    fits: list[Any] = []
+    _check_choices(matcher, data, init, resume_path, pretrain, train_also, force)
+    make_out_folder(out)  # the lock lives in it; under torchrun rank 0 holds it for the group
+    with run_lock(out, log) if distributed.is_main() else contextlib.nullcontext():
+        prepare_out(out, resume=resume_path is not None, overwrite=force, log=log)
+        trained_on = {**data.trained_on(),
+                      **({"train_also": [o.record() for o in train_also]} if train_also else {})}
+        if resume_path is not None:  # before loading any data: a resumed run reads the data it was trained on
+            check_same_data(load_checkpoint(resume_path), trained_on)
+        place(runtime or Runtime())
+        init_state, source = None, None
+        if init is not None:
+            init_state, source = load_checkpoint(init).trained_network().state_dict(), str(init)
+        reid = join_training(data.load(config, progress=options.progress),
+                             [other.load(config, progress=options.progress) for other in train_also])
+        log(reid.describe())
+        if init_state is None and pretrain is not None and resume_path is None:
+            pre_opts = dataclasses.replace(options, epochs=pretrain.epochs)
+            init_state = pretrain_state(config, pre_opts, pretrain.data, out / "pretrain", augment=augment,
+                                        runtime=runtime)
+            source = f"pre-training on {pretrain.data.dataset} ({out / 'pretrain'})"
+        record = {**trained_on, "init": source, "code": code_version()}
+        fits: list[Any] = []
 
-    def train_jlml(train_set: Any) -> JLML:
-        fits.append(fit(config, train_set, options, out, resume=resume_path, make_augment=augment_factory(augment),
-                        init=init_state, init_source=source, runtime=runtime, overwrite=force, record=record))
-        return fits[-1].model
+        def train_jlml(train_set: Any) -> JLML:
+            fits.append(fit(config, train_set, options, out, resume=resume_path,
+                            make_augment=augment_factory(augment), init=init_state, init_source=source,
+                            runtime=runtime, overwrite=force, record=record))
+            return fits[-1].model
 
-    if matcher == "jlml":
-        model = train_jlml(reid)
-    else:
-        model, report = fit_and_save(matcher, reid, config, lomo or LOMOConfig(), train_jlml, out,
-                                     seed=data.split_seed, extra=record, progress=options.progress,
-                                     mirror=mirror_metric)
-        log(f"{matcher}: XQDA {report.xqda_dims} dims, metric share {report.share} (chosen on "
-            f"{report.held_out_ids} held-out training people)")
-    metrics = evaluate_model(model, reid) if evaluate else None
-    if metrics is not None:
-        write_text(out / METRICS_FILE, json.dumps(
-            {"dataset": data.dataset, "split_seed": data.split_seed, **data.trained_on(), "init": source,
-             "checkpoint_sha256": file_sha256(out / CHECKPOINT_FILE),
-             "config": config.to_dict(), "options": options.settings(), "metrics": metrics}, indent=2) + "\n")
+        if matcher == "jlml":
+            model = train_jlml(reid)
+        else:
+            model, report = fit_and_save(matcher, reid, config, lomo or LOMOConfig(), train_jlml, out,
+                                         seed=data.split_seed, extra=record, progress=options.progress,
+                                         mirror=mirror_metric)
+            log(f"{matcher}: XQDA {report.xqda_dims} dims, metric share {report.share} (chosen on "
+                f"{report.held_out_ids} held-out training people)")
+        metrics = evaluate_model(model, reid) if evaluate else None
+        if metrics is not None:
+            _write_metrics(out, data, source, config, options, metrics)
     result = fits[-1] if fits else None
     return TrainResult(out=out, checkpoint=out / CHECKPOINT_FILE, model=model, metrics=metrics,
                        history=result.history if result else [], data=reid, init=result.init if result else None)

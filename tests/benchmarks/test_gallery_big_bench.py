@@ -50,3 +50,10 @@ def test_bad_flags_exit_2(tmp_path, capsys) -> None:
         main(["--size", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--size" in capsys.readouterr().err
     assert main(["--size", "100", "--batches", "5000", "--out", str(tmp_path)]) == 2
+
+
+def test_quick_with_a_size_flag_is_an_error_not_a_silent_smoke_run(tmp_path, capsys) -> None:
+    assert main(["--quick", "--size", "100", "--chunk", "64", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--quick sets the sizes itself (20000 rows of dim 32), so --size --chunk would be ignored" in err
+    assert not (tmp_path / "gallery_big.json").exists()

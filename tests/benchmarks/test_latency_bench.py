@@ -51,6 +51,36 @@ def test_usage_errors_exit_2(tmp_path: Path, bench_artifacts: Path, capsys) -> N
     assert "unknown backend" in capsys.readouterr().err
 
 
+def test_a_checkpoint_the_artefact_was_not_exported_from_exits_2_naming_both(tmp_path: Path, bench_artifacts: Path,
+                                                                            bench_checkpoint: Path, capsys) -> None:
+    from benchmarks.e2e import main as e2e
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    from train.model import JLML
+
+    torch = pytest.importorskip("torch")
+    cfg = load_checkpoint(bench_checkpoint).config
+    torch.manual_seed(1)  # the same network and contract, other weights: another model
+    other = save_checkpoint(tmp_path / "other.pt", JLML(cfg, num_classes=5).eval(), cfg, epoch=1, num_classes=5)
+    assert main(["--artifact", str(bench_artifacts), "--checkpoint", str(other), "--quick", "--device", "cpu",
+                 "--batches", "1", "--backends", "ort-fp32", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint {other} (sha256 " in err and f"not the checkpoint artefact {bench_artifacts} was" in err
+    assert str(bench_checkpoint.resolve()) in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "latency.json").exists()
+    assert e2e(["--artifact", str(bench_artifacts), "--checkpoint", str(other), "--quick",
+                "--out", str(tmp_path / "e2e")]) == 2
+    assert "is not the checkpoint artefact" in capsys.readouterr().err
+
+
+def test_cpu_max_batch_on_a_cpu_run_is_refused_not_ignored(tmp_path: Path, bench_artifacts: Path,
+                                                           bench_checkpoint: Path, capsys) -> None:
+    assert main(["--artifact", str(bench_artifacts), "--checkpoint", str(bench_checkpoint), "--quick", "--device",
+                 "cpu", "--batches", "1", "4", "--cpu-max-batch", "1", "--out", str(tmp_path)]) == 2
+    assert "--cpu-max-batch 1 limits the CPU-side backends of a CUDA run, and this run is on the CPU (--device cpu)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "latency.json").exists()
+
+
 @pytest.mark.gpu
 def test_cuda_run_has_fp16_rows_device_memory_and_a_limited_cpu_reference(tmp_path: Path, bench_artifacts: Path,
                                                                           bench_checkpoint: Path) -> None:

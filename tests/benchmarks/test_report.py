@@ -38,6 +38,27 @@ def test_mixed_or_unknown_inputs_exit_2(tmp_path: Path) -> None:
     assert main([str(tmp_path / "nope.json")]) == 2
 
 
+def test_a_bad_file_is_named_and_a_file_given_twice_is_one_run(tmp_path: Path, capsys) -> None:
+    good = _run(tmp_path / "a", 100.0)
+    for name, text in (("broken", '{"environment": '), ("empty", "{}"), ("list", "[1, 2]"),
+                       ("rowless", json.dumps({"environment": {"device_name": "x", "device": "cpu", "torch": "2"},
+                                               "results": [{"backend": "ort-fp32"}]}))):
+        (tmp_path / name).mkdir()
+        bad = tmp_path / name / "latency.json"
+        bad.write_text(text)
+        assert main([str(good), str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad} ") and err.count("\n") == 1 and "Traceback" not in err
+        assert ("is not valid JSON" if name == "broken" else "expected a report written by") in err
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "latency.json").write_bytes(b"\xff\xfe\x00junk")
+    assert main([str(tmp_path / "binary" / "latency.json")]) == 2
+    assert f"{tmp_path / 'binary' / 'latency.json'} is not a JSON text file" in capsys.readouterr().err
+    assert main([str(good), str(tmp_path / "a" / ".." / "a" / "latency.json")]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("Median of 1 run(s)") and "given more than once, each counted once" in out.err
+
+
 def test_runs_with_different_settings_are_not_merged(tmp_path: Path, capsys) -> None:
     paths = []
     for name, settings in (("a", {"sizes": [1000], "dim": 512, "quick": False, "repeats": 5}),

@@ -113,6 +113,36 @@ def test_checkpoint_spec_of_another_input_size_exits_2(checkpoint, tmp_path, cap
     assert "height: 64 != 32" in capsys.readouterr().err
 
 
+def test_a_diverged_checkpoint_is_refused_by_name_before_any_export(checkpoint, tmp_path, capsys):
+    payload = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+    diverged = tmp_path / "diverged.pt"
+    torch.save(payload, diverged)
+    assert build_engine.main([str(diverged), "--out", str(tmp_path / "out")]) == 2  # simplification on
+    err = capsys.readouterr().err
+    assert f"checkpoint {diverged} holds NaN or infinite values in 1 tensor(s) ({name})" in err
+    assert "onnxslim" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_a_newer_format_asks_for_newer_code(checkpoint, tmp_path, capsys):
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["version"] = 99
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    assert build_engine.main([str(newer), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "has format version 99, newer than this code reads (1)" in err and "update this code" in err
+    assert "retrain" not in err.replace("retraining is not needed", "")
+
+
+def test_an_opset_out_of_range_is_one_line_with_the_range(checkpoint, tmp_path, capsys):
+    assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "out"), "--opset", "99"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --opset 99 is not supported: this export writes opsets 17 to 20 (torch's TorchScript " \
+                  "exporter stops at 20); pass --opset 17 to 20\n"
+
+
 def test_bad_batch_range_exits_2(checkpoint, tmp_path, capsys):
     assert build_engine.main([str(checkpoint), "--out", str(tmp_path / "o"), "--min-batch", "9",
                               "--opt-batch", "4"]) == 2

@@ -231,6 +231,33 @@ def test_int8_needs_calib_data_and_torch_refuses_int8(checkpoint, tmp_path, tiny
         TorchBackend(tiny_model, tiny_model.spec, device="cpu", precision="int8")
 
 
+def test_a_calibration_folder_without_enough_images_is_named_before_any_export(checkpoint, calib_dir, tmp_path,
+                                                                              capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    few = tmp_path / "few"
+    shutil.copytree(calib_dir, few)
+    for extra in sorted(few.iterdir())[int8.MIN_CALIB_FILES - 1:]:
+        extra.unlink()
+    for folder, count in ((empty, 0), (few, int8.MIN_CALIB_FILES - 1)):
+        assert _build(checkpoint, folder, tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert f"--calib-data {folder} holds {count} images" in err and "--sample-images" not in err
+        assert "expected at least 34 (32 held out for the gate" in err and "wrote model.onnx" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_flags_without_int8_are_refused_not_ignored(checkpoint, calib_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS, "--calib-data", str(calib_dir)]) == 2
+    assert "--calib-data only serve the INT8 graph, which this build does not write; pass --int8 too" \
+        in capsys.readouterr().err
+    assert build_engine.main([str(checkpoint), "--out", str(out), *ARGS, "--calib-data", str(calib_dir),
+                              "--data-root", str(tmp_path)]) == 2
+    assert "--calib-data and --data-root only serve the INT8 graph" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cpu_features_name_the_8bit_path() -> None:
     assert cpu.int8_path({**AVX2, "vnni": True}) == "x86-vnni"
     assert cpu.int8_path(AVX2) == "x86-avx2"

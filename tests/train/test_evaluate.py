@@ -86,6 +86,21 @@ def test_missing_checkpoint_exits_2(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "inf", "lots"])
+def test_a_negative_or_non_finite_tolerance_is_refused(tolerance, checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(checkpoint), *DATA, "--tolerance", tolerance])
+    assert exit_.value.code == 2
+    assert f"--tolerance: expected a number of at least 0 (e.g. 0.01), got {tolerance!r}" in capsys.readouterr().err
+
+
+def test_engine_flags_without_an_artifact_are_refused_not_ignored(checkpoint, capsys):
+    assert main(["--checkpoint", str(checkpoint), *DATA, "--backend", "trt", "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend trt --precision fp16 choose how --artifact is served, and no --artifact was given" in err
+    assert "Traceback" not in err
+
+
 def test_worst_difference_is_the_largest_metric_gap():
     rows = {PYTORCH: {}, ONNXRUNTIME: {}, DIFF: {"rank1": 0.02, "mAP": 0.005}}
     assert worst_difference(rows) == 0.02

@@ -135,8 +135,16 @@ def test_fused_artefact_exports_with_parity_and_serves(tmp_path, tiny_cfg, peopl
     assert all(p.passed for p in result.parity)
     card = (out / "MODEL_CARD.md").read_text()
     assert "fused with LOMO + XQDA" in card and f"lomo_xqda {metric.dims}-D" in card
+    from PIL import Image
+
+    from export.int8 import MIN_CALIB_FILES
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(MIN_CALIB_FILES):  # enough crops: the refusal is the matcher's, not the folder's
+        Image.fromarray(people.query_images[i % len(people.query_images)]).save(calib / f"{i:03d}.png")
     with pytest.raises(InputError, match="--int8 covers JLML-only checkpoints"):
-        build_engine.build(path, tmp_path / "int8", build_engine.BuildOptions(int8=True, calib_data=tmp_path))
+        build_engine.build(path, tmp_path / "int8", build_engine.BuildOptions(int8=True, calib_data=calib))
     images = people.query_images
     for precision, floor in (("fp32", 0.99999), ("fp16", 0.999)):
         with Embedder(out, backend="ort", device="cpu", precision=precision) as embed:

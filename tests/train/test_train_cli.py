@@ -41,6 +41,35 @@ def test_cli_resume_with_other_model_flags_fails_with_exit_2(tmp_path, capsys):
     assert "branches: 'both' in checkpoint, 'global' asked" in err and "--out" in err
 
 
+def test_resume_with_other_data_or_split_refuses_and_keeps_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    metrics, ckpt = (out / "metrics.json").read_bytes(), (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    # same number of ids, another split of the people: would leak test people into a "resumed" run
+    assert main([*TINY_ARGS, "--epochs", "2", "--out", str(out), "--resume", "--split-seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data (split_seed: 0 in checkpoint, 3 asked)" in err and "Traceback" not in err
+    assert main([*TINY_ARGS, "--epochs", "2", "--out", str(out), "--resume", "--data-option", "num_test=5",
+                 "--data-option", "images_per_cam=3"]) == 2
+    err = capsys.readouterr().err
+    assert "options.images_per_cam: None in checkpoint, 3 asked" in err
+    assert "options.num_test: 4 in checkpoint, 5 asked" in err
+    assert (out / "metrics.json").read_bytes() == metrics and (out / "last.pt").read_bytes() == ckpt
+    assert load_checkpoint(out / "last.pt").extra["data"]["split_seed"] == 0
+
+
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny(out)) == 0
+    capsys.readouterr()
+    assert main(_tiny(out, "--resume", "--force")) == 2
+    assert "--force overwrites the run in --out and --resume continues it" in capsys.readouterr().err
+    assert main(_tiny(tmp_path / "other", "--data-root", str(tmp_path))) == 2
+    assert f"--data-root {tmp_path}: the synthetic data set is generated" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "last.pt").exists()
+
+
 def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert main([*TINY_ARGS, "--height", "30", "--out", str(tmp_path)]) == 2
     assert "height=30" in capsys.readouterr().err
@@ -146,19 +175,27 @@ def test_out_that_is_a_file_or_not_writable_fails_before_loading_data(tmp_path, 
     assert "is not a writable folder" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) to fill a disk")
 def test_disk_full_during_the_checkpoint_names_the_path(tmp_path, monkeypatch, capsys):
-    import errno
-
     import train.checkpoint
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_save = torch.save
 
-    monkeypatch.setattr(train.checkpoint.torch, "save", full)
+    def onto_a_full_disk(obj, f, *args, **kwargs):
+        """torch.save with every byte going to /dev/full, which fails each write as a full disk does:
+        given a file name, torch's C++ writer raises `RuntimeError: [enforce fail at
+        inline_container.cc:...] unexpected pos`; given a Python file, the write raises ENOSPC."""
+        if isinstance(f, str | os.PathLike):
+            return real_save(obj, "/dev/full", *args, **kwargs)
+        with open("/dev/full", "wb") as full:
+            return real_save(obj, full, *args, **kwargs)
+
+    monkeypatch.setattr(train.checkpoint.torch, "save", onto_a_full_disk)
     out = tmp_path / "run"
     assert main(_tiny(out)) == 2
     err = capsys.readouterr().err
-    assert f"writing {out / 'last.pt'} failed: No space left on device" in err and "Traceback" not in err
+    assert f"writing {out / 'last.pt'} failed: No space left on device; free some space" in err
+    assert "Traceback" not in err and "inline_container" not in err
     assert not list(out.iterdir())
 
 
@@ -262,6 +299,12 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
     assert f"trained on data in {root.resolve()}, which is not here" in capsys.readouterr().err
     assert evaluate(["--checkpoint", str(out / "last.pt"), "--threads", "1", "--no-progress",
                      "--data-root", str(moved)]) == 0
+    # resuming reads the data the run read: another --data-root is refused, naming both folders
+    capsys.readouterr()
+    assert main(["--dataset", "market1501", "--data-root", str(moved), "--recipe", "few_hundred_ids",
+                 "--epochs", "1", "--widths", "4,8", "--blocks", "1,1", "--feat-dim", "16", "--batch-size", "8",
+                 "--threads", "1", "--no-progress", "--out", str(out), "--resume"]) == 2
+    assert f"data_root: {str(root.resolve())!r} in checkpoint, {str(moved.resolve())!r} asked" in capsys.readouterr().err
 
 
 def test_demo_module_points_at_the_real_demo():
