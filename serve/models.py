@@ -4,6 +4,11 @@ serve.triton_models wraps it in Triton's Python backend (one process per model);
 a server too. What only the engine can know (k <= 0, a batch above the artefact's max, ids that do not
 match the images, a missing input) is refused with an engine InputError, which the client gets as a
 one-line HTTP 400 / gRPC INVALID_ARGUMENT, and the server keeps serving.
+
+The gallery file records the model that embedded its rows (engine.search.file.model_fingerprint);
+``load_gallery`` refuses a file embedded by another model than the artefact's (SpecMismatchError naming
+both) unless the override is given, and serves one that records none with a warning. Rows added to a
+new file are stamped with the artefact's model.
 """
 from __future__ import annotations
 
@@ -17,10 +22,29 @@ import numpy as np
 from engine import InputError, ModelSpec
 from engine.client import CAMS, COUNT, DISTANCES, EMBEDDINGS, IDS, IMAGES, MAX_PADDED_K, K
 from engine.gallery import UNKNOWN_CAM, Gallery
+from engine.search.file import check_fingerprint, model_fingerprint
 
 Request = dict[str, np.ndarray]  # input name -> array, as the request carried it
 Response = dict[str, np.ndarray]
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> unit embeddings (N, D)
+# How to serve a gallery embedded by another model on purpose (both ways the models are started).
+OVERRIDE = "--allow-other-model (python -m serve) or JLML_ALLOW_OTHER_MODEL=1 (tritonserver)"
+
+
+def load_gallery(path: Path, spec: ModelSpec, *, artifact: str, device: str = "cpu", allow_other_model: bool = False,
+                 warn: bool = True, override: str = OVERRIDE) -> Gallery:
+    """``Gallery.load(path)`` checked against the artefact (``spec``, named ``artifact`` in messages):
+    InputError for rows of another embedding size, SpecMismatchError (both fingerprints named) for rows
+    another model embedded unless ``allow_other_model``. A file that records no model is served, with
+    one warning when ``warn``."""
+    gallery = Gallery.load(path, device=device)
+    if gallery.dim != spec.embedding_dim:
+        raise InputError(f"gallery {path} holds {gallery.dim}-D embeddings, the artefact makes "
+                         f"{spec.embedding_dim}-D; embed it again with this artefact")
+    if not allow_other_model and (warn or gallery.model_fingerprint is not None):
+        check_fingerprint(gallery.model_fingerprint, spec, source=f"gallery {path}", artifact=artifact,
+                          override=override)
+    return gallery
 
 
 def _required(request: Request, name: str, what: str) -> np.ndarray:
@@ -39,12 +63,18 @@ class GalleryService:
     (engine.atomic: a server killed mid-save leaves the previous file), and every request first reloads
     the file if another process replaced it (one stat). If the save fails the in-memory gallery is
     reloaded from the file, so what is served is always what is saved.
+
+    Every load checks the file's model (``load_gallery``; ``artifact`` names the artefact, and
+    ``allow_other_model`` lifts the check); ``warn``: say once, at the first load, that the file records
+    no model (the search model does; gallery_add stays quiet so one server says it once).
     """
 
-    def __init__(self, embed: Embed, spec: ModelSpec, path: Path | None, *, device: str = "cpu") -> None:
+    def __init__(self, embed: Embed, spec: ModelSpec, path: Path | None, *, device: str = "cpu",
+                 artifact: str = "the artefact", allow_other_model: bool = False, warn: bool = True) -> None:
         self.embed, self.spec, self.path, self.device = embed, spec, path, device
+        self.artifact, self.allow_other_model = artifact, allow_other_model
         self._stamp: Any = None
-        self.gallery = self._load()
+        self.gallery = self._load(warn=warn)
 
     def _file_stamp(self) -> Any:
         if self.path is None:
@@ -60,15 +90,12 @@ class GalleryService:
         if self._file_stamp() != self._stamp:
             self.gallery = self._load()
 
-    def _load(self) -> Gallery:
+    def _load(self, *, warn: bool = False) -> Gallery:
         self._stamp = self._file_stamp()
-        if self._stamp is not None:
-            gallery = Gallery.load(self.path, device=self.device)  # type: ignore[arg-type]
-            if gallery.dim != self.spec.embedding_dim:
-                raise InputError(f"gallery {self.path} holds {gallery.dim}-D embeddings, the artefact makes "
-                                 f"{self.spec.embedding_dim}-D; embed it again with this artefact")
-            return gallery
-        return Gallery(self.spec.embedding_dim, device=self.device)
+        if self.path is None or self._stamp is None:
+            return Gallery(self.spec.embedding_dim, device=self.device)
+        return load_gallery(self.path, self.spec, artifact=self.artifact, device=self.device,
+                            allow_other_model=self.allow_other_model, warn=warn)
 
     def _check_batch(self, n: int, what: str) -> None:
         limit = self.spec.max_batch
@@ -116,6 +143,10 @@ class GalleryService:
                              "send one id (and one cam) per image")
         embeddings = self.embed(images)
         self.refresh()
+        if not len(self.gallery):
+            # A new file (a saved one always has rows): its rows are this artefact's. A file that has rows
+            # but records no model (written before fingerprints) is not stamped: its rows may be another's.
+            self.gallery.model_fingerprint = model_fingerprint(self.spec)
         self.gallery.add(embeddings, ids, cams)
         try:
             self.gallery.save(self.path)

@@ -27,6 +27,7 @@ from engine import BackendUnavailableError, InputError
 from engine.client import ADD_MODEL, EMBED_MODEL, ENGINE_CONFIG, REPOSITORY_DIR, SEARCH_MODEL, TritonClient
 from engine.embedder import artifact_spec
 
+from .models import load_gallery
 from .triton_models import Settings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -50,6 +51,7 @@ class ServerOptions:
     device: str = "auto"
     precision: str | None = None  # the best the artefact has for the device (engine.Embedder)
     gallery_device: str = "cpu"
+    allow_other_model: bool = False  # serve a gallery embedded by another model than the artefact's
     exit_timeout_s: int = 10
     verbose: bool = False
 
@@ -209,6 +211,19 @@ def check_endpoints(opts: ServerOptions) -> None:
                                  "and ports below 1024 need root") from exc
 
 
+def check_gallery(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] | None,
+                  opts: ServerOptions) -> None:
+    """Refuse, before tritonserver starts, a gallery file the ``search`` and ``gallery_add`` models would
+    fail to load: unreadable, of another embedding size, or embedded by another model than the artefact's
+    (SpecMismatchError naming both fingerprints, unless ``opts.allow_other_model``). The search model
+    itself warns of a file that records no model. A file that does not exist yet is created by the first
+    gallery_add."""
+    if gallery is None or not os.path.lexists(gallery):
+        return
+    load_gallery(Path(gallery), artifact_spec(artifact_dir), artifact=f"artefact {artifact_dir}",
+                 allow_other_model=opts.allow_other_model, warn=False, override="--allow-other-model")
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """An Event set by SIGINT or SIGTERM while the block runs; the previous handlers come back after."""
@@ -252,12 +267,13 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
     """
     root = repository(artifact_dir)
     check_endpoints(opts)
+    check_gallery(artifact_dir, gallery, opts)
     binary, dist, libs = _distribution()
     remove_stale_regions()
     models = (EMBED_MODEL,) if gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
     settings = Settings(backend=opts.backend, device=opts.device, precision=opts.precision,
                         gallery=None if gallery is None else str(Path(gallery).resolve()),
-                        gallery_device=opts.gallery_device)
+                        gallery_device=opts.gallery_device, allow_other_model=opts.allow_other_model)
     with stop_on_signals() as stop, backend_directory(dist) as backends:
         proc = subprocess.Popen(command(binary, root, backends, models, opts), env=environment(settings, libs),
                                 cwd=PROJECT_ROOT)

@@ -22,35 +22,49 @@ from typing import Any
 
 import numpy as np
 
-from engine import Embedder, JLMLError, ModelSpec
+from engine import Embedder, InputError, JLMLError, ModelSpec
 from engine.client import EMBED_MODEL, EMBEDDINGS, IMAGES, K
 
 from .models import GalleryService, Request, Response
 
 INTERNAL_LINE = "the server failed on this request; its log has the details"
 ENV = {"backend": "JLML_BACKEND", "device": "JLML_DEVICE", "precision": "JLML_PRECISION",
-       "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE"}
+       "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE",
+       "allow_other_model": "JLML_ALLOW_OTHER_MODEL"}
+SWITCH = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}  # a bool's values
 
 
 @dataclass(frozen=True)
 class Settings:
     """How the models run: embed's engine backend, device and precision (None: the best the artefact
-    has there), the gallery file behind search and gallery_add (None: an empty gallery, no adds) and
-    where it is searched. Environment names: ``ENV``."""
+    has there), the gallery file behind search and gallery_add (None: an empty gallery, no adds),
+    where it is searched, and whether a gallery embedded by another model than the artefact's is served
+    (``JLML_ALLOW_OTHER_MODEL=1``). Environment names: ``ENV``."""
 
     backend: str = "auto"
     device: str = "auto"
     precision: str | None = None
     gallery: str | None = None
     gallery_device: str = "cpu"
+    allow_other_model: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        return cls(**{field: env[name] for field, name in ENV.items() if env.get(name)})
+        values: dict[str, Any] = {field: env[name] for field, name in ENV.items() if env.get(name)}
+        if "allow_other_model" in values:
+            value = values["allow_other_model"]
+            if value.lower() not in SWITCH:
+                raise InputError(f"{ENV['allow_other_model']}={value!r}, expected 1 or 0 (true/false, yes/no); "
+                                 "set it to 1 to serve a gallery embedded by another model")
+            values["allow_other_model"] = SWITCH[value.lower()]
+        return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The environment variables for these settings (the unset ones empty, so none is inherited)."""
-        return {name: "" if getattr(self, field) is None else str(getattr(self, field)) for field, name in ENV.items()}
+        def text(value: object) -> str:
+            return "" if value is None or value is False else "1" if value is True else str(value)
+
+        return {name: text(getattr(self, field)) for field, name in ENV.items()}
 
 
 def artifact_of(args: dict[str, Any]) -> Path:
@@ -109,13 +123,19 @@ class EmbedModel(_Model):
 
 
 class _GalleryModel(_Model):
-    """The gallery file's service; query images are embedded by ``embed`` (BLS), the one batched model."""
+    """The gallery file's service; query images are embedded by ``embed`` (BLS), the one batched model.
+    A gallery another model embedded fails the model's load (unless JLML_ALLOW_OTHER_MODEL=1), so a
+    plain tritonserver on this repository refuses it too; ``search`` warns of one that records no model."""
+
+    warn = False
 
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         s = self.settings
         path = None if s.gallery is None else Path(s.gallery)
-        self.service = GalleryService(self._embed, ModelSpec.load(self.artifact), path, device=s.gallery_device)
+        self.service = GalleryService(self._embed, ModelSpec.load(self.artifact), path, device=s.gallery_device,
+                                      artifact=f"artefact {self.artifact}", allow_other_model=s.allow_other_model,
+                                      warn=self.warn)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         request = self.pb.InferenceRequest(model_name=EMBED_MODEL, requested_output_names=[EMBEDDINGS],
@@ -127,6 +147,8 @@ class _GalleryModel(_Model):
 
 
 class SearchModel(_GalleryModel):
+    warn = True
+
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         query = np.zeros((1, self.service.spec.embedding_dim), np.float32)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Embedder
+from engine import Embedder, ModelSpec
 from engine.gallery import Gallery
+from engine.search.file import model_fingerprint
 from serve.process import ServerProcess, free_ports  # noqa: F401 - tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +28,17 @@ def gallery_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n, dtype=np.int64) // 2, np.arange(n, dtype=np.int64) % 2
 
 
-def write_gallery(path: Path, embedder: Embedder, images: np.ndarray) -> Path:
-    """A gallery file as engine.embed writes it: rows, labels and each row's image name."""
+def other_model(spec: ModelSpec) -> str:
+    """The fingerprint of another model of the same contract and size (another ONNX graph)."""
+    return model_fingerprint(spec.replace(onnx_sha256="0" * 64))
+
+
+def write_gallery(path: Path, embedder: Embedder, images: np.ndarray, fingerprint: str | None = None) -> Path:
+    """A gallery file as engine.embed writes it: rows, labels and each row's image name; ``fingerprint``:
+    the model it records (None: none, as files written before fingerprints)."""
     ids, cams = gallery_labels(len(images))
     gallery = Gallery(embedder.spec.embedding_dim)
-    gallery.images_root = str(path.parent)
+    gallery.images_root, gallery.model_fingerprint = str(path.parent), fingerprint
     gallery.add(embedder(images), ids, cams, paths=[f"row{n:04d}.png" for n in range(len(images))])
     gallery.save(path)
     return path

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _serving import pixels, write_gallery
+from _serving import other_model, pixels, write_gallery
 
 from engine import InputError
 from engine.gallery import Gallery
@@ -103,3 +103,56 @@ def test_search_without_query_or_k_says_what_to_send(local_embedder):
         service.search({"embeddings": np.zeros((0, local_embedder.spec.embedding_dim), np.float32),
                         "k": np.array([1], np.int32)})
 
+
+
+def test_service_refuses_a_gallery_another_model_embedded(local_embedder, gallery_images, tmp_path):
+    """search and gallery_add load the file themselves (a plain tritonserver has no CLI check before
+    them): rows of another model of the same size once gave meaningless ranks."""
+    from engine import SpecMismatchError
+    from engine.search.file import model_fingerprint
+    from serve.models import OVERRIDE
+
+    theirs, ours = other_model(local_embedder.spec), model_fingerprint(local_embedder.spec)
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images, fingerprint=theirs)
+    with pytest.raises(SpecMismatchError) as refused:
+        GalleryService(local_embedder, local_embedder.spec, path, artifact="artefact A")
+    assert theirs[:16] in str(refused.value) and ours[:16] in str(refused.value) and OVERRIDE in str(refused.value)
+    service = GalleryService(local_embedder, local_embedder.spec, path, allow_other_model=True)
+    assert len(service.gallery) == len(gallery_images)
+
+
+def test_gallery_add_stamps_a_new_gallery_with_the_artefacts_model(local_embedder, gallery_images, tmp_path):
+    from engine.search.file import model_fingerprint
+
+    new = tmp_path / "new.npz"
+    service = GalleryService(local_embedder, local_embedder.spec, new)
+    service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})
+    assert Gallery.load(new).model_fingerprint == model_fingerprint(local_embedder.spec)
+    unknown = write_gallery(tmp_path / "old.npz", local_embedder, gallery_images)  # rows of an unknown model
+    GalleryService(local_embedder, local_embedder.spec, unknown).add({"images": pixels(2, seed=1),
+                                                                       "ids": np.array([5, 6], np.int64)})
+    assert Gallery.load(unknown).model_fingerprint is None
+
+
+def test_a_gallery_that_records_no_model_is_served_with_one_warning(local_embedder, gallery_images, tmp_path,
+                                                                     caplog):
+    import logging
+
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images)
+    with caplog.at_level(logging.WARNING, logger="engine.gallery"):
+        searcher = GalleryService(local_embedder, local_embedder.spec, path, warn=True)
+        GalleryService(local_embedder, local_embedder.spec, path, warn=False).add(
+            {"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})
+        searcher.search({"images": pixels(1, seed=2), "k": np.array([1], np.int32)})  # reloads the file
+    assert caplog.text.count("records no model fingerprint") == 1, caplog.text
+
+
+def test_allow_other_model_travels_through_the_environment():
+    from serve.triton_models import Settings
+
+    assert Settings(allow_other_model=True).to_env()["JLML_ALLOW_OTHER_MODEL"] == "1"
+    assert Settings.from_env(Settings(allow_other_model=True).to_env()).allow_other_model is True
+    assert Settings.from_env(Settings().to_env()) == Settings()
+    assert Settings.from_env({"JLML_ALLOW_OTHER_MODEL": "false"}).allow_other_model is False
+    with pytest.raises(InputError, match="JLML_ALLOW_OTHER_MODEL='maybe', expected 1 or 0"):
+        Settings.from_env({"JLML_ALLOW_OTHER_MODEL": "maybe"})

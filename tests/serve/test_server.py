@@ -251,3 +251,9 @@ def test_query_cli_names_rows_the_server_added(server, crops, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("   ")]
     assert len(rows) == count and {r[5] for r in rows if int(r[1]) in (950, 951)} == {"-"}
     assert {r[5] for r in rows if int(r[1]) < 900} <= {f"row{n:04d}.png" for n in range(count)}
+
+
+def test_a_gallery_that_records_no_model_is_served_with_one_warning_line(server):
+    """The module's gallery is written without a model fingerprint (as files before them): the search
+    model says so once; gallery_add, which loads the same file, stays quiet."""
+    assert server.log.read_text(errors="replace").count("records no model fingerprint") == 1, server.log_tail()

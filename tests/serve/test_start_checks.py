@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from _serving import free_ports
+from _serving import free_ports, other_model, write_gallery
 
 from serve.__main__ import main
 
@@ -75,5 +75,23 @@ def test_an_address_not_of_this_machine_is_refused(serve_artifact, no_tritonserv
 
 def test_gallery_device_without_a_gallery_is_refused(serve_artifact, no_tritonserver, capsys):
     assert main(_serve(serve_artifact, free_ports(3), "--gallery-device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "there is no --gallery" in err, err
+
+
+def test_a_gallery_of_another_model_is_refused_before_tritonserver_starts(serve_artifact, local_embedder,
+                                                                           gallery_images, no_tritonserver,
+                                                                           tmp_path, capsys):
+    from engine.search.file import model_fingerprint
+
+    theirs, ours = other_model(local_embedder.spec), model_fingerprint(local_embedder.spec)
+    path = write_gallery(tmp_path / "g.npz", local_embedder, gallery_images, fingerprint=theirs)
+    assert main(_serve(serve_artifact, free_ports(3), "--gallery", str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and theirs[:16] in err and ours[:16] in err and "--allow-other-model" in err, err
+
+
+def test_allow_other_model_without_a_gallery_is_refused(serve_artifact, no_tritonserver, capsys):
+    assert main(_serve(serve_artifact, free_ports(3), "--allow-other-model")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "there is no --gallery" in err, err
