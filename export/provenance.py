@@ -76,6 +76,8 @@ PROTOCOLS = {"market1501": "Market-1501 rules (junk ignored, same id and camera 
 
 JLML_NAME = "JLML (Joint Learning of Multi-Loss; Li, Zhu & Gong, IJCAI 2017)"
 LOMO_XQDA_NAME = "LOMO + XQDA (Liao, Hu, Zhu & Li, CVPR 2015; the descriptor and its learned metric in the graph)"
+GOG_XQDA_NAME = ("GOG + LOMO + XQDA (GOG: Matsukawa, Okabe, Suzuki & Sato, CVPR 2016; LOMO and XQDA: Liao et al., "
+                 "CVPR 2015; the descriptors and their learned metric in the graph)")
 
 
 def _model_name(spec: ModelSpec) -> str:
@@ -84,9 +86,10 @@ def _model_name(spec: ModelSpec) -> str:
     if not matcher:
         return JLML_NAME
     parts = ", ".join(f"{name} {dim}-D" for name, dim in matcher.get("parts", {}).items())
-    if matcher.get("kind") == "lomo_xqda":
-        return f"{LOMO_XQDA_NAME} ({parts})"
-    return f"{JLML_NAME} fused with {LOMO_XQDA_NAME} ({parts}; weights {matcher.get('weights')})"
+    metric = GOG_XQDA_NAME if matcher.get("descriptor") == "gog+lomo" else LOMO_XQDA_NAME
+    if matcher.get("kind") in ("lomo_xqda", "gog_xqda"):
+        return f"{metric} ({parts})"
+    return f"{JLML_NAME} fused with {metric} ({parts}; weights {matcher.get('weights')})"
 
 
 def model_card(spec: ModelSpec, parity: Sequence[ParityResult], images: dict[str, Any]) -> str:

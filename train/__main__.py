@@ -95,9 +95,10 @@ def _add_run(p: argparse.ArgumentParser, recipe: Recipe | None) -> None:
                         "(default: fresh weights)")
     r.add_argument("--no-pretrain", action="store_true", help="skip the recipe's pre-training data set")
     r.add_argument("--matcher", choices=MATCHERS, default=recipe.matcher if recipe else "jlml",
-                   help="what the checkpoint serves: jlml; lomo_xqda (LOMO + XQDA, trains nothing); fused "
-                        "(both in one embedding, the weight chosen on a held-out third of the training "
-                        "people, on whom JLML then does not train)")
+                   help="what the checkpoint serves: jlml; lomo_xqda (LOMO + XQDA, trains nothing); gog_xqda "
+                        "(GOG and LOMO + XQDA, trains nothing, the most accurate on small sets); fused / "
+                        "gog_fused (JLML and the metric part in one embedding, the weight chosen on a held-out "
+                        "third of the training people, on whom JLML then does not train)")
     r.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, else fp16 + GradScaler)")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

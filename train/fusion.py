@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from engine.errors import InputError
 from engine.metrics import evaluate
-from engine.progress import progress as progress_bar
 from engine.spec import ModelSpec
 
 from .data.reidset import ReidSet, make_reid_set
-from .hybrid import MATCHERS, HybridMatcher
+from .descriptor import HandCrafted, descriptors
+from .gog import GOGConfig
+from .hybrid import DESCRIPTOR_OF, FUSED, MATCHERS, HybridMatcher
 from .lomo import LOMO, LOMOConfig
 from .model import JLML
 from .xqda import XQDAMap, fit_xqda
@@ -54,11 +54,7 @@ class FusionReport:
 
 def lomo_descriptors(lomo: LOMO, images: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """(N, D) float64 LOMO descriptors of uint8 (N, H, W, 3) images."""
-    out = []
-    with torch.inference_mode():
-        for start in progress_bar(range(0, len(images), batch_size), desc="LOMO", unit="batch", disable=not progress):
-            out.append(lomo(torch.from_numpy(images[start:start + batch_size])).double().numpy())
-    return np.concatenate(out) if out else np.zeros((0, lomo.dim))
+    return descriptors(lomo, images, batch_size, progress, desc="LOMO")
 
 
 def holdout_rows(data: ReidSet, fraction: float = HOLDOUT, seed: int = 0) -> dict[str, np.ndarray]:
@@ -136,25 +132,30 @@ def fit_and_save(kind: str, data: ReidSet, cfg: Any, lomo_cfg: LOMOConfig,
 
 def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
                 train_jlml: Callable[[ReidSet], JLML] | None = None, *, seed: int = 0,
-                progress: bool = False, mirror: bool = False) -> tuple[HybridMatcher, FusionReport]:
-    """Fit the ``kind`` matcher ("lomo_xqda" or "fused") on ``data``'s training part (module docstring).
+                progress: bool = False, mirror: bool = False, gog_cfg: GOGConfig | None = None,
+                ) -> tuple[HybridMatcher, FusionReport]:
+    """Fit the ``kind`` matcher (``train.hybrid.MATCHERS`` but "jlml") on ``data``'s training part (module
+    docstring).
 
     ``mirror``: XQDA also learns from every training image's mirror image (same person, same camera),
     twice the pairs for the same people."""
     if kind not in MATCHERS[1:]:
         raise InputError(f"matcher {kind!r} is not fitted here; expected one of {MATCHERS[1:]}")
-    lomo = LOMO(lomo_cfg, spec.height, spec.width)
-    descriptors = lomo_descriptors(lomo, data.train_images, progress=progress)
-    mirrored = lomo_descriptors(lomo, np.ascontiguousarray(data.train_images[:, :, ::-1])) if mirror else None
+    hand = HandCrafted(DESCRIPTOR_OF[kind], lomo_cfg, gog_cfg, spec.height, spec.width)
+    raw = descriptors(hand.raw, data.train_images, progress=progress, desc=hand.kind)
+    hand.fit_means(raw)  # the training images' block means ("gog+lomo"); held-out people are training people
+    descriptors_ = hand.normalise_np(raw)
+    mirrored = hand.normalise_np(descriptors(hand.raw, np.ascontiguousarray(data.train_images[:, :, ::-1]),
+                                             desc=hand.kind)) if mirror else None
 
     def metric_on(rows: np.ndarray) -> XQDAMap:
-        x, pids, cams = descriptors[rows], data.train_pids[rows], data.train_cams[rows]
+        x, pids, cams = descriptors_[rows], data.train_pids[rows], data.train_cams[rows]
         if mirrored is not None:
             x, pids, cams = np.concatenate([x, mirrored[rows]]), np.tile(pids, 2), np.tile(cams, 2)
         return fit_xqda(x, pids, cams)
 
     report, jlml, share = FusionReport(kind), None, math.inf
-    if kind == "fused":
+    if kind in FUSED:
         if train_jlml is None:
             raise InputError("a fused matcher needs train_jlml, the JLML training of the run")
         rows = holdout_rows(data, seed=seed)
@@ -163,14 +164,15 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
         jlml = report.network = train_jlml(fold).eval()
         metric = metric_on(kept)
         # the held-out images are training images: their descriptors are computed already
-        fold_metric = (metric.embed(descriptors[rows["query"]]), metric.embed(descriptors[rows["gallery"]]))
+        fold_metric = (metric.embed(descriptors_[rows["query"]]), metric.embed(descriptors_[rows["gallery"]]))
         from .loop import embed_split
 
         share, report.scores = choose_share(embed_split(jlml, fold), fold_metric,  # type: ignore[arg-type]
-                                            rms_norm(metric, descriptors[kept]), fold)
+                                            rms_norm(metric, descriptors_[kept]), fold)
         report.held_out_ids = len(np.unique(fold.query_pids))
-    metric = metric_on(np.ones(len(descriptors), dtype=bool))
+    metric = metric_on(np.ones(len(descriptors_), dtype=bool))
     report.share, report.xqda_dims = share, metric.dims
     matcher = HybridMatcher(None if math.isinf(share) else jlml, lomo_cfg, spec, metric,
-                            weights_for(share, rms_norm(metric, descriptors)))
+                            weights_for(share, rms_norm(metric, descriptors_)), descriptor=hand.kind,
+                            gog_cfg=hand.gog_cfg, means=hand.means.double().numpy() if hand.gog is not None else None)
     return matcher.eval(), report

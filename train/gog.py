@@ -10,22 +10,57 @@ A hierarchy of Gaussians, per colour space:
    (upper triangle, off-diagonal x sqrt(2)): 45-D for d = 8.
 3. **Region Gaussians**: 7 horizontal regions (32 rows, stride 16, at 128 rows) summarise their patch
    vectors the same way, weighted by a Gaussian of the column (sigma = W/4) around the centre: 1,081-D a
-   region, 7,567-D per colour space.
+   region, 7,567-D per colour space (4,921 for nRnG).
 
-Means and covariances come from average pooling of f and f f' (no unfold), so the cost is a few
-convolutions and batched eigendecompositions of 9 x 9 and 46 x 46 matrices.
+Means and covariances come from average pooling of f and f f' (no unfold). The matrix logarithm is
+computed with matrix products only (``spd_log``: inverse scaling and squaring, coupled Newton-Schulz
+square roots and the log(1 + x) series), so the descriptor exports to ONNX and TensorRT like any layer;
+``tests/train/test_gog.py`` checks it against an eigendecomposition. Everything runs in float32 whatever
+the model's precision. Deviation from the authors' code: the colour channels are scaled to 0..1 as
+above and the gradient is of the grey image; measured on VIPeR and PRID2011 in RESULTS.md.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from engine.errors import InputError
 
 SPACES = ("rgb", "lab", "hsv", "nrng")
 PATCH, STRIDE = 5, 2
 EPS = 1e-3  # ridge: S + EPS * max(trace(S), 0.01) I, as the authors' code
+# spd_log: Newton-Schulz iterations for each of the successive square roots, then log(1 + x) terms.
+# With the ridge above a matrix's condition stays below ~1e6: 1e6 -> 1e3 -> 32 -> 5.6 -> 2.4 -> 1.5 -> 1.2,
+# each root converging in the iterations given; measured against eigh in tests/train/test_gog.py.
+ROOT_ITERATIONS = (22, 13, 8, 6, 5, 4)
+LOG_TERMS = 10
+
+
+@dataclass(frozen=True)
+class GOGConfig:
+    """The descriptor's settings: colour spaces (each one block of the descriptor) and regions."""
+
+    spaces: tuple[str, ...] = SPACES
+    regions: int = 7
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.spaces if s not in SPACES]
+        if unknown or not self.spaces or self.regions < 1:
+            raise InputError(f"GOG spaces {self.spaces} / regions {self.regions}: expected a non-empty subset of "
+                             f"{SPACES} and regions >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spaces": list(self.spaces), "regions": self.regions}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GOGConfig:
+        return cls(spaces=tuple(data["spaces"]), regions=int(data["regions"]))
 
 
 def grey(rgb: Tensor) -> Tensor:
@@ -52,7 +87,7 @@ def to_lab(rgb: Tensor) -> Tensor:
     lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     m = rgb.new_tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
                         [0.019334, 0.119193, 0.950227]])
-    xyz = torch.einsum("ij,bjhw->bihw", m, lin) / rgb.new_tensor([0.950456, 1.0, 1.088754]).view(1, 3, 1, 1)
+    xyz = (m @ lin.flatten(2)).view_as(lin) / rgb.new_tensor([0.950456, 1.0, 1.088754]).view(1, 3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
     lab = torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
     return (lab + rgb.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)) / rgb.new_tensor([100.0, 255.0, 255.0]).view(1, 3, 1, 1)
@@ -88,21 +123,48 @@ def pixel_features(rgb: Tensor, space: str) -> Tensor:
     return torch.cat([y, gradient_bins(grey(rgb)), colour(rgb, space)], 1)
 
 
+def _sqrt(a: Tensor, iterations: int) -> Tensor:
+    """Coupled Newton-Schulz square root of SPD matrices whose eigenvalues lie in (0, 1]."""
+    eye = torch.eye(int(a.shape[-1]), dtype=a.dtype, device=a.device)
+    y, z = a, eye.expand_as(a)
+    for _ in range(iterations):
+        t = 1.5 * eye - 0.5 * (z @ y)
+        y, z = y @ t, t @ z
+    return y
+
+
+def spd_log(a: Tensor) -> Tensor:
+    """Matrix logarithm of SPD matrices (..., n, n) by matrix products only (exports to ONNX/TensorRT):
+    log A = log(c) I + 2^k log((A / c)^(1/2^k)), c = trace(A), the 2^k-th root close to I."""
+    eye = torch.eye(int(a.shape[-1]), dtype=a.dtype, device=a.device)
+    c = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    b = a / c
+    for iterations in ROOT_ITERATIONS:
+        b = _sqrt(b, iterations)
+    x = b - eye
+    power, log_b = x, x
+    for j in range(2, LOG_TERMS + 1):
+        power = power @ x
+        log_b = log_b + ((-1) ** (j + 1) / j) * power
+    return log_b * float(2 ** len(ROOT_ITERATIONS)) + torch.log(c) * eye
+
+
 def spd_log_vector(mean: Tensor, cov: Tensor) -> Tensor:
     """(..., d) and (..., d, d) -> (..., (d+1)(d+2)/2): vech of log(|S|^(-1/(d+1)) [[S+mm', m], [m', 1]])."""
-    d = mean.shape[-1]
+    d = int(mean.shape[-1])
     eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
     trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).clamp_min(0.01)
     cov = cov + EPS * trace[..., None, None] * eye
     top = torch.cat([cov + mean[..., :, None] * mean[..., None, :], mean[..., :, None]], -1)
     bottom = torch.cat([mean[..., None, :], torch.ones_like(mean[..., :1, None])], -1)
-    values, vectors = torch.linalg.eigh(torch.cat([top, bottom], -2).double())
-    logs = torch.log(values.clamp_min(1e-12))
-    logs = logs - logs.mean(-1, keepdim=True)  # the |S|^(-1/(d+1)) scale: det of the block matrix is |S|
-    log_p = (vectors * logs[..., None, :]) @ vectors.transpose(-1, -2)
-    rows, cols = torch.triu_indices(d + 1, d + 1, device=cov.device)
-    scale = torch.where(rows == cols, 1.0, math.sqrt(2.0)).to(log_p.dtype)
-    return (log_p[..., rows, cols] * scale).to(mean.dtype)
+    log_p = spd_log(torch.cat([top, bottom], -2))
+    # |S|^(-1/(d+1)) scales the matrix, so it shifts the log by -log|S| / (d+1) I = -trace(log P) / (d+1) I
+    shift = torch.diagonal(log_p, dim1=-2, dim2=-1).mean(-1)
+    log_p = log_p - shift[..., None, None] * torch.eye(d + 1, dtype=cov.dtype, device=cov.device)
+    rows, cols = np.triu_indices(d + 1)  # numpy: constants of the exported graph
+    index = torch.as_tensor(rows * (d + 1) + cols, device=log_p.device)
+    scale = torch.as_tensor(np.where(rows == cols, 1.0, math.sqrt(2.0)), dtype=log_p.dtype, device=log_p.device)
+    return log_p.flatten(-2)[..., index] * scale
 
 
 def patch_gaussians(f: Tensor) -> Tensor:
@@ -111,7 +173,7 @@ def patch_gaussians(f: Tensor) -> Tensor:
     outer = (f[:, :, None] * f[:, None, :]).reshape(b, d * d, h, w)
     mean = F.avg_pool2d(f, PATCH, STRIDE)
     second = F.avg_pool2d(outer, PATCH, STRIDE)
-    hp, wp = mean.shape[-2:]
+    hp, wp = (int(v) for v in mean.shape[-2:])
     mean = mean.permute(0, 2, 3, 1)
     second = second.permute(0, 2, 3, 1).reshape(b, hp, wp, d, d)
     n = PATCH * PATCH
@@ -119,29 +181,67 @@ def patch_gaussians(f: Tensor) -> Tensor:
     return spd_log_vector(mean, cov)
 
 
-def region_gaussians(g: Tensor, height: int, width: int, regions: int = 7) -> Tensor:
-    """(B, Hp, Wp, m) patch vectors -> (B, regions * (m+1)(m+2)/2), regions of 1/4 the height, stride 1/8."""
-    b, hp, wp, m = g.shape
-    centres_y = torch.arange(hp, dtype=g.dtype, device=g.device) * STRIDE + PATCH // 2
-    centres_x = torch.arange(wp, dtype=g.dtype, device=g.device) * STRIDE + PATCH // 2
+def region_weights(hp: int, wp: int, height: int, width: int, regions: int) -> Tensor:
+    """(regions, Hp * Wp) weights of the patches: a region's rows (1/4 of the height, moved by 1/8), times a
+    Gaussian of the column around the centre (sigma = W/4), summing to 1 per region."""
+    centres_y = torch.arange(hp, dtype=torch.float64) * STRIDE + PATCH // 2
+    centres_x = torch.arange(wp, dtype=torch.float64) * STRIDE + PATCH // 2
     sigma = width / 4
-    col_w = torch.exp(-((centres_x - (width - 1) / 2) ** 2) / (2 * sigma * sigma))
+    columns = torch.exp(-((centres_x - (width - 1) / 2) ** 2) / (2 * sigma * sigma))
     size, step = height / 4, height / 8
     out = []
     for r in range(regions):
-        rows = (centres_y >= r * step) & (centres_y < r * step + size)
-        weights = (rows.to(g.dtype)[:, None] * col_w[None, :]).reshape(-1)
-        weights = weights / weights.sum()
-        x = g.reshape(b, hp * wp, m)
-        mean = torch.einsum("p,bpm->bm", weights, x)
-        centred = x - mean[:, None]
-        cov = torch.einsum("p,bpm,bpn->bmn", weights, centred, centred)
-        out.append(spd_log_vector(mean, cov))
-    return torch.cat(out, 1)
+        rows = ((centres_y >= r * step) & (centres_y < r * step + size)).double()
+        w = (rows[:, None] * columns[None, :]).reshape(-1)
+        out.append(w / w.sum())
+    return torch.stack(out).float()
 
 
-def gog(images: Tensor, space: str = "rgb") -> Tensor:
-    """uint8 (B, H, W, 3) -> (B, 7 * 1081) GOG descriptor of one colour space (7 * 946 for nRnG)."""
-    rgb = images.permute(0, 3, 1, 2).float() / 255
+def region_gaussians(g: Tensor, weights: Tensor) -> Tensor:
+    """(B, Hp, Wp, m) patch vectors and (R, Hp * Wp) region weights -> (B, R * (m+1)(m+2)/2)."""
+    b, hp, wp, m = g.shape[0], int(g.shape[1]), int(g.shape[2]), int(g.shape[3])
+    x = g.reshape(b, 1, hp * wp, m)
+    w = weights.to(g.device)[None, :, None, :]  # (1, R, 1, P)
+    mean = (w @ x)[:, :, 0]  # (B, R, m); not squeeze, which exports as an If
+    centred = x - mean[..., None, :]  # (B, R, P, m)
+    cov = (centred.transpose(-1, -2) * w) @ centred
+    return spd_log_vector(mean, cov).flatten(1)
+
+
+def gog(images: Tensor, space: str = "rgb", regions: int = 7) -> Tensor:
+    """uint8 (B, H, W, 3) -> (B, regions * 1081) GOG descriptor of one colour space (703 a region for nRnG)."""
+    rgb = images.float().permute(0, 3, 1, 2) / 255  # cast first: the uint8 input feeds only a Cast
     h, w = rgb.shape[-2:]
-    return region_gaussians(patch_gaussians(pixel_features(rgb, space)), h, w)
+    patches = patch_gaussians(pixel_features(rgb, space))
+    return region_gaussians(patches, region_weights(patches.shape[1], patches.shape[2], h, w, regions))
+
+
+def block_dim(space: str, regions: int) -> int:
+    d = 2 + 4 + (2 if space == "nrng" else 3)  # (d+1) of the patch matrix: y, 4 gradients, colour, the 1
+    m = d * (d + 1) // 2
+    return regions * (m + 1) * (m + 2) // 2
+
+
+class GOG(nn.Module):
+    """uint8 NHWC images -> float32 (N, sum of block dims): one GOG block per colour space, concatenated."""
+
+    def __init__(self, cfg: GOGConfig, height: int, width: int) -> None:
+        super().__init__()
+        self.cfg, self.height, self.width = cfg, height, width
+        self.blocks = [block_dim(s, cfg.regions) for s in cfg.spaces]
+
+    @property
+    def dim(self) -> int:
+        return sum(self.blocks)
+
+    def forward(self, images: Tensor) -> Tensor:
+        rgb = images.float().permute(0, 3, 1, 2) / 255  # cast first: the uint8 input feeds only a Cast
+        feats = {}
+        parts = []
+        for space in self.cfg.spaces:
+            feats[space] = patch_gaussians(pixel_features(rgb, space))
+        for space in self.cfg.spaces:
+            hp, wp = (int(v) for v in feats[space].shape[1:3])
+            weights = region_weights(hp, wp, self.height, self.width, self.cfg.regions)
+            parts.append(region_gaussians(feats[space], weights))
+        return torch.cat(parts, 1)

@@ -68,7 +68,7 @@ class Recipe:
     train_also: dict[str, dict[str, Any]] = field(default_factory=dict)
     augment_options: dict[str, Any] = field(default_factory=dict)
     extra_metrics: tuple[str, ...] = ()
-    matcher: str = "jlml"  # what is served: "jlml", "lomo_xqda" or "fused" (train.hybrid, train.fusion)
+    matcher: str = "jlml"  # what is served: train.hybrid.MATCHERS (train.hybrid, train.fusion)
     lomo: dict[str, Any] = field(default_factory=dict)  # LOMOConfig fields that differ from the paper's
     mirror_metric: bool = False  # XQDA also learns from the training images' mirror images (train.fusion)
 

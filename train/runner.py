@@ -179,7 +179,8 @@ def run(config: JLMLConfig, options: TrainOptions, data: DataChoice, out: str | 
     ``pretrain``: train on another data set first (skipped when resuming or with ``init``);
     ``train_also``: other data sets whose every person joins the training ids (joint training);
     ``force``: overwrite a checkpoint already in ``out``; ``matcher``: what is served, "jlml", or a
-    LOMO + XQDA matcher alone ("lomo_xqda") or fused with JLML ("fused", ``train.fusion``: JLML then
+    hand-crafted descriptor + XQDA alone ("lomo_xqda", "gog_xqda") or fused with JLML ("fused",
+    "gog_fused", ``train.fusion``: JLML then
     trains on two thirds of the people, the fusion weight is chosen on the others; ``mirror_metric``: XQDA
     also learns from the training images' mirror images). ``out`` is locked for the run's life
     (``train.runlock``): a second run into it at once is refused naming the first one's pid.

@@ -153,12 +153,13 @@ def train_and_evaluate(recipe: Recipe, key: RunKey, data: Any, out: Path, init: 
 def matcher_metrics(matcher: Any, data: Any, network: Any = None,
                     ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """A hybrid matcher's test metrics, and those of each part alone (same weights: paired): the JLML
-    ``network`` the run trained (served or not) and the LOMO + XQDA part."""
+    ``network`` the run trained (served or not) and the descriptor + XQDA part ("lomo_xqda_part" or
+    "gog_xqda_part")."""
     metrics = score_embeddings(*embed_split(matcher, data), data)
     if network is None:
         return metrics, {}
     return metrics, {"jlml_part": score_embeddings(*embed_split(network, data), data),
-                     "lomo_xqda_part": score_embeddings(*embed_split(matcher.metric_only(), data), data)}
+                     f"{matcher.metric_part}_part": score_embeddings(*embed_split(matcher.metric_only(), data), data)}
 
 
 def run_metrics(recipe: Recipe, model: Any, data: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
