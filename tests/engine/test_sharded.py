@@ -3,53 +3,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the sharded gallery tests need ray (pip install 'jlml-engine[ray]')")
 
+from _sharded_data import DIM, OPTIONS, SHARDS, assert_same, in_process, local_ray, rows  # noqa: E402
+
 from engine.errors import ArtifactError, InputError  # noqa: E402
 from engine.gallery import Gallery  # noqa: E402
-from engine.sharded import Manifest, ShardedGallery, ShardOptions, merge_topk  # noqa: E402
+from engine.sharded import Manifest, ShardedGallery, merge_topk  # noqa: E402
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-DIM, SHARDS = 16, 3
-OPTIONS = ShardOptions(cpus=0)  # 3 shards (and a reloaded copy) on a 2-CPU cluster
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local 2-CPU cluster whose workers import this checkout and this folder's fault module."""
-    path = f"{ROOT}:{Path(__file__).parent}"
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
-             logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-def rows(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Embeddings with several rows per id (ids 0..119) and cameras; rows 0..5 are one vector under six
-    ids on every shard, so the distance ties are broken by id across shards."""
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, DIM)).astype(np.float32)
-    emb[1:6] = emb[0]
-    return emb, rng.integers(0, 120, n).astype(np.int64), rng.integers(1, 4, n).astype(np.int64)
-
-
-def in_process(*parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Gallery:
-    gallery = Gallery(DIM)
-    for emb, ids, cams in parts:
-        gallery.add(emb, ids, cams)
-    return gallery
-
-
-def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
-    assert got[0].dtype == np.float32 and got[1].dtype == np.int64
-    np.testing.assert_array_equal(got[1], want[1])
-    np.testing.assert_array_equal(got[0], want[0])
+ray_cluster = pytest.fixture(scope="module")(local_ray)
 
 
 def check_equal(sharded: ShardedGallery, gallery: Gallery, emb: np.ndarray, ids: np.ndarray,
