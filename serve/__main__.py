@@ -1,12 +1,14 @@
-"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz]``: Triton Inference Server on the artefact's
-own model repository (ARTIFACT/triton, written by export; the tritonserver inside the PyTriton wheel).
+"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz | --gallery MANIFEST.json --ray ADDRESS]``:
+Triton Inference Server on the artefact's own model repository (ARTIFACT/triton, written by export;
+the tritonserver inside the PyTriton wheel).
 
 Models: ``embed`` (uint8 N,H,W,3 -> unit embeddings, dynamic batching up to the artefact's max
 batch), and with --gallery also ``search`` (images or embeddings + k -> squared-L2 distances and ids)
 and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically; the file is created
-by the first add if it does not exist). Clients: engine.client.TritonClient, `python -m engine.embed
---url`, `python -m engine.query --url`, or any Triton client. The "ready:" line comes once every model
-answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
+by the first add if it does not exist). A .json gallery is a sharded gallery's manifest
+(engine.sharded): its shards run as actors on the Ray cluster --ray names, and gallery_add is
+all-or-none. Clients: engine.client.TritonClient, `python -m engine.embed --url`, `python -m
+engine.query --url`, or any Triton client. The "ready:" line comes once every model answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
 Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input.
 """
 from __future__ import annotations
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_precision(p)
     p.add_argument("--gallery-device", default=DEFAULTS.gallery_device,
                    help="where the gallery is searched: cpu or cuda[:N]")
+    p.add_argument("--ray", metavar="ADDRESS", help="with --gallery MANIFEST.json: the Ray cluster the sharded "
+                   "gallery's shards run on ('auto' on a node of it, or ray://HOST:10001)")
     p.add_argument("--verbose", action="store_true", help="log tritonserver's progress (info lines) too")
     return p
 
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, backend=args.backend, device=args.device,
-                         precision=args.precision, gallery_device=args.gallery_device, verbose=args.verbose)
+                         precision=args.precision, gallery_device=args.gallery_device, verbose=args.verbose,
+                         ray=args.ray)
 
     def body() -> int:
         if not serve(args.artifact, args.gallery, opts):

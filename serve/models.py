@@ -7,6 +7,7 @@ one-line HTTP 400 / gRPC INVALID_ARGUMENT, and the server keeps serving.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from engine.gallery import UNKNOWN_CAM, Gallery
 
 Request = dict[str, np.ndarray]  # input name -> array, as the request carried it
 Response = dict[str, np.ndarray]
+SHARDED_SUFFIX = ".json"  # a gallery path ending so is a sharded gallery's manifest (engine.sharded)
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> unit embeddings (N, D)
 
 
@@ -41,9 +43,14 @@ class GalleryService:
     reloaded from the file, so what is served is always what is saved.
     """
 
-    def __init__(self, embed: Embed, spec: ModelSpec, path: Path | None, *, device: str = "cpu") -> None:
+    def __init__(self, embed: Embed, spec: ModelSpec, path: Path | None, *, device: str = "cpu",
+                 ray: str | None = None, shard_options: Any = None) -> None:
+        """``ray``: the Ray cluster of a sharded gallery (``path`` a .json manifest, engine.sharded);
+        ``shard_options``: its engine.sharded.ShardOptions (default: one CPU per shard)."""
         self.embed, self.spec, self.path, self.device = embed, spec, path, device
+        self.ray, self.shard_options = ray, shard_options
         self._stamp: Any = None
+        self.gallery: Any = None
         self.gallery = self._load()
 
     def _file_stamp(self) -> Any:
@@ -60,15 +67,33 @@ class GalleryService:
         if self._file_stamp() != self._stamp:
             self.gallery = self._load()
 
-    def _load(self) -> Gallery:
+    def _load(self) -> Any:
+        """The Gallery (a .npz) or ShardedGallery (a .json manifest) at ``path``; a sharded one already
+        open follows its manifest (only the shards whose file changed reload)."""
         self._stamp = self._file_stamp()
+        if self.path is not None and self.path.suffix == SHARDED_SUFFIX:
+            return self._load_sharded()
         if self._stamp is not None:
-            gallery = Gallery.load(self.path, device=self.device)  # type: ignore[arg-type]
-            if gallery.dim != self.spec.embedding_dim:
-                raise InputError(f"gallery {self.path} holds {gallery.dim}-D embeddings, the artefact makes "
-                                 f"{self.spec.embedding_dim}-D; embed it again with this artefact")
-            return gallery
+            return self._checked(Gallery.load(self.path, device=self.device))  # type: ignore[arg-type]
         return Gallery(self.spec.embedding_dim, device=self.device)
+
+    def _load_sharded(self) -> Any:
+        from engine.sharded import ShardedGallery, ShardOptions
+
+        if self.ray is None:
+            raise InputError(f"gallery {self.path} is a sharded gallery's manifest: pass --ray ADDRESS (python -m "
+                             "serve) or JLML_RAY=ADDRESS (tritonserver), the cluster its shards run on")
+        if self.gallery is not None:
+            self.gallery.reload()
+            return self.gallery
+        opts = dataclasses.replace(self.shard_options or ShardOptions(), address=self.ray, device=self.device)
+        return self._checked(ShardedGallery.load(self.path, options=opts))  # type: ignore[arg-type]
+
+    def _checked(self, gallery: Any) -> Any:
+        if gallery.dim != self.spec.embedding_dim:
+            raise InputError(f"gallery {self.path} holds {gallery.dim}-D embeddings, the artefact makes "
+                             f"{self.spec.embedding_dim}-D; embed it again with this artefact")
+        return gallery
 
     def _check_batch(self, n: int, what: str) -> None:
         limit = self.spec.max_batch

@@ -29,7 +29,7 @@ from .models import GalleryService, Request, Response
 
 INTERNAL_LINE = "the server failed on this request; its log has the details"
 ENV = {"backend": "JLML_BACKEND", "device": "JLML_DEVICE", "precision": "JLML_PRECISION",
-       "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE"}
+       "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE", "ray": "JLML_RAY"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Settings:
     precision: str | None = None
     gallery: str | None = None
     gallery_device: str = "cpu"
+    ray: str | None = None  # the Ray cluster of a sharded gallery (gallery: its .json manifest)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -115,7 +116,8 @@ class _GalleryModel(_Model):
         super().initialize(args)
         s = self.settings
         path = None if s.gallery is None else Path(s.gallery)
-        self.service = GalleryService(self._embed, ModelSpec.load(self.artifact), path, device=s.gallery_device)
+        self.service = GalleryService(self._embed, ModelSpec.load(self.artifact), path, device=s.gallery_device,
+                                      ray=s.ray)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         request = self.pb.InferenceRequest(model_name=EMBED_MODEL, requested_output_names=[EMBEDDINGS],

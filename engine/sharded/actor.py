@@ -100,6 +100,12 @@ class ShardActor:
         if self.staged is not None:
             self._load()
 
+    def sync(self) -> int:
+        """Reload if the manifest names another file for this shard now (another process added)."""
+        if Manifest.read(self.manifest_path).shards[self.index] != self.entry:
+            self._load()
+        return len(self._ready())
+
     def save_to(self, manifest_path: str) -> ShardEntry:
         """Write this shard as the same shard of another manifest (ShardedGallery.save to a new place)."""
         target = Path(manifest_path)

@@ -255,6 +255,15 @@ class ShardedGallery:
         for stale in stale_files(self.path, self._manifest):
             stale.unlink(missing_ok=True)
 
+    def reload(self) -> None:
+        """Follow the manifest after another process added to it: shards whose file changed reload it."""
+        manifest = Manifest.read(self.path)
+        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
+            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
+                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        self._call("sync")
+        self._manifest, self._images_root = manifest, manifest.images_root
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Every add is saved already: to this manifest nothing is written; elsewhere each shard writes
         its file beside ``path`` and the manifest (new uuid) comes last."""
