@@ -104,6 +104,20 @@ def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.nd
     gallery.save(out)
 
 
+def save_sharded(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
+                 paths: Sequence[Path], shards: int, address: str | None) -> None:
+    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file."""
+    from .sharded import ShardedGallery, ShardOptions
+
+    gallery = ShardedGallery.create(out, embeddings.shape[1], shards,
+                                    options=ShardOptions(address=address, cpus=0, strategy="SPREAD"))
+    try:
+        gallery.images_root = str(root.resolve())
+        gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
+    finally:
+        gallery.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m engine.embed", __doc__)
     p.add_argument("folder", type=Path, help="folder of person crops (searched recursively)")
@@ -120,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=cli.positive_int, default=2, help="Ray actors, one Embedder each")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray actor reserves")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--shards", type=cli.positive_int, help="write a sharded gallery of this many shards "
+                   "instead (engine.sharded): --out is its .json manifest, each shard's file is written by its "
+                   "own Ray actor (on the --ray cluster, else a local one)")
     cli.add_no_progress(p)
     return p
 
@@ -163,12 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
+        if args.shards is not None and args.out.suffix != ".json":
+            raise InputError(f"--shards writes a sharded gallery's manifest: --out must end in .json, got {args.out}")
         paths = list_images(args.folder)
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         embeddings, kept = _embed_all(args, paths)
-        save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+        rows = (embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+        if args.shards is None:
+            save_gallery(args.out, *rows)
+        else:
+            save_sharded(args.out, *rows, args.shards, None if args.ray in (None, "local") else args.ray)
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image)")
+              f"{embeddings.shape[1]}-D, with each row's image"
+              + ("" if args.shards is None else f"; {args.shards} shards") + ")")
 
     return cli.run_cli(body)
 
