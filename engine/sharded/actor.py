@@ -25,7 +25,11 @@ from .manifest import EMPTY, Manifest, ShardEntry, check_shard_file, shard_name
 class ShardActor:
     """Wrapped with ``ray.remote`` by the driver; plain Python otherwise (the tests use it directly too)."""
 
-    def __init__(self, manifest_path: str, index: int, device: str = "cpu") -> None:
+    def __init__(self, manifest_path: str, index: int, device: str = "cpu", threads: int | None = None) -> None:
+        if threads is not None:  # Ray gives an actor one thread per reserved CPU (one at cpus=0)
+            import torch
+
+            torch.set_num_threads(threads)
         self.manifest_path, self.index, self.device = Path(manifest_path), int(index), device
         self.gallery: Gallery | None = None
         self.entry: ShardEntry | None = None
@@ -62,7 +66,10 @@ class ShardActor:
 
     def info(self) -> dict[str, Any]:
         """pid, rows and the load error (None when loaded): the driver's check after starting the actor."""
-        return {"pid": os.getpid(), "rows": None if self.gallery is None else len(self.gallery), "error": self.error}
+        import torch
+
+        return {"pid": os.getpid(), "rows": None if self.gallery is None else len(self.gallery), "error": self.error,
+                "threads": torch.get_num_threads()}
 
     def pid(self) -> int:
         return os.getpid()

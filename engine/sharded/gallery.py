@@ -61,6 +61,7 @@ class ShardOptions:
     retries: int = 5
     strategy: str = "DEFAULT"
     start_timeout_s: float = 300.0
+    threads: int | None = None  # torch threads per shard; None: Ray's default (one per reserved CPU)
 
 
 def _ray() -> Any:
@@ -92,7 +93,8 @@ class ShardedGallery:
         remote = ray.remote(actor).options(num_cpus=options.cpus, num_gpus=options.gpus,
                                            max_restarts=options.max_restarts, max_task_retries=0,
                                            scheduling_strategy=options.strategy)
-        self._actors = [remote.remote(str(manifest_path), i, options.device) for i in range(len(manifest.shards))]
+        self._actors = [remote.remote(str(manifest_path), i, options.device, options.threads)
+                        for i in range(len(manifest.shards))]
         self._probe = Gallery(manifest.dim, storage=manifest.storage)  # empty: checks inputs as Gallery does
         self._images_root = manifest.images_root
         try:
@@ -103,6 +105,7 @@ class ShardedGallery:
                 f"the {self.shards} shard actors of {manifest_path} did not start in {options.start_timeout_s:.0f} s; "
                 f"each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
                 "ShardOptions.cpus") from exc
+        self.threads = [info["threads"] for info in infos]
         for info in infos:
             if info["error"] is not None:
                 self.close()
