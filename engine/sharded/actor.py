@@ -22,14 +22,24 @@ from ..gallery import Gallery
 from .manifest import EMPTY, Manifest, ShardEntry, check_shard_file, shard_name
 
 
+def _set_threads(threads: int) -> None:
+    """torch's and faiss's (OpenMP) threads: Ray's OMP_NUM_THREADS would keep faiss at one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)
+
+
 class ShardActor:
     """Wrapped with ``ray.remote`` by the driver; plain Python otherwise (the tests use it directly too)."""
 
     def __init__(self, manifest_path: str, index: int, device: str = "cpu", threads: int | None = None) -> None:
         if threads is not None:  # Ray gives an actor one thread per reserved CPU (one at cpus=0)
-            import torch
-
-            torch.set_num_threads(threads)
+            _set_threads(threads)
         self.manifest_path, self.index, self.device = Path(manifest_path), int(index), device
         self.gallery: Gallery | None = None
         self.entry: ShardEntry | None = None
