@@ -59,7 +59,7 @@ class ShardOptions:
     device: str = "cpu"
     max_restarts: int = -1
     retries: int = 5
-    strategy: str = "DEFAULT"
+    strategy: Any = "DEFAULT"  # or a Ray scheduling strategy object (PlacementGroupSchedulingStrategy)
     start_timeout_s: float = 300.0
     threads: int | None = None  # torch threads per shard; None: Ray's default (one per reserved CPU)
 
