@@ -126,3 +126,17 @@ def test_create_refuses_a_non_json_manifest_and_bad_shard_counts(tmp_path):
         ShardedGallery.create(tmp_path / "g.npz", DIM, 2)
     with pytest.raises(InputError, match="shards must be a positive int"):
         ShardedGallery.create(tmp_path / "g.json", DIM, 0)
+
+
+def test_approximate_shards_answer_and_refuse_exclusion_with_gallerys_error(ray_cluster, tmp_path):
+    """method="ivf" on every shard: each row finds itself; exclusion is refused by the shard, as Gallery does."""
+    emb, ids, cams = rows(600, seed=7)
+    sharded = ShardedGallery.create(tmp_path / "ivf.json", DIM, SHARDS, method="ivf", options=OPTIONS)
+    sharded.add(emb[6:], ids[6:], cams[6:])
+    assert Manifest.read(tmp_path / "ivf.json").method == "ivf"
+    distances, found = sharded.search(emb[6:56], 5)
+    np.testing.assert_array_equal(found[:, 0], ids[6:56])
+    assert np.all(distances[:, 0] < 1e-4)
+    with pytest.raises(InputError, match="cannot skip same-id-same-camera rows"):
+        sharded.search(emb[6:10], 5, query_ids=ids[6:10], query_cams=cams[6:10])
+    sharded.close()
