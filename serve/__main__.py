@@ -21,6 +21,7 @@ from pathlib import Path
 from engine import cli
 from engine.backends import BACKEND_NAMES
 
+from .models import check_ray_address
 from .server import ServerOptions, serve
 
 DEFAULTS = ServerOptions()
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                          ray=args.ray)
 
     def body() -> int:
+        if args.gallery is not None:
+            check_ray_address(args.gallery, args.ray)  # before tritonserver starts, not in its model
         if not serve(args.artifact, args.gallery, opts):
             print("error: tritonserver exited (a model failed to load, or it died); see its log above",
                   file=sys.stderr)

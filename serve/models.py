@@ -25,6 +25,13 @@ SHARDED_SUFFIX = ".json"  # a gallery path ending so is a sharded gallery's mani
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> unit embeddings (N, D)
 
 
+def check_ray_address(gallery: Path, ray: str | None) -> None:
+    """A sharded gallery (a .json manifest) needs the Ray cluster its shards run on."""
+    if gallery.suffix == SHARDED_SUFFIX and ray is None:
+        raise InputError(f"gallery {gallery} is a sharded gallery's manifest: pass --ray ADDRESS (python -m "
+                         "serve) or JLML_RAY=ADDRESS (tritonserver), the cluster its shards run on")
+
+
 def _required(request: Request, name: str, what: str) -> np.ndarray:
     """``request[name]``; a request without it (Triton lets it through when the model has optional
     inputs) is refused with what to send."""
@@ -80,9 +87,7 @@ class GalleryService:
     def _load_sharded(self) -> Any:
         from engine.sharded import ShardedGallery, ShardOptions
 
-        if self.ray is None:
-            raise InputError(f"gallery {self.path} is a sharded gallery's manifest: pass --ray ADDRESS (python -m "
-                             "serve) or JLML_RAY=ADDRESS (tritonserver), the cluster its shards run on")
+        check_ray_address(self.path, self.ray)  # type: ignore[arg-type]
         if self.gallery is not None:
             self.gallery.reload()
             return self.gallery

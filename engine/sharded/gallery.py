@@ -115,13 +115,15 @@ class ShardedGallery:
     def create(cls, path: str | os.PathLike[str], dim: int, shards: int, *, method: str = "auto",
                storage: str = "float32", options: ShardOptions = ShardOptions(), actor: type = ShardActor,
                ) -> ShardedGallery:
-        """A new empty gallery of ``shards`` shards: empty shard files and the manifest at ``path``."""
+        """A new empty gallery of ``shards`` shards: the manifest at ``path`` (a shard gets its file with its
+        first rows). A manifest already there is replaced; its shard files go at the first add."""
+        path = Path(path)
+        if path.suffix != ".json":
+            raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
         if not isinstance(shards, (int, np.integer)) or shards <= 0:
             raise InputError(f"shards must be a positive int, got {shards!r}")
         Gallery(dim, storage=storage, method=method)  # the same checks of dim, storage and method
-        path, manifest = Path(path), Manifest.new(dim, method, storage, int(shards))
-        if path.suffix != ".json":
-            raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
+        manifest = Manifest.new(dim, method, storage, int(shards))
         manifest.write(path)
         return cls(path, manifest, options, actor)
 

@@ -69,3 +69,11 @@ def test_the_ray_address_travels_from_the_command_to_the_models(monkeypatch):
     assert seen["opts"].ray == "ray://head:10001"
     env = Settings(gallery="/g.json", ray="ray://head:10001").to_env()
     assert env["JLML_RAY"] == "ray://head:10001" and Settings.from_env(env).ray == "ray://head:10001"
+
+
+def test_serving_a_manifest_without_ray_exits_2_before_starting(tmp_path, capsys, monkeypatch):
+    from serve import __main__ as command
+
+    monkeypatch.setattr(command, "serve", lambda *a: pytest.fail("the server was started"))
+    assert command.main([str(tmp_path), "--gallery", str(tmp_path / "g.json")]) == 2
+    assert "--ray ADDRESS" in capsys.readouterr().err
