@@ -89,7 +89,11 @@ class GalleryService:
 
         check_ray_address(self.path, self.ray)  # type: ignore[arg-type]
         if self.gallery is not None:
-            self.gallery.reload()
+            try:
+                self.gallery.reload()
+            except Exception:
+                self._stamp = None  # an add removed a file mid-reload: try again at the next request
+                raise
             return self.gallery
         opts = dataclasses.replace(self.shard_options or ShardOptions(), address=self.ray, device=self.device)
         return self._checked(ShardedGallery.load(self.path, options=opts))  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _serving import gallery_labels, pixels
 
-from engine import InputError
+from engine import ArtifactError, InputError
 from engine.gallery import Gallery
 from serve.models import GalleryService
 
@@ -52,6 +52,23 @@ def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedde
     want = reference.search(local_embedder(added), 3)
     np.testing.assert_array_equal(got["ids"], want[1])
     assert got["ids"][:, 0].tolist() == [100, 101, 102, 103]
+
+
+def test_a_failed_reload_is_tried_again_at_the_next_request(address, local_embedder, gallery_images, tmp_path,
+                                                            monkeypatch):
+    """An add in another process can remove a file while this one reloads: the next request tries again."""
+    dim, (ids, cams) = local_embedder.spec.embedding_dim, gallery_labels(len(gallery_images))
+    sharded = ShardedGallery.create(tmp_path / "g.json", dim, 3, options=OPTIONS)
+    sharded.add(local_embedder(gallery_images), ids, cams)
+    service = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address,
+                             shard_options=OPTIONS)
+    sharded.add(local_embedder(pixels(2, seed=4)), [200, 201])  # "another process" adds
+    request = {"images": pixels(1, seed=4), "k": np.array([1], np.int32)}
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardedGallery, "reload", lambda self: (_ for _ in ()).throw(ArtifactError("file gone")))
+        with pytest.raises(ArtifactError, match="file gone"):
+            service.search(request)
+    assert service.search(request)["ids"].tolist() == [[200]]
 
 
 def test_a_manifest_without_a_ray_address_is_refused(local_embedder, tmp_path):
