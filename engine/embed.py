@@ -154,6 +154,20 @@ def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.nd
     gallery.save(out)
 
 
+def save_sharded(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
+                 paths: Sequence[Path], shards: int, address: str | None) -> None:
+    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file."""
+    from .sharded import ShardedGallery, ShardOptions
+
+    gallery = ShardedGallery.create(out, embeddings.shape[1], shards,
+                                    options=ShardOptions(address=address, cpus=0, strategy="SPREAD"))
+    try:
+        gallery.images_root = str(root.resolve())
+        gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
+    finally:
+        gallery.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m engine.embed", __doc__)
     p.add_argument("folder", type=Path, help="folder of person crops (searched recursively)")
@@ -174,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=cli.non_negative_float, default=0.0, help="GPUs each Ray actor reserves")
     p.add_argument("--ray-timeout", type=cli.positive_int, default=600, metavar="S",
                    help="longest wait for the Ray actors to start (a cluster whose resources are taken)")
+    p.add_argument("--shards", type=cli.positive_int, help="write a sharded gallery of this many shards "
+                   "instead (engine.sharded): --out is its .json manifest, each shard's file is written by its "
+                   "own Ray actor (on the --ray cluster, else a local one)")
     cli.add_no_progress(p)
     return p
 
@@ -256,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         paths, others = scan_images(args.folder)
         cli.check_out_file(args.out)
         report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)
+        if args.shards is not None and args.out.suffix != ".json":
+            raise InputError(f"--shards writes a sharded gallery's manifest: --out must end in .json, got {args.out}")
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         found = len(others) + len(paths)
         paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
@@ -263,10 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         embeddings, kept = _embed_all(args, paths)
         unread = sorted(set(range(len(paths))) - set(kept))
         report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
-        save_gallery(args.out, embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept],
-                     fingerprint)
+        rows = (embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+        if args.shards is None:
+            save_gallery(args.out, *rows, fingerprint)
+        else:
+            save_sharded(args.out, *rows, args.shards, None if args.ray in (None, "local") else args.ray)
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image; skipped {found - len(kept)} files)")
+              f"{embeddings.shape[1]}-D, with each row's image"
+              + ("" if args.shards is None else f"; {args.shards} shards") + f"; skipped {found - len(kept)} files)")
 
     return cli.run_cli(body)
 

@@ -1,17 +1,20 @@
-"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz]``: Triton Inference Server on the artefact's
-own model repository (ARTIFACT/triton, written by export; the tritonserver inside the PyTriton wheel).
+"""``python -m serve ARTIFACT_DIR [--gallery gallery.npz | --gallery MANIFEST.json --ray ADDRESS]``:
+Triton Inference Server on the artefact's own model repository (ARTIFACT/triton, written by export;
+the tritonserver inside the PyTriton wheel).
 
 Models: ``embed`` (uint8 N,H,W,3 -> unit embeddings, dynamic batching up to the artefact's max
 batch), and with --gallery also ``search`` (images or embeddings + k -> squared-L2 distances and ids)
 and ``gallery_add`` (images + ids [+ cams], saved to the gallery file atomically; the file is created
 by the first add if it does not exist, and records the artefact's model). A gallery embedded by another
 model than the artefact's is refused (exit 2, both fingerprints named) unless --allow-other-model; one
-that records no model is served with a warning. Clients: engine.client.TritonClient, `python -m engine.embed
+that records no model is served with a warning. A .json gallery is a sharded gallery's manifest
+(engine.sharded): its shards run as actors on the Ray cluster --ray names, and gallery_add is
+all-or-none. Clients: engine.client.TritonClient, `python -m engine.embed
 --url`, `python -m engine.query --url`, or any Triton client. The "ready:" line comes once every model
 answers; probes: GET /v2/health/ready (per model /v2/models/NAME/ready). Stop with Ctrl+C or SIGTERM.
 Exit codes: 0 stopped by a signal, 1 the server died, 2 bad input (checked before tritonserver starts: a
 missing artefact, a port in use or outside 1..65535, an --address that is not this machine's, a gallery
-of another model).
+of another model, a sharded gallery without --ray).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from engine import InputError, cli
 from engine.backends import BACKEND_NAMES
 
+from .models import check_ray_address
 from .server import ServerOptions, serve
 
 DEFAULTS = ServerOptions()
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other-model", action="store_true", help="serve a --gallery embedded by another "
                    "model than the artefact's (refused by default: the two models' distances are meaningless "
                    "unless they share one embedding space)")
+    p.add_argument("--ray", metavar="ADDRESS", help="with --gallery MANIFEST.json: the Ray cluster the sharded "
+                   "gallery's shards run on ('auto' on a node of it, or ray://HOST:10001)")
     p.add_argument("--verbose", action="store_true", help="log tritonserver's progress (info lines) too")
     return p
 
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, backend=args.backend, device=args.device,
                          precision=args.precision, gallery_device=args.gallery_device,
-                         allow_other_model=args.allow_other_model, verbose=args.verbose)
+                         allow_other_model=args.allow_other_model, verbose=args.verbose, ray=args.ray)
 
     def body() -> int:
         if args.gallery is None and args.gallery_device != parser.get_default("gallery_device"):
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gallery is None and args.allow_other_model:
             raise InputError("--allow-other-model lets --gallery be another model's, and there is no --gallery; "
                              "pass --gallery FILE or drop --allow-other-model")
+        if args.gallery is not None:
+            check_ray_address(args.gallery, args.ray)  # before tritonserver starts, not in its model
         if not serve(args.artifact, args.gallery, opts):
             print("error: tritonserver exited (a model failed to load, or it died); see its log above",
                   file=sys.stderr)

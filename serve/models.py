@@ -12,6 +12,7 @@ new file are stamped with the artefact's model.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from engine.search.file import check_fingerprint, model_fingerprint
 
 Request = dict[str, np.ndarray]  # input name -> array, as the request carried it
 Response = dict[str, np.ndarray]
+SHARDED_SUFFIX = ".json"  # a gallery path ending so is a sharded gallery's manifest (engine.sharded)
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> unit embeddings (N, D)
 # How to serve a gallery embedded by another model on purpose (both ways the models are started).
 OVERRIDE = "--allow-other-model (python -m serve) or JLML_ALLOW_OTHER_MODEL=1 (tritonserver)"
@@ -45,6 +47,13 @@ def load_gallery(path: Path, spec: ModelSpec, *, artifact: str, device: str = "c
         check_fingerprint(gallery.model_fingerprint, spec, source=f"gallery {path}", artifact=artifact,
                           override=override)
     return gallery
+
+
+def check_ray_address(gallery: Path, ray: str | None) -> None:
+    """A sharded gallery (a .json manifest) needs the Ray cluster its shards run on."""
+    if gallery.suffix == SHARDED_SUFFIX and ray is None:
+        raise InputError(f"gallery {gallery} is a sharded gallery's manifest: pass --ray ADDRESS (python -m "
+                         "serve) or JLML_RAY=ADDRESS (tritonserver), the cluster its shards run on")
 
 
 def _required(request: Request, name: str, what: str) -> np.ndarray:
@@ -70,10 +79,15 @@ class GalleryService:
     """
 
     def __init__(self, embed: Embed, spec: ModelSpec, path: Path | None, *, device: str = "cpu",
-                 artifact: str = "the artefact", allow_other_model: bool = False, warn: bool = True) -> None:
+                 artifact: str = "the artefact", allow_other_model: bool = False, warn: bool = True,
+                 ray: str | None = None, shard_options: Any = None) -> None:
+        """``ray``: the Ray cluster of a sharded gallery (``path`` a .json manifest, engine.sharded);
+        ``shard_options``: its engine.sharded.ShardOptions (default: one CPU per shard)."""
         self.embed, self.spec, self.path, self.device = embed, spec, path, device
         self.artifact, self.allow_other_model = artifact, allow_other_model
+        self.ray, self.shard_options = ray, shard_options
         self._stamp: Any = None
+        self.gallery: Any = None
         self.gallery = self._load(warn=warn)
 
     def _file_stamp(self) -> Any:
@@ -90,12 +104,36 @@ class GalleryService:
         if self._file_stamp() != self._stamp:
             self.gallery = self._load()
 
-    def _load(self, *, warn: bool = False) -> Gallery:
+    def _load(self, *, warn: bool = False) -> Any:
+        """The Gallery (a .npz, its model checked: ``load_gallery``) or ShardedGallery (a .json manifest) at
+        ``path``; a sharded one already open follows its manifest (only the shards whose file changed reload)."""
         self._stamp = self._file_stamp()
+        if self.path is not None and self.path.suffix == SHARDED_SUFFIX:
+            return self._load_sharded()
         if self.path is None or self._stamp is None:
             return Gallery(self.spec.embedding_dim, device=self.device)
         return load_gallery(self.path, self.spec, artifact=self.artifact, device=self.device,
                             allow_other_model=self.allow_other_model, warn=warn)
+
+    def _load_sharded(self) -> Any:
+        from engine.sharded import ShardedGallery, ShardOptions
+
+        check_ray_address(self.path, self.ray)  # type: ignore[arg-type]
+        if self.gallery is not None:
+            try:
+                self.gallery.reload()
+            except Exception:
+                self._stamp = None  # an add removed a file mid-reload: try again at the next request
+                raise
+            return self.gallery
+        opts = dataclasses.replace(self.shard_options or ShardOptions(), address=self.ray, device=self.device)
+        return self._checked(ShardedGallery.load(self.path, options=opts))  # type: ignore[arg-type]
+
+    def _checked(self, gallery: Any) -> Any:
+        if gallery.dim != self.spec.embedding_dim:
+            raise InputError(f"gallery {self.path} holds {gallery.dim}-D embeddings, the artefact makes "
+                             f"{self.spec.embedding_dim}-D; embed it again with this artefact")
+        return gallery
 
     def _check_batch(self, n: int, what: str) -> None:
         limit = self.spec.max_batch

@@ -30,7 +30,7 @@ from .models import GalleryService, Request, Response
 INTERNAL_LINE = "the server failed on this request; its log has the details"
 ENV = {"backend": "JLML_BACKEND", "device": "JLML_DEVICE", "precision": "JLML_PRECISION",
        "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE",
-       "allow_other_model": "JLML_ALLOW_OTHER_MODEL"}
+       "allow_other_model": "JLML_ALLOW_OTHER_MODEL", "ray": "JLML_RAY"}
 SWITCH = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}  # a bool's values
 
 
@@ -47,6 +47,7 @@ class Settings:
     gallery: str | None = None
     gallery_device: str = "cpu"
     allow_other_model: bool = False
+    ray: str | None = None  # the Ray cluster of a sharded gallery (gallery: its .json manifest)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -135,7 +136,7 @@ class _GalleryModel(_Model):
         path = None if s.gallery is None else Path(s.gallery)
         self.service = GalleryService(self._embed, ModelSpec.load(self.artifact), path, device=s.gallery_device,
                                       artifact=f"artefact {self.artifact}", allow_other_model=s.allow_other_model,
-                                      warn=self.warn)
+                                      warn=self.warn, ray=s.ray)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         request = self.pb.InferenceRequest(model_name=EMBED_MODEL, requested_output_names=[EMBEDDINGS],

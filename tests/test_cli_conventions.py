@@ -18,6 +18,7 @@ CLIS = {
     "benchmarks.gallery": ["--out"],
     "benchmarks.serve": ["--artifact DIR", "--out DIR"],
     "benchmarks.ray_embed": ["--artifact DIR", "--out DIR"],
+    "benchmarks.sharded": ["--out DIR"],
     "serve.__main__": ["--gallery"],
     "engine.embed": ["--artifact DIR", "--no-progress"],
     "engine.query": ["--artifact DIR", "--gallery", "--no-progress"],

@@ -1,0 +1,289 @@
+"""ShardedGallery: the Gallery contract over N Ray actors, each holding one shard file.
+
+Rows are routed by ``id mod N`` (stable in every process; all rows of one id live on one shard, so
+"equal ids in insertion order" holds across shards). ``search`` sends the query batch once to the
+object store and to every shard, and merges their top-k by (distance, id), stable: the answer of one
+Gallery over the same rows, tie rule and padding (inf / -1) included.
+
+Guarantees (tests/engine/test_sharded_faults.py):
+* search: a shard that dies mid-search is restarted by Ray (``max_restarts``), reloads its committed
+  file and is asked again (``retries`` times); the answer is the fault-free one.
+* add: all-or-none. Phase one writes every touched shard's new file (nothing replaced); the manifest
+  is then replaced atomically -- the commit point; phase two tells the shards. If any shard fails in
+  phase one, or the manifest cannot be written, every shard reloads its committed file and
+  ``ShardedAddError`` says ``applied=False``: nothing changed, in memory or on disk. After the
+  manifest is written the add is applied: a shard that dies then reloads the new file. The files the
+  manifest names are always one consistent set. One process adds to a gallery at a time.
+
+``ray`` is imported here only (the ``ray`` extra); ``ray.init`` joins ``address`` (None: a cluster
+already started in this process, else a new local one).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, BackendUnavailableError, InputError, JLMLError
+from ..gallery import UNKNOWN_CAM, Gallery
+from .actor import ShardActor
+from .manifest import Manifest, ShardEntry, stale_files
+
+
+class ShardedAddError(JLMLError, RuntimeError):
+    """An add that failed on a shard; ``applied`` says whether it took effect on every shard (True) or
+    on none (False)."""
+
+    def __init__(self, message: str, *, applied: bool) -> None:
+        super().__init__(message)
+        self.applied = applied
+
+
+class ShardUnavailableError(ArtifactError):
+    """A shard stayed unreachable through every retry."""
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Per-shard actor resources and fault settings. ``strategy``: Ray's scheduling strategy ("SPREAD"
+    puts the shards on different nodes when they fit)."""
+
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+    device: str = "cpu"
+    max_restarts: int = -1
+    retries: int = 5
+    strategy: Any = "DEFAULT"  # or a Ray scheduling strategy object (PlacementGroupSchedulingStrategy)
+    start_timeout_s: float = 300.0
+    threads: int | None = None  # torch threads per shard; None: Ray's default (one per reserved CPU)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendUnavailableError(f"a sharded gallery needs ray ({exc}); pip install 'jlml-engine[ray]'") from exc
+    return ray
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global top-k of per-shard top-k lists: by distance, then id; stable, so rows of one id (one
+    shard) keep that shard's order."""
+    dist = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.lexsort((ids, dist), axis=-1)[:, :k]
+    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+class ShardedGallery:
+    """Gallery's ``add`` / ``search`` / ``save`` / ``load`` over shard actors; make with ``create`` or ``load``."""
+
+    def __init__(self, manifest_path: Path, manifest: Manifest, options: ShardOptions,
+                 actor: type = ShardActor) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=options.address, include_dashboard=False, logging_level="ERROR")
+        self.path, self._manifest, self.options = manifest_path, manifest, options
+        remote = ray.remote(actor).options(num_cpus=options.cpus, num_gpus=options.gpus,
+                                           max_restarts=options.max_restarts, max_task_retries=0,
+                                           scheduling_strategy=options.strategy)
+        self._actors = [remote.remote(str(manifest_path), i, options.device, options.threads)
+                        for i in range(len(manifest.shards))]
+        self._probe = Gallery(manifest.dim, storage=manifest.storage)  # empty: checks inputs as Gallery does
+        self._images_root = manifest.images_root
+        try:
+            infos = ray.get([a.info.remote() for a in self._actors], timeout=options.start_timeout_s)
+        except ray.exceptions.GetTimeoutError as exc:
+            self.close()
+            raise ShardUnavailableError(
+                f"the {self.shards} shard actors of {manifest_path} did not start in {options.start_timeout_s:.0f} s; "
+                f"each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
+                "ShardOptions.cpus") from exc
+        self.threads = [info["threads"] for info in infos]
+        for info in infos:
+            if info["error"] is not None:
+                self.close()
+                raise info["error"]
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], dim: int, shards: int, *, method: str = "auto",
+               storage: str = "float32", options: ShardOptions = ShardOptions(), actor: type = ShardActor,
+               ) -> ShardedGallery:
+        """A new empty gallery of ``shards`` shards: the manifest at ``path`` (a shard gets its file with its
+        first rows). A manifest already there is replaced; its shard files go at the first add."""
+        path = Path(path)
+        if path.suffix != ".json":
+            raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
+        if not isinstance(shards, (int, np.integer)) or shards <= 0:
+            raise InputError(f"shards must be a positive int, got {shards!r}")
+        Gallery(dim, storage=storage, method=method)  # the same checks of dim, storage and method
+        manifest = Manifest.new(dim, method, storage, int(shards))
+        manifest.write(path)
+        return cls(path, manifest, options, actor)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, options: ShardOptions = ShardOptions(),
+             actor: type = ShardActor) -> ShardedGallery:
+        """Start one actor per shard of the manifest at ``path``; ArtifactError for a missing shard file
+        or one that is not the manifest's (another gallery, dimension, storage, row count)."""
+        path = Path(path)
+        return cls(path, Manifest.read(path), options, actor)
+
+    @property
+    def dim(self) -> int:
+        return self._manifest.dim
+
+    @property
+    def storage(self) -> str:
+        return self._manifest.storage
+
+    @property
+    def method(self) -> str:
+        return self._manifest.method
+
+    @property
+    def shards(self) -> int:
+        return len(self._actors)
+
+    @property
+    def images_root(self) -> str | None:
+        """The folder the rows' ``paths`` are relative to (in the manifest and every shard file)."""
+        return self._images_root
+
+    @images_root.setter
+    def images_root(self, root: str | None) -> None:
+        self._images_root = root
+
+    def __len__(self) -> int:
+        return self._manifest.rows
+
+    def pids(self) -> list[int]:
+        """The shard actors' process ids (the fault tests kill one)."""
+        return self._call("pid")
+
+    def _call(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every shard at once, answers in shard order."""
+        answers = self._call_each(method, {i: args for i in range(self.shards)})
+        return [answers[i] for i in range(self.shards)]
+
+    def _call_each(self, method: str, args_of: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        """``method(*args_of[i])`` on each shard i at once; a shard that dies is asked again once Ray
+        has restarted it, up to ``options.retries`` times."""
+        ray = _ray()
+        todo = list(args_of)
+        results: dict[int, Any] = {}
+        for attempt in range(self.options.retries + 1):
+            refs = {i: getattr(self._actors[i], method).remote(*args_of[i]) for i in todo}
+            todo = []
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    todo.append(i)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, JLMLError):  # what the caller sent is wrong: Gallery's own error
+                        raise exc.cause from None
+                    raise
+            if not todo:
+                return results
+            time.sleep(0.2 * (attempt + 1))
+        raise ShardUnavailableError(f"shards {todo} of {self.path} did not answer {method!r} after "
+                                    f"{self.options.retries} retries; check the Ray cluster (ray status)")
+
+    def search(self, queries: Any, k: int, *, query_ids: Any = None,
+               query_cams: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """As Gallery.search: float32 (Q, k) squared L2 ascending, int64 (Q, k) ids, inf / -1 padding."""
+        padded = self._probe.search(queries, k, query_ids=query_ids, query_cams=query_cams)
+        if len(self) == 0 or len(padded[0]) == 0:
+            return padded
+        q = np.asarray(queries, np.float32).reshape(len(padded[0]), self.dim)
+        excl = (None, None) if query_ids is None else (np.asarray(query_ids, np.int64), np.asarray(query_cams, np.int64))
+        ray = _ray()
+        return merge_topk(self._call("search", ray.put(q), int(k), *excl), int(k))
+
+    def add(self, embeddings: Any, ids: Any, cams: Any = None, *, paths: Sequence[str] | None = None) -> None:
+        """As Gallery.add, all-or-none across shards and saved (see the module's guarantees); raises
+        ShardedAddError with ``applied`` when a shard fails."""
+        Gallery(self.dim, storage=self.storage).add(embeddings, ids, cams, paths=paths)  # Gallery's checks
+        emb = np.asarray(embeddings).reshape(-1, self.dim)
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        cams = np.full(len(ids), UNKNOWN_CAM, np.int64) if cams is None else np.asarray(cams, np.int64).reshape(-1)
+        route = ids % self.shards
+        touched = [s for s in range(self.shards) if np.any(route == s)]
+        version, root = self._manifest.version + 1, self._images_root
+        calls = [(s, {"embeddings": emb[route == s], "ids": ids[route == s], "cams": cams[route == s],
+                      "paths": None if paths is None else [p for p, r in zip(paths, route, strict=True) if r == s]})
+                 for s in touched]
+        entries = self._prepare(calls, version, root)
+        new = self._manifest.with_shards(entries, root)
+        try:
+            new.write(self.path)
+        except ArtifactError as exc:
+            self._abort(touched)
+            raise ShardedAddError(f"the add was applied on none of the shards: {exc}", applied=False) from exc
+        self._manifest = new
+        self._call_each("commit", {s: (entries[s],) for s in touched})
+        self._clean()
+
+    def _prepare(self, calls: list[tuple[int, dict[str, Any]]], version: int,
+                 root: str | None) -> dict[int, ShardEntry]:
+        """Phase one on every touched shard at once; on any failure all of them go back (applied=False)."""
+        ray = _ray()
+        refs = {s: self._actors[s].prepare.remote(rows, version, root) for s, rows in calls}
+        entries, failed = {}, []
+        for s, ref in refs.items():
+            try:
+                entries[s] = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                failed.append((s, exc))
+        if failed:
+            self._abort(list(refs))
+            s, exc = failed[0]
+            raise ShardedAddError(f"the add was applied on none of the shards: shard {s} failed while staging "
+                                  f"its rows ({type(exc).__name__}); the gallery is as before, add again",
+                                  applied=False) from exc
+        return entries
+
+    def _abort(self, shards: list[int]) -> None:
+        try:
+            self._call_each("abort", {s: () for s in shards})
+        finally:  # a shard that cannot be told reloads the unchanged manifest when Ray restarts it
+            self._clean()
+
+    def _clean(self) -> None:
+        for stale in stale_files(self.path, self._manifest):
+            stale.unlink(missing_ok=True)
+
+    def reload(self) -> None:
+        """Follow the manifest after another process added to it: shards whose file changed reload it."""
+        manifest = Manifest.read(self.path)
+        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
+            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
+                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        self._call("sync")
+        self._manifest, self._images_root = manifest, manifest.images_root
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Every add is saved already: to this manifest nothing is written; elsewhere each shard writes
+        its file beside ``path`` and the manifest (new uuid) comes last."""
+        target = Path(path)
+        if target.resolve() == self.path.resolve():
+            return
+        if target.suffix != ".json":
+            raise InputError(f"a sharded gallery saves to a .json manifest, got {target}; e.g. gallery.json")
+        entries = self._call("save_to", str(target.resolve()))
+        new = Manifest.new(self.dim, self.method, self.storage, self.shards)
+        new.with_shards(dict(enumerate(entries)), self.images_root).write(target)
+
+    def close(self) -> None:
+        """End the shard actors (also done when the last handle goes)."""
+        ray = _ray()
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
