@@ -253,6 +253,8 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         raise InputError("--labels and --index-ids both say where the ids come from; pass one")
     if args.skip_junk and args.index_ids:
         raise InputError("--skip-junk leaves out id -1 of Market names or --labels; --index-ids has none, drop it")
+    if args.shards is not None and args.out.suffix != ".json":
+        raise InputError(f"--shards writes a sharded gallery's manifest: --out must end in .json, got {args.out}")
     if args.ray is not None and args.url is not None:
         raise InputError("--ray and --url both say where the images are embedded; pass one")
     if args.ray is not None and args.artifact is None:
@@ -273,8 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         paths, others = scan_images(args.folder)
         cli.check_out_file(args.out)
         report_skipped(f"file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images", others, args.folder)
-        if args.shards is not None and args.out.suffix != ".json":
-            raise InputError(f"--shards writes a sharded gallery's manifest: --out must end in .json, got {args.out}")
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         found = len(others) + len(paths)
         paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
