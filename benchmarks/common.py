@@ -98,6 +98,20 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_equality_report(out: Path, name: str, args: Any, rows: list[dict[str, Any]], columns: Sequence[str],
+                          title: Callable[[str], str]) -> int:
+    """``out/NAME.json`` (environment, the CLI's settings, rows) and ``out/NAME.md`` (``title(cpu)`` and the
+    table), printed; exit 0 when every row's answers were ``equal`` to the reference's, else 1."""
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report = {"environment": environment("cpu"), "settings": settings, "results": rows}
+    write_json(out / f"{name}.json", report)
+    table = markdown_table(rows, columns)
+    write_text(out / f"{name}.md", f"{title(report['environment']['cpu'])}:\n\n{table}")
+    print(table, end="")
+    print(f"wrote {out / f'{name}.json'}, {out / f'{name}.md'}")
+    return 0 if all(r["equal"] for r in rows) else 1
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A markdown table of ``rows`` restricted to ``columns``; floats get 4 significant digits."""
     def cell(value: Any) -> str:

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import environment, markdown_table, write_json
+from benchmarks.common import write_equality_report
 from engine import Embedder, ModelSpec, cli
-from engine.atomic import write_text
 from engine.embed import embed_paths
 from engine.errors import InputError
 from engine.images import list_images
@@ -128,15 +127,8 @@ def _main(args: argparse.Namespace) -> int:
         folder = Path(tmp) / "crops"
         folder.mkdir()
         rows = run(args, make_folder(folder, args.images, spec), Path(tmp))
-    report: dict[str, Any] = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
-                                                              for k, v in vars(args).items()}, "results": rows}
-    write_json(args.out / "ray_embed.json", report)
-    table = markdown_table(rows, COLUMNS)
-    write_text(args.out / "ray_embed.md", f"{args.images} images {spec.height}x{spec.width}, median of "
-               f"{args.rounds} rounds, {report['environment']['cpu']}:\n\n{table}")
-    print(table, end="")
-    print(f"wrote {args.out / 'ray_embed.json'}, {args.out / 'ray_embed.md'}")
-    return 0 if all(r["equal"] for r in rows) else 1
+    return write_equality_report(args.out, "ray_embed", args, rows, COLUMNS, lambda cpu: (
+        f"{args.images} images {spec.height}x{spec.width}, median of {args.rounds} rounds, {cpu}"))
 
 
 if __name__ == "__main__":

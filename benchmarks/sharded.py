@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import environment, markdown_table, summarize, time_calls, write_json
+from benchmarks.common import summarize, time_calls, write_equality_report
 from engine import cli
-from engine.atomic import write_text
 from engine.gallery import Gallery
 from engine.sharded import ShardedGallery, ShardOptions, merge_topk
 
@@ -124,15 +123,9 @@ def _main(args: argparse.Namespace) -> int:
     finally:
         if started:
             ray.shutdown()
-    report = {"environment": environment("cpu"), "settings": {k: str(v) if isinstance(v, Path) else v
-                                                              for k, v in vars(args).items()}, "results": results}
-    write_json(args.out / "sharded.json", report)
-    table = markdown_table(results, COLUMNS)
-    write_text(args.out / "sharded.md", f"{args.rows} rows x {args.dim}, k={args.k}, {args.repeats} searches "
-               f"each, {report['environment']['cpu']}, {args.cluster_cpus}-CPU Ray cluster:\n\n{table}")
-    print(table, end="")
-    print(f"wrote {args.out / 'sharded.json'}, {args.out / 'sharded.md'}")
-    return 0 if all(r["equal"] for r in results) else 1
+    return write_equality_report(args.out, "sharded", args, results, COLUMNS, lambda cpu: (
+        f"{args.rows} rows x {args.dim}, k={args.k}, {args.repeats} searches each, {cpu}, "
+        f"{args.cluster_cpus}-CPU Ray cluster"))
 
 
 if __name__ == "__main__":
