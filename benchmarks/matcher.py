@@ -1,10 +1,10 @@
 """What the hybrid matcher costs: ``python -m benchmarks.matcher --checkpoint FUSED_CKPT --out DIR``.
 
 Exports three FP32 graphs of one fused checkpoint (``train.hybrid``): the fused embedding, its JLML part
-alone and its LOMO + XQDA part alone, and times them through the engine's ONNX Runtime backend on the
+alone and its descriptor + XQDA part alone (LOMO, or GOG + LOMO for gog_fused), and times them through the engine's ONNX Runtime backend on the
 CPU, interleaved call by call in this one process on the same random uint8 batch (``--batch``, 64 by
 default), so machine load hits all three alike. Then one profiled run of the fused graph attributes its
-node time to LOMO's stages (colour histograms, SILTP, the rest), the XQDA projection and JLML, by the
+node time to GOG, LOMO's stages (colour histograms, SILTP, the rest), the XQDA projection and JLML, by the
 module names the exporter gives the nodes. Writes matcher.json and matcher.md into ``--out``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from engine.errors import InputError
 
 # Node-name markers of the exported fused graph -> the stage they belong to (first match wins); LOMO's
 # nodes are split by operator into what its histograms are made of.
-STAGES = (("/jlml/", "JLML"), ("/lomo/", "LOMO"), ("MatMul", "XQDA projection"))
+STAGES = (("/jlml/", "JLML"), ("/gog/", "GOG"), ("/lomo/", "LOMO"), ("MatMul", "XQDA projection"))
 LOMO_OPS = {"Equal": "one-hot codes", "Cast": "one-hot codes", "MatMul": "cell histograms (matmul)",
             "AveragePool": "window sums and max", "ReduceMax": "window sums and max", "Round": "window sums and max"}
 
@@ -35,12 +35,14 @@ LOMO_OPS = {"Equal": "one-hot codes", "Cast": "one-hot codes", "MatMul": "cell h
 def _graphs(checkpoint: Path, folder: Path) -> dict[str, tuple[Path, Any]]:
     from export.onnx_export import onnx_from_checkpoint
     from train.checkpoint import load_checkpoint
+    from train.hybrid import FUSED
 
     ckpt = load_checkpoint(checkpoint)
-    if getattr(ckpt.model, "kind", "") != "fused":
+    if getattr(ckpt.model, "kind", "") not in FUSED:
         raise InputError(f"{checkpoint} serves {getattr(ckpt.model, 'kind', 'jlml')}, expected a fused matcher; "
-                         "train one with --matcher fused (or a *_fused recipe)")
-    parts = {"fused": ckpt.model, "jlml alone": ckpt.network, "lomo+xqda alone": ckpt.model.metric_only()}
+                         "train one with --matcher fused or gog_fused (or a *_fused recipe)")
+    metric = ckpt.model.metric_part.replace("_", "+")
+    parts = {"fused": ckpt.model, "jlml alone": ckpt.network, f"{metric} alone": ckpt.model.metric_only()}
     return {name: (onnx_from_checkpoint(module.float().eval(), module.spec, folder / f"{i}.onnx"), module.spec)
             for i, (name, module) in enumerate(parts.items())}
 

@@ -22,6 +22,7 @@ above and the gradient is of the grey image; measured on VIPeR and PRID2011 in R
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,15 +118,14 @@ def colour(rgb: Tensor, space: str) -> Tensor:
     return rgb[:, :2] / total
 
 
-def pixel_features(rgb: Tensor, space: str) -> Tensor:
-    b, _, h, w = rgb.shape
-    y = torch.linspace(0, 1, h, dtype=rgb.dtype, device=rgb.device).view(1, 1, h, 1).expand(b, 1, h, w)
+def pixel_features(rgb: Tensor, space: str, height: int) -> Tensor:
+    rows = torch.linspace(0, 1, height, dtype=rgb.dtype, device=rgb.device).view(1, 1, height, 1)
+    y = rows + torch.zeros_like(rgb[:, :1])  # broadcast to (B, 1, H, W) without reading the batch size
     return torch.cat([y, gradient_bins(grey(rgb)), colour(rgb, space)], 1)
 
 
-def _sqrt(a: Tensor, iterations: int) -> Tensor:
+def _sqrt(a: Tensor, iterations: int, eye: Tensor) -> Tensor:
     """Coupled Newton-Schulz square root of SPD matrices whose eigenvalues lie in (0, 1]."""
-    eye = torch.eye(int(a.shape[-1]), dtype=a.dtype, device=a.device)
     y, z = a, eye.expand_as(a)
     for _ in range(iterations):
         t = 1.5 * eye - 0.5 * (z @ y)
@@ -133,14 +133,14 @@ def _sqrt(a: Tensor, iterations: int) -> Tensor:
     return y
 
 
-def spd_log(a: Tensor) -> Tensor:
+def spd_log(a: Tensor, n: int) -> Tensor:
     """Matrix logarithm of SPD matrices (..., n, n) by matrix products only (exports to ONNX/TensorRT):
     log A = log(c) I + 2^k log((A / c)^(1/2^k)), c = trace(A), the 2^k-th root close to I."""
-    eye = torch.eye(int(a.shape[-1]), dtype=a.dtype, device=a.device)
+    eye = torch.eye(n, dtype=a.dtype, device=a.device)
     c = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1)[..., None, None]
     b = a / c
     for iterations in ROOT_ITERATIONS:
-        b = _sqrt(b, iterations)
+        b = _sqrt(b, iterations, eye)
     x = b - eye
     power, log_b = x, x
     for j in range(2, LOG_TERMS + 1):
@@ -149,36 +149,40 @@ def spd_log(a: Tensor) -> Tensor:
     return log_b * float(2 ** len(ROOT_ITERATIONS)) + torch.log(c) * eye
 
 
-def spd_log_vector(mean: Tensor, cov: Tensor) -> Tensor:
+def spd_log_vector(mean: Tensor, cov: Tensor, d: int) -> Tensor:
     """(..., d) and (..., d, d) -> (..., (d+1)(d+2)/2): vech of log(|S|^(-1/(d+1)) [[S+mm', m], [m', 1]])."""
-    d = int(mean.shape[-1])
     eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
     trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).clamp_min(0.01)
     cov = cov + EPS * trace[..., None, None] * eye
     top = torch.cat([cov + mean[..., :, None] * mean[..., None, :], mean[..., :, None]], -1)
     bottom = torch.cat([mean[..., None, :], torch.ones_like(mean[..., :1, None])], -1)
-    log_p = spd_log(torch.cat([top, bottom], -2))
+    log_p = spd_log(torch.cat([top, bottom], -2), d + 1)
     # |S|^(-1/(d+1)) scales the matrix, so it shifts the log by -log|S| / (d+1) I = -trace(log P) / (d+1) I
     shift = torch.diagonal(log_p, dim1=-2, dim2=-1).mean(-1)
     log_p = log_p - shift[..., None, None] * torch.eye(d + 1, dtype=cov.dtype, device=cov.device)
-    rows, cols = np.triu_indices(d + 1)  # numpy: constants of the exported graph
-    index = torch.as_tensor(rows * (d + 1) + cols, device=log_p.device)
-    scale = torch.as_tensor(np.where(rows == cols, 1.0, math.sqrt(2.0)), dtype=log_p.dtype, device=log_p.device)
+    rows, cols = np.triu_indices(d + 1)  # numpy: constants of the exported graph, as the tracer says
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        index = torch.as_tensor(rows * (d + 1) + cols, device=log_p.device)
+        scale = torch.as_tensor(np.where(rows == cols, 1.0, math.sqrt(2.0)), dtype=log_p.dtype, device=log_p.device)
     return log_p.flatten(-2)[..., index] * scale
 
 
-def patch_gaussians(f: Tensor) -> Tensor:
-    """(B, d, H, W) pixel features -> (B, Hp, Wp, (d+1)(d+2)/2) patch vectors."""
-    b, d, h, w = f.shape
-    outer = (f[:, :, None] * f[:, None, :]).reshape(b, d * d, h, w)
-    mean = F.avg_pool2d(f, PATCH, STRIDE)
-    second = F.avg_pool2d(outer, PATCH, STRIDE)
-    hp, wp = (int(v) for v in mean.shape[-2:])
-    mean = mean.permute(0, 2, 3, 1)
-    second = second.permute(0, 2, 3, 1).reshape(b, hp, wp, d, d)
+def patch_grid(height: int, width: int) -> tuple[int, int]:
+    """Patches down and across an image (5 x 5, every 2 px)."""
+    return (height - PATCH) // STRIDE + 1, (width - PATCH) // STRIDE + 1
+
+
+def patch_gaussians(f: Tensor, d: int, height: int, width: int) -> Tensor:
+    """(B, d, H, W) pixel features -> (B, Hp, Wp, (d+1)(d+2)/2) patch vectors. Sizes are given, not read
+    from the tensor, so the exported graph has them as constants (only the batch is dynamic)."""
+    hp, wp = patch_grid(height, width)
+    outer = (f[:, :, None] * f[:, None, :]).reshape(-1, d * d, height, width)
+    mean = F.avg_pool2d(f, PATCH, STRIDE).permute(0, 2, 3, 1)
+    second = F.avg_pool2d(outer, PATCH, STRIDE).permute(0, 2, 3, 1).reshape(-1, hp, wp, d, d)
     n = PATCH * PATCH
     cov = (second - mean[..., :, None] * mean[..., None, :]) * (n / (n - 1))
-    return spd_log_vector(mean, cov)
+    return spd_log_vector(mean, cov, d)
 
 
 def region_weights(hp: int, wp: int, height: int, width: int, regions: int) -> Tensor:
@@ -197,28 +201,28 @@ def region_weights(hp: int, wp: int, height: int, width: int, regions: int) -> T
     return torch.stack(out).float()
 
 
-def region_gaussians(g: Tensor, weights: Tensor) -> Tensor:
+def region_gaussians(g: Tensor, weights: Tensor, m: int) -> Tensor:
     """(B, Hp, Wp, m) patch vectors and (R, Hp * Wp) region weights -> (B, R * (m+1)(m+2)/2)."""
-    b, hp, wp, m = g.shape[0], int(g.shape[1]), int(g.shape[2]), int(g.shape[3])
-    x = g.reshape(b, 1, hp * wp, m)
+    x = g.reshape(-1, 1, weights.shape[1], m)
     w = weights.to(g.device)[None, :, None, :]  # (1, R, 1, P)
     mean = (w @ x)[:, :, 0]  # (B, R, m); not squeeze, which exports as an If
     centred = x - mean[..., None, :]  # (B, R, P, m)
     cov = (centred.transpose(-1, -2) * w) @ centred
-    return spd_log_vector(mean, cov).flatten(1)
+    return spd_log_vector(mean, cov, m).flatten(1)
 
 
 def gog(images: Tensor, space: str = "rgb", regions: int = 7) -> Tensor:
     """uint8 (B, H, W, 3) -> (B, regions * 1081) GOG descriptor of one colour space (703 a region for nRnG)."""
-    rgb = images.float().permute(0, 3, 1, 2) / 255  # cast first: the uint8 input feeds only a Cast
-    h, w = rgb.shape[-2:]
-    patches = patch_gaussians(pixel_features(rgb, space))
-    return region_gaussians(patches, region_weights(patches.shape[1], patches.shape[2], h, w, regions))
+    return GOG(GOGConfig(spaces=(space,), regions=regions), images.shape[1], images.shape[2])(images)
+
+
+def feature_dim(space: str) -> int:
+    """d of the pixel features: the row, 4 gradient orientations and the colour channels."""
+    return 1 + 4 + (2 if space == "nrng" else 3)
 
 
 def block_dim(space: str, regions: int) -> int:
-    d = 2 + 4 + (2 if space == "nrng" else 3)  # (d+1) of the patch matrix: y, 4 gradients, colour, the 1
-    m = d * (d + 1) // 2
+    m = (feature_dim(space) + 1) * (feature_dim(space) + 2) // 2  # a patch vector
     return regions * (m + 1) * (m + 2) // 2
 
 
@@ -236,12 +240,10 @@ class GOG(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         rgb = images.float().permute(0, 3, 1, 2) / 255  # cast first: the uint8 input feeds only a Cast
-        feats = {}
+        weights = region_weights(*patch_grid(self.height, self.width), self.height, self.width, self.cfg.regions)
         parts = []
         for space in self.cfg.spaces:
-            feats[space] = patch_gaussians(pixel_features(rgb, space))
-        for space in self.cfg.spaces:
-            hp, wp = (int(v) for v in feats[space].shape[1:3])
-            weights = region_weights(hp, wp, self.height, self.width, self.cfg.regions)
-            parts.append(region_gaussians(feats[space], weights))
+            d = feature_dim(space)
+            patches = patch_gaussians(pixel_features(rgb, space, self.height), d, self.height, self.width)
+            parts.append(region_gaussians(patches, weights, (d + 1) * (d + 2) // 2))
         return torch.cat(parts, 1)

@@ -148,13 +148,13 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # (tools/viper_as_market.py; 316 train ids, 632 images): Rank-1 17.4, mAP 29.7,
     # against 16.1 / 26.5 for the earlier version (no BNNeck, no flip, 40 epochs); one split, so within
     # the noise of a split.
-    # It serves LOMO + XQDA (train.lomo, train.xqda), which trains nothing: over the 10 splits of VIPeR and
-    # PRID2011 it ranks far above JLML (Rank-1 38.4 ± 2.3 against 16.7 ± 3.3; 22.7 ± 3.7 against 10.1 ±
-    # 2.4), and fusing JLML in (the weight chosen on held-out training people) did not beat it (RESULTS.md,
-    # "Hybrid matcher"). --matcher fused lets held-out people weigh JLML in on data where it may help;
-    # --matcher jlml trains the JLML-only model measured above.
+    # It serves GOG + LOMO + XQDA (train.gog, train.lomo, train.descriptor, train.xqda), which trains
+    # nothing: over the 10 splits of VIPeR and PRID2011 it ranks far above JLML and LOMO + XQDA (Rank-1
+    # 50.9 ± 2.9 against 16.7 ± 3.3 and 38.4 ± 2.3; 38.8 ± 4.4 against 10.1 ± 2.4 and 22.7 ± 3.7;
+    # RESULTS.md), at a cost: GOG takes about a second an image on 2 CPU cores. --matcher lomo_xqda is the
+    # fast hand-crafted choice; --matcher jlml trains the JLML-only model measured above.
     "few_hundred_ids": Recipe("few_hundred_ids", "market1501", config={**_SMALL_NET, **_NECK, "width": 64},
-                              options={**_CPU_OPTIONS, "epochs": 60}, matcher="lomo_xqda"),
+                              options={**_CPU_OPTIONS, "epochs": 60}, matcher="gog_xqda"),
     # viper_pretrained / prid2011_pretrained + BNNeck + in-graph flip averaging: the same data,
     # network and schedule, so the paired difference to them (on the "no_flip" metrics) is BNNeck's.
     "viper_bnneck": Recipe("viper_bnneck", "viper", config={**_SMALL_NET, **_NECK, "width": 48},

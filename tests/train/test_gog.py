@@ -27,7 +27,7 @@ def test_matrix_log_by_products_equals_the_eigendecomposition(n, condition, tole
     a = _spd(n, 50, condition)
     values, vectors = torch.linalg.eigh(a)
     want = (vectors * torch.log(values)[..., None, :]) @ vectors.transpose(-1, -2)
-    got = spd_log(a.float()).double()
+    got = spd_log(a.float(), n).double()
     assert ((got - want).abs().amax((-1, -2)) / want.abs().amax((-1, -2))).max() < tolerance
 
 

@@ -284,7 +284,7 @@ def test_market_layout_folder_trains_and_evaluates_with_a_recipe(tmp_path, capsy
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["data"]["dataset"] == "market1501" and saved["metrics"]["num_query"] == 3
     assert load_checkpoint(out / "last.pt").extra["data_root"] == saved["data_root"] == str(root.resolve())
-    assert load_checkpoint(out / "last.pt").extra["fusion"]["kind"] == "lomo_xqda"  # the recipe serves the matcher
+    assert load_checkpoint(out / "last.pt").extra["fusion"]["kind"] == "gog_xqda"  # the recipe serves the matcher
     # train.evaluate finds the data where the run read it, without --data-root (it looked in the default
     # data root and exited 2); a moved folder is a note and --data-root names the new place
     from train.evaluate import main as evaluate
