@@ -10,6 +10,7 @@ The commands come from tests/_docs.py; each is checked by what it is:
 * ``pip install -e ".[EXTRAS]"``: every extra exists in pyproject.toml; other pip lines and ``python -m
   venv`` need the network or make a new environment and are skipped, saying so.
 * ``bash benchmarks/gpu_run.sh``: needs an NVIDIA GPU (skipped with that reason); the script must exist.
+* ``ray start``/``ray stop``: run for real by tests/test_docs_run.py.
 * ``docker run ... tritonserver --model-repository PATH``: needs a container runtime (skipped); PATH is an
   artefact's ``triton/``.
 
@@ -74,6 +75,9 @@ def test_documented_command_is_accepted(doc, argv, monkeypatch, capsys):
     elif tool == "bash" and argv[1] == "benchmarks/gpu_run.sh":
         assert (ROOT / argv[1]).is_file()
         pytest.skip("benchmarks/gpu_run.sh needs an NVIDIA GPU (TensorRT, CUDA); run it on a GPU machine")
+    elif tool == "ray":
+        assert argv[1] in ("start", "stop"), f"{doc}: `{' '.join(argv)}`: only ray start/stop are documented"
+        pytest.skip("a Ray cluster command: tests/test_docs_run.py runs it")
     elif tool == "docker":
         assert argv[argv.index("--model-repository") + 1].endswith("/triton"), "serve the artefact's triton/"
         pytest.skip("needs a container runtime; the repository it serves is checked in tests/serve")

@@ -9,7 +9,9 @@ type them, with only these changes (all of them here, in REWRITES, SHRINK and TI
   beside this checkout, and a command that reads a real data set is skipped, saying so, where it is absent;
 * sizes are shrunk (one epoch, 2,000 gallery rows, a few repeats and clients) and the torch.compile
   backends dropped (they compile for minutes): what is timed changes, the code path does not;
-* ``python -m serve`` runs in the background until its "ready:" line, for the commands after it.
+* ``python -m serve`` runs in the background until its "ready:" line, for the commands after it (a later
+  ``serve`` replaces it: both take the default ports); ``ray start``/``ray stop`` run the venv's ``ray``
+  (a cluster left by a failed command is stopped at the end).
 
 Skipped, as in test_docs_commands: pip/venv (network), gpu_run.sh (GPU), docker (container runtime),
 ``make demo``/``make test`` (the demo runs in tests/benchmarks/test_demo.py; the tests are this suite).
@@ -109,19 +111,30 @@ def work(tmp_path_factory: pytest.TempPathFactory):
     assert build_engine([str(checkpoint), "--out", str(demo / "artifact"), "--no-simplify"]) == 0
     servers: list[subprocess.Popen] = []
     yield work, servers
+    _stop(servers)
+    subprocess.run([_ray(), "stop", "--force"], env=_environment(), capture_output=True, timeout=120)
+
+
+def _stop(servers: list[subprocess.Popen]) -> None:
     for server in servers:
         server.terminate()
         server.wait(timeout=60)
+    servers.clear()
+
+
+def _ray() -> str:
+    return str(Path(sys.executable).with_name("ray"))
 
 
 def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "JLML_DATA": str(DATA)}
+            "JLML_DATA": str(DATA), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _serve(argv: list[str], work: Path, servers: list[subprocess.Popen]) -> None:
     """Start the documented server and return once it prints "ready:" (it runs until the module ends)."""
-    log = work / f"serve{len(servers)}.log"
+    _stop(servers)
+    log = work / f"serve-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         server = subprocess.Popen(argv, cwd=work, env=_environment(), stdout=out, stderr=subprocess.STDOUT)
     servers.append(server)
@@ -143,6 +156,11 @@ def test_documented_command_runs(doc, argv, work):
         pytest.skip(f"`{' '.join(argv)}`: {SKIP.get(tool) or SKIP[module_args(argv)[0]]}")
     if needs_data(argv) and not DATA.is_dir():
         pytest.skip(f"`{' '.join(argv)}` reads a real data set and {DATA} is absent")
+    if tool == "ray":
+        command = [_ray(), *argv[1:]]
+        done = subprocess.run(command, cwd=folder, env=_environment(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{doc}: `{' '.join(argv)}` exit {done.returncode}:\n{done.stderr[-4000:]}"
+        return None
     module, args = module_args(argv)
     launcher = [sys.executable, "-m", "torch.distributed.run", *argv[1:argv.index("-m")]] \
         if tool == "torchrun" else [sys.executable]
