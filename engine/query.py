@@ -101,6 +101,9 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
     if args.gallery is not None:
         from .search import read_gallery_file
 
+        if args.gallery.suffix == ".json":  # engine.sharded's manifest: the shards live on a Ray cluster
+            raise InputError(f"{args.gallery} is a sharded gallery's manifest; query the server that serves it "
+                             "(--url, without --gallery), or pass a one-file gallery (.npz)")
         stored = read_gallery_file(args.gallery)
         if args.url is None and args.artifact is not None and not args.allow_other_model:
             check_model(stored[0], args.gallery, args.artifact)

@@ -310,3 +310,12 @@ def test_embed_publishes_one_file_or_nothing(market_folder, artifact_dir, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"writing {out} failed: No space left" in err
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["crops", "g.npz"]
+
+
+def test_query_names_a_sharded_manifest_instead_of_misreading_it(tmp_path, artifact_dir, capsys):
+    manifest = tmp_path / "g.json"
+    manifest.write_text("{}")
+    image = tmp_path / "q.png"
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(image)
+    assert query_main([str(image), "--gallery", str(manifest), "--artifact", str(artifact_dir)]) == 2
+    assert "is a sharded gallery's manifest; query the server" in capsys.readouterr().err
