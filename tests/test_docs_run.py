@@ -46,6 +46,7 @@ SKIP = {"make": "the demo runs in tests/benchmarks/test_demo.py and `make test` 
         ".": "activates a virtual environment", "docker": "needs a container runtime",
         "bash": "needs an NVIDIA GPU (TensorRT, CUDA)"}
 READY_SECONDS = 240
+UNMADE: set[str] = set()  # --out folders of commands skipped for want of data: later readers skip too
 
 
 def shrunk(module: str, args: list[str]) -> list[str]:
@@ -154,7 +155,12 @@ def test_documented_command_runs(doc, argv, work):
     tool = argv[0] if argv[0] == "." else Path(argv[0]).name
     if tool in SKIP or (tool.startswith("python") and module_args(argv)[0] in ("venv", "pip")):
         pytest.skip(f"`{' '.join(argv)}`: {SKIP.get(tool) or SKIP[module_args(argv)[0]]}")
+    missing = [a for a in argv if any(a == out or a.startswith(out + "/") for out in UNMADE)]
+    if missing:
+        pytest.skip(f"`{' '.join(argv)}` reads {missing[0]}, the output of a command skipped above")
     if needs_data(argv) and not DATA.is_dir():
+        if "--out" in argv:
+            UNMADE.add(argv[argv.index("--out") + 1])
         pytest.skip(f"`{' '.join(argv)}` reads a real data set and {DATA} is absent")
     if tool == "ray":
         command = [_ray(), *argv[1:]]
