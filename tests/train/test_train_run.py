@@ -59,6 +59,7 @@ def test_run_pretrains_on_another_set_then_fine_tunes(tmp_path, tiny_cfg, monkey
         return real_load("synthetic", num_ids=12, num_test=2, seed=5, **kwargs)  # 10 ids
 
     monkeypatch.setattr(train.data, "load_reid_set", fake_prid)
+    monkeypatch.setenv("JLML_DATA", str(tmp_path))  # the run records a data root; none need exist here
     pretrain = Pretrain(DataChoice("prid2011", options={"num_train": 9, "num_test": 1}), epochs=1)
     tuned = run(tiny_cfg, OPTS, SMALL, tmp_path, pretrain=pretrain, evaluate=False)
     assert load_checkpoint(tmp_path / "pretrain" / "last.pt").extra["data"]["dataset"] == "prid2011"
