@@ -124,6 +124,19 @@ def pixel_features(rgb: Tensor, space: str, height: int) -> Tensor:
     return torch.cat([y, gradient_bins(grey(rgb)), colour(rgb, space)], 1)
 
 
+def _eye(n: int, like: Tensor) -> Tensor:
+    """The identity as a constant of the exported graph (torch.eye exports as EyeLike of a shape)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.as_tensor(np.eye(n), dtype=like.dtype, device=like.device)
+
+
+def _trace(x: Tensor, eye: Tensor) -> Tensor:
+    """trace over the last two dimensions, as a product with the identity (torch.diagonal exports as If
+    and CumSum nodes)."""
+    return (x * eye).sum((-1, -2))
+
+
 def _sqrt(a: Tensor, iterations: int, eye: Tensor) -> Tensor:
     """Coupled Newton-Schulz square root of SPD matrices whose eigenvalues lie in (0, 1]."""
     y, z = a, eye.expand_as(a)
@@ -136,8 +149,8 @@ def _sqrt(a: Tensor, iterations: int, eye: Tensor) -> Tensor:
 def spd_log(a: Tensor, n: int) -> Tensor:
     """Matrix logarithm of SPD matrices (..., n, n) by matrix products only (exports to ONNX/TensorRT):
     log A = log(c) I + 2^k log((A / c)^(1/2^k)), c = trace(A), the 2^k-th root close to I."""
-    eye = torch.eye(n, dtype=a.dtype, device=a.device)
-    c = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    eye = _eye(n, a)
+    c = _trace(a, eye)[..., None, None]
     b = a / c
     for iterations in ROOT_ITERATIONS:
         b = _sqrt(b, iterations, eye)
@@ -151,15 +164,15 @@ def spd_log(a: Tensor, n: int) -> Tensor:
 
 def spd_log_vector(mean: Tensor, cov: Tensor, d: int) -> Tensor:
     """(..., d) and (..., d, d) -> (..., (d+1)(d+2)/2): vech of log(|S|^(-1/(d+1)) [[S+mm', m], [m', 1]])."""
-    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-    trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).clamp_min(0.01)
+    eye = _eye(d, cov)
+    trace = _trace(cov, eye).clamp_min(0.01)
     cov = cov + EPS * trace[..., None, None] * eye
     top = torch.cat([cov + mean[..., :, None] * mean[..., None, :], mean[..., :, None]], -1)
     bottom = torch.cat([mean[..., None, :], torch.ones_like(mean[..., :1, None])], -1)
     log_p = spd_log(torch.cat([top, bottom], -2), d + 1)
     # |S|^(-1/(d+1)) scales the matrix, so it shifts the log by -log|S| / (d+1) I = -trace(log P) / (d+1) I
-    shift = torch.diagonal(log_p, dim1=-2, dim2=-1).mean(-1)
-    log_p = log_p - shift[..., None, None] * torch.eye(d + 1, dtype=cov.dtype, device=cov.device)
+    eye = _eye(d + 1, cov)
+    log_p = log_p - (_trace(log_p, eye) / (d + 1))[..., None, None] * eye
     rows, cols = np.triu_indices(d + 1)  # numpy: constants of the exported graph, as the tracer says
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
