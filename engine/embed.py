@@ -28,6 +28,7 @@ from . import cli
 from .errors import DataError, InputError
 from .images import IMAGE_SUFFIXES, load_images, named, scan_images
 from .progress import progress as progress_bar
+from .sharded.manifest import SUFFIX
 
 # Market-1501-style names: PPPP_cC... (id, camera); the one copy, train.data.market reads it too.
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)", re.IGNORECASE)
@@ -253,7 +254,7 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         raise InputError("--labels and --index-ids both say where the ids come from; pass one")
     if args.skip_junk and args.index_ids:
         raise InputError("--skip-junk leaves out id -1 of Market names or --labels; --index-ids has none, drop it")
-    if args.shards is not None and args.out.suffix != ".json":
+    if args.shards is not None and args.out.suffix != SUFFIX:
         raise InputError(f"--shards writes a sharded gallery's manifest: --out must end in .json, got {args.out}")
     if args.ray is not None and args.url is not None:
         raise InputError("--ray and --url both say where the images are embedded; pass one")

@@ -35,6 +35,7 @@ from .embed import (
 from .errors import InputError
 from .images import IMAGE_SUFFIXES, load_images
 from .ranked import Images, Ranked, draw, png_paths
+from .sharded.manifest import SUFFIX
 
 
 def query_paths(items: list[Path]) -> list[Path]:
@@ -101,7 +102,7 @@ def rank(args: argparse.Namespace) -> tuple[list[Ranked], Images | None, str | N
     if args.gallery is not None:
         from .search import read_gallery_file
 
-        if args.gallery.suffix == ".json":  # engine.sharded's manifest: the shards live on a Ray cluster
+        if args.gallery.suffix == SUFFIX:  # engine.sharded's manifest: the shards live on a Ray cluster
             raise InputError(f"{args.gallery} is a sharded gallery's manifest; query the server that serves it "
                              "(--url, without --gallery), or pass a one-file gallery (.npz)")
         stored = read_gallery_file(args.gallery)

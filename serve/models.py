@@ -24,10 +24,11 @@ from engine import InputError, ModelSpec
 from engine.client import CAMS, COUNT, DISTANCES, EMBEDDINGS, IDS, IMAGES, MAX_PADDED_K, K
 from engine.gallery import UNKNOWN_CAM, Gallery
 from engine.search.file import check_fingerprint, model_fingerprint
+from engine.sharded.manifest import SUFFIX
 
 Request = dict[str, np.ndarray]  # input name -> array, as the request carried it
 Response = dict[str, np.ndarray]
-SHARDED_SUFFIX = ".json"  # a gallery path ending so is a sharded gallery's manifest (engine.sharded)
+SHARDED_SUFFIX = SUFFIX  # a gallery path ending so is a sharded gallery's manifest (engine.sharded)
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> unit embeddings (N, D)
 # How to serve a gallery embedded by another model on purpose (both ways the models are started).
 OVERRIDE = "--allow-other-model (python -m serve) or JLML_ALLOW_OTHER_MODEL=1 (tritonserver)"
@@ -40,13 +41,18 @@ def load_gallery(path: Path, spec: ModelSpec, *, artifact: str, device: str = "c
     another model embedded unless ``allow_other_model``. A file that records no model is served, with
     one warning when ``warn``."""
     gallery = Gallery.load(path, device=device)
-    if gallery.dim != spec.embedding_dim:
-        raise InputError(f"gallery {path} holds {gallery.dim}-D embeddings, the artefact makes "
-                         f"{spec.embedding_dim}-D; embed it again with this artefact")
+    check_dim(path, gallery.dim, spec)
     if not allow_other_model and (warn or gallery.model_fingerprint is not None):
         check_fingerprint(gallery.model_fingerprint, spec, source=f"gallery {path}", artifact=artifact,
                           override=override)
     return gallery
+
+
+def check_dim(path: Path, dim: int, spec: ModelSpec) -> None:
+    """InputError unless the gallery at ``path`` (one file or a sharded manifest) holds the artefact's size."""
+    if dim != spec.embedding_dim:
+        raise InputError(f"gallery {path} holds {dim}-D embeddings, the artefact makes "
+                         f"{spec.embedding_dim}-D; embed it again with this artefact")
 
 
 def check_ray_address(gallery: Path, ray: str | None) -> None:
@@ -127,12 +133,8 @@ class GalleryService:
                 raise
             return self.gallery
         opts = dataclasses.replace(self.shard_options or ShardOptions(), address=self.ray, device=self.device)
-        return self._checked(ShardedGallery.load(self.path, options=opts))  # type: ignore[arg-type]
-
-    def _checked(self, gallery: Any) -> Any:
-        if gallery.dim != self.spec.embedding_dim:
-            raise InputError(f"gallery {self.path} holds {gallery.dim}-D embeddings, the artefact makes "
-                             f"{self.spec.embedding_dim}-D; embed it again with this artefact")
+        gallery = ShardedGallery.load(self.path, options=opts)  # type: ignore[arg-type]
+        check_dim(self.path, gallery.dim, self.spec)  # type: ignore[arg-type]
         return gallery
 
     def _check_batch(self, n: int, what: str) -> None:

@@ -27,7 +27,7 @@ from engine import BackendUnavailableError, InputError
 from engine.client import ADD_MODEL, EMBED_MODEL, ENGINE_CONFIG, REPOSITORY_DIR, SEARCH_MODEL, TritonClient
 from engine.embedder import artifact_spec
 
-from .models import SHARDED_SUFFIX, load_gallery
+from .models import SHARDED_SUFFIX, check_dim, load_gallery
 from .triton_models import Settings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -224,10 +224,7 @@ def check_gallery(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLi
     if Path(gallery).suffix == SHARDED_SUFFIX:  # a sharded gallery's manifest: its dimension, no actors yet
         from engine.sharded.manifest import Manifest
 
-        dim, want = Manifest.read(gallery).dim, artifact_spec(artifact_dir).embedding_dim
-        if dim != want:
-            raise InputError(f"sharded gallery {gallery} holds {dim}-D embeddings, the artefact makes {want}-D; "
-                             "embed it again with this artefact")
+        check_dim(Path(gallery), Manifest.read(gallery).dim, artifact_spec(artifact_dir))
         return
     load_gallery(Path(gallery), artifact_spec(artifact_dir), artifact=f"artefact {artifact_dir}",
                  allow_other_model=opts.allow_other_model, warn=False, override="--allow-other-model")

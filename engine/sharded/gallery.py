@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import ArtifactError, BackendUnavailableError, InputError, JLMLError
 from ..gallery import UNKNOWN_CAM, Gallery
 from .actor import ShardActor
-from .manifest import Manifest, ShardEntry, stale_files
+from .manifest import SUFFIX, Manifest, ShardEntry, stale_files
 
 
 class ShardedAddError(JLMLError, RuntimeError):
@@ -118,7 +118,7 @@ class ShardedGallery:
         """A new empty gallery of ``shards`` shards: the manifest at ``path`` (a shard gets its file with its
         first rows). A manifest already there is replaced; its shard files go at the first add."""
         path = Path(path)
-        if path.suffix != ".json":
+        if path.suffix != SUFFIX:
             raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
         if not isinstance(shards, (int, np.integer)) or shards <= 0:
             raise InputError(f"shards must be a positive int, got {shards!r}")
@@ -275,7 +275,7 @@ class ShardedGallery:
         target = Path(path)
         if target.resolve() == self.path.resolve():
             return
-        if target.suffix != ".json":
+        if target.suffix != SUFFIX:
             raise InputError(f"a sharded gallery saves to a .json manifest, got {target}; e.g. gallery.json")
         entries = self._call("save_to", str(target.resolve()))
         new = Manifest.new(self.dim, self.method, self.storage, self.shards)
