@@ -118,10 +118,16 @@ def colour(rgb: Tensor, space: str) -> Tensor:
     return rgb[:, :2] / total
 
 
-def pixel_features(rgb: Tensor, space: str, height: int) -> Tensor:
+def shared_features(rgb: Tensor, height: int) -> Tensor:
+    """(B, 5, H, W): the row (0..1) and the grey gradient in 4 orientations, the same in every colour space."""
     rows = torch.linspace(0, 1, height, dtype=rgb.dtype, device=rgb.device).view(1, 1, height, 1)
     y = rows + torch.zeros_like(rgb[:, :1])  # broadcast to (B, 1, H, W) without reading the batch size
-    return torch.cat([y, gradient_bins(grey(rgb)), colour(rgb, space)], 1)
+    return torch.cat([y, gradient_bins(grey(rgb))], 1)
+
+
+def pixel_features(rgb: Tensor, space: str, shared: Tensor) -> Tensor:
+    """(B, d, H, W) pixel features of ``space``: ``shared_features`` and the colour channels."""
+    return torch.cat([shared, colour(rgb, space)], 1)
 
 
 def _eye(n: int, like: Tensor) -> Tensor:
@@ -234,9 +240,13 @@ def feature_dim(space: str) -> int:
     return 1 + 4 + (2 if space == "nrng" else 3)
 
 
+def gaussian_dim(d: int) -> int:
+    """Length of a d-dimensional Gaussian's vector: vech of its (d+1) x (d+1) matrix."""
+    return (d + 1) * (d + 2) // 2
+
+
 def block_dim(space: str, regions: int) -> int:
-    m = (feature_dim(space) + 1) * (feature_dim(space) + 2) // 2  # a patch vector
-    return regions * (m + 1) * (m + 2) // 2
+    return regions * gaussian_dim(gaussian_dim(feature_dim(space)))  # regions of patch-vector Gaussians
 
 
 class GOG(nn.Module):
@@ -246,6 +256,8 @@ class GOG(nn.Module):
         super().__init__()
         self.cfg, self.height, self.width = cfg, height, width
         self.blocks = [block_dim(s, cfg.regions) for s in cfg.spaces]
+        # a constant of the input size (not a buffer: .half() must not round it)
+        self.weights = region_weights(*patch_grid(height, width), height, width, cfg.regions)
 
     @property
     def dim(self) -> int:
@@ -253,10 +265,10 @@ class GOG(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         rgb = images.float().permute(0, 3, 1, 2) / 255  # cast first: the uint8 input feeds only a Cast
-        weights = region_weights(*patch_grid(self.height, self.width), self.height, self.width, self.cfg.regions)
+        shared = shared_features(rgb, self.height)
         parts = []
         for space in self.cfg.spaces:
             d = feature_dim(space)
-            patches = patch_gaussians(pixel_features(rgb, space, self.height), d, self.height, self.width)
-            parts.append(region_gaussians(patches, weights, (d + 1) * (d + 2) // 2))
+            patches = patch_gaussians(pixel_features(rgb, space, shared), d, self.height, self.width)
+            parts.append(region_gaussians(patches, self.weights, gaussian_dim(d)))
         return torch.cat(parts, 1)
