@@ -69,8 +69,17 @@ class HandCrafted(nn.Module):
 
     def fit_means(self, raw: np.ndarray) -> None:
         """Set the block means from the training images' raw descriptors (N, dim)."""
-        if self.gog is not None:
-            self.means = torch.as_tensor(raw.mean(0), dtype=torch.float32)
+        self.use_means(raw.mean(0))
+
+    def use_means(self, means: np.ndarray | None) -> None:
+        """Set the block means (dim,) as fitted (gog+lomo; "lomo" has none and ignores them)."""
+        if self.gog is not None and means is not None:
+            self.means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
+
+    def matcher_args(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this descriptor in a ``train.hybrid.HybridMatcher``."""
+        return {"descriptor": self.kind, "gog_cfg": self.gog_cfg,
+                "means": self.means.double().cpu().numpy() if self.gog is not None else None}
 
     def normalise_np(self, raw: np.ndarray) -> np.ndarray:
         """``normalise`` on float64 numpy rows (fitting: the raw descriptors are computed once)."""

@@ -173,6 +173,5 @@ def fit_matcher(kind: str, data: ReidSet, spec: ModelSpec, lomo_cfg: LOMOConfig,
     metric = metric_on(np.ones(len(descriptors_), dtype=bool))
     report.share, report.xqda_dims = share, metric.dims
     matcher = HybridMatcher(None if math.isinf(share) else jlml, lomo_cfg, spec, metric,
-                            weights_for(share, rms_norm(metric, descriptors_)), descriptor=hand.kind,
-                            gog_cfg=hand.gog_cfg, means=hand.means.double().numpy() if hand.gog is not None else None)
+                            weights_for(share, rms_norm(metric, descriptors_)), **hand.matcher_args())
     return matcher.eval(), report

@@ -49,8 +49,7 @@ class HybridMatcher(nn.Module):
                              "need b > 0, and a > 0 exactly when there is a JLML network")
         self.jlml, self.weights, self.base_spec = jlml, (a, b), spec
         self.descriptor = HandCrafted(descriptor, lomo_cfg, gog_cfg, spec.height, spec.width)
-        if means is not None:
-            self.descriptor.fit_means(np.asarray(means, np.float64)[None])
+        self.descriptor.use_means(means)
         if metric.projection.shape[0] != self.descriptor.dim:
             raise InputError(f"XQDA map takes {metric.projection.shape[0]}-D descriptors, {descriptor} at "
                              f"{spec.height}x{spec.width} gives {self.descriptor.dim}-D; fit it on this input size")
@@ -94,12 +93,7 @@ class HybridMatcher(nn.Module):
         metric = XQDAMap(projection=self.projection.double().cpu().numpy(), center=self.center.double().cpu().numpy(),
                          eigenvalues=self.eigenvalues.double().cpu().numpy())
         return HybridMatcher(None, self.lomo.cfg, self.base_spec, metric, (0.0, self.weights[1]),
-                             **self._descriptor_args()).eval()
-
-    def _descriptor_args(self) -> dict[str, Any]:
-        d = self.descriptor
-        return {"descriptor": d.kind, "gog_cfg": d.gog_cfg,
-                "means": d.means.double().cpu().numpy() if d.gog is not None else None}
+                             **self.descriptor.matcher_args()).eval()
 
     def metric_embedding(self, images: Tensor) -> Tensor:
         """The centred XQDA embedding (N, r) in float32, unscaled: ``||.||^2`` differences are XQDA's."""
