@@ -20,16 +20,12 @@ from PIL import Image
 from engine.metrics import evaluate
 from train.data.datasets import resolve_root
 from train.data.folders import split_people
-from train.descriptor import descriptors
+from train.descriptor import descriptors, unit_rows
 from train.gog import GOG, SPACES, GOGConfig
 from train.lomo import LOMO, LOMOConfig
 from train.xqda import fit_xqda
 
 SETS = {"viper": (316, 316), "prid2011": (100, 100)}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def files_and_labels(name: str, root: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
@@ -70,9 +66,9 @@ def rank1(name: str, table: dict[str, np.ndarray], blocks: list[str]) -> list[fl
         if blocks == ["lomo"]:
             x = table["lomo"]
         else:
-            x = np.concatenate([_unit(table[b] - table[b][tr].mean(0)) for b in blocks], axis=1)
+            x = np.concatenate([unit_rows(table[b] - table[b][tr].mean(0)) for b in blocks], axis=1)
         metric = fit_xqda(x[tr], pid[tr], cam[tr])
-        zq, zg = _unit(metric.embed(x[q])), _unit(metric.embed(x[g]))
+        zq, zg = unit_rows(metric.embed(x[q])), unit_rows(metric.embed(x[g]))
         m = evaluate(zq.astype(np.float32), pid[q], cam[q], zg.astype(np.float32), pid[g], cam[g],
                      protocol="single_shot")
         out.append(100 * m["rank1"])

@@ -19,6 +19,7 @@ from PIL import Image
 from engine.metrics import evaluate
 from train.data.datasets import resolve_root
 from train.data.folders import split_people
+from train.descriptor import unit_rows
 from train.fusion import lomo_descriptors
 from train.lomo import LOMO, LOMOConfig
 from train.xqda import fit_xqda
@@ -26,12 +27,8 @@ from train.xqda import fit_xqda
 Prep = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def centre_l2(x: np.ndarray, train: np.ndarray) -> np.ndarray:
-    return _unit(x - x[train].mean(0))
+    return unit_rows(x - x[train].mean(0))
 
 
 def run(tag: str, table: dict, prep: Prep = lambda x, _: x, mirror: bool = False, lam: float = 1e-3,
@@ -49,7 +46,7 @@ def run(tag: str, table: dict, prep: Prep = lambda x, _: x, mirror: bool = False
         metric = fit_xqda(fit_x, fit_p, fit_c, lam=lam)
         zq, zg = metric.embed(x[q]), metric.embed(x[g])
         if unit:
-            zq, zg = _unit(zq), _unit(zg)
+            zq, zg = unit_rows(zq), unit_rows(zg)
         m = evaluate(zq.astype(np.float32), pid[q], cam[q], zg.astype(np.float32), pid[g], cam[g],
                      protocol="single_shot")
         rank1.append(100 * m["rank1"])

@@ -27,6 +27,11 @@ from .lomo import LOMO, LOMOConfig
 DESCRIPTORS = ("lomo", "gog+lomo")
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of ``x`` L2-normalised (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 class HandCrafted(nn.Module):
     """uint8 NHWC images -> float32 (N, dim) descriptor of ``kind`` (module docstring)."""
 
@@ -87,7 +92,7 @@ class HandCrafted(nn.Module):
             return raw
         centred = raw - self.means.double().numpy()
         out = np.split(centred, np.cumsum(self.blocks)[:-1], axis=1)
-        return np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in out], 1)
+        return np.concatenate([unit_rows(p) for p in out], 1)
 
     def describe(self) -> dict[str, Any]:
         gog = {"gog": self.gog.cfg.to_dict()} if self.gog is not None else {}

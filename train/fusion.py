@@ -24,7 +24,7 @@ from engine.metrics import evaluate
 from engine.spec import ModelSpec
 
 from .data.reidset import ReidSet, make_reid_set
-from .descriptor import HandCrafted, descriptors
+from .descriptor import HandCrafted, descriptors, unit_rows
 from .gog import GOGConfig
 from .hybrid import DESCRIPTOR_OF, FUSED, MATCHERS, HybridMatcher
 from .lomo import LOMO, LOMOConfig
@@ -87,10 +87,6 @@ def _fold(data: ReidSet, rows: dict[str, np.ndarray]) -> ReidSet:
     return make_reid_set(f"{data.name}(held-out {held})", "single_shot", part)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def weights_for(share: float, scale: float) -> tuple[float, float]:
     """(a, b) of ``train.hybrid`` for the metric part's ``share`` (inf: the metric alone)."""
     return (0.0, 1.0 / scale) if math.isinf(share) else (1.0, share / scale)
@@ -107,7 +103,7 @@ def choose_share(jlml: tuple[np.ndarray, np.ndarray], metric: tuple[np.ndarray, 
     scores = {}
     for share in SHARES:
         a, b = weights_for(share, scale)
-        q, g = (_unit(np.concatenate([a * u, b * z], axis=1)) for u, z in zip(jlml, metric, strict=True))
+        q, g = (unit_rows(np.concatenate([a * u, b * z], axis=1)) for u, z in zip(jlml, metric, strict=True))
         m = evaluate(q.astype(np.float32), fold.query_pids, fold.query_cams, g.astype(np.float32),
                      fold.gallery_pids, fold.gallery_cams, protocol="single_shot")
         scores[str(share)] = {"rank1": m["rank1"], "mAP": m["mAP"]}
