@@ -36,10 +36,9 @@ from engine.errors import InputError
 SPACES = ("rgb", "lab", "hsv", "nrng")
 PATCH, STRIDE = 5, 2
 EPS = 1e-3  # ridge: S + EPS * max(trace(S), 0.01) I, as the authors' code
-# spd_log: Newton-Schulz iterations for each of the successive square roots, then log(1 + x) terms.
-# With the ridge above a matrix's condition stays below ~1e6: 1e6 -> 1e3 -> 32 -> 5.6 -> 2.4 -> 1.5 -> 1.2,
-# each root converging in the iterations given; measured against eigh in tests/train/test_gog.py.
-ROOT_ITERATIONS = (22, 13, 8, 6, 5, 4)
+# spd_log: the smallest eigenvalue of A / trace(A) it is built for (the ridge above keeps a patch's or a
+# region's matrix above it), and the float32 tolerance each square root iterates to; then log(1 + x) terms.
+LOWEST, ROOT_TOLERANCE, ROOTS = 1e-7, 3e-7, 6
 LOG_TERMS = 10
 
 
@@ -143,11 +142,42 @@ def _trace(x: Tensor, eye: Tensor) -> Tensor:
     return (x * eye).sum((-1, -2))
 
 
-def _sqrt(a: Tensor, iterations: int, eye: Tensor) -> Tensor:
-    """Coupled Newton-Schulz square root of SPD matrices whose eigenvalues lie in (0, 1]."""
+def _step_gain(a: float) -> tuple[float, float]:
+    """A Newton-Schulz step T = a I - b ZY maps an eigenvalue x of ZY to x (a - b x)^2; b = 4a^3/27 makes
+    its largest value exactly 1 (a = 1.5: the classic step)."""
+    return a, 4 * a ** 3 / 27
+
+
+def newton_schulz_steps(lowest: float, tolerance: float = ROOT_TOLERANCE) -> tuple[float, ...]:
+    """The ``a`` of each step of a square root whose eigenvalues lie in [lowest, 1]: each step takes the
+    largest a (up to sqrt(27/4), where x (a - b x)^2 would reach 0 inside [0, 1]) that does not map 1 below
+    what it maps ``lowest`` to, so small eigenvalues grow up to 6.7x a step instead of the classic 2.25x
+    (scaled Newton-Schulz, as Chen & Chow 2014 scale it for the sign function)."""
+    def image(x: float, a: float) -> float:
+        _, b = _step_gain(a)
+        return x * (a - b * x) ** 2
+
+    steps: list[float] = []
+    while 1 - lowest > tolerance:
+        lo, hi = 1.5, math.sqrt(27 / 4)
+        for _ in range(50):  # bisection: image(lowest, a) rises with a, image(1, a) falls
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if image(lowest, mid) < image(1.0, mid) else (lo, mid)
+        steps.append(lo)
+        lowest = min(image(lowest, lo), image(1.0, lo))
+    return tuple(steps)
+
+
+# one tuple of steps per successive square root: the k-th root's eigenvalues lie in [LOWEST^(1/2^k), 1]
+ROOT_STEPS = tuple(newton_schulz_steps(LOWEST ** (0.5 ** k)) for k in range(ROOTS))
+
+
+def _sqrt(a: Tensor, steps: tuple[float, ...], eye: Tensor) -> Tensor:
+    """Coupled Newton-Schulz square root of SPD matrices (..., n, n) whose eigenvalues lie in (0, 1]."""
     y, z = a, eye.expand_as(a)
-    for _ in range(iterations):
-        t = 1.5 * eye - 0.5 * (z @ y)
+    for gain in steps:
+        c0, c1 = _step_gain(gain)
+        t = torch.baddbmm(c0 * eye, z, y, alpha=-c1)  # c0 I - c1 ZY in one kernel
         y, z = y @ t, t @ z
     return y
 
@@ -157,15 +187,15 @@ def spd_log(a: Tensor, n: int) -> Tensor:
     log A = log(c) I + 2^k log((A / c)^(1/2^k)), c = trace(A), the 2^k-th root close to I."""
     eye = _eye(n, a)
     c = _trace(a, eye)[..., None, None]
-    b = a / c
-    for iterations in ROOT_ITERATIONS:
-        b = _sqrt(b, iterations, eye)
+    b = (a / c).reshape(-1, n, n)  # one batch of matrices (baddbmm)
+    for steps in ROOT_STEPS:
+        b = _sqrt(b, steps, eye)
     x = b - eye
     power, log_b = x, x
     for j in range(2, LOG_TERMS + 1):
         power = power @ x
         log_b = log_b + ((-1) ** (j + 1) / j) * power
-    return log_b * float(2 ** len(ROOT_ITERATIONS)) + torch.log(c) * eye
+    return log_b.view_as(a) * float(2 ** ROOTS) + torch.log(c) * eye
 
 
 def spd_log_vector(mean: Tensor, cov: Tensor, d: int) -> Tensor:
