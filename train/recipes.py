@@ -214,6 +214,11 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
                                 matcher="gog_xqda"),
     "prid2011_fused": Recipe("prid2011_fused", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
                              options={**_CPU_OPTIONS, "epochs": 60}, matcher="fused"),
+    # JLML fused with GOG + LOMO + XQDA: the fused recipes' network, the gog_xqda recipes' descriptor.
+    "viper_gog_fused": Recipe("viper_gog_fused", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
+                              options={**_CPU_OPTIONS, "epochs": 30}, matcher="gog_fused"),
+    "prid2011_gog_fused": Recipe("prid2011_gog_fused", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
+                                 options={**_CPU_OPTIONS, "epochs": 60}, matcher="gog_fused"),
     # Seconds on any machine: checks that a study runs end to end (and is what the tests use).
     "smoke": Recipe("smoke", "synthetic",
                     config={"height": 32, "width": 16, "widths": (4, 8), "blocks": (1, 1), "feat_dim": 16},
