@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,10 +40,12 @@ from benchmarks.common import (
 )
 from engine import Embedder, InputError, JLMLError, ModelSpec, cli
 from engine.atomic import write_text
-from engine.client import TritonClient
+from engine.client import EMBED_MODEL, SEARCH_MODEL, TritonClient
+from engine.search import Gallery
+from engine.search.file import model_fingerprint
 from serve.process import ServerProcess
 
-COLUMNS = ["protocol", "batch", "clients", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
+COLUMNS = ["protocol", "request", "batch", "clients", "sent", "answered", "errors", "max_abs_diff", "requests_per_s",
            "images_per_s", "p50_ms", "p99_ms", "in_process_p50_ms", "paired_server_p50_ms", "overhead_ms", "ratio",
            "triton_ms", "infer_ms"]
 TRANSPORTS = ("grpc", "http", "grpc+shm", "http+shm")  # +shm: inputs through system shared memory
@@ -124,6 +126,25 @@ def _per_request(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
     return {"triton_ms": mean_ms("success"), "queue_ms": mean_ms("queue"), "infer_ms": mean_ms("compute_infer")}
 
 
+def _paired(client: TritonClient, local_call: Callable[[int], Any], remote_call: Callable[[int], Any],
+            pairs: int, model: str) -> dict[str, float]:
+    """``pairs`` rounds of ``local_call(i)`` then ``remote_call(i)``, each started SETTLE_S after the
+    previous call; the median of the paired differences and Triton's own figures for ``model``."""
+    local: list[float] = []
+    remote: list[float] = []
+    before = client.statistics(model)
+    for i in range(pairs):
+        time.sleep(SETTLE_S)
+        local += time_calls(partial(local_call, i), warmup=0, repeats=1)
+        time.sleep(SETTLE_S)
+        remote += time_calls(partial(remote_call, i), warmup=0, repeats=1)
+    inside = _per_request(before, client.statistics(model))
+    diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
+    local_p50, remote_p50 = summarize(local)["p50_ms"], summarize(remote)["p50_ms"]
+    return {"in_process_p50_ms": local_p50, "paired_server_p50_ms": remote_p50, "ratio": remote_p50 / local_p50,
+            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90)), **inside}
+
+
 def paired_overhead(transport: Transport, embedder: Embedder, batches: list[np.ndarray],
                     pairs: int) -> dict[str, float]:
     """Per-request cost of the server over the in-process Embedder at the same batch: ``pairs`` rounds
@@ -131,22 +152,37 @@ def paired_overhead(transport: Transport, embedder: Embedder, batches: list[np.n
     paired differences is the overhead (robust on a shared, drifting machine). Each call starts
     SETTLE_S after the previous one: ONNX Runtime's threads spin-wait after a run, and the reference's
     (or the server's) spinning threads would otherwise take the cores the other side runs on."""
-    local: list[float] = []
-    remote: list[float] = []
     with transport.client() as client:
         client.embed(batches[0])  # connection (and shared-memory region) set-up is not per request
-        before = client.statistics()
-        for i in range(pairs):
-            batch = batches[i % len(batches)]
-            time.sleep(SETTLE_S)
-            local += time_calls(partial(embedder, batch), warmup=0, repeats=1)
-            time.sleep(SETTLE_S)
-            remote += time_calls(partial(client.embed, batch), warmup=0, repeats=1)
-        inside = _per_request(before, client.statistics())
-    diffs = [1e3 * (r - x) for r, x in zip(remote, local, strict=True)]
-    local_p50, remote_p50 = summarize(local)["p50_ms"], summarize(remote)["p50_ms"]
-    return {"in_process_p50_ms": local_p50, "paired_server_p50_ms": remote_p50, "ratio": remote_p50 / local_p50,
-            "overhead_ms": float(np.median(diffs)), "overhead_p90_ms": float(np.percentile(diffs, 90)), **inside}
+        return _paired(client, lambda i: embedder(batches[i % len(batches)]),
+                       lambda i: client.embed(batches[i % len(batches)]), pairs, EMBED_MODEL)
+
+
+def paired_search(transport: Transport, gallery: Gallery, queries: list[np.ndarray], k: int,
+                  pairs: int) -> dict[str, Any]:
+    """The server's ``search`` by embedding against ``gallery.search`` in-process, paired as embed is;
+    every answer is compared with the in-process one (ids equal, largest distance difference)."""
+    want = [gallery.search(q, k) for q in queries]
+    with transport.client() as client:
+        got = [client.search(k, embeddings=q) for q in queries]
+        row = _paired(client, lambda i: gallery.search(queries[i % len(queries)], k),
+                      lambda i: client.search(k, embeddings=queries[i % len(queries)]), pairs, SEARCH_MODEL)
+    same = [np.array_equal(g[1], w[1]) for g, w in zip(got, want, strict=True)]
+    return {"request": f"search k={k}", "batch": len(queries[0]), "clients": 1, "sent": len(same),
+            "answered": len(same), "errors": same.count(False),
+            "max_abs_diff": max(float(np.abs(g[0] - w[0]).max()) for g, w in zip(got, want, strict=True)), **row}
+
+
+def search_gallery(spec: ModelSpec, rows: int, out: Path) -> tuple[Gallery, Path]:
+    """A gallery of ``rows`` random unit rows of the artefact's size, saved as ``out/gallery.npz`` with the
+    artefact's model fingerprint (the server refuses another model's gallery)."""
+    rng = np.random.default_rng(1)
+    gallery = Gallery(spec.embedding_dim)
+    vectors = rng.standard_normal((rows, spec.embedding_dim)).astype(np.float32)
+    gallery.add(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), rng.integers(0, max(rows // 4, 1), rows))
+    gallery.model_fingerprint = model_fingerprint(spec)
+    gallery.save(out / "gallery.npz")
+    return gallery, out / "gallery.npz"
 
 
 def _cells(args: argparse.Namespace, server: ServerProcess, embedder: Embedder,
@@ -158,11 +194,23 @@ def _cells(args: argparse.Namespace, server: ServerProcess, embedder: Embedder,
             for clients in args.clients:
                 row = load_cell(transport, clients, batches, expected, requests=args.requests,
                                 max_seconds=args.max_seconds)
-                row["protocol"] = protocol
+                row.update(protocol=protocol, request="embed")
                 if clients == 1:
                     row.update(paired_overhead(transport, embedder, batches, args.pairs))
                 rows.append(row)
                 print(markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+    return rows
+
+
+def _search_cells(args: argparse.Namespace, server: ServerProcess, gallery: Gallery,
+                  expected: list[list[np.ndarray]]) -> list[dict[str, Any]]:
+    """Search by embedding (k = 10), one client, at each batch: the in-process embeddings are the queries."""
+    rows = []
+    for protocol in dict.fromkeys(p.split("+")[0] for p in args.protocols):
+        for queries in expected:
+            row = paired_search(Transport(getattr(server, protocol), False), gallery, queries, 10, args.pairs)
+            rows.append({"protocol": protocol, **row})
+            print(markdown_table([rows[-1]], COLUMNS).splitlines()[-1], flush=True)
     return rows
 
 
@@ -179,11 +227,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for batch in args.batches:
             batches = [rng.integers(0, 256, (batch, *spec.image_shape), dtype=np.uint8) for _ in range(DISTINCT_BATCHES)]
             data[batch] = (batches, [embedder(b) for b in batches])
-        server = ServerProcess.start(args.artifact, args.out / "server.log",
+        gallery, gallery_file = search_gallery(spec, args.gallery_rows, args.out) if args.gallery_rows else (None, None)
+        server = ServerProcess.start(args.artifact, args.out / "server.log", gallery=gallery_file,
                                      extra=("--backend", args.backend, "--device", args.device,
                                             "--precision", embedder.precision))
         try:
             rows = _cells(args, server, embedder, data)
+            if gallery is not None:
+                rows += _search_cells(args, server, gallery, [d[1] for d in data.values()])
         finally:
             rc = server.stop()
     return {"environment": {**environment(args.device if args.device != "auto" else "cpu"),
@@ -231,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-process/server call pairs for the overhead")
     p.add_argument("--backend", default="ort", help="engine backend of the server and the in-process reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--gallery-rows", type=cli.non_negative_int, default=0,
+                   help="also serve a gallery of this many random rows and time search by embedding (k=10)")
     cli.add_precision(p)
     return p
 

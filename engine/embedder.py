@@ -25,7 +25,7 @@ _log = logging.getLogger(__name__)
 
 
 def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, precision: str | None,
-                  module: Any, compile: bool) -> Backend:
+                  module: Any, compile: bool, spin_wait: bool) -> Backend:
     """Open the backend named ``backend`` (already resolved from "auto") for ``spec``."""
     if compile and backend != "torch":
         raise InputError(f"compile=True applies to backend='torch' only, not {backend!r}")
@@ -33,7 +33,7 @@ def _open_backend(folder: Path, spec: ModelSpec, backend: str, device: str, prec
     if backend == "torch":
         return cls(module, spec, device=device, precision=precision or "fp32", compile=compile)
     if backend == "ort":
-        return cls(folder, spec, device=device, precision=precision or "fp32")
+        return cls(folder, spec, device=device, precision=precision or "fp32", spin_wait=spin_wait)
     return cls(folder, spec, device=device, precision=precision)  # trt: None is the plan's own
 
 
@@ -119,13 +119,14 @@ class Embedder:
     artefact has for the device: the plan's own precision where "auto"/"trt" serve the plan, else FP32),
     or "fp32", "fp16" or "int8" (ort only), an error listing what the artefact has if it lacks it;
     ``batch_size``: images per backend call, at most the backend's ``max_batch`` (the default);
-    ``compile``: torch backend only, run the module through ``torch.compile``.
+    ``compile``: torch backend only, run the module through ``torch.compile``; ``spin_wait``: ONNX
+    Runtime only, False lets its threads sleep as soon as a call ends (a server: see OrtBackend).
     """
 
     def __init__(self, artifact_dir: str | os.PathLike[str] | None, *, backend: str = "auto",
                  device: str = "auto", precision: str | None = None, module: Any = None,
                  batch_size: int | None = None, spec: ModelSpec | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, spin_wait: bool = True) -> None:
         if backend not in BACKEND_NAMES:
             raise InputError(f"unknown backend {backend!r}; choose one of {BACKEND_NAMES}")
         if precision is not None:
@@ -143,7 +144,7 @@ class Embedder:
         if backend == "auto":
             backend, why = _resolve_auto(folder, spec, device, precision)
         _check_offered(folder, backend, precision)
-        self._backend = _open_backend(folder, spec, backend, device, precision, module, compile)
+        self._backend = _open_backend(folder, spec, backend, device, precision, module, compile, spin_wait)
         self.spec = spec
         self.choice = why  # why this backend serves (the log line's reason)
         fell_back = asked == "auto" and backend == "ort" and (folder / PLAN_FILE).is_file() and device != "cpu"

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless they share one embedding space)")
     p.add_argument("--ray", metavar="ADDRESS", help="with --gallery MANIFEST.json: the Ray cluster the sharded "
                    "gallery's shards run on ('auto' on a node of it, or ray://HOST:10001)")
+    p.add_argument("--ort-spin", action="store_true", help="let ONNX Runtime's threads spin-wait after each "
+                   "batch (its default in-process; off here, where the request path needs the same cores between "
+                   "batches: measured in benchmarks/README.md)")
     p.add_argument("--verbose", action="store_true", help="log tritonserver's progress (info lines) too")
     return p
 
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = ServerOptions(address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, backend=args.backend, device=args.device,
                          precision=args.precision, gallery_device=args.gallery_device,
-                         allow_other_model=args.allow_other_model, verbose=args.verbose, ray=args.ray)
+                         allow_other_model=args.allow_other_model, verbose=args.verbose, ray=args.ray,
+                         ort_spin=args.ort_spin)
 
     def body() -> int:
         if args.gallery is None and args.gallery_device != parser.get_default("gallery_device"):

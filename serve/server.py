@@ -53,6 +53,7 @@ class ServerOptions:
     gallery_device: str = "cpu"
     allow_other_model: bool = False  # serve a gallery embedded by another model than the artefact's
     ray: str | None = None  # the Ray cluster of a sharded gallery (engine.sharded)
+    ort_spin: bool = False  # ONNX Runtime's threads spin-wait between batches (engine.Embedder's spin_wait)
     exit_timeout_s: int = 10
     verbose: bool = False
 
@@ -279,7 +280,8 @@ def serve(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLike[str] 
     models = (EMBED_MODEL,) if gallery is None else (EMBED_MODEL, SEARCH_MODEL, ADD_MODEL)
     settings = Settings(backend=opts.backend, device=opts.device, precision=opts.precision,
                         gallery=None if gallery is None else str(Path(gallery).resolve()),
-                        gallery_device=opts.gallery_device, allow_other_model=opts.allow_other_model, ray=opts.ray)
+                        gallery_device=opts.gallery_device, allow_other_model=opts.allow_other_model, ray=opts.ray,
+                        spin_wait=opts.ort_spin)
     with stop_on_signals() as stop, backend_directory(dist) as backends:
         proc = subprocess.Popen(command(binary, root, backends, models, opts), env=environment(settings, libs),
                                 cwd=PROJECT_ROOT)

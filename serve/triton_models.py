@@ -30,7 +30,9 @@ from .models import GalleryService, Request, Response
 INTERNAL_LINE = "the server failed on this request; its log has the details"
 ENV = {"backend": "JLML_BACKEND", "device": "JLML_DEVICE", "precision": "JLML_PRECISION",
        "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE",
-       "allow_other_model": "JLML_ALLOW_OTHER_MODEL", "ray": "JLML_RAY"}
+       "allow_other_model": "JLML_ALLOW_OTHER_MODEL", "ray": "JLML_RAY", "spin_wait": "JLML_ORT_SPIN"}
+SWITCHES = {"allow_other_model": "set it to 1 to serve a gallery embedded by another model",
+            "spin_wait": "set it to 1 to let ONNX Runtime's threads spin-wait between batches"}
 SWITCH = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}  # a bool's values
 
 
@@ -48,16 +50,17 @@ class Settings:
     gallery_device: str = "cpu"
     allow_other_model: bool = False
     ray: str | None = None  # the Ray cluster of a sharded gallery (gallery: its .json manifest)
+    spin_wait: bool = False  # ONNX Runtime's threads sleep after a batch: the request path needs the cores
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         values: dict[str, Any] = {field: env[name] for field, name in ENV.items() if env.get(name)}
-        if "allow_other_model" in values:
-            value = values["allow_other_model"]
-            if value.lower() not in SWITCH:
-                raise InputError(f"{ENV['allow_other_model']}={value!r}, expected 1 or 0 (true/false, yes/no); "
-                                 "set it to 1 to serve a gallery embedded by another model")
-            values["allow_other_model"] = SWITCH[value.lower()]
+        for field, fix in SWITCHES.items():
+            if field in values:
+                value = values[field]
+                if value.lower() not in SWITCH:
+                    raise InputError(f"{ENV[field]}={value!r}, expected 1 or 0 (true/false, yes/no); {fix}")
+                values[field] = SWITCH[value.lower()]
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -107,7 +110,8 @@ class EmbedModel(_Model):
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         s = self.settings
-        self.embedder = Embedder(self.artifact, backend=s.backend, device=s.device, precision=s.precision)
+        self.embedder = Embedder(self.artifact, backend=s.backend, device=s.device, precision=s.precision,
+                                 spin_wait=s.spin_wait)
         print(f"jlml: {EMBED_MODEL}: {self.embedder} ({self.embedder.choice})", flush=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:

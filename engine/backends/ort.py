@@ -62,9 +62,12 @@ class OrtBackend(BaseBackend):
 
     def __init__(self, artifact_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
                  device: str = "auto", precision: str = "fp32", intra_op_threads: int = 0,
-                 graph: str | os.PathLike[str] | None = None) -> None:
+                 graph: str | os.PathLike[str] | None = None, spin_wait: bool = True) -> None:
         """``graph``: run this ONNX file instead of the folder's graph of ``precision``, without the
-        fingerprint check (export uses it to check a graph before the spec fingerprints it)."""
+        fingerprint check (export uses it to check a graph before the spec fingerprints it);
+        ``spin_wait``: ONNX Runtime's threads spin after a run, waiting for the next (its default, the
+        fastest back-to-back calls); False sleeps them at once, for a server whose request path needs the
+        same cores between calls."""
         ort = _import_ort()
         folder = Path(artifact_dir)
         self.spec = spec if spec is not None else ModelSpec.load(folder)
@@ -83,6 +86,7 @@ class OrtBackend(BaseBackend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=[p for p, _ in chosen],
                                                  provider_options=[o for _, o in chosen])

@@ -179,3 +179,13 @@ def test_a_spec_whose_input_size_disagrees_with_the_graph_fails_at_open(artifact
 def test_a_model_file_instead_of_the_folder_says_to_pass_the_folder(artifact_dir):
     with pytest.raises(InputError, match=f"model.onnx is a file; pass the artefact folder that holds it \\({artifact_dir}\\)"):
         Embedder(artifact_dir / "model.onnx")
+
+
+@pytest.mark.parametrize("spin_wait,entry", [(True, "1"), (False, "0")])
+def test_spin_wait_reaches_the_onnx_runtime_session_and_keeps_the_answer(artifact_dir, make_images, reference,
+                                                                          spin_wait, entry):
+    images = make_images(3)
+    with Embedder(artifact_dir, backend="ort", device="cpu", spin_wait=spin_wait) as embedder:
+        options = embedder._backend._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        np.testing.assert_allclose(embedder(images), reference(images), atol=1e-5)

@@ -156,3 +156,13 @@ def test_allow_other_model_travels_through_the_environment():
     assert Settings.from_env({"JLML_ALLOW_OTHER_MODEL": "false"}).allow_other_model is False
     with pytest.raises(InputError, match="JLML_ALLOW_OTHER_MODEL='maybe', expected 1 or 0"):
         Settings.from_env({"JLML_ALLOW_OTHER_MODEL": "maybe"})
+
+
+def test_onnx_runtime_spin_waiting_is_off_in_the_server_unless_asked():
+    from serve.server import ServerOptions
+    from serve.triton_models import Settings
+
+    assert Settings.from_env(Settings().to_env()).spin_wait is False and ServerOptions().ort_spin is False
+    assert Settings.from_env({"JLML_ORT_SPIN": "1"}).spin_wait is True
+    with pytest.raises(InputError, match="JLML_ORT_SPIN='fast', expected 1 or 0.*spin-wait"):
+        Settings.from_env({"JLML_ORT_SPIN": "fast"})
