@@ -2,7 +2,7 @@
 
 ``python tools/gog_study.py --dataset viper|prid2011 --cache FILE.npz [--data-root DIR]`` computes every
 image's GOG blocks (``train.gog``, the served module) and LOMO once, keeps them in ``--cache`` (GOG takes
-about a second an image on 2 CPU cores), and prints Rank-1 mean ± std and the per-split values of XQDA on:
+about 0.3 s an image on one loaded CPU core), and prints Rank-1 mean ± std and the per-split values of XQDA on:
 LOMO alone, GOG alone (4 colour spaces) and GOG + LOMO (the ``gog_xqda`` matcher: each block centred on
 the split's training mean and L2-normalised). Each split's people come from
 ``train.data.folders.split_people`` with the study's seeds and protocols (``train.data.single_shot``).

@@ -151,7 +151,7 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
     # It serves GOG + LOMO + XQDA (train.gog, train.lomo, train.descriptor, train.xqda), which trains
     # nothing: over the 10 splits of VIPeR and PRID2011 it ranks far above JLML and LOMO + XQDA (Rank-1
     # 50.9 ± 2.9 against 16.7 ± 3.3 and 38.4 ± 2.3; 38.8 ± 4.4 against 10.1 ± 2.4 and 22.7 ± 3.7;
-    # RESULTS.md), at a cost: GOG takes about a second an image on a 2-core AMD EPYC. --matcher lomo_xqda is the
+    # RESULTS.md), at a cost: GOG takes about 0.1 s an image on a quiet 2-core AMD EPYC. --matcher lomo_xqda is the
     # fast hand-crafted choice; --matcher jlml trains the JLML-only model measured above.
     "few_hundred_ids": Recipe("few_hundred_ids", "market1501", config={**_SMALL_NET, **_NECK, "width": 64},
                               options={**_CPU_OPTIONS, "epochs": 60}, matcher="gog_xqda"),
@@ -207,7 +207,7 @@ RECIPES: MappingProxyType[str, Recipe] = MappingProxyType({
                                  matcher="lomo_xqda"),
     # GOG (train.gog: four colour spaces) and LOMO, each block centred and L2-normalised, + XQDA
     # (train.descriptor). Over the 10 splits: VIPeR Rank-1 50.9 ± 2.9, PRID2011 38.8 ± 4.4 (RESULTS.md,
-    # "Hybrid matcher"); GOG costs about 1 s an image on a loaded 2-core AMD EPYC (matrix logs by products).
+    # "Hybrid matcher"); GOG costs about 0.1 s an image on a quiet 2-core AMD EPYC (matrix logs by products).
     "viper_gog_xqda": Recipe("viper_gog_xqda", "viper", config={**_SMALL_NET, **_NECK, "width": 48},
                              matcher="gog_xqda"),
     "prid2011_gog_xqda": Recipe("prid2011_gog_xqda", "prid2011", config={**_SMALL_NET, **_NECK, "width": 64},
