@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "unless they share one embedding space)")
     p.add_argument("--ray", metavar="ADDRESS", help="with --gallery MANIFEST.json: the Ray cluster the sharded "
                    "gallery's shards run on ('auto' on a node of it, or ray://HOST:10001)")
-    p.add_argument("--ort-spin", action="store_true", help="let ONNX Runtime's threads spin-wait after each "
-                   "batch (its default in-process; off here, where the request path needs the same cores between "
-                   "batches: measured in benchmarks/README.md)")
+    p.add_argument("--no-ort-spin", dest="ort_spin", action="store_false", help="let ONNX Runtime's threads "
+                   "sleep after each batch instead of spin-waiting for the next: for a host whose cores are busy "
+                   "with other work (on a quiet one spinning is faster: benchmarks/README.md)")
     p.add_argument("--verbose", action="store_true", help="log tritonserver's progress (info lines) too")
     return p
 

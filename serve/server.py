@@ -53,7 +53,7 @@ class ServerOptions:
     gallery_device: str = "cpu"
     allow_other_model: bool = False  # serve a gallery embedded by another model than the artefact's
     ray: str | None = None  # the Ray cluster of a sharded gallery (engine.sharded)
-    ort_spin: bool = False  # ONNX Runtime's threads spin-wait between batches (engine.Embedder's spin_wait)
+    ort_spin: bool = True  # ONNX Runtime's threads spin-wait between batches (engine.Embedder's spin_wait)
     exit_timeout_s: int = 10
     verbose: bool = False
 

@@ -32,7 +32,7 @@ ENV = {"backend": "JLML_BACKEND", "device": "JLML_DEVICE", "precision": "JLML_PR
        "gallery": "JLML_GALLERY", "gallery_device": "JLML_GALLERY_DEVICE",
        "allow_other_model": "JLML_ALLOW_OTHER_MODEL", "ray": "JLML_RAY", "spin_wait": "JLML_ORT_SPIN"}
 SWITCHES = {"allow_other_model": "set it to 1 to serve a gallery embedded by another model",
-            "spin_wait": "set it to 1 to let ONNX Runtime's threads spin-wait between batches"}
+            "spin_wait": "set it to 0 to let ONNX Runtime's threads sleep between batches"}
 SWITCH = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}  # a bool's values
 
 
@@ -50,7 +50,7 @@ class Settings:
     gallery_device: str = "cpu"
     allow_other_model: bool = False
     ray: str | None = None  # the Ray cluster of a sharded gallery (gallery: its .json manifest)
-    spin_wait: bool = False  # ONNX Runtime's threads sleep after a batch: the request path needs the cores
+    spin_wait: bool = True  # ONNX Runtime's threads spin-wait after a batch (0: they sleep, for busy hosts)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -66,7 +66,7 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment variables for these settings (the unset ones empty, so none is inherited)."""
         def text(value: object) -> str:
-            return "" if value is None or value is False else "1" if value is True else str(value)
+            return "" if value is None else "1" if value is True else "0" if value is False else str(value)
 
         return {name: text(getattr(self, field)) for field, name in ENV.items()}
 

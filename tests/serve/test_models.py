@@ -158,11 +158,14 @@ def test_allow_other_model_travels_through_the_environment():
         Settings.from_env({"JLML_ALLOW_OTHER_MODEL": "maybe"})
 
 
-def test_onnx_runtime_spin_waiting_is_off_in_the_server_unless_asked():
+def test_onnx_runtime_spin_waiting_is_on_in_the_server_unless_turned_off():
+    from serve.__main__ import build_parser
     from serve.server import ServerOptions
     from serve.triton_models import Settings
 
-    assert Settings.from_env(Settings().to_env()).spin_wait is False and ServerOptions().ort_spin is False
-    assert Settings.from_env({"JLML_ORT_SPIN": "1"}).spin_wait is True
-    with pytest.raises(InputError, match="JLML_ORT_SPIN='fast', expected 1 or 0.*spin-wait"):
+    assert Settings.from_env(Settings().to_env()).spin_wait is True and ServerOptions().ort_spin is True
+    assert Settings.from_env(Settings(spin_wait=False).to_env()).spin_wait is False
+    assert Settings.from_env({"JLML_ORT_SPIN": "0"}).spin_wait is False
+    assert build_parser().parse_args(["art", "--no-ort-spin"]).ort_spin is False
+    with pytest.raises(InputError, match="JLML_ORT_SPIN='fast', expected 1 or 0.*sleep"):
         Settings.from_env({"JLML_ORT_SPIN": "fast"})

@@ -1,4 +1,4 @@
-"""Request cost with ONNX Runtime's spin-waiting on (``--ort-spin``) and off (the server's default), issue 26.
+"""Request cost with ONNX Runtime's spin-waiting on (the default) and off (``--no-ort-spin``), issue 26.
 
 Both servers run at once on the same artefact; each round times benchmarks.serve.paired_overhead on
 both (gRPC then HTTP, spin then no-spin), so both see the same machine load. The in-process reference
@@ -23,7 +23,7 @@ from engine.client import TritonClient
 
 def start(art: str, port: int, log: str, spin: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serve", art, "--backend", "ort", "--device", "cpu", "--http-port", str(port),
-           "--grpc-port", str(port + 1), "--metrics-port", str(port + 2), *(["--ort-spin"] if spin else [])]
+           "--grpc-port", str(port + 1), "--metrics-port", str(port + 2), *([] if spin else ["--no-ort-spin"])]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True)
     with TritonClient(f"http://127.0.0.1:{port}") as client:
