@@ -73,10 +73,12 @@ def _required(request: Request, name: str, what: str) -> np.ndarray:
 class GalleryService:
     """The Gallery behind ``search`` and ``gallery_add``, following its file.
 
-    ``search`` and ``gallery_add`` run in separate processes (one Triton model each), so the gallery
-    file is what they share: ``gallery_add`` embeds (``embed``), adds and saves the file atomically
-    (engine.atomic: a server killed mid-save leaves the previous file), and every request first reloads
-    the file if another process replaced it (one stat). If the save fails the in-memory gallery is
+    ``search`` and ``gallery_add`` run in separate processes (one Triton model each). A sharded gallery's
+    actors are shared by both (engine.sharded: named per manifest), so an add is searched at once; the
+    manifest is still followed as below. For a one-file gallery the file is what they share:
+    ``gallery_add`` embeds (``embed``), adds and saves the file atomically (engine.atomic: a server
+    killed mid-save leaves the previous file), and every request first reloads the file if another
+    process replaced it (one stat). If the save fails the in-memory gallery is
     reloaded from the file, so what is served is always what is saved.
 
     Every load checks the file's model (``load_gallery``; ``artifact`` names the artefact, and
@@ -136,6 +138,12 @@ class GalleryService:
         gallery = ShardedGallery.load(self.path, options=opts)  # type: ignore[arg-type]
         check_dim(self.path, gallery.dim, self.spec)  # type: ignore[arg-type]
         return gallery
+
+    def close(self) -> None:
+        """Let go of a sharded gallery's actors (the last of the server's models to close ends them)."""
+        close = getattr(self.gallery, "close", None)
+        if close is not None:
+            close()
 
     def _check_batch(self, n: int, what: str) -> None:
         limit = self.spec.max_batch

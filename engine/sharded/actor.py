@@ -8,6 +8,11 @@ driver writes the manifest, then ``commit`` (or ``abort``, which reloads the com
 
 A load failure is kept and reported by ``info`` rather than raised: Ray would treat an exception in
 the constructor as a dead actor and the driver would lose the message that says what is wrong.
+
+The actors are shared by every ShardedGallery handle on the same manifest in one Ray cluster (named,
+detached: see engine.sharded.gallery); ``holders`` counts those handles (``attach`` / ``detach``) so the
+last one to close ends them. A restarted actor starts with none: a handle re-attaches when it finds its
+shard restarted, and one that finds its shard ended by another's close starts it again.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class ShardActor:
         self.entry: ShardEntry | None = None
         self.staged: ShardEntry | None = None
         self.error: JLMLError | None = None
+        self.holders: set[str] = set()
         try:
             self._load()
         except JLMLError as exc:
@@ -80,6 +86,16 @@ class ShardActor:
 
         return {"pid": os.getpid(), "rows": None if self.gallery is None else len(self.gallery), "error": self.error,
                 "threads": torch.get_num_threads()}
+
+    def attach(self, holder: str) -> dict[str, Any]:
+        """One more handle uses this shard; its ``info``."""
+        self.holders.add(holder)
+        return self.info()
+
+    def detach(self, holder: str) -> int:
+        """That handle is closed; the handles left (0: the caller ends the actor)."""
+        self.holders.discard(holder)
+        return len(self.holders)
 
     def pid(self) -> int:
         return os.getpid()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from _sharded_data import DIM, OPTIONS, SHARDS, assert_same, in_process, local_r
 from engine.errors import ArtifactError, InputError  # noqa: E402
 from engine.gallery import Gallery  # noqa: E402
 from engine.sharded import Manifest, ShardedGallery, merge_topk  # noqa: E402
+from engine.sharded.gallery import actor_namespace  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray_cluster = pytest.fixture(scope="module")(local_ray)
@@ -140,3 +142,40 @@ def test_approximate_shards_answer_and_refuse_exclusion_with_gallerys_error(ray_
     with pytest.raises(InputError, match="cannot skip same-id-same-camera rows"):
         sharded.search(emb[6:10], 5, query_ids=ids[6:10], query_cams=cams[6:10])
     sharded.close()
+
+
+def test_two_handles_on_one_manifest_share_the_actors_and_the_last_close_ends_them(ray_cluster, tmp_path):
+    """As the server's search and gallery_add processes: one set of actors, an add seen with no reload."""
+    first, second = rows(), rows(60, seed=2)
+    adder = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    adder.add(*first)
+    searcher = ShardedGallery.load(tmp_path / "g.json", options=OPTIONS)
+    assert searcher.pids() == adder.pids()
+    assert [a._actor_id for a in searcher._actors] == [a._actor_id for a in adder._actors]
+    adder.add(*second)
+    queries = second[0][:20]
+    assert len(searcher) == 460  # the manifest followed by a stat, no actor reloaded
+    assert_same(searcher.search(queries, 10), in_process(first, second).search(queries, 10))
+    pids = adder.pids()
+    adder.close()  # the searcher still holds them: they stay
+    assert searcher.pids() == pids
+    assert_same(searcher.search(queries, 10), in_process(first, second).search(queries, 10))
+    namespace = actor_namespace(tmp_path / "g.json")
+    name = f"shard-000-{Manifest.read(tmp_path / 'g.json').uuid}"
+    ray.get_actor(name, namespace=namespace)
+    searcher.close()  # the last one
+    deadline = time.monotonic() + 30
+    while name in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]:
+        assert time.monotonic() < deadline, "the last close left the actors running"
+        time.sleep(0.2)
+
+
+def test_a_handle_whose_actors_another_ended_starts_them_again(ray_cluster, tmp_path):
+    emb, ids, cams = rows()
+    one = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    one.add(emb, ids, cams)
+    other, before = ShardedGallery.load(tmp_path / "g.json", options=OPTIONS), one.pids()
+    other.shutdown()  # e.g. an operator ending a crashed server's actors
+    assert_same(one.search(emb[:10], 5), in_process((emb, ids, cams)).search(emb[:10], 5))
+    assert not set(one.pids()) & set(before)  # new actors, loaded from the manifest's files
+    one.close()

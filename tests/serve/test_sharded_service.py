@@ -38,6 +38,7 @@ def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedde
     adder = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address, shard_options=OPTIONS)
     searcher = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address,
                               shard_options=OPTIONS)  # Triton runs search and gallery_add in two processes
+    assert adder.gallery.pids() == searcher.gallery.pids() == sharded.pids()  # one set of actors, shared
     queries = pixels(5, seed=2)
     got = searcher.search({"images": queries, "k": np.array([7], np.int32)})
     want = reference.search(local_embedder(queries), 7)
@@ -52,6 +53,10 @@ def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedde
     want = reference.search(local_embedder(added), 3)
     np.testing.assert_array_equal(got["ids"], want[1])
     assert got["ids"][:, 0].tolist() == [100, 101, 102, 103]
+    adder.close()
+    sharded.close()  # the searcher holds the actors still
+    assert searcher.search({"images": added, "k": np.array([1], np.int32)})["ids"][:, 0].tolist() == [100, 101, 102, 103]
+    searcher.close()
 
 
 def test_a_failed_reload_is_tried_again_at_the_next_request(address, local_embedder, gallery_images, tmp_path,
