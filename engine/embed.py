@@ -156,11 +156,12 @@ def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.nd
 
 
 def save_sharded(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
-                 paths: Sequence[Path], shards: int, address: str | None) -> None:
-    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file."""
+                 paths: Sequence[Path], shards: int, address: str | None, fingerprint: str | None = None) -> None:
+    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file;
+    the manifest records the model that embedded the rows (``fingerprint``), as save_gallery's file does."""
     from .sharded import ShardedGallery, ShardOptions
 
-    gallery = ShardedGallery.create(out, embeddings.shape[1], shards,
+    gallery = ShardedGallery.create(out, embeddings.shape[1], shards, model_fingerprint=fingerprint,
                                     options=ShardOptions(address=address, cpus=0, strategy="SPREAD"))
     try:
         gallery.images_root = str(root.resolve())
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.shards is None:
             save_gallery(args.out, *rows, fingerprint)
         else:
-            save_sharded(args.out, *rows, args.shards, None if args.ray in (None, "local") else args.ray)
+            save_sharded(args.out, *rows, args.shards, None if args.ray in (None, "local") else args.ray, fingerprint)
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
               f"{embeddings.shape[1]}-D, with each row's image"
               + ("" if args.shards is None else f"; {args.shards} shards") + f"; skipped {found - len(kept)} files)")

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError, InputError, JLMLError
 from ..gallery import UNKNOWN_CAM, Gallery
+from ..search.file import is_fingerprint
 from .actor import ShardActor
 from .manifest import SUFFIX, Manifest, ShardEntry, stale_files
 
@@ -117,7 +118,7 @@ class ShardedGallery:
         self._stamp, self._token, self._class = _stamp(manifest_path), uuid.uuid4().hex, ray.remote(actor)
         self._actors = [self._start(i) for i in range(len(manifest.shards))]
         self._probe = Gallery(manifest.dim, storage=manifest.storage)  # empty: checks inputs as Gallery does
-        self._images_root = manifest.images_root
+        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
         try:
             infos = self._call("attach", self._token, timeout=options.start_timeout_s)
         except ray.exceptions.GetTimeoutError as exc:
@@ -144,16 +145,20 @@ class ShardedGallery:
     @classmethod
     def create(cls, path: str | os.PathLike[str], dim: int, shards: int, *, method: str = "auto",
                storage: str = "float32", options: ShardOptions = ShardOptions(), actor: type = ShardActor,
-               ) -> ShardedGallery:
+               model_fingerprint: str | None = None) -> ShardedGallery:
         """A new empty gallery of ``shards`` shards: the manifest at ``path`` (a shard gets its file with its
-        first rows). A manifest already there is replaced; its shard files go at the first add."""
+        first rows). A manifest already there is replaced; its shard files go at the first add.
+        ``model_fingerprint``: the model that embeds the rows (engine.search.file.model_fingerprint)."""
         path = Path(path)
         if path.suffix != SUFFIX:
             raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
         if not isinstance(shards, (int, np.integer)) or shards <= 0:
             raise InputError(f"shards must be a positive int, got {shards!r}")
         Gallery(dim, storage=storage, method=method)  # the same checks of dim, storage and method
-        manifest = Manifest.new(dim, method, storage, int(shards))
+        if model_fingerprint is not None and not is_fingerprint(model_fingerprint):
+            raise InputError(f"model_fingerprint must be 64 hex digits (engine.search.file.model_fingerprint), "
+                             f"got {model_fingerprint!r}")
+        manifest = Manifest.new(dim, method, storage, int(shards), model_fingerprint)
         manifest.write(path)
         return cls(path, manifest, options, actor)
 
@@ -189,6 +194,15 @@ class ShardedGallery:
     @images_root.setter
     def images_root(self, root: str | None) -> None:
         self._images_root = root
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        """The model that embedded the rows (as Gallery's); a new value is recorded by the next add."""
+        return self._fingerprint
+
+    @model_fingerprint.setter
+    def model_fingerprint(self, fingerprint: str | None) -> None:
+        self._fingerprint = fingerprint
 
     def __len__(self) -> int:
         return self._current().rows
@@ -267,7 +281,7 @@ class ShardedGallery:
                       "paths": None if paths is None else [p for p, r in zip(paths, route, strict=True) if r == s]})
                  for s in touched]
         entries = self._prepare(calls, version, root)
-        new = self._manifest.with_shards(entries, root)
+        new = self._manifest.with_shards(entries, root, self._fingerprint)
         try:
             new.write(self.path)
         except ArtifactError as exc:
@@ -313,7 +327,8 @@ class ShardedGallery:
             raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
                                 f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
         self._call("sync")
-        self._manifest, self._images_root, self._stamp = manifest, manifest.images_root, _stamp(self.path)
+        self._manifest, self._stamp = manifest, _stamp(self.path)
+        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Every add is saved already: to this manifest nothing is written; elsewhere each shard writes
@@ -325,7 +340,7 @@ class ShardedGallery:
             raise InputError(f"a sharded gallery saves to a .json manifest, got {target}; e.g. gallery.json")
         entries = self._call("save_to", str(target.resolve()))
         new = Manifest.new(self.dim, self.method, self.storage, self.shards)
-        new.with_shards(dict(enumerate(entries)), self.images_root).write(target)
+        new.with_shards(dict(enumerate(entries)), self.images_root, self.model_fingerprint).write(target)
 
     def close(self) -> None:
         """Let go of the shard actors: the last handle on them (in any process of the cluster) ends them."""

@@ -179,3 +179,26 @@ def test_a_handle_whose_actors_another_ended_starts_them_again(ray_cluster, tmp_
     assert_same(one.search(emb[:10], 5), in_process((emb, ids, cams)).search(emb[:10], 5))
     assert not set(one.pids()) & set(before)  # new actors, loaded from the manifest's files
     one.close()
+
+
+def test_the_manifest_records_the_model_through_adds_and_saves(ray_cluster, tmp_path):
+    fingerprint = "ab" * 32
+    sharded = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS, model_fingerprint=fingerprint)
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint == fingerprint == sharded.model_fingerprint
+    sharded.add(*rows(30))
+    sharded.save(tmp_path / "copy.json")
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint == fingerprint
+    assert Manifest.read(tmp_path / "copy.json").model_fingerprint == fingerprint
+    sharded.close()
+    with pytest.raises(InputError, match="model_fingerprint must be 64 hex digits"):
+        ShardedGallery.create(tmp_path / "h.json", DIM, SHARDS, model_fingerprint="abc")
+
+
+def test_a_manifest_with_a_malformed_model_fingerprint_is_refused(tmp_path):
+    Manifest.new(DIM, "auto", "float32", 2).write(tmp_path / "g.json")
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint is None  # as manifests written before it
+    body = json.loads((tmp_path / "g.json").read_text())
+    body["model_fingerprint"] = "not-a-fingerprint"
+    (tmp_path / "g.json").write_text(json.dumps(body))
+    with pytest.raises(ArtifactError, match="records model_fingerprint 'not-a-fingerprint', expected 64 hex"):
+        Manifest.read(tmp_path / "g.json")

@@ -10,6 +10,7 @@ pytest.importorskip("ray.data")
 
 from _sharded_data import local_ray  # noqa: E402
 
+from engine.embed import artifact_fingerprint  # noqa: E402
 from engine.embed import main as embed_main  # noqa: E402
 from engine.gallery import Gallery  # noqa: E402
 from engine.sharded import Manifest, ShardedGallery, ShardOptions  # noqa: E402
@@ -30,6 +31,7 @@ def test_embed_writes_a_sharded_gallery_that_answers_as_the_one_file(ray_cluster
                        "--shards", "3"]) == 0
     manifest = Manifest.read(tmp_path / "g.json")
     assert len(manifest.shards) == 3 and manifest.rows == 60 and manifest.images_root == str(folder.resolve())
+    assert manifest.model_fingerprint == artifact_fingerprint(artifact_dir) is not None  # the model is recorded
     assert sorted(p.name for p in tmp_path.glob("g.shard-*.npz")) == sorted(s.file for s in manifest.shards)
     one, sharded = Gallery.load(tmp_path / "one.npz"), ShardedGallery.load(tmp_path / "g.json",
                                                                             options=ShardOptions(cpus=0))
