@@ -39,6 +39,22 @@ def _set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+def read_rows(files: list[str], rows: np.ndarray) -> np.ndarray:
+    """The embeddings of row numbers ``rows`` (in file order) from .npz files of ``kept`` and
+    ``embeddings`` (ShardedGallery.add_files), holding one file at a time beside this shard's rows."""
+    wanted, parts = np.asarray(rows, np.int64), []
+    for name in files:
+        with np.load(name) as chunk:
+            pick = np.isin(chunk["kept"], wanted)
+            if pick.any():
+                parts.append(chunk["embeddings"][pick])
+    found = sum(len(p) for p in parts)
+    if found != len(wanted):
+        raise ArtifactError(f"the {len(files)} embedding files hold {found} of this shard's {len(wanted)} rows; "
+                            "a file changed since the add began: embed again")
+    return np.concatenate(parts)
+
+
 class ShardActor:
     """Wrapped with ``ray.remote`` by the driver; plain Python otherwise (the tests use it directly too)."""
 
@@ -113,7 +129,8 @@ class ShardActor:
             self.abort()
             gallery = self._ready()
         gallery.images_root = images_root
-        gallery.add(np.array(rows["embeddings"]), rows["ids"], rows["cams"], paths=rows["paths"])
+        embeddings = np.array(rows["embeddings"]) if "embeddings" in rows else read_rows(rows["files"], rows["rows"])
+        gallery.add(embeddings, rows["ids"], rows["cams"], paths=rows["paths"])
         name = shard_name(self.manifest_path, self.index, version)
         gallery.save(self.manifest_path.parent / name)
         self.staged = ShardEntry.of(self.manifest_path.parent, name, len(gallery))

@@ -98,6 +98,12 @@ def actor_namespace(manifest_path: Path) -> str:
     return "jlml-gallery-" + hashlib.sha256(str(manifest_path.resolve()).encode()).hexdigest()[:16]
 
 
+def _kept(name: str) -> np.ndarray:
+    """An embedding file's row numbers (an .npz member is read on its own, not the embeddings)."""
+    with np.load(name) as chunk:
+        return np.asarray(chunk["kept"], np.int64).reshape(-1)
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -274,10 +280,37 @@ class ShardedGallery:
         emb = np.asarray(embeddings).reshape(-1, self.dim)
         ids = np.asarray(ids, np.int64).reshape(-1)
         cams = np.full(len(ids), UNKNOWN_CAM, np.int64) if cams is None else np.asarray(cams, np.int64).reshape(-1)
+        self._add_routed(ids, cams, paths, lambda on: {"embeddings": emb[on]})
+
+    def add_files(self, files: Sequence[str | os.PathLike[str]], ids: Any, cams: Any = None, *,
+                  paths: Sequence[str] | None = None) -> np.ndarray:
+        """``add`` of rows the shards read from embedding files themselves (engine.ray_embed's chunks), so
+        the caller never holds the embeddings: each file is an .npz of ``kept`` (int64 row numbers) and
+        ``embeddings`` (one row each); ``ids``, ``cams`` and ``paths`` are indexed by row number. Rows are
+        added in file order; every shard reads every file (on storage all shards see) and keeps its own.
+        Returns the row numbers added."""
+        files = [os.fspath(Path(f).resolve()) for f in files]
+        kept = np.concatenate([_kept(f) for f in files])
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        cams = np.full(len(ids), UNKNOWN_CAM, np.int64) if cams is None else np.asarray(cams, np.int64).reshape(-1)
+        labels = {len(ids), len(cams), len(ids) if paths is None else len(paths)}
+        if len(labels) != 1 or len(np.unique(kept)) != len(kept) or not np.all((kept >= 0) & (kept < len(ids))):
+            raise InputError(f"add_files got {len(ids)} ids, {len(cams)} cams, {'no' if paths is None else len(paths)} "
+                             f"paths and {len(kept)} row numbers in {kept.min(initial=0)}..{kept.max(initial=0)} "
+                             f"({len(np.unique(kept))} unique); pass one id, cam and path per row number, each row "
+                             "in one file")
+        self._add_routed(ids[kept], cams[kept], None if paths is None else [paths[i] for i in kept],
+                         lambda on: {"files": files, "rows": kept[on]})
+        return kept
+
+    def _add_routed(self, ids: np.ndarray, cams: np.ndarray, paths: Sequence[str] | None,
+                    payload: Any) -> None:
+        """The two-phase add of rows routed by id; ``payload(mask)``: how shard rows ``mask`` get their
+        embeddings (the rows themselves, or the files to read them from)."""
         route = ids % self.shards
         touched = [s for s in range(self.shards) if np.any(route == s)]
         version, root = self._current().version + 1, self._images_root
-        calls = [(s, {"embeddings": emb[route == s], "ids": ids[route == s], "cams": cams[route == s],
+        calls = [(s, {**payload(route == s), "ids": ids[route == s], "cams": cams[route == s],
                       "paths": None if paths is None else [p for p, r in zip(paths, route, strict=True) if r == s]})
                  for s in touched]
         entries = self._prepare(calls, version, root)

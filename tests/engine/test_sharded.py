@@ -202,3 +202,23 @@ def test_a_manifest_with_a_malformed_model_fingerprint_is_refused(tmp_path):
     (tmp_path / "g.json").write_text(json.dumps(body))
     with pytest.raises(ArtifactError, match="records model_fingerprint 'not-a-fingerprint', expected 64 hex"):
         Manifest.read(tmp_path / "g.json")
+
+
+def test_add_files_has_the_shards_read_the_rows_and_answers_as_add(ray_cluster, tmp_path):
+    """The shards read embedding files (engine.ray_embed's chunks) themselves; rows 7 and 250 were unreadable."""
+    emb, ids, cams = rows()
+    kept = np.setdiff1d(np.arange(len(ids)), [7, 250])
+    files = []
+    for n, part in enumerate(np.array_split(kept, 3)):
+        np.savez(tmp_path / f"chunk-{n}.npz", kept=part, embeddings=emb[part])
+        files.append(tmp_path / f"chunk-{n}.npz")
+    paths = [f"img{i}.png" for i in range(len(ids))]
+    sharded = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    np.testing.assert_array_equal(sharded.add_files(files, ids, cams, paths=paths), kept)
+    assert len(sharded) == len(kept)
+    check_equal(sharded, in_process((emb[kept], ids[kept], cams[kept])), emb, ids, cams)
+    shard = Gallery.load(tmp_path / Manifest.read(tmp_path / "g.json").shards[0].file)
+    assert set(shard.paths) <= {paths[i] for i in kept} and len(shard.paths) == len(shard)
+    with pytest.raises(InputError, match="add_files got 400 ids, 399 cams"):
+        sharded.add_files(files, ids, cams[:-1])
+    sharded.close()
