@@ -130,8 +130,8 @@ class ShardedGallery:
         except ray.exceptions.GetTimeoutError as exc:
             self.shutdown()  # never started: nobody else can be using them
             raise ShardUnavailableError(
-                f"the {len(manifest.shards)} shard actors of {manifest_path} did not start in {options.start_timeout_s:.0f} s; "
-                f"each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
+                f"the {len(manifest.shards)} shard actors of {manifest_path} did not start in "
+                f"{options.start_timeout_s:.0f} s; each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
                 "ShardOptions.cpus") from exc
         self.threads = [info["threads"] for info in infos]
         for info in infos:
@@ -218,12 +218,16 @@ class ShardedGallery:
         added, and its rows are in the actors already."""
         stamp = _stamp(self.path)
         if stamp != self._stamp:
-            manifest = Manifest.read(self.path)
-            if manifest.uuid != self._manifest.uuid or len(manifest.shards) != self.shards:
-                raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
-                                    f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
-            self._manifest, self._stamp = manifest, stamp
+            self._manifest, self._stamp = self._read_same(), stamp
         return self._manifest
+
+    def _read_same(self) -> Manifest:
+        """The manifest on disk; ArtifactError if it is another gallery's now (created again at this path)."""
+        manifest = Manifest.read(self.path)
+        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
+            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
+                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        return manifest
 
     def pids(self) -> list[int]:
         """The shard actors' process ids (the fault tests kill one)."""
@@ -355,10 +359,7 @@ class ShardedGallery:
 
     def reload(self) -> None:
         """Follow the manifest after another process added to it: shards whose file changed reload it."""
-        manifest = Manifest.read(self.path)
-        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
-            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
-                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        manifest = self._read_same()
         self._call("sync")
         self._manifest, self._stamp = manifest, _stamp(self.path)
         self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
