@@ -140,7 +140,8 @@ class ShardedGallery:
                 raise info["error"]
 
     def _start(self, index: int) -> Any:
-        """The handle of shard ``index``'s actor: the running one of this manifest, else a new one."""
+        """The handle of shard ``index``'s actor: the running one of this manifest (started with its first
+        handle's options), else a new one."""
         o = self.options
         return self._class.options(
             name=f"shard-{index:03d}-{self._manifest.uuid}", namespace=actor_namespace(self.path),
