@@ -2,8 +2,9 @@
 
 Every image under FOLDER (recursively, sorted) is decoded, resized and embedded, in-process through
 an Embedder, against a running server (``--url``, see ``python -m serve``) or on a Ray cluster
-(``--ray``). Person ids and cameras come from Market-1501-style names (``0002_c1s1_000451_03.jpg``:
-id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
+(``--ray``; with ``--shards`` the shard actors read the workers' embeddings from files, so this
+process never holds them). Person ids and cameras come from Market-1501-style names
+(``0002_c1s1_000451_03.jpg``: id 2, camera 1) or from a CSV (``--labels``: columns path,id[,cam], paths relative to FOLDER), or are
 the image's index (``--index-ids``). The gallery file also records each row's image (relative to
 FOLDER), so ``python -m engine.query`` can show the images behind its results, and the fingerprint of
 the artefact's model (``--artifact``), which ``engine.query`` and the server check; it is written
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,17 +159,42 @@ def save_gallery(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.nd
 
 
 def save_sharded(out: Path, embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray, root: Path,
-                 paths: Sequence[Path], shards: int, address: str | None) -> None:
-    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file."""
+                 paths: Sequence[Path], shards: int, address: str | None, fingerprint: str | None = None) -> None:
+    """A sharded gallery at ``out`` (a .json manifest): one add, each shard's actor writes its own file;
+    the manifest records the model that embedded the rows (``fingerprint``), as save_gallery's file does."""
+    with _new_sharded(out, embeddings.shape[1], shards, address, fingerprint, root) as gallery:
+        gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
+
+
+@contextmanager
+def _new_sharded(out: Path, dim: int, shards: int, address: str | None, fingerprint: str | None,
+                 root: Path) -> Iterator[Any]:
+    """A new ShardedGallery at ``out`` on the cluster ``address``, closed after the block."""
     from .sharded import ShardedGallery, ShardOptions
 
-    gallery = ShardedGallery.create(out, embeddings.shape[1], shards,
+    gallery = ShardedGallery.create(out, dim, shards, model_fingerprint=fingerprint,
                                     options=ShardOptions(address=address, cpus=0, strategy="SPREAD"))
     try:
         gallery.images_root = str(root.resolve())
-        gallery.add(embeddings, ids, cams, paths=[str(p.relative_to(root)) for p in paths])
+        yield gallery
     finally:
         gallery.close()
+
+
+def embed_into_shards(args: argparse.Namespace, paths: list[Path], ids: np.ndarray, cams: np.ndarray,
+                      fingerprint: str | None) -> tuple[int, list[int]]:
+    """``--ray --shards``: the Ray workers write their embeddings to files beside ``--out`` and each shard
+    actor reads its own rows from them (ShardedGallery.add_files), so this process never holds the
+    embeddings. Returns the embedding size and the indices of the images embedded."""
+    from .ray_embed import embed_to_files
+    from .spec import ModelSpec
+
+    files = embed_to_files(paths, args.artifact, _ray_dir(args), _ray_options(args))
+    dim = ModelSpec.load(args.artifact).embedding_dim
+    with _new_sharded(args.out, dim, args.shards, _cluster(args), fingerprint, args.folder) as gallery:
+        kept = gallery.add_files(files, ids, cams, paths=[str(p.relative_to(args.folder)) for p in paths])
+    shutil.rmtree(_ray_dir(args))
+    return dim, kept.tolist()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait for the Ray actors to start (a cluster whose resources are taken)")
     p.add_argument("--shards", type=cli.positive_int, help="write a sharded gallery of this many shards "
                    "instead (engine.sharded): --out is its .json manifest, each shard's file is written by its "
-                   "own Ray actor (on the --ray cluster, else a local one)")
+                   "own Ray actor (on the --ray cluster, else a local one); with --ray the shard actors read the "
+                   "workers' embeddings from files beside --out, none pass through this process")
     cli.add_no_progress(p)
     return p
 
@@ -203,15 +232,29 @@ def add_backend_device(p: argparse.ArgumentParser) -> None:
     cli.add_precision(p)
 
 
+def _cluster(args: argparse.Namespace) -> str | None:
+    """The --ray cluster's address (None: a local one)."""
+    return None if args.ray in (None, "local") else args.ray
+
+
+def _ray_dir(args: argparse.Namespace) -> Path:
+    """Where the Ray workers write their embedding files (beside --out: storage every node sees)."""
+    return args.out.parent / f".{args.out.name}.shards"
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    from .ray_embed import RayOptions
+
+    return RayOptions(address=_cluster(args), workers=args.ray_workers, cpus_per_worker=args.cpus_per_worker,
+                      gpus_per_worker=args.gpus_per_worker, backend=args.backend, device=args.device,
+                      precision=args.precision, start_timeout_s=args.ray_timeout)
+
+
 def _embed_all(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
     if args.ray is not None:
-        from .ray_embed import RayOptions, embed_with_ray
+        from .ray_embed import embed_with_ray
 
-        opts = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
-                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                          backend=args.backend, device=args.device, precision=args.precision,
-                          start_timeout_s=args.ray_timeout)
-        return embed_with_ray(paths, args.artifact, args.out.parent / f".{args.out.name}.shards", opts)
+        return embed_with_ray(paths, args.artifact, _ray_dir(args), _ray_options(args))
     return with_embed_fn(args, lambda embed, shape: embed_paths(paths, embed, shape, progress=not args.no_progress))
 
 
@@ -267,6 +310,20 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                          "would be ignored; drop them (or drop --url to embed in-process)")
 
 
+def _write(args: argparse.Namespace, paths: list[Path], ids: np.ndarray, cams: np.ndarray,
+           fingerprint: str | None) -> tuple[int, list[int]]:
+    """Embed ``paths`` and write --out (a file, or a sharded gallery); the size and the images embedded."""
+    if args.shards is not None and args.ray is not None:
+        return embed_into_shards(args, paths, ids, cams, fingerprint)
+    embeddings, kept = _embed_all(args, paths)
+    rows = (embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
+    if args.shards is None:
+        save_gallery(args.out, *rows, fingerprint)
+    else:
+        save_sharded(args.out, *rows, args.shards, _cluster(args), fingerprint)
+    return embeddings.shape[1], kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -279,17 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         ids, cams = labels(args.folder, paths, csv_path=args.labels, index_ids=args.index_ids)
         found = len(others) + len(paths)
         paths, ids, cams = drop_junk(paths, ids, cams, args.folder, skip_junk=args.skip_junk)
-        fingerprint = artifact_fingerprint(args.artifact)
-        embeddings, kept = _embed_all(args, paths)
+        dim, kept = _write(args, paths, ids, cams, artifact_fingerprint(args.artifact))
         unread = sorted(set(range(len(paths))) - set(kept))
         report_skipped(f"unreadable image(s) of {len(paths)}", [paths[i] for i in unread], args.folder)
-        rows = (embeddings, ids[kept], cams[kept], args.folder, [paths[i] for i in kept])
-        if args.shards is None:
-            save_gallery(args.out, *rows, fingerprint)
-        else:
-            save_sharded(args.out, *rows, args.shards, None if args.ray in (None, "local") else args.ray)
         print(f"wrote {args.out} ({len(kept)} images, {len(np.unique(ids[kept]))} ids, "
-              f"{embeddings.shape[1]}-D, with each row's image"
+              f"{dim}-D, with each row's image"
               + ("" if args.shards is None else f"; {args.shards} shards") + f"; skipped {found - len(kept)} files)")
 
     return cli.run_cli(body)

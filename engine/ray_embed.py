@@ -6,7 +6,8 @@ is one Ray Data row; an actor (``EmbedShard``) decodes its images, embeds them a
 restarts a dead actor and retries its task (its actor defaults: ``max_restarts=-1``,
 ``max_task_retries=-1``): a retried shard rewrites the same file name, so nothing is half-written or
 counted twice (tests/engine/test_ray_embed.py kills a worker mid-shard). The driver then merges the
-shards in path order, checking that every one is there exactly once. Shards already written by an
+shards in path order, checking that every one is there exactly once (``embed_with_ray``), or leaves
+them on disk for a sharded gallery's actors to read (``embed_to_files``, engine.sharded's add_files). Shards already written by an
 interrupted run over the same images and artefact are kept (the run resumes); others are removed.
 
 Multi-machine runs: ``address`` is the cluster (``"auto"`` on a node of it, or ``ray://HOST:10001``);
@@ -117,23 +118,29 @@ def prepare_shard_dir(folder: Path, manifest: dict[str, Any], paths: Sequence[Pa
     write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
-def merge_shards(folder: Path, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, list[int]]:
-    """Embeddings and kept indices of every shard in path order; ArtifactError for a missing or wrong one."""
-    parts, kept = [], []
+def read_shards(folder: Path, ranges: Sequence[tuple[int, int]], *keys: str) -> list[dict[str, np.ndarray]]:
+    """``kept`` and ``keys`` of every shard in path order (an .npz member is read only when asked for);
+    ArtifactError for a missing or wrong shard, or when no image of the run could be read."""
+    out = []
     for start, stop in ranges:
         path = shard_path(folder, start, stop)
         try:
             with np.load(path) as shard:
                 if (int(shard["start"]), int(shard["stop"])) != (start, stop):
                     raise ArtifactError(f"shard {path} holds rows {int(shard['start'])}..{int(shard['stop'])}")
-                parts.append(shard["embeddings"])
-                kept += shard["kept"].tolist()
+                out.append({key: shard[key] for key in ("kept", *keys)})
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"shard {path} is missing or unreadable ({exc}); run the embedding again, "
                                 "finished shards are kept") from exc
-    if not kept:
+    if not any(len(s["kept"]) for s in out):
         raise ArtifactError(f"none of the images in {folder}'s run could be read; check the folder")
-    return np.concatenate(parts), kept
+    return out
+
+
+def merge_shards(folder: Path, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, list[int]]:
+    """Embeddings and kept indices of every shard in path order."""
+    shards = read_shards(folder, ranges, "embeddings")
+    return np.concatenate([s["embeddings"] for s in shards]), np.concatenate([s["kept"] for s in shards]).tolist()
 
 
 def _ray() -> Any:
@@ -225,6 +232,16 @@ def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shar
     checked before anything is submitted. ``worker`` is the actor class (a subclass of EmbedShard;
     tests inject faults through it).
     """
+    embed_to_files(paths, artifact, shard_dir, opts, worker=worker)
+    merged = merge_shards(Path(shard_dir), shard_ranges(len(paths), opts.shard_size))
+    shutil.rmtree(shard_dir)
+    return merged
+
+
+def embed_to_files(paths: Sequence[Path], artifact: str | os.PathLike[str], shard_dir: str | os.PathLike[str],
+                   opts: RayOptions, *, worker: type = EmbedShard) -> list[Path]:
+    """``embed_with_ray`` without the merge: the shard files in path order, each an .npz of ``kept``
+    (indices into ``paths``) and ``embeddings``, checked whole; the caller removes ``shard_dir``."""
     ray, folder, artifact = _ray(), Path(shard_dir), Path(artifact)
     ranges = shard_ranges(len(paths), opts.shard_size)
     started = connect(ray, opts)
@@ -237,6 +254,5 @@ def embed_with_ray(paths: Sequence[Path], artifact: str | os.PathLike[str], shar
     finally:
         if started:
             ray.shutdown()
-    merged = merge_shards(folder, ranges)
-    shutil.rmtree(folder)
-    return merged
+    read_shards(folder, ranges)
+    return [shard_path(folder, *r) for r in ranges]

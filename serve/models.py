@@ -8,7 +8,8 @@ one-line HTTP 400 / gRPC INVALID_ARGUMENT, and the server keeps serving.
 The gallery file records the model that embedded its rows (engine.search.file.model_fingerprint);
 ``load_gallery`` refuses a file embedded by another model than the artefact's (SpecMismatchError naming
 both) unless the override is given, and serves one that records none with a warning. Rows added to a
-new file are stamped with the artefact's model.
+new file are stamped with the artefact's model. A sharded gallery's manifest records its model too and
+is checked the same way (``check_manifest``), before any shard actor starts.
 """
 from __future__ import annotations
 
@@ -41,11 +42,28 @@ def load_gallery(path: Path, spec: ModelSpec, *, artifact: str, device: str = "c
     another model embedded unless ``allow_other_model``. A file that records no model is served, with
     one warning when ``warn``."""
     gallery = Gallery.load(path, device=device)
-    check_dim(path, gallery.dim, spec)
-    if not allow_other_model and (warn or gallery.model_fingerprint is not None):
-        check_fingerprint(gallery.model_fingerprint, spec, source=f"gallery {path}", artifact=artifact,
-                          override=override)
+    check_gallery_model(path, gallery.dim, gallery.model_fingerprint, spec, artifact=artifact,
+                        allow_other_model=allow_other_model, warn=warn, override=override)
     return gallery
+
+
+def check_manifest(path: Path, spec: ModelSpec, *, artifact: str, allow_other_model: bool = False,
+                   warn: bool = True, override: str = OVERRIDE) -> None:
+    """``load_gallery``'s checks for a sharded gallery, from its manifest (before any shard actor starts)."""
+    from engine.sharded.manifest import Manifest
+
+    manifest = Manifest.read(path)
+    check_gallery_model(path, manifest.dim, manifest.model_fingerprint, spec, artifact=artifact,
+                        allow_other_model=allow_other_model, warn=warn, override=override)
+
+
+def check_gallery_model(path: Path, dim: int, fingerprint: str | None, spec: ModelSpec, *, artifact: str,
+                        allow_other_model: bool, warn: bool, override: str) -> None:
+    """The gallery at ``path`` (``dim``, recorded ``fingerprint``) against the artefact: its size, and its
+    model unless ``allow_other_model`` (one that records none: a warning when ``warn``)."""
+    check_dim(path, dim, spec)
+    if not allow_other_model and (warn or fingerprint is not None):
+        check_fingerprint(fingerprint, spec, source=f"gallery {path}", artifact=artifact, override=override)
 
 
 def check_dim(path: Path, dim: int, spec: ModelSpec) -> None:
@@ -73,10 +91,12 @@ def _required(request: Request, name: str, what: str) -> np.ndarray:
 class GalleryService:
     """The Gallery behind ``search`` and ``gallery_add``, following its file.
 
-    ``search`` and ``gallery_add`` run in separate processes (one Triton model each), so the gallery
-    file is what they share: ``gallery_add`` embeds (``embed``), adds and saves the file atomically
-    (engine.atomic: a server killed mid-save leaves the previous file), and every request first reloads
-    the file if another process replaced it (one stat). If the save fails the in-memory gallery is
+    ``search`` and ``gallery_add`` run in separate processes (one Triton model each). A sharded gallery's
+    actors are shared by both (engine.sharded: named per manifest), so an add is searched at once; the
+    manifest is still followed as below. For a one-file gallery the file is what they share:
+    ``gallery_add`` embeds (``embed``), adds and saves the file atomically (engine.atomic: a server
+    killed mid-save leaves the previous file), and every request first reloads the file if another
+    process replaced it (one stat). If the save fails the in-memory gallery is
     reloaded from the file, so what is served is always what is saved.
 
     Every load checks the file's model (``load_gallery``; ``artifact`` names the artefact, and
@@ -115,16 +135,18 @@ class GalleryService:
         ``path``; a sharded one already open follows its manifest (only the shards whose file changed reload)."""
         self._stamp = self._file_stamp()
         if self.path is not None and self.path.suffix == SHARDED_SUFFIX:
-            return self._load_sharded()
+            return self._load_sharded(warn)
         if self.path is None or self._stamp is None:
             return Gallery(self.spec.embedding_dim, device=self.device)
         return load_gallery(self.path, self.spec, artifact=self.artifact, device=self.device,
                             allow_other_model=self.allow_other_model, warn=warn)
 
-    def _load_sharded(self) -> Any:
+    def _load_sharded(self, warn: bool) -> Any:
         from engine.sharded import ShardedGallery, ShardOptions
 
         check_ray_address(self.path, self.ray)  # type: ignore[arg-type]
+        check_manifest(self.path, self.spec, artifact=self.artifact,  # type: ignore[arg-type]
+                       allow_other_model=self.allow_other_model, warn=warn)
         if self.gallery is not None:
             try:
                 self.gallery.reload()
@@ -133,9 +155,13 @@ class GalleryService:
                 raise
             return self.gallery
         opts = dataclasses.replace(self.shard_options or ShardOptions(), address=self.ray, device=self.device)
-        gallery = ShardedGallery.load(self.path, options=opts)  # type: ignore[arg-type]
-        check_dim(self.path, gallery.dim, self.spec)  # type: ignore[arg-type]
-        return gallery
+        return ShardedGallery.load(self.path, options=opts)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Let go of a sharded gallery's actors (the last of the server's models to close ends them)."""
+        close = getattr(self.gallery, "close", None)
+        if close is not None:
+            close()
 
     def _check_batch(self, n: int, what: str) -> None:
         limit = self.spec.max_batch

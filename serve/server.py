@@ -27,7 +27,7 @@ from engine import BackendUnavailableError, InputError
 from engine.client import ADD_MODEL, EMBED_MODEL, ENGINE_CONFIG, REPOSITORY_DIR, SEARCH_MODEL, TritonClient
 from engine.embedder import artifact_spec
 
-from .models import SHARDED_SUFFIX, check_dim, load_gallery
+from .models import SHARDED_SUFFIX, check_manifest, load_gallery
 from .triton_models import Settings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -222,10 +222,9 @@ def check_gallery(artifact_dir: str | os.PathLike[str], gallery: str | os.PathLi
     gallery_add."""
     if gallery is None or not os.path.lexists(gallery):
         return
-    if Path(gallery).suffix == SHARDED_SUFFIX:  # a sharded gallery's manifest: its dimension, no actors yet
-        from engine.sharded.manifest import Manifest
-
-        check_dim(Path(gallery), Manifest.read(gallery).dim, artifact_spec(artifact_dir))
+    if Path(gallery).suffix == SHARDED_SUFFIX:  # a sharded gallery's manifest: no actors yet
+        check_manifest(Path(gallery), artifact_spec(artifact_dir), artifact=f"artefact {artifact_dir}",
+                       allow_other_model=opts.allow_other_model, warn=False, override="--allow-other-model")
         return
     load_gallery(Path(gallery), artifact_spec(artifact_dir), artifact=f"artefact {artifact_dir}",
                  allow_other_model=opts.allow_other_model, warn=False, override="--allow-other-model")

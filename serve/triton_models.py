@@ -142,6 +142,9 @@ class _GalleryModel(_Model):
                                       artifact=f"artefact {self.artifact}", allow_other_model=s.allow_other_model,
                                       warn=self.warn, ray=s.ray)
 
+    def finalize(self) -> None:
+        self.service.close()  # a sharded gallery's actors end with the last model that holds them
+
     def _embed(self, images: np.ndarray) -> np.ndarray:
         request = self.pb.InferenceRequest(model_name=EMBED_MODEL, requested_output_names=[EMBEDDINGS],
                                            inputs=[self.pb.Tensor(IMAGES, np.ascontiguousarray(images))])

@@ -8,6 +8,11 @@ driver writes the manifest, then ``commit`` (or ``abort``, which reloads the com
 
 A load failure is kept and reported by ``info`` rather than raised: Ray would treat an exception in
 the constructor as a dead actor and the driver would lose the message that says what is wrong.
+
+The actors are shared by every ShardedGallery handle on the same manifest in one Ray cluster (named,
+detached: see engine.sharded.gallery); ``holders`` counts those handles (``attach`` / ``detach``) so the
+last one to close ends them. A restarted actor starts with none: a handle re-attaches when it finds its
+shard restarted, and one that finds its shard ended by another's close starts it again.
 """
 from __future__ import annotations
 
@@ -34,6 +39,22 @@ def _set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+def read_rows(files: list[str], rows: np.ndarray) -> np.ndarray:
+    """The embeddings of row numbers ``rows`` (in file order) from .npz files of ``kept`` and
+    ``embeddings`` (ShardedGallery.add_files), holding one file at a time beside this shard's rows."""
+    wanted, parts = np.asarray(rows, np.int64), []
+    for name in files:
+        with np.load(name) as chunk:
+            pick = np.isin(chunk["kept"], wanted)
+            if pick.any():
+                parts.append(chunk["embeddings"][pick])
+    found = sum(len(p) for p in parts)
+    if found != len(wanted):
+        raise ArtifactError(f"the {len(files)} embedding files hold {found} of this shard's {len(wanted)} rows; "
+                            "a file changed since the add began: embed again")
+    return np.concatenate(parts)
+
+
 class ShardActor:
     """Wrapped with ``ray.remote`` by the driver; plain Python otherwise (the tests use it directly too)."""
 
@@ -45,6 +66,7 @@ class ShardActor:
         self.entry: ShardEntry | None = None
         self.staged: ShardEntry | None = None
         self.error: JLMLError | None = None
+        self.holders: set[str] = set()
         try:
             self._load()
         except JLMLError as exc:
@@ -81,6 +103,16 @@ class ShardActor:
         return {"pid": os.getpid(), "rows": None if self.gallery is None else len(self.gallery), "error": self.error,
                 "threads": torch.get_num_threads()}
 
+    def attach(self, holder: str) -> dict[str, Any]:
+        """One more handle uses this shard; its ``info``."""
+        self.holders.add(holder)
+        return self.info()
+
+    def detach(self, holder: str) -> int:
+        """That handle is closed; the handles left (0: the caller ends the actor)."""
+        self.holders.discard(holder)
+        return len(self.holders)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -97,7 +129,8 @@ class ShardActor:
             self.abort()
             gallery = self._ready()
         gallery.images_root = images_root
-        gallery.add(np.array(rows["embeddings"]), rows["ids"], rows["cams"], paths=rows["paths"])
+        embeddings = np.array(rows["embeddings"]) if "embeddings" in rows else read_rows(rows["files"], rows["rows"])
+        gallery.add(embeddings, rows["ids"], rows["cams"], paths=rows["paths"])
         name = shard_name(self.manifest_path, self.index, version)
         gallery.save(self.manifest_path.parent / name)
         self.staged = ShardEntry.of(self.manifest_path.parent, name, len(gallery))

@@ -15,13 +15,24 @@ Guarantees (tests/engine/test_sharded_faults.py):
   manifest is written the add is applied: a shard that dies then reloads the new file. The files the
   manifest names are always one consistent set. One process adds to a gallery at a time.
 
+One set of shard actors per gallery: the actors are named (``shard-III-UUID``) in a Ray namespace
+derived from the manifest's resolved path (``actor_namespace``) and detached, so every handle on that
+manifest in one Ray cluster -- e.g. the server's ``search`` and ``gallery_add`` processes -- attaches
+to the same actors (``get_if_exists``): an add through one is searched by the other at once, and the
+gallery is held once. Each handle registers with every shard; ``close`` unregisters it and ends the
+actors when it was the last. A handle that finds its shard gone (ended by another's ``close``) starts
+it again from the manifest's files. A process killed without ``close`` leaves its registration behind:
+the actors then stay until ``shutdown`` (or the Ray cluster stops), and the next handle reuses them.
+
 ``ray`` is imported here only (the ``ray`` extra); ``ray.init`` joins ``address`` (None: a cluster
 already started in this process, else a new local one).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +42,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError, InputError, JLMLError
 from ..gallery import UNKNOWN_CAM, Gallery
+from ..search.file import is_fingerprint
 from .actor import ShardActor
 from .manifest import SUFFIX, Manifest, ShardEntry, stale_files
 
@@ -81,6 +93,25 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def actor_namespace(manifest_path: Path) -> str:
+    """The Ray namespace of a gallery's shard actors: one per manifest file (its resolved path)."""
+    return "jlml-gallery-" + hashlib.sha256(str(manifest_path.resolve()).encode()).hexdigest()[:16]
+
+
+def _kept(name: str) -> np.ndarray:
+    """An embedding file's row numbers (an .npz member is read on its own, not the embeddings)."""
+    with np.load(name) as chunk:
+        return np.asarray(chunk["kept"], np.int64).reshape(-1)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class ShardedGallery:
     """Gallery's ``add`` / ``search`` / ``save`` / ``load`` over shard actors; make with ``create`` or ``load``."""
 
@@ -90,20 +121,17 @@ class ShardedGallery:
         if not ray.is_initialized():
             ray.init(address=options.address, include_dashboard=False, logging_level="ERROR")
         self.path, self._manifest, self.options = manifest_path, manifest, options
-        remote = ray.remote(actor).options(num_cpus=options.cpus, num_gpus=options.gpus,
-                                           max_restarts=options.max_restarts, max_task_retries=0,
-                                           scheduling_strategy=options.strategy)
-        self._actors = [remote.remote(str(manifest_path), i, options.device, options.threads)
-                        for i in range(len(manifest.shards))]
+        self._stamp, self._token, self._class = _stamp(manifest_path), uuid.uuid4().hex, ray.remote(actor)
+        self._actors = [self._start(i) for i in range(len(manifest.shards))]
         self._probe = Gallery(manifest.dim, storage=manifest.storage)  # empty: checks inputs as Gallery does
-        self._images_root = manifest.images_root
+        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
         try:
-            infos = ray.get([a.info.remote() for a in self._actors], timeout=options.start_timeout_s)
+            infos = self._call("attach", self._token, timeout=options.start_timeout_s)
         except ray.exceptions.GetTimeoutError as exc:
-            self.close()
+            self.shutdown()  # never started: nobody else can be using them
             raise ShardUnavailableError(
-                f"the {self.shards} shard actors of {manifest_path} did not start in {options.start_timeout_s:.0f} s; "
-                f"each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
+                f"the {len(manifest.shards)} shard actors of {manifest_path} did not start in "
+                f"{options.start_timeout_s:.0f} s; each needs {options.cpus} CPUs and {options.gpus} GPUs: see `ray status`, or lower "
                 "ShardOptions.cpus") from exc
         self.threads = [info["threads"] for info in infos]
         for info in infos:
@@ -111,19 +139,33 @@ class ShardedGallery:
                 self.close()
                 raise info["error"]
 
+    def _start(self, index: int) -> Any:
+        """The handle of shard ``index``'s actor: the running one of this manifest (started with its first
+        handle's options), else a new one."""
+        o = self.options
+        return self._class.options(
+            name=f"shard-{index:03d}-{self._manifest.uuid}", namespace=actor_namespace(self.path),
+            lifetime="detached", get_if_exists=True, num_cpus=o.cpus, num_gpus=o.gpus, max_restarts=o.max_restarts,
+            max_task_retries=0, scheduling_strategy=o.strategy,
+        ).remote(str(self.path), index, o.device, o.threads)
+
     @classmethod
     def create(cls, path: str | os.PathLike[str], dim: int, shards: int, *, method: str = "auto",
                storage: str = "float32", options: ShardOptions = ShardOptions(), actor: type = ShardActor,
-               ) -> ShardedGallery:
+               model_fingerprint: str | None = None) -> ShardedGallery:
         """A new empty gallery of ``shards`` shards: the manifest at ``path`` (a shard gets its file with its
-        first rows). A manifest already there is replaced; its shard files go at the first add."""
+        first rows). A manifest already there is replaced; its shard files go at the first add.
+        ``model_fingerprint``: the model that embeds the rows (engine.search.file.model_fingerprint)."""
         path = Path(path)
         if path.suffix != SUFFIX:
             raise InputError(f"a sharded gallery's manifest is a .json file, got {path}; e.g. gallery.json")
         if not isinstance(shards, (int, np.integer)) or shards <= 0:
             raise InputError(f"shards must be a positive int, got {shards!r}")
         Gallery(dim, storage=storage, method=method)  # the same checks of dim, storage and method
-        manifest = Manifest.new(dim, method, storage, int(shards))
+        if model_fingerprint is not None and not is_fingerprint(model_fingerprint):
+            raise InputError(f"model_fingerprint must be 64 hex digits (engine.search.file.model_fingerprint), "
+                             f"got {model_fingerprint!r}")
+        manifest = Manifest.new(dim, method, storage, int(shards), model_fingerprint)
         manifest.write(path)
         return cls(path, manifest, options, actor)
 
@@ -160,21 +202,48 @@ class ShardedGallery:
     def images_root(self, root: str | None) -> None:
         self._images_root = root
 
+    @property
+    def model_fingerprint(self) -> str | None:
+        """The model that embedded the rows (as Gallery's); a new value is recorded by the next add."""
+        return self._fingerprint
+
+    @model_fingerprint.setter
+    def model_fingerprint(self, fingerprint: str | None) -> None:
+        self._fingerprint = fingerprint
+
     def __len__(self) -> int:
-        return self._manifest.rows
+        return self._current().rows
+
+    def _current(self) -> Manifest:
+        """The manifest as written now (one stat when unchanged): another handle on these actors may have
+        added, and its rows are in the actors already."""
+        stamp = _stamp(self.path)
+        if stamp != self._stamp:
+            self._manifest, self._stamp = self._read_same(), stamp
+        return self._manifest
+
+    def _read_same(self) -> Manifest:
+        """The manifest on disk; ArtifactError if it is another gallery's now (created again at this path)."""
+        manifest = Manifest.read(self.path)
+        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
+            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
+                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        return manifest
 
     def pids(self) -> list[int]:
         """The shard actors' process ids (the fault tests kill one)."""
         return self._call("pid")
 
-    def _call(self, method: str, *args: Any) -> list[Any]:
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """``method(*args)`` on every shard at once, answers in shard order."""
-        answers = self._call_each(method, {i: args for i in range(self.shards)})
+        answers = self._call_each(method, {i: args for i in range(self.shards)}, timeout=timeout)
         return [answers[i] for i in range(self.shards)]
 
-    def _call_each(self, method: str, args_of: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+    def _call_each(self, method: str, args_of: dict[int, tuple[Any, ...]],
+                   timeout: float | None = None) -> dict[int, Any]:
         """``method(*args_of[i])`` on each shard i at once; a shard that dies is asked again once Ray
-        has restarted it, up to ``options.retries`` times."""
+        has restarted it (or, ended by another handle's close, this one has started it again), up to
+        ``options.retries`` times; a restarted shard is attached to again first."""
         ray = _ray()
         todo = list(args_of)
         results: dict[int, Any] = {}
@@ -183,9 +252,11 @@ class ShardedGallery:
             todo = []
             for i, ref in refs.items():
                 try:
-                    results[i] = ray.get(ref)
+                    results[i] = ray.get(ref, timeout=timeout)
                 except ray.exceptions.RayActorError:
                     todo.append(i)
+                    self._actors[i] = self._start(i)
+                    self._actors[i].attach.remote(self._token)  # runs before the retried call (one caller's order)
                 except ray.exceptions.RayTaskError as exc:
                     if isinstance(exc.cause, JLMLError):  # what the caller sent is wrong: Gallery's own error
                         raise exc.cause from None
@@ -214,20 +285,47 @@ class ShardedGallery:
         emb = np.asarray(embeddings).reshape(-1, self.dim)
         ids = np.asarray(ids, np.int64).reshape(-1)
         cams = np.full(len(ids), UNKNOWN_CAM, np.int64) if cams is None else np.asarray(cams, np.int64).reshape(-1)
+        self._add_routed(ids, cams, paths, lambda on: {"embeddings": emb[on]})
+
+    def add_files(self, files: Sequence[str | os.PathLike[str]], ids: Any, cams: Any = None, *,
+                  paths: Sequence[str] | None = None) -> np.ndarray:
+        """``add`` of rows the shards read from embedding files themselves (engine.ray_embed's chunks), so
+        the caller never holds the embeddings: each file is an .npz of ``kept`` (int64 row numbers) and
+        ``embeddings`` (one row each); ``ids``, ``cams`` and ``paths`` are indexed by row number. Rows are
+        added in file order; every shard reads every file (on storage all shards see) and keeps its own.
+        Returns the row numbers added."""
+        files = [os.fspath(Path(f).resolve()) for f in files]
+        kept = np.concatenate([_kept(f) for f in files])
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        cams = np.full(len(ids), UNKNOWN_CAM, np.int64) if cams is None else np.asarray(cams, np.int64).reshape(-1)
+        labels = {len(ids), len(cams), len(ids) if paths is None else len(paths)}
+        if len(labels) != 1 or len(np.unique(kept)) != len(kept) or not np.all((kept >= 0) & (kept < len(ids))):
+            raise InputError(f"add_files got {len(ids)} ids, {len(cams)} cams, {'no' if paths is None else len(paths)} "
+                             f"paths and {len(kept)} row numbers in {kept.min(initial=0)}..{kept.max(initial=0)} "
+                             f"({len(np.unique(kept))} unique); pass one id, cam and path per row number, each row "
+                             "in one file")
+        self._add_routed(ids[kept], cams[kept], None if paths is None else [paths[i] for i in kept],
+                         lambda on: {"files": files, "rows": kept[on]})
+        return kept
+
+    def _add_routed(self, ids: np.ndarray, cams: np.ndarray, paths: Sequence[str] | None,
+                    payload: Any) -> None:
+        """The two-phase add of rows routed by id; ``payload(mask)``: how shard rows ``mask`` get their
+        embeddings (the rows themselves, or the files to read them from)."""
         route = ids % self.shards
         touched = [s for s in range(self.shards) if np.any(route == s)]
-        version, root = self._manifest.version + 1, self._images_root
-        calls = [(s, {"embeddings": emb[route == s], "ids": ids[route == s], "cams": cams[route == s],
+        version, root = self._current().version + 1, self._images_root
+        calls = [(s, {**payload(route == s), "ids": ids[route == s], "cams": cams[route == s],
                       "paths": None if paths is None else [p for p, r in zip(paths, route, strict=True) if r == s]})
                  for s in touched]
         entries = self._prepare(calls, version, root)
-        new = self._manifest.with_shards(entries, root)
+        new = self._manifest.with_shards(entries, root, self._fingerprint)
         try:
             new.write(self.path)
         except ArtifactError as exc:
             self._abort(touched)
             raise ShardedAddError(f"the add was applied on none of the shards: {exc}", applied=False) from exc
-        self._manifest = new
+        self._manifest, self._stamp = new, _stamp(self.path)
         self._call_each("commit", {s: (entries[s],) for s in touched})
         self._clean()
 
@@ -262,12 +360,10 @@ class ShardedGallery:
 
     def reload(self) -> None:
         """Follow the manifest after another process added to it: shards whose file changed reload it."""
-        manifest = Manifest.read(self.path)
-        if (manifest.uuid, len(manifest.shards)) != (self._manifest.uuid, self.shards):
-            raise ArtifactError(f"{self.path} now holds another gallery ({len(manifest.shards)} shards, uuid "
-                                f"{manifest.uuid[:8]}); load it again with ShardedGallery.load")
+        manifest = self._read_same()
         self._call("sync")
-        self._manifest, self._images_root = manifest, manifest.images_root
+        self._manifest, self._stamp = manifest, _stamp(self.path)
+        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Every add is saved already: to this manifest nothing is written; elsewhere each shard writes
@@ -279,10 +375,23 @@ class ShardedGallery:
             raise InputError(f"a sharded gallery saves to a .json manifest, got {target}; e.g. gallery.json")
         entries = self._call("save_to", str(target.resolve()))
         new = Manifest.new(self.dim, self.method, self.storage, self.shards)
-        new.with_shards(dict(enumerate(entries)), self.images_root).write(target)
+        new.with_shards(dict(enumerate(entries)), self.images_root, self.model_fingerprint).write(target)
 
     def close(self) -> None:
-        """End the shard actors (also done when the last handle goes)."""
+        """Let go of the shard actors: the last handle on them (in any process of the cluster) ends them."""
+        ray = _ray()
+        refs = [actor.detach.remote(self._token) for actor in self._actors]
+        for actor, ref in zip(self._actors, refs, strict=True):
+            try:
+                left = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                left = 0  # gone already, or restarting with no handle registered
+            if left == 0:
+                ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    def shutdown(self) -> None:
+        """End the shard actors whoever else holds them (e.g. after a server was killed without closing)."""
         ray = _ray()
         for actor in self._actors:
             ray.kill(actor, no_restart=True)

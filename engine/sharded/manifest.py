@@ -8,6 +8,8 @@ file newer than the manifest is simply not named by it, and is ignored (and clea
 
 Every entry records the shard's row count, byte size and sha256, and the manifest a uuid, so a shard
 file from another gallery, an older version or a partial copy is refused at load with what differs.
+Like a one-file gallery's header, the manifest records the fingerprint of the model that embedded the
+rows (``model_fingerprint``, engine.search.file; None when not known), which the server checks.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from ..atomic import read_json_object, write_text
 from ..errors import ArtifactError
+from ..search.file import is_fingerprint
 from ..spec import file_sha256
 
 FORMAT_NAME, FORMAT_VERSION = "jlml-sharded-gallery", 1
@@ -46,7 +49,8 @@ EMPTY = ShardEntry("", 0, 0, "")  # a shard no row was routed to yet (no file: a
 
 @dataclass(frozen=True)
 class Manifest:
-    """dim, storage and method of every shard, the add count (``version``) and the shards in order."""
+    """dim, storage and method of every shard, the add count (``version``), the shards in order, the
+    folder of the rows' images and the model that embedded the rows."""
 
     uuid: str
     dim: int
@@ -55,19 +59,23 @@ class Manifest:
     version: int
     shards: tuple[ShardEntry, ...]
     images_root: str | None = None
+    model_fingerprint: str | None = None
 
     @classmethod
-    def new(cls, dim: int, method: str, storage: str, shards: int) -> Manifest:
-        return cls(uuid.uuid4().hex, int(dim), method, storage, 0, (EMPTY,) * shards)
+    def new(cls, dim: int, method: str, storage: str, shards: int, model_fingerprint: str | None = None) -> Manifest:
+        return cls(uuid.uuid4().hex, int(dim), method, storage, 0, (EMPTY,) * shards,
+                   model_fingerprint=model_fingerprint)
 
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
-    def with_shards(self, entries: dict[int, ShardEntry], images_root: str | None) -> Manifest:
+    def with_shards(self, entries: dict[int, ShardEntry], images_root: str | None,
+                    model_fingerprint: str | None) -> Manifest:
         """The next version: ``entries`` replace those shards, the others are kept."""
         shards = tuple(entries.get(i, s) for i, s in enumerate(self.shards))
-        return dataclasses.replace(self, version=self.version + 1, shards=shards, images_root=images_root)
+        return dataclasses.replace(self, version=self.version + 1, shards=shards, images_root=images_root,
+                                   model_fingerprint=model_fingerprint)
 
     def write(self, path: str | os.PathLike[str]) -> None:
         body = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -82,10 +90,14 @@ class Manifest:
                                 f"{data.get('format')!r} version {data.get('format_version')!r}); {fix}")
         try:
             shards = tuple(ShardEntry(**s) for s in data["shards"])
-            return cls(str(data["uuid"]), int(data["dim"]), str(data["method"]), str(data["storage"]),
-                       int(data["version"]), shards, data.get("images_root"))
+            manifest = cls(str(data["uuid"]), int(data["dim"]), str(data["method"]), str(data["storage"]),
+                           int(data["version"]), shards, data.get("images_root"), data.get("model_fingerprint"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"sharded gallery manifest {path} is incomplete ({exc!r}); {fix}") from exc
+        if manifest.model_fingerprint is not None and not is_fingerprint(manifest.model_fingerprint):
+            raise ArtifactError(f"sharded gallery manifest {path} records model_fingerprint "
+                                f"{manifest.model_fingerprint!r}, expected 64 hex digits or null; {fix}")
+        return manifest
 
 
 def shard_name(manifest_path: Path, index: int, version: int) -> str:

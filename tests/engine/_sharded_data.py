@@ -1,13 +1,14 @@
 """Shared by the sharded gallery tests (engine and serve): small rows, the reference Gallery, a local Ray."""
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from engine.gallery import Gallery
-from engine.sharded import ShardOptions
+from engine.sharded import Manifest, ShardedGallery, ShardOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM, SHARDS = 16, 3
@@ -44,3 +45,14 @@ def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.n
     assert got[0].dtype == np.float32 and got[1].dtype == np.int64
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def load_copy(path: Path, folder: Path) -> ShardedGallery:
+    """The gallery as its files on disk hold it: the manifest and its shard files copied to ``folder`` and
+    loaded there (another manifest path, so new actors; ``load(path)`` would attach to the running ones)."""
+    folder.mkdir(exist_ok=True)
+    shutil.copy(path, folder / path.name)
+    for entry in Manifest.read(path).shards:
+        if entry.file:
+            shutil.copy(path.parent / entry.file, folder / entry.file)
+    return ShardedGallery.load(folder / path.name, options=OPTIONS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from _sharded_data import DIM, OPTIONS, SHARDS, assert_same, in_process, local_r
 from engine.errors import ArtifactError, InputError  # noqa: E402
 from engine.gallery import Gallery  # noqa: E402
 from engine.sharded import Manifest, ShardedGallery, merge_topk  # noqa: E402
+from engine.sharded.gallery import actor_namespace  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ray_cluster = pytest.fixture(scope="module")(local_ray)
@@ -139,4 +141,84 @@ def test_approximate_shards_answer_and_refuse_exclusion_with_gallerys_error(ray_
     assert np.all(distances[:, 0] < 1e-4)
     with pytest.raises(InputError, match="cannot skip same-id-same-camera rows"):
         sharded.search(emb[6:10], 5, query_ids=ids[6:10], query_cams=cams[6:10])
+    sharded.close()
+
+
+def test_two_handles_on_one_manifest_share_the_actors_and_the_last_close_ends_them(ray_cluster, tmp_path):
+    """As the server's search and gallery_add processes: one set of actors, an add seen with no reload."""
+    first, second = rows(), rows(60, seed=2)
+    adder = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    adder.add(*first)
+    searcher = ShardedGallery.load(tmp_path / "g.json", options=OPTIONS)
+    assert searcher.pids() == adder.pids()
+    assert [a._actor_id for a in searcher._actors] == [a._actor_id for a in adder._actors]
+    adder.add(*second)
+    queries = second[0][:20]
+    assert len(searcher) == 460  # the manifest followed by a stat, no actor reloaded
+    assert_same(searcher.search(queries, 10), in_process(first, second).search(queries, 10))
+    pids = adder.pids()
+    adder.close()  # the searcher still holds them: they stay
+    assert searcher.pids() == pids
+    assert_same(searcher.search(queries, 10), in_process(first, second).search(queries, 10))
+    namespace = actor_namespace(tmp_path / "g.json")
+    name = f"shard-000-{Manifest.read(tmp_path / 'g.json').uuid}"
+    ray.get_actor(name, namespace=namespace)
+    searcher.close()  # the last one
+    deadline = time.monotonic() + 30
+    while name in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]:
+        assert time.monotonic() < deadline, "the last close left the actors running"
+        time.sleep(0.2)
+
+
+def test_a_handle_whose_actors_another_ended_starts_them_again(ray_cluster, tmp_path):
+    emb, ids, cams = rows()
+    one = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    one.add(emb, ids, cams)
+    other, before = ShardedGallery.load(tmp_path / "g.json", options=OPTIONS), one.pids()
+    other.shutdown()  # e.g. an operator ending a crashed server's actors
+    assert_same(one.search(emb[:10], 5), in_process((emb, ids, cams)).search(emb[:10], 5))
+    assert not set(one.pids()) & set(before)  # new actors, loaded from the manifest's files
+    one.close()
+
+
+def test_the_manifest_records_the_model_through_adds_and_saves(ray_cluster, tmp_path):
+    fingerprint = "ab" * 32
+    sharded = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS, model_fingerprint=fingerprint)
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint == fingerprint == sharded.model_fingerprint
+    sharded.add(*rows(30))
+    sharded.save(tmp_path / "copy.json")
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint == fingerprint
+    assert Manifest.read(tmp_path / "copy.json").model_fingerprint == fingerprint
+    sharded.close()
+    with pytest.raises(InputError, match="model_fingerprint must be 64 hex digits"):
+        ShardedGallery.create(tmp_path / "h.json", DIM, SHARDS, model_fingerprint="abc")
+
+
+def test_a_manifest_with_a_malformed_model_fingerprint_is_refused(tmp_path):
+    Manifest.new(DIM, "auto", "float32", 2).write(tmp_path / "g.json")
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint is None  # as manifests written before it
+    body = json.loads((tmp_path / "g.json").read_text())
+    body["model_fingerprint"] = "not-a-fingerprint"
+    (tmp_path / "g.json").write_text(json.dumps(body))
+    with pytest.raises(ArtifactError, match="records model_fingerprint 'not-a-fingerprint', expected 64 hex"):
+        Manifest.read(tmp_path / "g.json")
+
+
+def test_add_files_has_the_shards_read_the_rows_and_answers_as_add(ray_cluster, tmp_path):
+    """The shards read embedding files (engine.ray_embed's chunks) themselves; rows 7 and 250 were unreadable."""
+    emb, ids, cams = rows()
+    kept = np.setdiff1d(np.arange(len(ids)), [7, 250])
+    files = []
+    for n, part in enumerate(np.array_split(kept, 3)):
+        np.savez(tmp_path / f"chunk-{n}.npz", kept=part, embeddings=emb[part])
+        files.append(tmp_path / f"chunk-{n}.npz")
+    paths = [f"img{i}.png" for i in range(len(ids))]
+    sharded = ShardedGallery.create(tmp_path / "g.json", DIM, SHARDS, options=OPTIONS)
+    np.testing.assert_array_equal(sharded.add_files(files, ids, cams, paths=paths), kept)
+    assert len(sharded) == len(kept)
+    check_equal(sharded, in_process((emb[kept], ids[kept], cams[kept])), emb, ids, cams)
+    shard = Gallery.load(tmp_path / Manifest.read(tmp_path / "g.json").shards[0].file)
+    assert set(shard.paths) <= {paths[i] for i in kept} and len(shard.paths) == len(shard)
+    with pytest.raises(InputError, match="add_files got 400 ids, 399 cams"):
+        sharded.add_files(files, ids, cams[:-1])
     sharded.close()

@@ -10,14 +10,13 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 ray = pytest.importorskip("ray", reason="the sharded gallery tests need ray (pip install 'jlml-engine[ray]')")
 
-from _sharded_data import DIM, OPTIONS, SHARDS, assert_same, in_process, local_ray, rows  # noqa: E402
+from _sharded_data import DIM, OPTIONS, SHARDS, assert_same, in_process, load_copy, local_ray, rows  # noqa: E402
 from _sharded_faults import StallOnce  # noqa: E402
 
 from engine.sharded import Manifest, ShardedAddError, ShardedGallery  # noqa: E402
@@ -77,7 +76,7 @@ def test_a_shard_killed_while_staging_an_add_leaves_none_applied_and_says_so(sha
     assert sorted(p.name for p in sharded.path.parent.glob("g.shard-*")) == sorted(s.file for s in before.shards)
     want = in_process(rows()).search(emb[:30], 20)
     assert_same(sharded.search(emb[:30], 20), want)  # in memory: every shard back at the committed rows
-    reloaded = ShardedGallery.load(sharded.path, options=OPTIONS)  # on disk too
+    reloaded = load_copy(sharded.path, sharded.path.parent / "copy")  # on disk too
     assert_same(reloaded.search(emb[:30], 20), want)
     reloaded.close()
     sharded.add(*extra)  # the caller was told "none": adding again applies it once
@@ -91,6 +90,6 @@ def test_a_shard_killed_after_the_manifest_is_written_has_the_add_applied(sharde
     assert len(sharded) == 490 and Manifest.read(sharded.path).version == 2
     want = in_process(rows(), extra).search(emb[:30], 20)
     assert_same(sharded.search(emb[:30], 20), want)  # the restarted shard loaded the new file
-    reloaded = ShardedGallery.load(Path(sharded.path), options=OPTIONS)
+    reloaded = load_copy(sharded.path, sharded.path.parent / "copy")
     assert_same(reloaded.search(emb[:30], 20), want)
     reloaded.close()

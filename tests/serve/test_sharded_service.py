@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _serving import gallery_labels, pixels
+from _serving import gallery_labels, other_model, pixels
 
-from engine import ArtifactError, InputError
+from engine import ArtifactError, InputError, SpecMismatchError
 from engine.gallery import Gallery
+from engine.search.file import model_fingerprint
 from serve.models import GalleryService
 
 ray = pytest.importorskip("ray", reason="the sharded gallery needs ray (pip install 'jlml-engine[ray]')")
 
-from engine.sharded import ShardedGallery, ShardOptions  # noqa: E402
+from engine.sharded import Manifest, ShardedGallery, ShardOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,10 @@ def address():
     ray.shutdown()
 
 
+def named_actors() -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+
+
 def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedder, gallery_images, tmp_path):
     dim, (ids, cams) = local_embedder.spec.embedding_dim, gallery_labels(len(gallery_images))
     sharded = ShardedGallery.create(tmp_path / "g.json", dim, 3, options=OPTIONS)
@@ -38,6 +43,7 @@ def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedde
     adder = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address, shard_options=OPTIONS)
     searcher = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address,
                               shard_options=OPTIONS)  # Triton runs search and gallery_add in two processes
+    assert adder.gallery.pids() == searcher.gallery.pids() == sharded.pids()  # one set of actors, shared
     queries = pixels(5, seed=2)
     got = searcher.search({"images": queries, "k": np.array([7], np.int32)})
     want = reference.search(local_embedder(queries), 7)
@@ -52,6 +58,10 @@ def test_search_and_add_over_shards_answer_as_one_gallery(address, local_embedde
     want = reference.search(local_embedder(added), 3)
     np.testing.assert_array_equal(got["ids"], want[1])
     assert got["ids"][:, 0].tolist() == [100, 101, 102, 103]
+    adder.close()
+    sharded.close()  # the searcher holds the actors still
+    assert searcher.search({"images": added, "k": np.array([1], np.int32)})["ids"][:, 0].tolist() == [100, 101, 102, 103]
+    searcher.close()
 
 
 def test_a_failed_reload_is_tried_again_at_the_next_request(address, local_embedder, gallery_images, tmp_path,
@@ -69,6 +79,8 @@ def test_a_failed_reload_is_tried_again_at_the_next_request(address, local_embed
         with pytest.raises(ArtifactError, match="file gone"):
             service.search(request)
     assert service.search(request)["ids"].tolist() == [[200]]
+    service.close()
+    sharded.close()
 
 
 def test_a_manifest_without_a_ray_address_is_refused(local_embedder, tmp_path):
@@ -94,3 +106,33 @@ def test_serving_a_manifest_without_ray_exits_2_before_starting(tmp_path, capsys
     monkeypatch.setattr(command, "serve", lambda *a: pytest.fail("the server was started"))
     assert command.main([str(tmp_path), "--gallery", str(tmp_path / "g.json")]) == 2
     assert "--ray ADDRESS" in capsys.readouterr().err
+
+
+def test_a_sharded_gallery_of_another_model_is_refused_unless_allowed(address, local_embedder, gallery_images,
+                                                                      tmp_path):
+    """As for the one-file gallery: the manifest's model is checked before any shard actor starts."""
+    theirs, ours = other_model(local_embedder.spec), model_fingerprint(local_embedder.spec)
+    dim, (ids, cams) = local_embedder.spec.embedding_dim, gallery_labels(len(gallery_images))
+    sharded = ShardedGallery.create(tmp_path / "g.json", dim, 3, options=OPTIONS, model_fingerprint=theirs)
+    sharded.add(local_embedder(gallery_images), ids, cams)
+    sharded.close()
+    before = named_actors()
+    with pytest.raises(SpecMismatchError) as refused:
+        GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address, shard_options=OPTIONS)
+    assert theirs[:16] in str(refused.value) and ours[:16] in str(refused.value)
+    assert "--allow-other-model" in str(refused.value)
+    assert named_actors() <= before  # refused before starting any
+    service = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address,
+                             shard_options=OPTIONS, allow_other_model=True)
+    assert len(service.gallery) == len(gallery_images)
+    service.close()
+
+
+def test_gallery_add_records_the_artefacts_model_in_a_new_sharded_gallery(address, local_embedder, tmp_path):
+    ShardedGallery.create(tmp_path / "g.json", local_embedder.spec.embedding_dim, 3, options=OPTIONS).close()
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint is None
+    service = GalleryService(local_embedder, local_embedder.spec, tmp_path / "g.json", ray=address,
+                             shard_options=OPTIONS)
+    service.add({"images": pixels(2, seed=1), "ids": np.array([5, 6], np.int64)})
+    assert Manifest.read(tmp_path / "g.json").model_fingerprint == model_fingerprint(local_embedder.spec)
+    service.close()

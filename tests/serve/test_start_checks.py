@@ -91,6 +91,18 @@ def test_a_gallery_of_another_model_is_refused_before_tritonserver_starts(serve_
     assert err.count("\n") == 1 and theirs[:16] in err and ours[:16] in err and "--allow-other-model" in err, err
 
 
+def test_a_sharded_gallery_of_another_model_is_refused_before_tritonserver_starts(serve_artifact, local_embedder,
+                                                                                   no_tritonserver, tmp_path, capsys):
+    from engine.search.file import model_fingerprint
+    from engine.sharded.manifest import Manifest
+
+    theirs, ours = other_model(local_embedder.spec), model_fingerprint(local_embedder.spec)
+    Manifest.new(local_embedder.spec.embedding_dim, "auto", "float32", 2, theirs).write(tmp_path / "g.json")
+    assert main(_serve(serve_artifact, free_ports(3), "--gallery", str(tmp_path / "g.json"), "--ray", "auto")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and theirs[:16] in err and ours[:16] in err and "--allow-other-model" in err, err
+
+
 def test_allow_other_model_without_a_gallery_is_refused(serve_artifact, no_tritonserver, capsys):
     assert main(_serve(serve_artifact, free_ports(3), "--allow-other-model")) == 2
     err = capsys.readouterr().err
