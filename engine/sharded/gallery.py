@@ -124,7 +124,10 @@ class ShardedGallery:
         self._stamp, self._token, self._class = _stamp(manifest_path), uuid.uuid4().hex, ray.remote(actor)
         self._actors = [self._start(i) for i in range(len(manifest.shards))]
         self._probe = Gallery(manifest.dim, storage=manifest.storage)  # empty: checks inputs as Gallery does
-        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
+        # the folder the rows' paths are relative to, and the model that embedded the rows (as Gallery's);
+        # a new value of either is recorded by the next add
+        self.images_root: str | None = manifest.images_root
+        self.model_fingerprint: str | None = manifest.model_fingerprint
         try:
             infos = self._call("attach", self._token, timeout=options.start_timeout_s)
         except ray.exceptions.GetTimeoutError as exc:
@@ -192,24 +195,6 @@ class ShardedGallery:
     @property
     def shards(self) -> int:
         return len(self._actors)
-
-    @property
-    def images_root(self) -> str | None:
-        """The folder the rows' ``paths`` are relative to (in the manifest and every shard file)."""
-        return self._images_root
-
-    @images_root.setter
-    def images_root(self, root: str | None) -> None:
-        self._images_root = root
-
-    @property
-    def model_fingerprint(self) -> str | None:
-        """The model that embedded the rows (as Gallery's); a new value is recorded by the next add."""
-        return self._fingerprint
-
-    @model_fingerprint.setter
-    def model_fingerprint(self, fingerprint: str | None) -> None:
-        self._fingerprint = fingerprint
 
     def __len__(self) -> int:
         return self._current().rows
@@ -314,12 +299,12 @@ class ShardedGallery:
         embeddings (the rows themselves, or the files to read them from)."""
         route = ids % self.shards
         touched = [s for s in range(self.shards) if np.any(route == s)]
-        version, root = self._current().version + 1, self._images_root
+        version, root = self._current().version + 1, self.images_root
         calls = [(s, {**payload(route == s), "ids": ids[route == s], "cams": cams[route == s],
                       "paths": None if paths is None else [p for p, r in zip(paths, route, strict=True) if r == s]})
                  for s in touched]
         entries = self._prepare(calls, version, root)
-        new = self._manifest.with_shards(entries, root, self._fingerprint)
+        new = self._manifest.with_shards(entries, root, self.model_fingerprint)
         try:
             new.write(self.path)
         except ArtifactError as exc:
@@ -363,7 +348,7 @@ class ShardedGallery:
         manifest = self._read_same()
         self._call("sync")
         self._manifest, self._stamp = manifest, _stamp(self.path)
-        self._images_root, self._fingerprint = manifest.images_root, manifest.model_fingerprint
+        self.images_root, self.model_fingerprint = manifest.images_root, manifest.model_fingerprint
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Every add is saved already: to this manifest nothing is written; elsewhere each shard writes
