@@ -8,8 +8,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_license_is_the_one_pyproject_declares():
-    declared = re.search(r'^license = \{ text = "(\w+)" \}', (ROOT / "pyproject.toml").read_text(), flags=re.M)
+    """pyproject declares an SPDX expression (PEP 639) and ships the LICENSE file it names."""
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = re.search(r'^license = "(\w+)"$', text, flags=re.M)
     assert declared and (ROOT / "LICENSE").read_text().startswith(f"{declared.group(1)} License")
+    assert re.search(r'^license-files = \["LICENSE"\]$', text, flags=re.M)
 
 
 def test_changelog_has_an_unreleased_section_with_entries():
