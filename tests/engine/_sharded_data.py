@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from _local_ray import start_local_ray
 
 from engine.gallery import Gallery
 from engine.sharded import Manifest, ShardedGallery, ShardOptions
@@ -19,8 +20,7 @@ def local_ray() -> Iterator[None]:
     """A local 2-CPU cluster whose workers import this checkout and this folder's fault module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{Path(__file__).parent}"}})
+    start_local_ray(2, ROOT, Path(__file__).parent)
     yield
     ray.shutdown()
 

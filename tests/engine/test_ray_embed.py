@@ -10,6 +10,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="the Ray embedding tests need ray[data] (pip install 'jlml-engine[ray]')")
 pytest.importorskip("ray.data")
 
+from _local_ray import start_local_ray  # noqa: E402
 from _ray_faults import KilledOnce  # noqa: E402
 
 from engine import Embedder  # noqa: E402
@@ -27,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local 2-CPU cluster whose workers import this checkout and this folder's fault module."""
-    path = f"{ROOT}:{Path(__file__).parent}"
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
-             logging_level="ERROR")
+    start_local_ray(2, ROOT, Path(__file__).parent)
     yield
     ray.shutdown()
 

@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+from _local_ray import start_local_ray
 from _serving import gallery_labels, pixels
 
 from engine.client import TritonClient
@@ -26,7 +27,7 @@ def shard_actors(namespace: str) -> list[str]:
 
 def test_search_and_gallery_add_share_the_shard_actors_which_end_with_the_server(
         serve_artifact, local_embedder, gallery_images, tmp_path):
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    start_local_ray(4)
     try:
         path, spec = tmp_path / "g.json", local_embedder.spec
         built = ShardedGallery.create(path, spec.embedding_dim, 3, options=ShardOptions(cpus=0),

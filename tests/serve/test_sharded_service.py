@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _local_ray import start_local_ray
 from _serving import gallery_labels, other_model, pixels
 
 from engine import ArtifactError, InputError, SpecMismatchError
@@ -24,9 +25,7 @@ OPTIONS = ShardOptions(cpus=0)  # two services of 3 shards each on a 2-CPU clust
 
 @pytest.fixture(scope="module")
 def address():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield ray.get_runtime_context().gcs_address
+    yield start_local_ray(2, ROOT)
     ray.shutdown()
 
 
