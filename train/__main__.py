@@ -49,7 +49,8 @@ __all__ = ["build_parser", "main", "parse_args", "parse_key_value"]
 
 # CLI flag -> JLMLConfig field, for the architecture overrides (defaults come from JLMLConfig).
 _CONFIG_FLAGS = {"height": int, "width": int, "stripes": int, "feat_dim": int, "dropout": float,
-                 "lambda_global": float, "lambda_local": float, "label_smoothing": float}
+                 "lambda_global": float, "lambda_local": float, "label_smoothing": float,
+                 "triplet_weight": float, "triplet_margin": float}
 
 
 def _add_data(p: argparse.ArgumentParser, recipe: Recipe | None) -> None:

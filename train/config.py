@@ -43,6 +43,10 @@ class JLMLConfig:
     global_weight: float = 1.0           # weight of the global branch's identity loss
     local_weight: float = 1.0            # weight of the local branch's identity loss
     label_smoothing: float = 0.0         # cross-entropy label smoothing
+    # Batch-hard triplet term on the served embedding (unit vectors), beside the identity losses; > 0
+    # also switches training to identity batches (batch_size / 2 people x 2 images, across cameras).
+    triplet_weight: float = 0.0
+    triplet_margin: float = 0.3          # margin of the triplet term, in unit-vector L2 distance
     lambda_global: float = 1e-4          # group LASSO (L2,1) on the global feature layer
     # The exclusive lasso squares an L1 norm over tens of thousands of weights, so its scale is ~1e8
     # larger than the L2,1 term at initialisation; its lambda is correspondingly small.
@@ -93,8 +97,9 @@ class JLMLConfig:
             p.append(f"mean {self.mean} / std {self.std} (need 3 values, std > 0)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             p.append(f"dropout {self.dropout} / label_smoothing {self.label_smoothing} (need [0, 1))")
-        if min(self.global_weight, self.local_weight, self.lambda_global, self.lambda_local) < 0:
-            p.append("loss weights and lambdas must be >= 0")
+        if min(self.global_weight, self.local_weight, self.lambda_global, self.lambda_local,
+               self.triplet_weight, self.triplet_margin) < 0:
+            p.append("loss weights, lambdas and the triplet margin must be >= 0")
         if self.branches not in BRANCHES:
             p.append(f"branches {self.branches!r} (need one of {BRANCHES})")
         if self.loss not in LOSSES:

@@ -244,20 +244,20 @@ def _to_global_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-class _Logits(nn.Module):
-    """The training forward as one call (DDP hooks only ``forward``): images -> per-branch logits."""
+class _TrainForward(nn.Module):
+    """The training forward as one call (DDP hooks only ``forward``): images -> (features, logits)."""
 
     def __init__(self, model: JLML) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return self.model.forward_head(self.model.forward_features(images))
+    def forward(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return self.model.forward_train(images)
 
 
 def data_parallel(model: JLML, device: torch.device) -> nn.Module | None:
     """In a process group: convert ``model``'s BatchNorm to global-batch statistics (in place) and
-    return the DDP module whose call gives the training logits; in one process: None.
+    return the DDP module whose call gives the training features and logits; in one process: None.
 
     Every JLML ablation uses all its parameters in every step (tests/train/test_distributed.py checks
     it), so ``find_unused_parameters`` stays off. Buffers are not broadcast: synchronised BatchNorm
@@ -274,7 +274,7 @@ def data_parallel(model: JLML, device: torch.device) -> nn.Module | None:
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
         else "broadcast_buffers"
     options: dict[str, Any] = {no_sync: False, "device_ids": [device.index] if device.type == "cuda" else None}
-    return ddp(_Logits(model), **options)
+    return ddp(_TrainForward(model), **options)
 
 
 def gather_epoch(stats: dict[str, Any], sampler: object, device: torch.device) -> dict[str, Any]:

@@ -4,8 +4,8 @@ Every epoch's randomness (batch order, augmentation, dropout) is seeded from ``(
 learning rate is a closed-form function of the epoch, so a run resumed from ``last.pt`` replays exactly
 the epochs an uninterrupted run would have, and a finished run can be extended to more epochs.
 
-The pieces data-parallel training swaps or wraps are kept apart: ``EpochBatches`` (the sampler, with
-``set_epoch`` like ``DistributedSampler``), ``train_step`` (one optimiser step under autocast and a
+The pieces data-parallel training swaps or wraps are kept apart: the sampler (``train.sampling``:
+``EpochBatches``, or ``IdentityBatches`` for a triplet term; ``set_epoch`` like ``DistributedSampler``), ``train_step`` (one optimiser step under autocast and a
 GradScaler) and ``RunWriter`` (the per-epoch checkpoint and log, which only one rank would write).
 ``Runtime`` says where a run trains (device, mixed precision, memory layout, loader workers); it never
 changes what a run means, so a run may resume on another device.
@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from .config import JLMLConfig
 from .data.reidset import ReidSet
 from .losses import JLMLLoss
 from .model import JLML
+from .sampling import EpochBatches, IdentityBatches
 
 __all__ = ["CHECKPOINT_FILE", "DEFAULT_LR", "LOG_FILE", "METRICS_FILE", "EpochBatches", "FitResult",
            "Runtime", "TrainOptions", "embed", "embed_split", "evaluate_model", "fit", "score_embeddings",
@@ -154,30 +155,6 @@ class FitResult:
     init: InitReport | None = None
 
 
-class EpochBatches:
-    """Seeded random mini-batches of one epoch (index arrays); ``set_epoch`` picks the epoch.
-
-    A last batch of one sample is dropped (batch norm needs two).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[np.ndarray]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        return [b for b in np.array_split(order, range(self.batch_size, self.n, self.batch_size)) if len(b) > 1]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        return full + (rest > 1)
-
-
 class TrainPixels(torch.utils.data.Dataset):
     """Indexed by a whole batch of indices: (uint8 NHWC images, int64 labels)."""
 
@@ -191,7 +168,20 @@ class TrainPixels(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[idx]), torch.from_numpy(self.labels[idx]).long()
 
 
-def make_loader(data: ReidSet, sampler: EpochBatches | distributed.ShardedBatches,
+Sampler = EpochBatches | IdentityBatches | distributed.ShardedBatches
+
+
+def make_sampler(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions) -> Sampler:
+    """This process's batches: random ones, or people in pairs when the loss has a triplet term."""
+    if cfg.triplet_weight > 0:
+        batches: EpochBatches | IdentityBatches = IdentityBatches(
+            data.train_pids, data.train_cams, opts.batch_size, opts.seed, processes=distributed.world().size)
+    else:
+        batches = EpochBatches(len(data.train_pids), opts.batch_size, opts.seed)
+    return distributed.shard(batches)
+
+
+def make_loader(data: ReidSet, sampler: Sampler,
                 where: Placement) -> torch.utils.data.DataLoader:
     """Batches gathered by ``where.workers`` persistent processes into pinned memory when on CUDA.
 
@@ -225,11 +215,11 @@ def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scale
                images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None,
                net: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One optimiser step on a batch already on the device; returns the loss terms and the logits.
-    ``net`` (data-parallel runs: ``distributed.data_parallel``) computes the logits in one call."""
+    ``net`` (data-parallel runs: ``distributed.data_parallel``) computes the features and logits in one call."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = net(images) if net is not None else model.forward_head(model.forward_features(images))
+        features, logits = (net or model.forward_train)(images)
     logits = {k: v.float() for k, v in logits.items()}
-    terms = loss_fn(model, logits, labels)
+    terms = loss_fn(model, logits, labels, features)
     opt.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
     scaler.step(opt)
@@ -238,7 +228,7 @@ def train_step(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scale
 
 
 def _train_epoch(model: JLML, loss_fn: JLMLLoss, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 loader: torch.utils.data.DataLoader, sampler: EpochBatches | distributed.ShardedBatches,
+                 loader: torch.utils.data.DataLoader, sampler: Sampler,
                  where: Placement, opts: TrainOptions, epoch: int, make_augment: AugmentFactory | None,
                  net: torch.nn.Module | None = None) -> dict[str, Any]:
     """One pass over the training set; returns mean loss terms and identity accuracy."""
@@ -340,7 +330,7 @@ def fit(cfg: JLMLConfig, data: ReidSet, opts: TrainOptions, out: str | Path, *, 
         print(report.describe())
     net = distributed.data_parallel(model, where.device)  # None in one process
     scaler = torch.amp.GradScaler(where.device.type, enabled=where.amp_dtype == torch.float16)
-    sampler = distributed.shard(EpochBatches(len(data.train_pids), opts.batch_size, opts.seed))
+    sampler = make_sampler(cfg, data, opts)
     loader = make_loader(data, sampler, where)
     loss_fn, writer = JLMLLoss(cfg), RunWriter(out, cfg, data.num_classes, opts, dict(record or {}))
     for epoch in range(start, opts.epochs):

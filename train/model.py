@@ -214,6 +214,11 @@ class JLML(nn.Module):
         """Which low-level trunk feeds ``branch``: the one shared copy or the branch's own."""
         return "shared" if self.cfg.shared_layers else branch
 
+    def forward_train(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The training forward: the branch features and the identity logits."""
+        features = self.forward_features(images)
+        return features, self.forward_head(features)
+
     def forward_head(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Identity logits: one per branch (``loss="per_branch"``) or ``{"joint": ...}`` ("single")."""
         if self.cfg.loss == "single":

@@ -28,6 +28,7 @@ from engine.cli import HelpFormatter, positive_int, run_cli
 from engine.errors import CheckpointError
 from engine.progress import progress as progress_bar
 
+from .config import JLMLConfig
 from .fusion import fit_and_save
 from .lomo import LOMOConfig
 from .loop import CHECKPOINT_FILE, METRICS_FILE, embed_split, fit, score_embeddings
@@ -82,14 +83,16 @@ def finished_record(recipe: Recipe, key: RunKey, out: Path) -> dict[str, Any] | 
     """The saved record of a finished run, None if it has not finished.
 
     A record made under other settings raises CheckpointError: mixing it into the aggregate would
-    report numbers of a recipe that is no longer the one named.
+    report numbers of a recipe that is no longer the one named. A config field added since the record
+    was written counts as its default (the value the run trained with).
     """
     path = key.folder(out) / METRICS_FILE
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
+    saved = {**record, "config": JLMLConfig.from_dict(record["config"]).to_dict()} if "config" in record else record
     expected = _expected(recipe, key)
-    diffs = sorted(k for k, v in expected.items() if record.get(k) != json.loads(json.dumps(v)))
+    diffs = sorted(k for k, v in expected.items() if saved.get(k) != json.loads(json.dumps(v)))
     if diffs:
         raise CheckpointError(f"{path} was made with other settings (differs in {diffs}) than recipe "
                               f"{recipe.name!r} now asks; use a fresh --out or delete that run folder")

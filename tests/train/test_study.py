@@ -174,3 +174,18 @@ def test_load_init_copies_all_but_the_other_data_sets_classifiers_and_refuses_an
     with pytest.raises(CheckpointError, match="missing: branches.global"):
         load_init(target, {k: v for k, v in source.state_dict().items() if not k.startswith("branches.global")},
                   "ck.pt")
+
+
+def test_a_record_written_before_a_config_field_existed_counts_it_as_its_default(tmp_path):
+    out = tmp_path / "study"
+    assert main([*SMOKE, "--splits", "1", "--out", str(out)]) == 0
+    path = out / "joint" / "split0" / "metrics.json"
+    record = json.loads(path.read_text())
+    for field in ("triplet_weight", "triplet_margin"):  # as an older jlml-engine wrote it
+        del record["config"][field]
+    path.write_text(json.dumps(record))
+    assert study.finished_record(RECIPES["smoke"], RunKey("joint", 0), out)["metrics"] == record["metrics"]
+    record["config"]["triplet_weight"] = 1.0  # a run that really trained otherwise is still refused
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"differs in \['config'\]"):
+        study.finished_record(RECIPES["smoke"], RunKey("joint", 0), out)

@@ -130,3 +130,25 @@ def test_cuda_training_with_amp_and_channels_last_loads_on_the_cpu(tmp_path, tin
     resumed = fit(tiny_cfg, stand_in, dataclasses.replace(OPTS, epochs=3), tmp_path, resume=result.checkpoint,
                   runtime=Runtime(device="cpu"))                               # a GPU run continues on a CPU
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_a_triplet_run_trains_on_pairs_and_logs_the_term(tmp_path, tiny_cfg, monkeypatch):
+    """With triplet_weight > 0 the loop draws identity pairs (each step sees both images of its people)
+    and the log carries the triplet term beside the identity losses."""
+    import train.loop
+
+    seen: list[torch.Tensor] = []
+    real_step = train.loop.train_step
+
+    def recording_step(model, loss_fn, opt, scaler, images, labels, *rest):
+        seen.append(labels.clone())
+        return real_step(model, loss_fn, opt, scaler, images, labels, *rest)
+
+    monkeypatch.setattr(train.loop, "train_step", recording_step)
+    result = run(tiny_cfg.replace(triplet_weight=1.0), OPTS, SMALL, tmp_path / "run", runtime=Runtime(device="cpu"))
+    assert result.history[0]["loss"]["triplet"] > 0 and 0.0 <= result.metrics["rank1"] <= 1.0
+    assert len(seen) == 2  # 8 training people, 4 a batch
+    for labels in seen:
+        first, second = labels.chunk(2)
+        assert torch.equal(first, second) and len(set(first.tolist())) == 4
+    assert load_checkpoint(result.checkpoint).config.triplet_weight == 1.0
