@@ -160,6 +160,17 @@ def test_two_gloo_processes_train_as_one_and_resume_in_one(tmp_path, capsys):
     _assert_same_weights(two, one)
 
 
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_triplet_term_on_whole_pairs(tmp_path):
+    """Each process mines triplets in its share of the batch; a share that split a person's pair would
+    have no positives and stop the run (batch_hard_triplet refuses such a batch)."""
+    out = tmp_path / "two"
+    _torchrun([*EXACT_ARGS, "--epochs", "1", "--triplet-weight", "1", "--out", str(out)])
+    [ddp] = _log(out)
+    assert (ddp["world_size"], ddp["samples"]) == (2, 16)  # 8 training people x 2 images, over both ranks
+    assert 0 < ddp["loss"]["triplet"] < 10 and load_checkpoint(out / "last.pt").config.triplet_weight == 1.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (nccl: one GPU per process)")
 def test_two_nccl_processes_train_as_one_gpu(tmp_path):
