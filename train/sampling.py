@@ -19,31 +19,40 @@ import numpy as np
 from engine.errors import InputError
 
 
-class EpochBatches:
+class _EpochSampler:
+    """What both samplers share: the epoch ``set_epoch`` picks, and iterating over ``batches()``."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches())
+
+
+class EpochBatches(_EpochSampler):
     """Seeded random mini-batches of one epoch (index arrays); ``set_epoch`` picks the epoch.
 
     A last batch of one sample is dropped (batch norm needs two).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.n, self.batch_size, self.seed = n, batch_size, seed
 
     def batches(self) -> list[np.ndarray]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         return [b for b in np.array_split(order, range(self.batch_size, self.n, self.batch_size)) if len(b) > 1]
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.batches())
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (rest > 1)
 
 
-class IdentityBatches:
+class IdentityBatches(_EpochSampler):
     """Batches of P = ``batch_size // 2`` people with 2 images each, laid out as [first images, second
     images]: person i's pair sits at positions i and P + i. ``processes`` (the data-parallel world size)
     must divide P, and a last, smaller batch is cut to a multiple of it, so ``ShardedBatches``' strided
@@ -62,10 +71,7 @@ class IdentityBatches:
                              "term needs 2 images of each person; drop them or set triplet_weight to 0")
         self.images = [np.flatnonzero(index == i) for i in range(len(people))]
         self.cams = np.asarray(cams)
-        self.batch_size, self.seed, self.processes, self.epoch = batch_size, seed, processes, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.batch_size, self.seed, self.processes = batch_size, seed, processes
 
     def _pair(self, rng: np.random.Generator, images: np.ndarray) -> tuple[int, int]:
         """Two images of one person, from two different cameras where it has two."""
@@ -81,10 +87,5 @@ class IdentityBatches:
         groups = [g[:len(g) - len(g) % step] for g in groups]
         return [np.array([a for a, _ in g] + [b for _, b in g], dtype=np.int64) for g in groups if len(g) >= max(2, step)]
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.batches())
-
     def __len__(self) -> int:
-        full, rest = divmod(len(self.images), self.batch_size // 2)
-        rest -= rest % self.processes
-        return full + (rest >= max(2, self.processes))
+        return len(self.batches())  # every epoch has as many (its people are only reordered)
